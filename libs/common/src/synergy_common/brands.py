@@ -53,7 +53,9 @@ class CredentialCipher:
         try:
             return self._fernet.decrypt(ciphertext.encode()).decode()
         except InvalidToken as exc:
-            raise EncryptionKeyMissing("SYNERGY_ENCRYPTION_KEY does not match the stored credentials") from exc
+            raise EncryptionKeyMissing(
+                "SYNERGY_ENCRYPTION_KEY does not match the stored credentials"
+            ) from exc
 
     @staticmethod
     def generate_key() -> str:
@@ -98,11 +100,18 @@ async def create_brand(
             """INSERT INTO brands (name, slug, customer_io_site_id, customer_io_api_key,
                                    customer_io_region, settings)
                VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
-            name, slug, cio_site_id, encrypted_key, cio_region, settings or {},
+            name,
+            slug,
+            cio_site_id,
+            encrypted_key,
+            cio_region,
+            settings or {},
         )
         await connection.execute(
             "INSERT INTO brand_write_keys (brand_id, key_hash, key_prefix) VALUES ($1, $2, $3)",
-            brand_id, hash_write_key(write_key), write_key[:10],
+            brand_id,
+            hash_write_key(write_key),
+            write_key[:10],
         )
     return CreatedBrand(brand_id=str(brand_id), slug=slug, write_key=write_key)
 

@@ -22,7 +22,9 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(database_url: str, min_size: int = 1, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+async def create_pool(
+    database_url: str, min_size: int = 1, max_size: int = 10, **kwargs: Any
+) -> asyncpg.Pool:
     """A pool whose json/jsonb columns read and write Python objects."""
     pool = await asyncpg.create_pool(
         database_url, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs

@@ -136,7 +136,10 @@ async def authenticate_brand(
     write_key = write_key_from_headers(authorization) or body_write_key
     if not write_key:
         raise ProblemError(
-            401, "Missing write key", "send Authorization: Bearer <write key>", field="Authorization",
+            401,
+            "Missing write key",
+            "send Authorization: Bearer <write key>",
+            field="Authorization",
             headers={"WWW-Authenticate": 'Bearer realm="synergy"'},
         )
     try:
@@ -145,7 +148,10 @@ async def authenticate_brand(
         raise ProblemError(503, "Key store unavailable", str(exc), headers={"Retry-After": "5"}) from exc
     if brand_id is None:
         raise ProblemError(
-            401, "Unknown write key", "the write key is not valid", field="Authorization",
+            401,
+            "Unknown write key",
+            "the write key is not valid",
+            field="Authorization",
             headers={"WWW-Authenticate": 'Bearer realm="synergy"'},
         )
     return brand_id
@@ -172,7 +178,8 @@ def ops_router(readiness_checks: Mapping[str, ReadinessCheck]) -> APIRouter:
                 results[name] = False
         ready = all(results.values())
         return JSONResponse(
-            {"status": "ready" if ready else "unavailable", "checks": results}, status_code=200 if ready else 503
+            {"status": "ready" if ready else "unavailable", "checks": results},
+            status_code=200 if ready else 503,
         )
 
     @router.get("/metrics")

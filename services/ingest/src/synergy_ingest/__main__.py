@@ -1,0 +1,3 @@
+from synergy_ingest.app import main
+
+main()

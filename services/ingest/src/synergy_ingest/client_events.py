@@ -1,0 +1,131 @@
+"""From a client's event JSON to the envelope that goes to Kafka. Pure: no I/O.
+
+`build_envelope` is the whole decision: validate, canonicalise the name, derive the event id,
+stamp the request's facts, and fill what the request tells about the device and address.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from synergy_schemas.envelope import Envelope as Envelope
+from synergy_schemas.envelope import EventType, Identifiers, derive_event_id
+from synergy_schemas.events import (
+    ReservedEventError,
+    UnknownEventError,
+    canonical_event_name,
+    validate_event_data,
+)
+
+from synergy_ingest.device import device_from_user_agent
+from synergy_ingest.request_context import RequestContext
+
+MAX_FREE_FORM_KEYS = 300
+
+
+class ClientEvent(BaseModel):
+    """One event as a client posts it to /v1/events: the seeds' shape, plus optional ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str | None = Field(default=None, min_length=1, max_length=100)
+    type: EventType = "track"
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    brand_id: str | None = Field(default=None, max_length=64)
+    identifiers: Identifiers
+    data: dict[str, Any] = Field(default_factory=dict)
+    timestamp: AwareDatetime | None = None
+
+
+class EventRejected(Exception):
+    """An event refused, naming the failing field; `reason` labels the rejection metric."""
+
+    def __init__(self, field: str, message: str, reason: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.reason = reason
+        self.status = status
+
+
+def _dotted(location: tuple[Any, ...], prefix: str = "") -> str:
+    path = prefix
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> EventRejected:
+    error = exc.errors()[0]
+    return EventRejected(_dotted(tuple(error["loc"]), prefix), error["msg"], reason="invalid")
+
+
+def parse_client_event(raw: Any) -> ClientEvent:
+    if not isinstance(raw, dict):
+        raise EventRejected("body", "an event must be a JSON object", reason="malformed")
+    try:
+        return ClientEvent.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc) from exc
+
+
+def validated_data(event: ClientEvent) -> tuple[str | None, dict[str, Any]]:
+    """The canonical event name and the normalised data for this event's type."""
+    if event.type != "track":
+        if len(event.data) > MAX_FREE_FORM_KEYS:
+            raise EventRejected("data", f"at most {MAX_FREE_FORM_KEYS} keys", reason="invalid")
+        return event.name, event.data
+    if event.name is None:
+        raise EventRejected("name", "a track event needs a name", reason="invalid")
+    try:
+        name = canonical_event_name(event.name)
+        return name, validate_event_data(name, event.data)
+    except UnknownEventError as exc:
+        raise EventRejected("name", str(exc), reason="unknown_event") from exc
+    except ReservedEventError as exc:
+        raise EventRejected("name", str(exc), reason="reserved_event") from exc
+    except ValidationError as exc:
+        raise _first_error(exc, prefix="data") from exc
+
+
+def with_request_facts(data: dict[str, Any], user_agent: str | None, client_ip: str | None) -> dict[str, Any]:
+    """Fill event_context.device and event_context.location.ip_address where the client left them out."""
+    context = data.get("event_context")
+    if context is None:
+        context = {}
+    device_missing = not context.get("device") and user_agent
+    ip_missing = not (context.get("location") or {}).get("ip_address") and client_ip
+    if not device_missing and not ip_missing:
+        return data
+    context = dict(context)
+    if device_missing:
+        context["device"] = device_from_user_agent(user_agent)  # type: ignore[arg-type]
+    if ip_missing:
+        context["location"] = {**(context.get("location") or {}), "ip_address": client_ip}
+    return {**data, "event_context": context}
+
+
+def build_envelope(raw: Any, request: RequestContext, max_event_bytes: int) -> Envelope:
+    if len(orjson.dumps(raw)) > max_event_bytes:
+        raise EventRejected("body", f"an event may be at most {max_event_bytes} bytes", reason="too_large")
+    event = parse_client_event(raw)
+    if event.brand_id is not None and event.brand_id != request.brand_id:
+        raise EventRejected("brand_id", "this write key does not act for that brand", "forbidden", 403)
+    name, data = validated_data(event)
+    if event.type == "track":
+        data = with_request_facts(data, request.user_agent, request.client_ip)
+    timestamp = event.timestamp or request.received_at
+    return Envelope(
+        event_id=derive_event_id(request.brand_id, event.event_id, at=request.received_at),
+        type=event.type,
+        name=name,
+        brand_id=request.brand_id,
+        identifiers=event.identifiers,
+        data=data,
+        timestamp=timestamp,
+        received_at=request.received_at,
+        source=request.source,
+        correlation_id=request.correlation_id,
+    )

@@ -1,0 +1,19 @@
+"""Prometheus metrics of the ingest service."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("synergy_ingest_requests_total", "HTTP requests by route and status", ["route", "status"])
+EVENTS_ACCEPTED = Counter("synergy_ingest_events_accepted_total", "Events durably written to Kafka", ["type"])
+EVENTS_REJECTED = Counter("synergy_ingest_events_rejected_total", "Events refused, by reason", ["reason"])
+PUBLISH_LATENCY = Histogram(
+    "synergy_ingest_publish_latency_seconds",
+    "Time from handing events to the producer to the broker's acknowledgement",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_SIZE = Histogram(
+    "synergy_ingest_batch_size_events",
+    "Events per request",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)
