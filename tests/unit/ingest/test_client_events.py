@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from synergy_ingest.client_events import EventRejected, build_envelope
 from synergy_ingest.request_context import RequestContext
 from synergy_schemas.envelope import is_ulid
@@ -17,7 +16,9 @@ from synergy_schemas.envelope import is_ulid
 SEEDS = Path(__file__).parents[2] / "fixtures" / "seed_examples"
 SEED_EVENTS = sorted(p for p in SEEDS.glob("00[01]_*.json") if "webhook" not in p.name)
 CLIENT_SEED_EVENTS = [p for p in SEED_EVENTS if "achievement_unlocked" not in p.name]
-IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1"
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1"
+)
 
 
 def context(brand_id: str = "7", **overrides: Any) -> RequestContext:
@@ -83,8 +84,11 @@ def test_a_ulid_event_id_is_kept() -> None:
 
 
 def test_device_and_ip_are_filled_only_where_missing() -> None:
-    raw = {"name": "product_viewed", "identifiers": {"anonymous_id": "a-1"},
-           "data": {"product_id": "prod_001", "product_name": "Guide"}}
+    raw = {
+        "name": "product_viewed",
+        "identifiers": {"anonymous_id": "a-1"},
+        "data": {"product_id": "prod_001", "product_name": "Guide"},
+    }
     envelope = build_envelope(raw, context(), 32 * 1024)
     event_context = envelope.data["event_context"]
     assert event_context["device"]["device_type"] == "mobile"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from synergy_ingest.client_events import EventRejected
 from synergy_ingest.segment import segment_to_client_event
 
@@ -32,7 +31,9 @@ def test_track_maps_event_properties_and_message_id() -> None:
 
 
 def test_identify_takes_traits_and_anonymous_id() -> None:
-    mapped = segment_to_client_event({"type": "identify", "anonymousId": "anon-1", "traits": {"plan": "gold"}})
+    mapped = segment_to_client_event(
+        {"type": "identify", "anonymousId": "anon-1", "traits": {"plan": "gold"}}
+    )
     assert mapped.client_event["identifiers"] == {"anonymous_id": "anon-1"}
     assert mapped.client_event["data"] == {"plan": "gold"}
 

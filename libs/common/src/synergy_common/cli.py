@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -50,7 +50,7 @@ def brands_create(
     name: str,
     cio_site_id: str | None,
     cio_api_key: str | None,
-    cio_region: str,
+    cio_region: Literal["us", "eu"],
     settings_json: str | None,
     as_json: bool,
 ) -> None:
@@ -72,7 +72,7 @@ def brands_create(
                 cipher,
                 cio_site_id,
                 cio_api_key,
-                cio_region,  # type: ignore[arg-type]
+                cio_region,
                 settings,
             )
         finally:

@@ -32,7 +32,7 @@ def durable_producer(bootstrap_servers: str, **overrides: object) -> AIOKafkaPro
         "client_id": "synergy",
     }
     settings.update(overrides)
-    return AIOKafkaProducer(**settings)  # type: ignore[arg-type]
+    return AIOKafkaProducer(**settings)
 
 
 class PublishError(Exception):

@@ -22,4 +22,4 @@ def configure_logging(service: str, level: str = "INFO") -> structlog.stdlib.Bou
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    return structlog.get_logger(service=service)  # type: ignore[no-any-return]
+    return structlog.get_logger(service=service)

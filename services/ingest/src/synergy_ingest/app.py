@@ -262,7 +262,7 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         return bool(app.state.ingest.publisher.ready)
 
     async def postgres_ready() -> bool:
-        return await app.state.ingest.pool.fetchval("SELECT 1") == 1  # type: ignore[no-any-return]
+        return await app.state.ingest.pool.fetchval("SELECT 1") == 1
 
     app.include_router(ops_router({"kafka": kafka_ready, "postgres": postgres_ready}))
     _add_event_routes(app, settings)

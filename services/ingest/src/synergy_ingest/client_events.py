@@ -101,7 +101,7 @@ def with_request_facts(data: dict[str, Any], user_agent: str | None, client_ip: 
         return data
     context = dict(context)
     if device_missing:
-        context["device"] = device_from_user_agent(user_agent)  # type: ignore[arg-type]
+        context["device"] = device_from_user_agent(user_agent)
     if ip_missing:
         context["location"] = {**(context.get("location") or {}), "ip_address": client_ip}
     return {**data, "event_context": context}

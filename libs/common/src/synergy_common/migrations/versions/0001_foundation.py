@@ -11,6 +11,8 @@ Revision ID: 0001
 Revises:
 """
 
+import re
+
 from alembic import op
 
 revision = "0001"
@@ -289,7 +291,10 @@ CREATE TABLE user_custom_field_values (
 
 
 def upgrade() -> None:
-    op.execute(UPGRADE)
+    # asyncpg prepares each statement, and a prepared statement holds one command.
+    for statement in re.split(r";\s*\n", UPGRADE):
+        if statement.strip():
+            op.execute(statement)
     for table in TABLES_WITH_UPDATED_AT:
         op.execute(
             f"CREATE TRIGGER {table}_updated_at BEFORE UPDATE ON {table} "

@@ -58,9 +58,16 @@ ALTER TABLE customer_io_webhook_log
 """
 
 
+def _statements(script: str) -> list[str]:
+    # One statement per execute: asyncpg refuses several commands in one prepared statement.
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
+
+
 def upgrade() -> None:
-    op.execute(UPGRADE)
+    for statement in _statements(UPGRADE):
+        op.execute(statement)
 
 
 def downgrade() -> None:
-    op.execute(DOWNGRADE)
+    for statement in _statements(DOWNGRADE):
+        op.execute(statement)

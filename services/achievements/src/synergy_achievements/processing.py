@@ -1,0 +1,411 @@
+"""The loyalty engine: one event in, the user's new state and the messages to publish out. Pure.
+
+Every output's event_id is derived from the triggering event_id, so a replay publishes the same ids.
+An event whose id the state has already applied changes nothing and publishes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from synergy_schemas.envelope import SCHEMA_VERSION, derive_event_id
+from synergy_schemas.keys import partition_key
+
+from synergy_achievements.rules import (
+    AchievementRule,
+    BrandRules,
+    Rank,
+    compare,
+    counted_event,
+)
+from synergy_achievements.snapshot import (
+    EngagementThresholds,
+    derived_fields,
+    iso,
+    user_snapshot,
+)
+from synergy_achievements.state import UserState, max_in_window
+
+SOURCE = "achievements"
+REFERRAL_AWARD = "referral_award"  # the internal message that carries a referrer's points
+DEFAULT_REFERRAL_POINTS = 500
+ALWAYS_TIMED_EVENTS = frozenset({"product_scanned"})  # the power-user window needs recent scans
+EVENT_ALIASES = {"wishlist_added": "wishlist_item_added", "wishlist_removed": "wishlist_item_removed"}
+MAX_UNLOCK_ROUNDS = 10
+
+Channel = Literal["loyalty", "snapshot", "referral_award"]
+
+
+@dataclass(frozen=True)
+class Emit:
+    channel: Channel
+    key: str
+    name: str
+    value: dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    state: UserState
+    emits: list[Emit] = field(default_factory=list)
+    duplicate: bool = False
+    unlocked: list[str] = field(default_factory=list)
+    rejected_redemption: bool = False
+
+    @property
+    def loyalty_emits(self) -> list[Emit]:
+        return [emit for emit in self.emits if emit.channel != "snapshot"]
+
+
+def event_time(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+def output_envelope(
+    trigger: dict[str, Any], suffix: str, name: str, user_id: str, data: dict[str, Any],
+    timestamp: str | None = None,
+) -> dict[str, Any]:
+    brand_id = trigger["brand_id"]
+    return {
+        "event_id": derive_event_id(brand_id, f"{trigger['event_id']}:{suffix}"),
+        "type": "track",
+        "name": name,
+        "brand_id": brand_id,
+        "identifiers": {"id": user_id},
+        "data": data,
+        "timestamp": timestamp or trigger["timestamp"],
+        "received_at": trigger.get("received_at") or trigger["timestamp"],
+        "schema_version": SCHEMA_VERSION,
+        "source": SOURCE,
+        "correlation_id": trigger.get("correlation_id") or trigger["event_id"],
+    }
+
+
+def points_spent_of(data: dict[str, Any]) -> int:
+    """Seed 000 puts it in transaction_data, seed 001 at the top of data; else the reward's cost."""
+    transaction = data.get("transaction_data") or {}
+    for candidate in (
+        transaction.get("points_spent"),
+        data.get("points_spent"),
+        ((data.get("reward_snapshot") or {}).get("economy") or {}).get("points_cost"),
+    ):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def referrer_of(user_id: str, referral: dict[str, Any]) -> str | None:
+    """The referrer's external id. Seed 000 sends numeric ids (referrer 123, referred 456) while the
+    event's own id is "user-456": the referrer then gets the same prefix ("user-123")."""
+    referrer = referral.get("referrer_user_id")
+    if referrer is None or referrer == "":
+        return None
+    if isinstance(referrer, str):
+        return referrer
+    referred = referral.get("referred_user_id")
+    if referred is not None and user_id != str(referred) and user_id.endswith(str(referred)):
+        return user_id[: -len(str(referred))] + str(referrer)
+    return str(referrer)
+
+
+def scan_points(points_award: int, rank: Rank, bonus_multiplier: float) -> int:
+    return int(points_award * rank.point_multiplier * bonus_multiplier + 0.5)
+
+
+def metric_value(state: UserState, rule: AchievementRule) -> float:
+    criteria = rule.criteria
+    event = counted_event(criteria.metric)
+    if criteria.timeframe is not None and event is not None:
+        return max_in_window(state.recent.get(event, []), criteria.timeframe.total_seconds())
+    metric = criteria.metric
+    if event is not None:
+        return state.count(event)
+    if metric == "referral_count":
+        return state.referrals_completed
+    if metric == "wishlist_items":
+        return state.wishlist_size
+    if metric == "achievements_unlocked":
+        return len(state.achievements)
+    if metric == "scan_streak_days":
+        return state.longest_streak
+    if metric == "lifetime_points":
+        return state.lifetime_points
+    if metric == "purchase_amount":
+        return state.purchase_total
+    return 0
+
+
+def progress(state: UserState, rule: AchievementRule) -> dict[str, Any]:
+    current = metric_value(state, rule)
+    target = rule.criteria.value
+    done = rule.key in state.achievements
+    ratio = 1.0 if done else (min(1.0, current / target) if target > 0 else 0.0)
+    return {"current": current, "target": target, "percent": round(ratio * 100, 1)}
+
+
+def achievement_data(rule: AchievementRule) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "achievement_id": rule.key,
+        "achievement_name": rule.name,
+        "achievement_description": rule.description,
+        "points_reward": rule.points,
+    }
+    if rule.badge:
+        data["badge_id"] = rule.badge
+    if rule.rarity:
+        data["achievement_rarity"] = rule.rarity
+    if rule.category:
+        data["achievement_category"] = rule.category
+    return data
+
+
+class ProfileKeeper:
+    """Keeps the user_snapshot blocks the engine does not own (identity, profile, consent, referral code)."""
+
+    OWN_BLOCKS = ("identity", "profile_data", "compliance_and_contact", "referral_data")
+
+    def apply(self, state: UserState, data: dict[str, Any]) -> None:
+        snapshot = data.get("user_snapshot") or {}
+        for block in self.OWN_BLOCKS:
+            if snapshot.get(block):
+                state.profile[block] = {**state.profile.get(block, {}), **snapshot[block]}
+        for block, name in (("economy", "currency_name"), ("status", "status_name")):
+            value = (snapshot.get(block) or {}).get(name)
+            if value:
+                state.profile[name] = value
+        created_at = (snapshot.get("identity") or {}).get("created_at")
+        if created_at and state.signup_at is None:
+            try:
+                state.signup_at = event_time(created_at)
+            except ValueError:
+                pass
+
+
+class EconomyRules:
+    """What each event does to counts, times and points."""
+
+    def apply(
+        self, state: UserState, name: str, event: dict[str, Any], at: int, rules: BrandRules,
+        outcome: Outcome, timed_events: frozenset[str],
+    ) -> None:
+        data = event.get("data") or {}
+        if name == "reward_redeemed":
+            spent = points_spent_of(data)
+            if spent > state.points_balance:
+                state.rejected_redemptions += 1
+                state.record_count("reward_redeemed_rejected")
+                outcome.rejected_redemption = True
+                outcome.emits.append(self._rejection(state, event, spent, rules))
+                return
+            state.points_balance -= spent
+            state.points_spent += spent
+            state.record_time("redemption", at)
+        state.record_count(name)
+        if name in timed_events:
+            state.record_recent(name, at)
+        if name == "product_scanned":
+            award = int(((data.get("product_snapshot") or {}).get("economy") or {}).get("points_award") or 0)
+            rank = rules.ladder.rank_for(state.lifetime_points)
+            self.add_points(state, scan_points(award, rank, state.bonus_multiplier))
+            state.record_time("scan", at)
+            state.record_scan_day(iso(at)[:10])
+        elif name == "user_session_started" or name == "user_session_ended":
+            state.record_time("session", at)
+        elif name == "wishlist_item_added":
+            state.wishlist_size += 1
+        elif name == "wishlist_item_removed":
+            state.wishlist_size = max(0, state.wishlist_size - 1)
+        elif name == "order_completed":
+            state.purchase_total += float(data.get("order_total") or 0)
+        elif name == "referral_converted":
+            referral_award = self._referral_award(state, event)
+            if referral_award is not None:
+                outcome.emits.append(referral_award)
+
+    @staticmethod
+    def add_points(state: UserState, points: int) -> None:
+        state.points_balance += points
+        state.lifetime_points += points
+
+    @staticmethod
+    def _referral_award(state: UserState, event: dict[str, Any]) -> Emit | None:
+        referral = (event.get("data") or {}).get("referral_data") or {}
+        referrer = referrer_of(state.user_id, referral)
+        if referrer is None or referrer == state.user_id:
+            return None
+        points = referral.get("points_awarded_to_referrer")
+        award = {
+            "points": DEFAULT_REFERRAL_POINTS if points is None else int(points),
+            "referred_user_id": state.user_id,
+            "event_context": (event.get("data") or {}).get("event_context") or {},
+        }
+        value = output_envelope(event, REFERRAL_AWARD, REFERRAL_AWARD, referrer, award)
+        return Emit("referral_award", partition_key(event["brand_id"], referrer), REFERRAL_AWARD, value)
+
+    @staticmethod
+    def _rejection(state: UserState, event: dict[str, Any], spent: int, rules: BrandRules) -> Emit:
+        data = event.get("data") or {}
+        body = {
+            "reason": "insufficient_points",
+            "points_requested": spent,
+            "points_balance": state.points_balance,
+            "rejected_event_id": event["event_id"],
+            **{k: data[k] for k in ("transaction_data", "reward_snapshot") if data.get(k)},
+            "event_context": data.get("event_context") or {},
+        }
+        value = output_envelope(event, "redemption_rejected", "redemption_rejected", state.user_id, body)
+        return Emit("loyalty", partition_key(event["brand_id"], state.user_id), "redemption_rejected", value)
+
+
+class RankKeeper:
+    """Moves the user to the rank their lifetime points earn and announces the move."""
+
+    def apply(
+        self, state: UserState, event: dict[str, Any], rules: BrandRules, snapshot_of: Any, outcome: Outcome
+    ) -> None:
+        ladder = rules.ladder
+        old = ladder.by_key(state.rank_key) or ladder.ranks[0]
+        new = ladder.rank_for(state.lifetime_points)
+        state.rank_key = new.key
+        if new.key == old.key:
+            return
+        data = {
+            "old_rank_key": old.key, "old_rank_name": old.name,
+            "new_rank_key": new.key, "new_rank_name": new.name, "new_rank_multiplier": new.point_multiplier,
+            "points_required": new.points_required, "lifetime_points": state.lifetime_points,
+            "direction": "up" if new.points_required > old.points_required else "down",
+            "user_snapshot": snapshot_of(state),
+            "event_context": (event.get("data") or {}).get("event_context") or {},
+        }
+        value = output_envelope(event, f"rank_changed:{new.key}", "rank_changed", state.user_id, data)
+        outcome.emits.append(
+            Emit("loyalty", partition_key(event["brand_id"], state.user_id), "rank_changed", value)
+        )
+
+
+class AchievementJudge:
+    """Unlocks every rule the state now meets, once per user, and pays its reward."""
+
+    def apply(
+        self, state: UserState, event: dict[str, Any], at: int, rules: BrandRules, snapshot_of: Any,
+        ranks: RankKeeper, outcome: Outcome,
+    ) -> None:
+        for _ in range(MAX_UNLOCK_ROUNDS):  # a reward can unlock a meta-achievement
+            met = [
+                rule for rule in rules.achievements
+                if rule.key not in state.achievements
+                and compare(metric_value(state, rule), rule.criteria.operator, rule.criteria.value)
+            ]
+            if not met:
+                return
+            for rule in met:
+                state.achievements[rule.key] = at
+                EconomyRules.add_points(state, rule.points)
+                state.bonus_multiplier *= rule.multiplier
+                ranks.apply(state, event, rules, snapshot_of, outcome)
+                outcome.unlocked.append(rule.key)
+                data = {
+                    "achievement_data": achievement_data(rule),
+                    "user_snapshot": snapshot_of(state),
+                    "event_context": (event.get("data") or {}).get("event_context") or {},
+                }
+                value = output_envelope(
+                    event, f"achievement_unlocked:{rule.key}", "achievement_unlocked", state.user_id, data
+                )
+                outcome.emits.append(
+                    Emit("loyalty", partition_key(event["brand_id"], state.user_id), "achievement_unlocked",
+                         value)
+                )
+
+
+class SnapshotPublisher:
+    """The user's latest snapshot for the compacted snapshots topic, with what the read API needs."""
+
+    def __init__(self, thresholds: EngagementThresholds) -> None:
+        self.thresholds = thresholds
+
+    def build(
+        self, state: UserState, rules: BrandRules, as_of: int, trigger: dict[str, Any], suffix: str,
+        timestamp: str | None = None,
+    ) -> Emit:
+        snapshot = user_snapshot(state, rules.ladder, as_of, self.thresholds)
+        state.derived = derived_fields(snapshot["engagement"])
+        data = {
+            "user_snapshot": snapshot,
+            "loyalty": {
+                "state_version": state.version,
+                "achievements": {key: iso(at) for key, at in sorted(state.achievements.items())},
+                "progress": {
+                    rule.key: progress(state, rule) for rule in rules.achievements
+                    if rule.key not in state.achievements and rule.show_progress
+                },
+                "current_streak_days": state.current_streak(),
+                "longest_streak_days": state.longest_streak,
+                "wishlist_size": state.wishlist_size,
+                "rejected_redemptions": state.rejected_redemptions,
+                "as_of": iso(as_of),
+            },
+        }
+        value = output_envelope(trigger, suffix, "user_snapshot", state.user_id, data, timestamp)
+        return Emit("snapshot", partition_key(state.brand_id, state.user_id), "user_snapshot", value)
+
+
+class LoyaltyProcessor:
+    def __init__(self, thresholds: EngagementThresholds | None = None) -> None:
+        self.thresholds = thresholds or EngagementThresholds()
+        self.profiles = ProfileKeeper()
+        self.economy = EconomyRules()
+        self.ranks = RankKeeper()
+        self.judge = AchievementJudge()
+        self.snapshots = SnapshotPublisher(self.thresholds)
+
+    def apply(self, state: UserState | None, event: dict[str, Any], rules: BrandRules) -> Outcome:
+        """Apply one events-topic envelope (or an internal referral_award) to the user's state.
+
+        The state passed in is not modified; the outcome holds the new state.
+        """
+        brand_id = event["brand_id"]
+        user_id = (event.get("identifiers") or {})["id"]
+        if state is None:
+            state = UserState(brand_id=brand_id, user_id=user_id)
+        elif state.has_applied(event["event_id"]):
+            return Outcome(state, duplicate=True)
+        else:
+            state = state.copy()
+        outcome = Outcome(state)
+        at = event_time(event["timestamp"])
+        name = EVENT_ALIASES.get(event.get("name") or "", event.get("name") or event.get("type") or "")
+        if state.first_seen is None or at < state.first_seen:
+            state.first_seen = at
+        self.profiles.apply(state, event.get("data") or {})
+
+        def snapshot_of(current: UserState) -> dict[str, Any]:
+            return user_snapshot(current, rules.ladder, at, self.thresholds)
+
+        if name == REFERRAL_AWARD:
+            state.referrals_completed += 1
+            EconomyRules.add_points(state, int(event["data"].get("points") or 0))
+        else:
+            timed = rules.timeframed_events() | ALWAYS_TIMED_EVENTS
+            self.economy.apply(state, name, event, at, rules, outcome, timed)
+        self.ranks.apply(state, event, rules, snapshot_of, outcome)
+        self.judge.apply(state, event, at, rules, snapshot_of, self.ranks, outcome)
+        state.mark_applied(event["event_id"])
+        outcome.emits.append(self.snapshots.build(state, rules, at, event, "snapshot"))
+        return outcome
+
+    def recompute(self, state: UserState, rules: BrandRules, now: int) -> Outcome:
+        """The daily pass: a new snapshot when time alone changed a derived field (days since, dormancy)."""
+        snapshot = user_snapshot(state, rules.ladder, now, self.thresholds)
+        if derived_fields(snapshot["engagement"]) == state.derived:
+            return Outcome(state)
+        state = state.copy()
+        day = iso(now)[:10]
+        trigger = {
+            "event_id": f"{state.user_id}:{state.version}", "brand_id": state.brand_id,
+            "timestamp": iso(now), "received_at": iso(now),
+            "correlation_id": f"recompute:{day}",
+        }
+        return Outcome(state, [self.snapshots.build(state, rules, now, trigger, f"recompute:{day}")])

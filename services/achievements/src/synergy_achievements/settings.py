@@ -1,0 +1,53 @@
+"""Achievements configuration from the environment (see the service README)."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+from pydantic_settings import SettingsConfigDict
+from synergy_common.durations import parse_duration
+from synergy_common.settings import CommonSettings
+
+from synergy_achievements.snapshot import EngagementThresholds
+
+REFERRAL_AWARDS_TOPIC_ENV = "SYNERGY_TOPIC_REFERRAL_AWARDS"
+
+
+def referral_awards_topic() -> str:
+    return os.environ.get(REFERRAL_AWARDS_TOPIC_ENV, "synergy.achievements.referral-awards.v1")
+
+
+class AchievementsSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    achievements_http_port: int = 8004
+    achievements_http_host: str = "0.0.0.0"
+    achievements_app_id: str = "synergy-achievements"
+    achievements_store: str = "rocksdb://"  # memory:// keeps state only in the changelog
+    achievements_data_dir: str = ".local/achievements"
+    achievements_dormant_after: str = "30d"
+    achievements_power_user_min_scans: int = 10
+    achievements_power_user_window: str = "30d"
+    achievements_recompute_interval: str = "24h"
+    achievements_rules_poll_interval: str = "30s"
+    achievements_standby_replicas: int = 0
+    achievements_session_timeout: str = "60s"  # how soon a dead worker's partitions move
+    achievements_persist: bool = True  # write users' points and user_achievements to Postgres
+
+    @cached_property
+    def thresholds(self) -> EngagementThresholds:
+        return EngagementThresholds(
+            dormant_after_days=int(parse_duration(self.achievements_dormant_after).total_seconds() // 86400),
+            power_user_min_scans=self.achievements_power_user_min_scans,
+            power_user_window_days=int(
+                parse_duration(self.achievements_power_user_window).total_seconds() // 86400
+            ),
+        )
+
+    def seconds(self, duration: str) -> float:
+        return parse_duration(duration).total_seconds()
+
+
+def settings_from_env() -> AchievementsSettings:
+    return AchievementsSettings()

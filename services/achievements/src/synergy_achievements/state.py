@@ -1,0 +1,143 @@
+"""One user's loyalty state, as kept in the `user_state` table and its changelog. Pure data.
+
+Times are epoch seconds in EVENT time; days are UTC dates (YYYY-MM-DD).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import orjson
+
+APPLIED_IDS_KEPT = 1000  # replays older than this many events of the same user are not recognised
+SCAN_DAYS_KEPT = 400
+RECENT_TIMES_KEPT = 300
+RECENT_WINDOW_SECONDS = 90 * 86400  # timeframes and the power-user window must fit in this
+
+
+@dataclass
+class UserState:
+    brand_id: str
+    user_id: str
+    version: int = 0  # events applied
+    counts: dict[str, int] = field(default_factory=dict)
+    recent: dict[str, list[int]] = field(default_factory=dict)  # event name -> sorted event times
+    scan_days: list[str] = field(default_factory=list)  # sorted distinct days with a scan
+    longest_streak: int = 0
+    points_balance: int = 0
+    lifetime_points: int = 0
+    points_spent: int = 0
+    rank_key: str | None = None
+    bonus_multiplier: float = 1.0  # product of unlocked achievements' reward multipliers
+    first_seen: int | None = None
+    signup_at: int | None = None
+    first_last: dict[str, list[int]] = field(default_factory=dict)  # session/scan/redemption -> [first, last]
+    achievements: dict[str, int] = field(default_factory=dict)  # key -> unlocked at
+    referrals_completed: int = 0
+    wishlist_size: int = 0
+    purchase_total: float = 0.0
+    rejected_redemptions: int = 0
+    profile: dict[str, Any] = field(default_factory=dict)  # blocks passed through from user_snapshot
+    applied: list[str] = field(default_factory=list)  # most recent event ids, oldest first
+    derived: dict[str, Any] | None = None  # the time-dependent fields of the last snapshot sent
+
+    # --- idempotence -------------------------------------------------------------------------------
+
+    def has_applied(self, event_id: str) -> bool:
+        return event_id in self.applied
+
+    def mark_applied(self, event_id: str) -> None:
+        self.applied.append(event_id)
+        if len(self.applied) > APPLIED_IDS_KEPT:
+            del self.applied[: len(self.applied) - APPLIED_IDS_KEPT]
+        self.version += 1
+
+    # --- activity ----------------------------------------------------------------------------------
+
+    def count(self, event_name: str) -> int:
+        return self.counts.get(event_name, 0)
+
+    def record_count(self, event_name: str) -> None:
+        self.counts[event_name] = self.counts.get(event_name, 0) + 1
+
+    def record_time(self, activity: str, at: int) -> None:
+        pair = self.first_last.get(activity)
+        if pair is None:
+            self.first_last[activity] = [at, at]
+        else:
+            pair[0] = min(pair[0], at)
+            pair[1] = max(pair[1], at)
+
+    def last_time(self, activity: str) -> int | None:
+        pair = self.first_last.get(activity)
+        return pair[1] if pair else None
+
+    def record_recent(self, event_name: str, at: int) -> None:
+        times = self.recent.setdefault(event_name, [])
+        bisect.insort(times, at)
+        horizon = times[-1] - RECENT_WINDOW_SECONDS
+        cut = bisect.bisect_left(times, horizon)
+        if len(times) - cut > RECENT_TIMES_KEPT:
+            cut = len(times) - RECENT_TIMES_KEPT
+        if cut:
+            del times[:cut]
+
+    def record_scan_day(self, day: str) -> None:
+        index = bisect.bisect_left(self.scan_days, day)
+        if index < len(self.scan_days) and self.scan_days[index] == day:
+            return
+        self.scan_days.insert(index, day)
+        if len(self.scan_days) > SCAN_DAYS_KEPT:
+            del self.scan_days[0]
+        self.longest_streak = max(self.longest_streak, longest_run(self.scan_days))
+
+    def current_streak(self) -> int:
+        """Consecutive days with a scan ending at the latest scan day."""
+        if not self.scan_days:
+            return 0
+        run = 1
+        for later, earlier in zip(reversed(self.scan_days), reversed(self.scan_days[:-1]), strict=False):
+            if date.fromisoformat(later) - date.fromisoformat(earlier) != timedelta(days=1):
+                break
+            run += 1
+        return run
+
+    # --- serialisation -----------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UserState:
+        return cls(**orjson.loads(raw))
+
+    def copy(self) -> UserState:
+        return UserState.from_bytes(self.to_bytes())
+
+
+def longest_run(sorted_days: list[str]) -> int:
+    best = run = 0
+    previous: date | None = None
+    for text in sorted_days:
+        day = date.fromisoformat(text)
+        run = run + 1 if previous is not None and day - previous == timedelta(days=1) else 1
+        best = max(best, run)
+        previous = day
+    return best
+
+
+def max_in_window(sorted_times: list[int], window_seconds: float) -> int:
+    """The most events that fall within any window of this length (event time, order-independent)."""
+    best = start = 0
+    for end, at in enumerate(sorted_times):
+        while at - sorted_times[start] > window_seconds:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def count_since(sorted_times: list[int], since: int) -> int:
+    return len(sorted_times) - bisect.bisect_left(sorted_times, since)

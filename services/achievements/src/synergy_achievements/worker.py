@@ -1,0 +1,274 @@
+"""The faust-streaming worker: events in, user state in a changelog-backed table, loyalty + snapshots out.
+
+Ordering that makes it safe without exactly_once: an event's loyalty outputs (unlocks, rank changes,
+referral awards, rejections) are acknowledged by Kafka BEFORE the new state is written to the table. A
+crash in between replays the event; outputs carry ids derived from the event id, so the replay
+publishes the same ids again, and the state's applied-id set stops a second application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import asyncpg
+import faust
+import orjson
+import structlog
+import uvicorn
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
+from synergy_common.db import create_pool
+from synergy_schemas.envelope import kafka_headers
+from synergy_schemas.keys import partition_key
+from synergy_schemas.topics import DLQ, EVENTS, LOYALTY, SNAPSHOTS
+
+from synergy_achievements import metrics
+from synergy_achievements.api import create_api
+from synergy_achievements.persistence import LoyaltyWriter, RuleStore
+from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome
+from synergy_achievements.settings import AchievementsSettings, referral_awards_topic
+from synergy_achievements.state import UserState
+
+log = structlog.get_logger("synergy_achievements")
+PERSIST_BATCH = 500
+
+
+async def ensure_topics(bootstrap: str, events_topic: str) -> int:
+    """Create the topics this worker writes when missing; returns the events topic's partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        for _ in range(60):
+            described = await admin.describe_topics([events_topic])
+            partitions = described[0].get("partitions") if described else None
+            if described and described[0].get("error_code", 0) == 0 and partitions:
+                break
+            await asyncio.sleep(1.0)
+        else:
+            raise RuntimeError(f"topic {events_topic} does not exist")
+        count = len(partitions)
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(referral_awards_topic(), count, 1),
+            NewTopic(LOYALTY.name, count, 1),
+            NewTopic(SNAPSHOTS.name, count, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(DLQ.name, count, 1),
+        ]
+        missing = [topic for topic in wanted if topic.name not in existing]
+        if missing:
+            with contextlib.suppress(Exception):  # another worker may create them at the same time
+                await admin.create_topics(missing)
+        return count
+    finally:
+        await admin.close()
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn inside the faust worker: faust owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class AchievementsWorker:
+    def __init__(self, settings: AchievementsSettings, partitions: int) -> None:
+        self.settings = settings
+        self.partitions = partitions
+        self.processor = LoyaltyProcessor(settings.thresholds)
+        self.rules = RuleStore(settings.seconds(settings.achievements_rules_poll_interval))
+        self.pool: asyncpg.Pool | None = None
+        self._rules_watch: asyncio.Future[None] | None = None
+        self.last_offsets: dict[tuple[str, int], int] = {}
+        self.events_topic = EVENTS.name
+        self.awards_topic = referral_awards_topic()
+        hosts = settings.kafka_bootstrap_servers.split(",")
+        app = faust.App(
+            settings.achievements_app_id,
+            broker=";".join(f"kafka://{host.strip()}" for host in hosts),
+            store=settings.achievements_store,
+            datadir=settings.achievements_data_dir,
+            topic_partitions=partitions,
+            topic_replication_factor=1,
+            table_standby_replicas=settings.achievements_standby_replicas,
+            web_enabled=False,
+            producer_acks=-1,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_interval=1.0,
+            broker_session_timeout=settings.seconds(settings.achievements_session_timeout),
+            broker_heartbeat_interval=min(3.0, settings.seconds(settings.achievements_session_timeout) / 3),
+        )
+        self.app = app
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.source = app.topic(self.events_topic, self.awards_topic, **raw)  # type: ignore[arg-type]
+        self.loyalty = app.topic(LOYALTY.name, **raw)  # type: ignore[arg-type]
+        self.snapshots = app.topic(SNAPSHOTS.name, **raw)  # type: ignore[arg-type]
+        self.awards = app.topic(self.awards_topic, **raw)  # type: ignore[arg-type]
+        self.dlq = app.topic(DLQ.name, **raw)  # type: ignore[arg-type]
+        self.own_outputs = app.topic(LOYALTY.name, SNAPSHOTS.name, **raw)  # type: ignore[arg-type]
+        self.table = app.Table(
+            "user-state", partitions=partitions, key_type=bytes, value_type=bytes,
+            use_partitioner=True,
+        )
+        self.channels = {"loyalty": self.loyalty, "snapshot": self.snapshots, "referral_award": self.awards}
+        app.agent(self.source, name="apply-events")(self.apply_events)
+        if settings.achievements_persist:
+            app.agent(self.own_outputs, name="persist-loyalty")(self.persist_loyalty)
+        app.task(self.start_side_services)
+        app.timer(settings.seconds(settings.achievements_recompute_interval))(self.recompute_snapshots)
+        app.timer(5.0)(self.export_lag)
+
+    # --- the event loop of the state -------------------------------------------------------------------
+
+    async def apply_events(self, stream: Any) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(15):
+                await self.rules.loaded.wait()
+        async for event in stream.events():
+            started = time.perf_counter()
+            message = event.message
+            self.last_offsets[(message.topic, message.partition)] = message.offset
+            envelope = self._parse(message.value)
+            if envelope is None:
+                await self._dead_letter(message, "invalid envelope")
+                continue
+            if not (envelope.get("identifiers") or {}).get("id"):
+                metrics.EVENTS_PROCESSED.labels(envelope.get("name") or "", "anonymous_skipped").inc()
+                continue
+            await self.apply_one(envelope)
+            metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+
+    async def apply_one(self, envelope: dict[str, Any]) -> Outcome:
+        key = partition_key(envelope["brand_id"], envelope["identifiers"]["id"]).encode()
+        stored = self.table.get(key)
+        state = UserState.from_bytes(stored) if stored else None
+        rules = self.rules.catalog.for_brand(str(envelope["brand_id"]))
+        outcome = self.processor.apply(state, envelope, rules)
+        name = envelope.get("name") or ""
+        if outcome.duplicate:
+            metrics.EVENTS_PROCESSED.labels(name, "duplicate").inc()
+            return outcome
+        must_ack = []
+        for emit in outcome.emits:
+            future = await self._send(emit)
+            if emit.channel != "snapshot":
+                must_ack.append(future)
+        if must_ack:
+            await asyncio.gather(*must_ack)
+        self.table[key] = outcome.state.to_bytes()
+        metrics.EVENTS_PROCESSED.labels(name, "applied").inc()
+        for achievement in outcome.unlocked:
+            metrics.UNLOCKS.labels(achievement).inc()
+        if outcome.rejected_redemption:
+            metrics.REDEMPTIONS_REJECTED.inc()
+        return outcome
+
+    async def _send(self, emit: Emit) -> Any:
+        value = emit.value
+        return await self.channels[emit.channel].send(
+            key=emit.key.encode(),
+            value=orjson.dumps(value),
+            headers=kafka_headers(emit.name, value["schema_version"], value["correlation_id"]),
+        )
+
+    @staticmethod
+    def _parse(raw: bytes | None) -> dict[str, Any] | None:
+        try:
+            envelope = orjson.loads(raw or b"")
+        except orjson.JSONDecodeError:
+            return None
+        required = ("event_id", "brand_id", "timestamp")
+        if not isinstance(envelope, dict) or any(not envelope.get(field) for field in required):
+            return None
+        return envelope
+
+    async def _dead_letter(self, message: Any, reason: str) -> None:
+        metrics.INVALID_EVENTS.inc()
+        log.warning("invalid_event", topic=message.topic, partition=message.partition, offset=message.offset)
+        await self.dlq.send(
+            key=message.key, value=message.value,
+            headers=[("reason", reason.encode()), ("source_topic", message.topic.encode()),
+                     ("source_partition", str(message.partition).encode()),
+                     ("source_offset", str(message.offset).encode()), ("attempts", b"1")],
+        )
+
+    # --- Postgres read model -------------------------------------------------------------------------
+
+    async def persist_loyalty(self, stream: Any) -> None:
+        async for values in stream.take(PERSIST_BATCH, within=0.5):
+            envelopes = [envelope for raw in values if (envelope := self._parse(raw)) is not None]
+            delay = 0.5
+            while True:
+                try:
+                    if self.pool is None:
+                        raise OSError("no Postgres pool yet")
+                    await LoyaltyWriter(self.pool).write(envelopes)
+                    break
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("persist_failed", error=repr(exc), retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+
+    # --- periodic work -------------------------------------------------------------------------------
+
+    def _active_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.events_topic}
+
+    async def recompute_snapshots(self) -> None:
+        """Daily: a fresh snapshot for each local user whose time-derived fields changed."""
+        active = self._active_partitions()
+        now = int(time.time())
+        for index, (key, stored) in enumerate(list(self.table.items())):
+            if (murmur2(key) & 0x7FFFFFFF) % self.partitions not in active:
+                continue
+            state = UserState.from_bytes(stored)
+            outcome = self.processor.recompute(state, self.rules.catalog.for_brand(state.brand_id), now)
+            if outcome.emits:
+                self.table[key] = outcome.state.to_bytes()
+                for emit in outcome.emits:
+                    await self._send(emit)
+                metrics.SNAPSHOTS_RECOMPUTED.inc()
+            if index % 500 == 0:
+                await asyncio.sleep(0)
+
+    async def export_lag(self) -> None:
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in (self.events_topic, self.awards_topic):
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            last = self.last_offsets.get((tp.topic, tp.partition), -1)
+            committed = max(last + 1, 0)
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed))
+
+    # --- Postgres, rules and HTTP alongside the worker ---------------------------------------------------
+
+    async def start_side_services(self) -> None:
+        while self.pool is None:
+            try:
+                self.pool = await create_pool(self.settings.database_url, min_size=1, max_size=5)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("postgres_unavailable", error=repr(exc))
+                await asyncio.sleep(2.0)
+        pool = self.pool
+        self._rules_watch = asyncio.ensure_future(self.rules.watch(pool))
+
+        async def kafka_ready() -> bool:
+            return bool(self.app.consumer.assignment()) and not self.app.rebalancing
+
+        async def postgres_ready() -> bool:
+            return await pool.fetchval("SELECT 1") == 1
+
+        api = create_api(pool, lambda brand: self.rules.catalog.for_brand(brand),
+                         {"kafka": kafka_ready, "postgres": postgres_ready})
+        server = QuietServer(uvicorn.Config(
+            api, host=self.settings.achievements_http_host, port=self.settings.achievements_http_port,
+            log_level="warning", lifespan="off",
+        ))
+        log.info("http_listening", port=self.settings.achievements_http_port)
+        await server.serve()

@@ -1,0 +1,60 @@
+"""Requests per second to one Customer.io workspace, shared by every sink replica. Pure state.
+
+Each replica takes `share` of the fleet budget (its partitions over all partitions, recomputed on
+every rebalance). The rate adapts additively-increase / multiplicatively-decrease: a 429 halves it
+and pauses sending for the Retry-After, then it climbs back to the ceiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Network jitter can bunch requests that left evenly spaced; aim a little under the budget so
+# the receiving side never counts more than the budget in any one-second window.
+JITTER_HEADROOM = 0.95
+
+
+@dataclass
+class AdaptiveRateLimit:
+    fleet_limit: float
+    minimum: float = 1.0
+    decrease_factor: float = 0.5
+    recovery_seconds: float = 10.0  # from minimum to the ceiling, when nothing is throttled
+    share: float = 1.0
+    rate: float = field(init=False)
+    _next_slot: float = field(default=0.0, init=False)
+    _paused_until: float = field(default=0.0, init=False)
+    _updated_at: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.rate = self.ceiling
+
+    @property
+    def ceiling(self) -> float:
+        return max(self.minimum * 0.01, self.fleet_limit * self.share * JITTER_HEADROOM)
+
+    def set_share(self, share: float) -> None:
+        """This replica's fraction of the workspace budget (assigned partitions / all partitions)."""
+        self.share = min(1.0, max(0.0, share))
+        self.rate = min(self.rate, self.ceiling) if self._updated_at is not None else self.ceiling
+
+    def _recover(self, now: float) -> None:
+        if self._updated_at is not None and now > self._paused_until:
+            step = (self.ceiling / self.recovery_seconds) * (now - max(self._updated_at, self._paused_until))
+            self.rate = min(self.ceiling, self.rate + max(0.0, step))
+        self._updated_at = now
+
+    def reserve(self, now: float) -> float:
+        """Book the next request; returns when it may be sent (>= now)."""
+        self._recover(now)
+        slot = max(now, self._next_slot, self._paused_until)
+        self._next_slot = slot + 1.0 / self.rate
+        return slot
+
+    def throttled(self, now: float, retry_after: float | None) -> None:
+        """Customer.io answered 429: slow down, and wait out its Retry-After."""
+        self._recover(now)
+        self.rate = max(min(self.minimum, self.ceiling), self.rate * self.decrease_factor)
+        if retry_after:
+            self._paused_until = max(self._paused_until, now + retry_after)
+            self._next_slot = max(self._next_slot, self._paused_until)

@@ -1,0 +1,287 @@
+"""Postgres I/O: the webhook log, replay memory, the AI profile upsert and the read query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from synergy_insights.merge import OBSERVED_AT_KEY, PredictionMerger, predictions_view, profile_columns
+from synergy_insights.payloads import PredictionWebhook
+from synergy_insights.signature import VerifiedSignature
+
+INVALIDATION_CHANNEL = "synergy_insights_updated"
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# Postgres is down, restarting or out of connections: answer 503 so the sender retries later.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
+
+class ReplayedSignature(Exception):
+    """This exact signed request was accepted before, inside the tolerance window."""
+
+
+class UnknownUser(Exception):
+    def __init__(self, brand_id: int, external_id: str) -> None:
+        super().__init__(f"user {external_id!r} of brand {brand_id} is not known yet")
+
+
+@dataclass(frozen=True)
+class RecordedWebhook:
+    log_id: int | None  # None when the event_id was logged before: a redelivery
+    received_at: datetime | None
+
+    @property
+    def duplicate(self) -> bool:
+        return self.log_id is None
+
+
+@dataclass(frozen=True)
+class LoggedWebhook:
+    log_id: int
+    brand_id: int
+    payload: Any
+    signed_at: datetime
+    received_at: datetime
+    attempts: int
+
+
+class WebhookLog:
+    """customer_io_webhook_log: every accepted webhook, raw, with its processing outcome."""
+
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float = 2.0) -> None:
+        self._pool = pool
+        self._acquire_timeout = acquire_timeout
+
+    async def record(
+        self,
+        brand_id: int,
+        webhook_type: str,
+        payload: Any,
+        event_id: str | None,
+        external_user_id: str | None,
+        verified: VerifiedSignature,
+        retry_after_seconds: float,
+        failed_with: str | None = None,
+    ) -> RecordedWebhook:
+        """Remember the signature and log the webhook in one transaction; durable once this returns."""
+        async with self._pool.acquire(timeout=self._acquire_timeout) as connection, connection.transaction():
+            fresh = await connection.fetchval(
+                """INSERT INTO customer_io_webhook_signatures (signature, signed_at)
+                   VALUES ($1, to_timestamp($2)) ON CONFLICT DO NOTHING RETURNING true""",
+                verified.signature,
+                verified.signed_at,
+            )
+            if not fresh:
+                raise ReplayedSignature(verified.signature)
+            row = await connection.fetchrow(
+                """INSERT INTO customer_io_webhook_log
+                     (brand_id, webhook_type, payload, event_id, external_user_id, signature, signed_at,
+                      processed_successfully, error_message, processed_at, next_attempt_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7),
+                           CASE WHEN $8::text IS NULL THEN NULL ELSE false END, $8::text,
+                           CASE WHEN $8::text IS NULL THEN NULL ELSE now() END,
+                           now() + make_interval(secs => $9))
+                   ON CONFLICT (brand_id, event_id) WHERE event_id IS NOT NULL DO NOTHING
+                   RETURNING id, created_at""",
+                brand_id,
+                webhook_type,
+                payload,
+                event_id,
+                external_user_id,
+                verified.signature,
+                verified.signed_at,
+                failed_with,
+                retry_after_seconds,
+            )
+        if row is None:
+            return RecordedWebhook(log_id=None, received_at=None)
+        return RecordedWebhook(log_id=row["id"], received_at=row["created_at"])
+
+    async def claim_due(self, limit: int, base_backoff: float, max_backoff: float) -> list[LoggedWebhook]:
+        """Pending rows whose time has come, each pushed back by its backoff so no other replica takes it."""
+        rows = await self._pool.fetch(
+            """UPDATE customer_io_webhook_log l
+               SET attempts = l.attempts + 1,
+                   next_attempt_at = now()
+                     + make_interval(secs => LEAST($2 * power(2, LEAST(l.attempts, 20)), $3))
+               FROM (SELECT id FROM customer_io_webhook_log
+                     WHERE processed_successfully IS NULL AND next_attempt_at <= now()
+                     ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+               WHERE l.id = due.id
+               RETURNING l.id, l.brand_id, l.payload, l.signed_at, l.created_at, l.attempts""",
+            limit,
+            base_backoff,
+            max_backoff,
+        )
+        return [
+            LoggedWebhook(
+                log_id=row["id"],
+                brand_id=row["brand_id"],
+                payload=row["payload"],
+                signed_at=row["signed_at"],
+                received_at=row["created_at"],
+                attempts=row["attempts"],
+            )
+            for row in rows
+        ]
+
+    async def mark_processed(self, log_id: int, user_pk: int | None) -> None:
+        await self._pool.execute(
+            """UPDATE customer_io_webhook_log
+               SET processed_successfully = true, error_message = NULL, processed_at = now(),
+                   user_id = COALESCE($2, user_id), next_attempt_at = NULL
+               WHERE id = $1""",
+            log_id,
+            user_pk,
+        )
+
+    async def mark_pending(self, log_id: int, error: str, retry_in_seconds: float | None = None) -> None:
+        """Leave for the retry loop, noting why; due again in `retry_in_seconds` (or as claimed)."""
+        await self._pool.execute(
+            """UPDATE customer_io_webhook_log
+               SET error_message = $2,
+                   next_attempt_at = CASE WHEN $3::float8 IS NULL THEN next_attempt_at
+                                          ELSE now() + make_interval(secs => $3::float8) END
+               WHERE id = $1 AND processed_successfully IS NULL""",
+            log_id,
+            error[:2000],
+            retry_in_seconds,
+        )
+
+    async def mark_failed(self, log_id: int, error: str) -> None:
+        await self._pool.execute(
+            """UPDATE customer_io_webhook_log
+               SET processed_successfully = false, error_message = $2, processed_at = now(),
+                   next_attempt_at = NULL
+               WHERE id = $1""",
+            log_id,
+            error[:2000],
+        )
+
+    async def backlog(self) -> int:
+        return int(
+            await self._pool.fetchval(
+                "SELECT count(*) FROM customer_io_webhook_log WHERE processed_successfully IS NULL"
+            )
+        )
+
+    async def forget_signatures_signed_before(self, cutoff_unix: float) -> int:
+        result = await self._pool.execute(
+            "DELETE FROM customer_io_webhook_signatures WHERE signed_at < to_timestamp($1)", cutoff_unix
+        )
+        return int(result.split()[-1])
+
+
+class ProfileStore:
+    """users.ai_features and user_ai_profiles, updated together under the user's row lock."""
+
+    def __init__(self, pool: asyncpg.Pool, merger: PredictionMerger | None = None) -> None:
+        self._pool = pool
+        self._merger = merger or PredictionMerger()
+
+    async def apply_predictions(self, brand_id: int, webhook: PredictionWebhook, log_id: int = 0) -> int:
+        """Merge the predictions into the user's row; the user's primary key. Raises UnknownUser."""
+        async with self._pool.acquire(timeout=2.0) as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "SELECT id, ai_features FROM users WHERE brand_id = $1 AND external_id = $2 FOR UPDATE",
+                brand_id,
+                webhook.user_id,
+            )
+            if row is None:
+                raise UnknownUser(brand_id, webhook.user_id)
+            user_pk: int = row["id"]
+            result = self._merger.merge(row["ai_features"], webhook, log_id)
+            if not result.changed:
+                return user_pk
+            columns = profile_columns(result.ai_features)
+            await connection.execute(
+                "UPDATE users SET ai_features = $2 WHERE id = $1", user_pk, result.ai_features
+            )
+            await connection.execute(
+                """INSERT INTO user_ai_profiles
+                     (user_id, churn_probability, predicted_lifetime_value, engagement_score,
+                      product_affinity_scores, purchase_probability, recommended_segment, next_best_action,
+                      ai_insights, calculated_at, last_synced_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+                   ON CONFLICT (user_id) DO UPDATE SET
+                     churn_probability = EXCLUDED.churn_probability,
+                     predicted_lifetime_value = EXCLUDED.predicted_lifetime_value,
+                     engagement_score = EXCLUDED.engagement_score,
+                     product_affinity_scores = EXCLUDED.product_affinity_scores,
+                     purchase_probability = EXCLUDED.purchase_probability,
+                     recommended_segment = EXCLUDED.recommended_segment,
+                     next_best_action = EXCLUDED.next_best_action,
+                     ai_insights = EXCLUDED.ai_insights,
+                     calculated_at = EXCLUDED.calculated_at,
+                     last_synced_at = now()""",
+                user_pk,
+                columns.churn_probability,
+                columns.predicted_lifetime_value,
+                columns.engagement_score,
+                columns.product_affinity_scores,
+                columns.purchase_probability,
+                columns.recommended_segment,
+                columns.next_best_action,
+                columns.ai_insights,
+                columns.calculated_at,
+            )
+            await connection.execute(
+                "SELECT pg_notify($1, $2)", INVALIDATION_CHANNEL, f"{brand_id}:{webhook.user_id}"
+            )
+            return user_pk
+
+    async def user_pk(self, brand_id: int, external_id: str) -> int | None:
+        value = await self._pool.fetchval(
+            "SELECT id FROM users WHERE brand_id = $1 AND external_id = $2", brand_id, external_id
+        )
+        return None if value is None else int(value)
+
+    async def read_insights(self, brand_id: int, external_id: str) -> dict[str, Any] | None:
+        row = await self._pool.fetchrow(
+            """SELECT u.ai_features, p.calculated_at, p.last_synced_at
+               FROM users u LEFT JOIN user_ai_profiles p ON p.user_id = u.id
+               WHERE u.brand_id = $1 AND u.external_id = $2""",
+            brand_id,
+            external_id,
+        )
+        if row is None:
+            return None
+        features = row["ai_features"] or {}
+        return {
+            "user_id": external_id,
+            "brand_id": str(brand_id),
+            "predictions": predictions_view(features),
+            "observed_at": dict(features.get(OBSERVED_AT_KEY) or {}),
+            "calculated_at": row["calculated_at"].isoformat() if row["calculated_at"] else None,
+            "last_synced_at": row["last_synced_at"].isoformat() if row["last_synced_at"] else None,
+        }
+
+
+class BrandDirectory:
+    """Brand id from the webhook path's slug (or id), cached briefly."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._known: dict[str, int | None] = {}
+
+    async def brand_id(self, slug_or_id: str) -> int | None:
+        if slug_or_id in self._known:
+            return self._known[slug_or_id]
+        value = await self._pool.fetchval(
+            "SELECT id FROM brands WHERE (slug = $1 OR id::text = $1) AND is_active", slug_or_id
+        )
+        brand_id = None if value is None else int(value)
+        if brand_id is not None:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[slug_or_id] = brand_id
+        return brand_id

@@ -1,0 +1,69 @@
+"""Achievements workers as subprocesses, wired to fresh topics, against the session's Kafka and Postgres."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PARTITIONS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def achievements_topics(topic_factory: Any) -> dict[str, str]:
+    names = {
+        "SYNERGY_TOPIC_EVENTS": await topic_factory(PARTITIONS, prefix="ach.events"),
+        "SYNERGY_TOPIC_LOYALTY": await topic_factory(PARTITIONS, prefix="ach.loyalty"),
+        "SYNERGY_TOPIC_SNAPSHOTS": await topic_factory(PARTITIONS, prefix="ach.snapshots", compacted=True),
+        "SYNERGY_TOPIC_REFERRAL_AWARDS": await topic_factory(PARTITIONS, prefix="ach.awards"),
+        "SYNERGY_TOPIC_DLQ": await topic_factory(PARTITIONS, prefix="ach.dlq"),
+    }
+    return names
+
+
+@pytest.fixture
+def start_worker(
+    achievements_topics: dict[str, str], kafka_bootstrap: str, database_url: str, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """`start_worker()` runs `python -m synergy_achievements` with this test's topics and app id."""
+    app_id = f"ach-test-{uuid.uuid4().hex[:8]}"
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int | None = None) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ, **achievements_topics,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATABASE_URL": database_url,
+            "ACHIEVEMENTS_APP_ID": app_id, "ACHIEVEMENTS_STORE": "memory://",
+            "ACHIEVEMENTS_DATA_DIR": str(tmp_path / f"worker-{len(started)}"),
+            "ACHIEVEMENTS_HTTP_PORT": str(port or free_port()), "LOG_LEVEL": "WARNING",
+            "ACHIEVEMENTS_SESSION_TIMEOUT": "10s",
+        }
+        log = open(tmp_path / f"worker-{len(started)}.log", "wb")
+        process = subprocess.Popen([sys.executable, "-m", "synergy_achievements"], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in started:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,244 @@
+"""The loyalty rules over seed fixture events: what reaches the loyalty and snapshot topics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synergy_achievements.processing import LoyaltyProcessor, Outcome, event_time, referrer_of
+from synergy_achievements.rules import DEFAULT_ACHIEVEMENT_ROWS, RuleCatalog, default_rules
+from synergy_achievements.snapshot import EngagementThresholds
+from synergy_achievements.state import UserState
+from synergy_schemas.envelope import Envelope
+from synergy_schemas.events import AchievementUnlockedData, RankChangedData
+from synergy_schemas.snapshots import UserSnapshot
+
+RULES = default_rules()
+WISHLIST = "000_4_wishlist_item_added.json"
+EventFactory = Any
+
+
+def run(events: list[dict[str, Any]], state: UserState | None = None,
+        processor: LoyaltyProcessor | None = None) -> tuple[UserState | None, list[Outcome]]:
+    processor = processor or LoyaltyProcessor()
+    outcomes = []
+    for event in events:
+        outcome = processor.apply(state, event, RULES)
+        state = outcome.state
+        outcomes.append(outcome)
+    return state, outcomes
+
+
+def unlocked_ids(outcomes: list[Outcome]) -> list[str]:
+    unlocks = emitted(outcomes, "achievement_unlocked")
+    return [v["data"]["achievement_data"]["achievement_id"] for v in unlocks]
+
+
+def at_day(prefix: str, day: int) -> tuple[str, str]:
+    return f"01HZX00000000000000000{prefix}{day:03d}", f"2024-06-{day:02d}T09:00:00Z"
+
+
+def emitted(outcomes: list[Outcome], name: str) -> list[dict[str, Any]]:
+    return [emit.value for outcome in outcomes for emit in outcome.emits if emit.name == name]
+
+
+def test_first_scan_unlocks_first_scan_in_seed_000_shape(scan: EventFactory) -> None:
+    state, outcomes = run([scan("01HZX0000000000000000000A1")])
+    assert state is not None
+    assert (state.points_balance, state.lifetime_points) == (500, 500)  # 400 scan + 100 reward
+    [unlock] = emitted(outcomes, "achievement_unlocked")
+    Envelope.model_validate(unlock)
+    AchievementUnlockedData.model_validate(unlock["data"])
+    assert unlock["data"]["achievement_data"] == {
+        "achievement_id": "first_scan", "achievement_name": "First Scan",
+        "achievement_description": "Complete your first product scan", "points_reward": 100,
+        "badge_id": "first-scan-badge", "achievement_rarity": "common", "achievement_category": "milestone",
+    }
+    assert set(unlock["data"]) == {"achievement_data", "user_snapshot", "event_context"}
+    assert unlock["data"]["event_context"] == scan("x")["data"]["event_context"]
+    assert unlock["identifiers"] == {"id": "user-123"} and unlock["timestamp"] == "2024-05-22T18:35:12Z"
+    user = unlock["data"]["user_snapshot"]
+    UserSnapshot.model_validate(user)
+    assert set(user) == {"identity", "economy", "status", "engagement", "profile_data",
+                         "compliance_and_contact", "referral_data"}
+    assert user["economy"]["points_balance"] == 500
+    assert user["engagement"]["total_scans"] == 1
+    assert user["engagement"]["total_achievements_unlocked"] == 1
+    [snapshot] = emitted(outcomes, "user_snapshot")
+    Envelope.model_validate(snapshot)
+    UserSnapshot.model_validate(snapshot["data"]["user_snapshot"])
+    assert snapshot["data"]["loyalty"]["achievements"] == {"first_scan": "2024-05-22T18:35:12Z"}
+    assert snapshot["data"]["loyalty"]["progress"]["scans_10"]["current"] == 1
+
+
+def test_scan_points_are_multiplied_by_the_rank_multiplier(scan: EventFactory) -> None:
+    state = UserState(brand_id="7", user_id="user-123", lifetime_points=6000, points_balance=100,
+                      rank_key="gold",
+                      achievements={row["achievement_key"]: 0 for row in DEFAULT_ACHIEVEMENT_ROWS})
+    state, _ = run([scan("01HZX0000000000000000000B1", points_award=400)], state)
+    assert state is not None and state.points_balance == 100 + 800
+
+
+def test_crossing_a_rank_threshold_emits_rank_changed(scan: EventFactory) -> None:
+    _, outcomes = run([scan("01HZX0000000000000000000C1", points_award=950)])
+    [change] = emitted(outcomes, "rank_changed")
+    RankChangedData.model_validate(change["data"])
+    assert (change["data"]["old_rank_key"], change["data"]["new_rank_key"]) == ("bronze", "silver")
+    assert change["data"]["user_snapshot"]["status"]["rank_key"] == "silver"
+
+
+def test_the_same_event_id_twice_changes_nothing(scan: EventFactory) -> None:
+    event = scan("01HZX0000000000000000000D1")
+    state, outcomes = run([event, event])
+    assert state is not None and state.points_balance == 500 and state.count("product_scanned") == 1
+    assert outcomes[1].duplicate and outcomes[1].emits == []
+
+
+def test_processing_the_same_input_twice_gives_the_same_state_and_output(
+    scan: EventFactory, seed_event: Any
+) -> None:
+    events = [
+        scan(f"01HZX00000000000000000E{i:03d}", timestamp=f"2024-05-{10 + i:02d}T12:00:00Z")
+        for i in range(8)
+    ] + [
+        seed_event("000_6_reward_redeemed.json", "01HZX0000000000000000000E9", "2024-05-20T12:00:00Z"),
+        seed_event("001_5_reward_redeemed.json", "01HZX0000000000000000000EA", "2024-05-21T12:00:00Z"),
+        seed_event("000_4_wishlist_item_added.json", "01HZX0000000000000000000EB"),
+    ]
+    first_state, first = run(events)
+    second_state, second = run(events)
+    assert first_state is not None and second_state is not None
+    assert first_state.to_bytes() == second_state.to_bytes()
+    assert [emit for o in first for emit in o.emits] == [emit for o in second for emit in o.emits]
+    # and replaying the whole input onto the resulting state adds nothing
+    replayed_state, replayed = run(events, first_state)
+    assert replayed_state is not None and replayed_state.to_bytes() == first_state.to_bytes()
+    assert all(o.emits == [] for o in replayed)
+
+
+def test_redemption_subtracts_points_spent_in_both_seed_forms(scan: EventFactory, seed_event: Any) -> None:
+    start = UserState(brand_id="7", user_id="user-123", points_balance=12_000, lifetime_points=12_000,
+                      rank_key="gold")
+    state, outcomes = run([
+        seed_event("000_6_reward_redeemed.json", "01HZX0000000000000000000F1"),  # transaction_data
+        seed_event("001_5_reward_redeemed.json", "01HZX0000000000000000000F2"),  # data.points_spent
+    ], start)
+    assert state is not None
+    assert state.points_balance == 12_000 - 5_000 - 5_000 + 100  # first_redemption pays 100
+    assert state.points_spent == 10_000 and state.count("reward_redeemed") == 2
+    assert unlocked_ids(outcomes) == ["first_redemption"]
+
+
+def test_redemption_beyond_the_balance_is_flagged_not_applied(seed_event: Any) -> None:
+    start = UserState(brand_id="7", user_id="user-123", points_balance=4_000, lifetime_points=4_000)
+    state, outcomes = run([seed_event("000_6_reward_redeemed.json", "01HZX0000000000000000000G1")], start)
+    assert state is not None
+    assert (state.points_balance, state.points_spent, state.count("reward_redeemed")) == (4_000, 0, 0)
+    [rejection] = emitted(outcomes, "redemption_rejected")
+    Envelope.model_validate(rejection)
+    assert rejection["data"]["reason"] == "insufficient_points"
+    assert rejection["data"]["points_requested"] == 5_000
+    assert outcomes[0].rejected_redemption
+
+
+def test_referral_award_is_routed_to_the_referrer_and_paid_there(seed_event: Any) -> None:
+    converted = seed_event("000_3_referral_converted.json", "01HZX0000000000000000000H1")
+    referred_state, outcomes = run([converted])
+    [award] = [emit for emit in outcomes[0].emits if emit.channel == "referral_award"]
+    assert award.key == "7:user-123"  # the referrer's partition key, not the event's
+    assert award.value["data"]["points"] == 500
+    assert referred_state is not None and referred_state.points_balance == 0
+    referrer_state, referrer_outcomes = run([award.value, award.value])
+    assert referrer_state is not None
+    assert referrer_state.referrals_completed == 1
+    assert referrer_state.points_balance == 500 + 200  # award + first_referral reward
+    assert unlocked_ids(referrer_outcomes) == ["first_referral"]
+
+
+def test_referrer_id_keeps_the_user_id_prefix() -> None:
+    assert referrer_of("user-456", {"referrer_user_id": 123, "referred_user_id": 456}) == "user-123"
+    assert referrer_of("456", {"referrer_user_id": 123, "referred_user_id": 456}) == "123"
+    assert referrer_of("u9", {"referrer_user_id": "alice"}) == "alice"
+    assert referrer_of("u9", {}) is None
+
+
+def test_streak_is_judged_in_event_time_whatever_the_arrival_order(scan: EventFactory) -> None:
+    days = [3, 1, 7, 2, 5, 4, 6]  # seven consecutive days, arriving shuffled
+    events = [scan(*at_day("J", d)) for d in days]
+    state, outcomes = run(events)
+    assert state is not None and state.longest_streak == 7
+    unlocked = unlocked_ids(outcomes)
+    assert unlocked.count("scan_streak_7") == 1
+    assert state.achievements["scan_streak_7"] == event_time("2024-06-06T09:00:00Z")  # the last gap filled
+
+
+def test_five_scans_in_seven_days_uses_event_time(scan: EventFactory) -> None:
+    spread = [scan(*at_day("K", d))
+              for d in (1, 3, 9, 11, 20)]
+    state, _ = run(spread)
+    assert state is not None and "scan_sprint" not in state.achievements
+    # late arrivals dated inside an earlier week complete it: the 3rd, 5th, 6th, 7th and 9th
+    late = [scan(*at_day("L", d)) for d in (5, 6, 7)]
+    state, _ = run(late, state)
+    assert state is not None and "scan_sprint" in state.achievements
+    assert state.achievements["scan_sprint"] == event_time("2024-06-07T09:00:00Z")
+
+
+def test_meta_achievement_counts_unlocked_achievements(scan: EventFactory, seed_event: Any) -> None:
+    events = [scan(*at_day("M", d))
+              for d in range(1, 11)]  # first_scan, scan_sprint, scan_streak_7, scans_10
+    events += [seed_event(WISHLIST, f"01HZX00000000000000000N{i:03d}") for i in range(5)]
+    state, outcomes = run(events)
+    assert state is not None
+    assert {"first_scan", "scan_sprint", "scan_streak_7", "scans_10", "wishlist_5", "achievement_hunter"} \
+        <= set(state.achievements)
+    ids = [v["event_id"] for v in emitted(outcomes, "achievement_unlocked")]
+    assert len(ids) == len(set(ids)) == len(state.achievements)
+
+
+def test_an_achievement_never_unlocks_twice_even_after_its_event_id_is_forgotten(scan: EventFactory) -> None:
+    state, _ = run([scan("01HZX0000000000000000000P1")])
+    assert state is not None
+    state.applied.clear()
+    state, outcomes = run([scan("01HZX0000000000000000000P1")], state)
+    assert emitted(outcomes, "achievement_unlocked") == []
+
+
+def test_wishlist_size_follows_adds_and_removes(seed_event: Any) -> None:
+    add = [seed_event(WISHLIST, f"01HZX00000000000000000Q{i:03d}") for i in range(3)]
+    remove = [seed_event(WISHLIST, f"01HZX00000000000000000R{i:03d}") for i in range(5)]
+    for event in remove:
+        event["name"] = "wishlist_removed"  # the alias
+    state, _ = run(add + remove)
+    assert state is not None and state.wishlist_size == 0
+
+
+def test_daily_recompute_emits_only_when_time_changed_a_derived_field(scan: EventFactory) -> None:
+    processor = LoyaltyProcessor(EngagementThresholds(dormant_after_days=30))
+    state, _ = run([scan("01HZX0000000000000000000S1")], processor=processor)
+    assert state is not None and state.derived is not None and state.derived["is_dormant"] is False
+    same_day = processor.recompute(state, RULES, event_time("2024-05-22T23:00:00Z"))
+    assert same_day.emits == []
+    later = processor.recompute(state, RULES, event_time("2024-07-01T00:00:00Z"))
+    [snapshot] = later.emits
+    engagement = snapshot.value["data"]["user_snapshot"]["engagement"]
+    assert engagement["is_dormant"] is True and engagement["days_since_last_scan"] == 39
+    again = processor.recompute(later.state, RULES, event_time("2024-07-01T06:00:00Z"))
+    assert again.emits == []
+    assert processor.recompute(later.state, RULES, event_time("2024-07-01T00:00:00Z")).emits == []
+
+
+def test_power_user_needs_the_configured_scans_in_the_window(scan: EventFactory) -> None:
+    processor = LoyaltyProcessor(EngagementThresholds(power_user_min_scans=3, power_user_window_days=7))
+    events = [scan(*at_day("T", d)) for d in (1, 2, 3)]
+    _, outcomes = run(events, processor=processor)
+    snapshots = emitted(outcomes, "user_snapshot")
+    flags = [v["data"]["user_snapshot"]["engagement"]["is_power_user"] for v in snapshots]
+    assert flags == [False, False, True]
+
+
+def test_brand_rules_from_config_rows_drive_unlocks(scan: EventFactory) -> None:
+    row = {**DEFAULT_ACHIEVEMENT_ROWS[0], "brand_id": 7, "achievement_key": "first_scan",
+           "rewards": {"points": 1, "badge": "b"}}
+    rules = RuleCatalog([row]).for_brand("7")
+    outcome = LoyaltyProcessor().apply(None, scan("01HZX0000000000000000000U1"), rules)
+    assert outcome.state.points_balance == 401 and outcome.unlocked == ["first_scan"]
