@@ -237,10 +237,9 @@ async def test_faust_agent_with_table_runs_against_the_broker(
     tmp_path: Path,
 ) -> None:
     source, sink = await topic_factory(partitions=2), await topic_factory(partitions=2)
+    suffix = uuid.uuid4().hex[:8]
     (tmp_path / "probe_app.py").write_text(
-        textwrap.dedent(FAUST_APP).format(
-            suffix=uuid.uuid4().hex[:8], bootstrap=kafka_bootstrap, source=source, sink=sink
-        )
+        textwrap.dedent(FAUST_APP).format(suffix=suffix, bootstrap=kafka_bootstrap, source=source, sink=sink)
     )
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
@@ -263,7 +262,13 @@ async def test_faust_agent_with_table_runs_against_the_broker(
         except TimeoutError:
             worker.kill()
             await worker.wait()
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            own = [t for t in await admin.list_topics() if t.startswith(f"probe-{suffix}-")]
+            if own:
+                await admin.delete_topics(own)
+        finally:
+            await admin.close()
     values = sorted(r.json() for r in records)
-    assert values == sorted(f"k{i % 2}={i // 2 + 1}" for i in range(6)), (
-        tmp_path / "worker.log"
-    ).read_text()[-3000:]
+    assert values == sorted(f"k{i % 2}={i // 2 + 1}" for i in range(6)), log_path.read_text()[-3000:]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -91,11 +89,7 @@ async def harness(
             commit_interval=0.2, ops_port=0,
         )
         harness = SinkHarness(fake, kafka_producer, brand.brand_id, topics, settings)
-        async with harness._stack:
-            try:
-                yield harness
-            finally:
-                for sink, task in harness.sinks:
-                    sink.stop()
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(task, 30)
+        try:
+            yield harness
+        finally:
+            await harness.stop_all()

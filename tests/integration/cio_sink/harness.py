@@ -39,8 +39,7 @@ class SinkHarness:
     brand_id: str
     topics: dict[str, str]
     settings: SinkSettings
-    sinks: list[tuple[CioSink, asyncio.Task[None]]] = field(default_factory=list)
-    _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    sinks: list[tuple[CioSink, asyncio.Task[None], contextlib.AsyncExitStack]] = field(default_factory=list)
 
     def envelope(self, user: str | None, name: str = "product_scanned", data: dict[str, Any] | None = None,
                  anonymous_id: str | None = None, event_type: str = "track", event_id: str | None = None,
@@ -65,16 +64,25 @@ class SinkHarness:
 
     async def start_sink(self, **overrides: Any) -> CioSink:
         settings = self.settings.model_copy(update=overrides)
-        sink = await self._stack.enter_async_context(running_sink(settings))
+        stack = contextlib.AsyncExitStack()
+        sink = await stack.enter_async_context(running_sink(settings))
         task = asyncio.create_task(sink.run())
-        self.sinks.append((sink, task))
+        self.sinks.append((sink, task, stack))
         return sink
 
     async def stop_sink(self, sink: CioSink) -> None:
-        for candidate, task in self.sinks:
+        """Stop it and leave the consumer group (its Kafka clients are closed)."""
+        for candidate, task, stack in list(self.sinks):
             if candidate is sink:
                 sink.stop()
-                await asyncio.wait_for(task, 30)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 30)
+                await stack.aclose()
+                self.sinks.remove((candidate, task, stack))
+
+    async def stop_all(self) -> None:
+        for sink, _, _ in list(self.sinks):
+            await self.stop_sink(sink)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
         deadline = asyncio.get_running_loop().time() + timeout

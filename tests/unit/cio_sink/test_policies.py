@@ -136,3 +136,15 @@ def test_hot_user_backlog_is_parked_not_stalling_the_partition() -> None:
     assert len(queues) == 1
     queues.done("hot")
     assert queues.push("hot", 6) == []
+
+
+def test_the_sliding_window_holds_back_a_burst_of_late_senders() -> None:
+    limit = AdaptiveRateLimit(fleet_limit=10)
+    sends = 0
+    for _ in range(20):  # all wake at once at t=5
+        if limit.window_wait(5.0) == 0:
+            limit.sent(5.0)
+            sends += 1
+    assert sends == int(10 * JITTER_HEADROOM)
+    assert limit.window_wait(5.5) == 0.5
+    assert limit.window_wait(6.0) == 0

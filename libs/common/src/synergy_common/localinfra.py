@@ -513,7 +513,6 @@ class LocalInfra:
         self.kafka_config = self.dir / "kafka" / "server.properties"
         self.kafka_data_dir = self.dir / "kafka" / "data"
         self.kafka_pid_file = self.dir / "kafka.pid"
-        self.pg_superuser_password_file = self.dir / "pg-superuser.pw"
         self._pg_data_dir: Path | None = None
 
     @classmethod
@@ -741,6 +740,10 @@ class LocalInfra:
             return None
         return pid
 
+    @property
+    def pg_superuser_password_file(self) -> Path:
+        return self.pg_data_dir.parent / "pg-superuser.pw"
+
     def _superuser_password(self) -> str:
         return self.pg_superuser_password_file.read_text().strip()
 
@@ -903,7 +906,8 @@ class LocalInfra:
     def purge(self) -> None:
         """Stop and delete every file of the instance."""
         self.stop()
-        shutil.rmtree(self.pg_data_dir, ignore_errors=True)
+        if self.pg_data_dir.parent != self.dir:
+            shutil.rmtree(self.pg_data_dir.parent, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:

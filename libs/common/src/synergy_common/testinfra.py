@@ -186,7 +186,10 @@ def _start_containers(infra: Infra, need_kafka: bool, need_pg: bool) -> None:
         infra.bootstrap_servers = kafka.get_bootstrap_server()
         infra.kafka_source = "testcontainers"
     if need_pg:
-        from testcontainers.postgres import PostgresContainer
+        try:
+            from testcontainers.community.postgres import PostgresContainer
+        except ImportError:
+            from testcontainers.postgres import PostgresContainer
 
         pg = PostgresContainer(
             os.environ.get("SYNERGY_TEST_POSTGRES_IMAGE", TC_POSTGRES_IMAGE),

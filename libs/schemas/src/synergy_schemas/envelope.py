@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from decimal import Decimal
 from datetime import datetime
 from typing import Any, Literal
 
@@ -52,7 +53,18 @@ class Envelope(BaseModel):
         return partition_key(self.brand_id, self.identifiers.id, self.identifiers.anonymous_id)
 
     def to_json_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+        body: dict[str, Any] = {"event_id": self.event_id, "type": self.type}
+        if self.name is not None:
+            body["name"] = self.name
+        body["brand_id"] = self.brand_id
+        body["identifiers"] = self.identifiers.model_dump(exclude_none=True)
+        body["data"] = self.data
+        body["timestamp"] = self.timestamp
+        body["received_at"] = self.received_at
+        body["schema_version"] = self.schema_version
+        body["source"] = self.source
+        body["correlation_id"] = self.correlation_id
+        return orjson.dumps(body, default=_json_default, option=orjson.OPT_UTC_Z)
 
     def kafka_headers(self) -> list[tuple[str, bytes]]:
         return kafka_headers(self.name or self.type, self.schema_version, self.correlation_id)
@@ -60,6 +72,16 @@ class Envelope(BaseModel):
     @classmethod
     def from_json_bytes(cls, raw: bytes) -> Envelope:
         return cls.model_validate(orjson.loads(raw))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value.as_tuple().exponent == 0 else float(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def kafka_headers(event_name: str, schema_version: int, correlation_id: str) -> list[tuple[str, bytes]]:

@@ -302,6 +302,18 @@ def canonical_event_name(name: str) -> str:
     return canonical
 
 
+def check_event_data(name: str, data: dict[str, Any], *, allow_reserved: bool = False) -> str:
+    """Validate an event's `data` as it stands and return the canonical name; the data is not rewritten.
+
+    The models refuse coercion, so valid data already is its own normal form.
+    """
+    canonical = canonical_event_name(name)
+    if canonical in RESERVED_EVENTS and not allow_reserved:
+        raise ReservedEventError(canonical)
+    EVENT_DATA_MODELS[canonical].model_validate(data)
+    return canonical
+
+
 def validate_event_data(name: str, data: dict[str, Any], *, allow_reserved: bool = False) -> dict[str, Any]:
     """Validate an event's `data` and return it normalized and ready for JSON.
 
@@ -319,6 +331,7 @@ def dump_event_data(model: BaseModel) -> dict[str, Any]:
 
 
 __all__ = [
+    "check_event_data",
     "CLIENT_EVENTS",
     "EVENT_ALIASES",
     "EVENT_DATA_MODELS",

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -165,12 +166,31 @@ def decimal_to_json_number(value: Decimal) -> int | float:
     return float(value)
 
 
+def _digits_at_most(max_digits: int, places: int) -> AfterValidator:
+    """pydantic's max_digits/decimal_places, in one pass: they run as Python and dominate validation."""
+
+    def check(value: Decimal) -> Decimal:
+        _, digits, exponent = value.as_tuple()
+        if not isinstance(exponent, int):
+            raise ValueError("must be a finite number")
+        decimals = max(0, -exponent)
+        whole_digits = max(len(digits) + exponent, 0)
+        if decimals > places:
+            raise ValueError(f"Decimal input should have no more than {places} decimal places")
+        if whole_digits + decimals > max_digits and any(digits):
+            raise ValueError(f"Decimal input should have no more than {max_digits} digits in total")
+        return value
+
+    return AfterValidator(check)
+
+
 _AS_JSON_NUMBER = PlainSerializer(decimal_to_json_number, return_type=int | float, when_used="json")
 
 Money = Annotated[
     Decimal,
     BeforeValidator(_json_number),
-    Field(ge=0, max_digits=12, decimal_places=2),
+    Field(ge=0),
+    _digits_at_most(12, 2),
     _AS_JSON_NUMBER,
     WithJsonSchema(
         {"type": "number", "minimum": 0, "maximum": 9999999999.99, "description": "major currency units"}
@@ -179,14 +199,16 @@ Money = Annotated[
 PercentDecimal = Annotated[
     Decimal,
     BeforeValidator(_json_number),
-    Field(ge=0, le=100, max_digits=5, decimal_places=2),
+    Field(ge=0, le=100),
+    _digits_at_most(5, 2),
     _AS_JSON_NUMBER,
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": 100}),
 ]
 Multiplier = Annotated[
     Decimal,
     BeforeValidator(_json_number),
-    Field(ge=0, max_digits=3, decimal_places=2),
+    Field(ge=0),
+    _digits_at_most(3, 2),
     _AS_JSON_NUMBER,
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": 9.99}),
 ]

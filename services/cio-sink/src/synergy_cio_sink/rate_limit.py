@@ -7,6 +7,7 @@ and pauses sending for the Retry-After, then it climbs back to the ceiling.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 # Network jitter can bunch requests that left evenly spaced; aim a little under the budget so
@@ -25,6 +26,7 @@ class AdaptiveRateLimit:
     _next_slot: float = field(default=0.0, init=False)
     _paused_until: float = field(default=0.0, init=False)
     _updated_at: float | None = field(default=None, init=False)
+    _sent: deque[float] = field(default_factory=deque, init=False)
 
     def __post_init__(self) -> None:
         self.rate = self.ceiling
@@ -50,6 +52,21 @@ class AdaptiveRateLimit:
         slot = max(now, self._next_slot, self._paused_until)
         self._next_slot = slot + 1.0 / self.rate
         return slot
+
+    def window_wait(self, now: float) -> float:
+        """Seconds to wait so that no one-second window holds more sends than the ceiling.
+
+        Slots keep requests evenly spaced; this also stops a burst when a stalled event loop
+        wakes several waiting senders at once.
+        """
+        while self._sent and self._sent[0] <= now - 1.0:
+            self._sent.popleft()
+        if len(self._sent) < max(1, int(self.ceiling)):
+            return 0.0
+        return self._sent[0] + 1.0 - now
+
+    def sent(self, now: float) -> None:
+        self._sent.append(now)
 
     def throttled(self, now: float, retry_after: float | None) -> None:
         """Customer.io answered 429: slow down, and wait out its Retry-After."""

@@ -92,6 +92,9 @@ class RateLimits:
         metrics.RATE_LIMIT.labels(workspace.site_id).set(limit.rate)
         if delay > 0:
             await asyncio.sleep(delay)
+        while (wait := limit.window_wait(self._clock())) > 0:  # noqa: ASYNC110 - timed, not polling
+            await asyncio.sleep(wait)
+        limit.sent(self._clock())
 
     def observe(self, workspace: Workspace, answer: Answer) -> None:
         if answer.status == 429:

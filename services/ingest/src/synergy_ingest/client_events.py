@@ -15,8 +15,7 @@ from synergy_schemas.envelope import EventType, Identifiers, derive_event_id
 from synergy_schemas.events import (
     ReservedEventError,
     UnknownEventError,
-    canonical_event_name,
-    validate_event_data,
+    check_event_data,
 )
 
 from synergy_ingest.device import device_from_user_agent
@@ -80,8 +79,7 @@ def validated_data(event: ClientEvent) -> tuple[str | None, dict[str, Any]]:
     if event.name is None:
         raise EventRejected("name", "a track event needs a name", reason="invalid")
     try:
-        name = canonical_event_name(event.name)
-        return name, validate_event_data(name, event.data)
+        return check_event_data(event.name, event.data), event.data
     except UnknownEventError as exc:
         raise EventRejected("name", str(exc), reason="unknown_event") from exc
     except ReservedEventError as exc:
@@ -117,7 +115,8 @@ def build_envelope(raw: Any, request: RequestContext, max_event_bytes: int) -> E
     if event.type == "track":
         data = with_request_facts(data, request.user_agent, request.client_ip)
     timestamp = event.timestamp or request.received_at
-    return Envelope(
+    # Every part was validated above, so the envelope is assembled without validating it again.
+    return Envelope.model_construct(
         event_id=derive_event_id(request.brand_id, event.event_id, at=request.received_at),
         type=event.type,
         name=name,
