@@ -21,14 +21,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
-
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.db import create_pool, migrate
 from synergy_common.kafka import OutgoingMessage, durable_producer, publish_all
@@ -103,7 +102,9 @@ async def run_concurrently(jobs: int, concurrency: int, job: Timed) -> tuple[flo
 
 def events(count: int, run: str) -> list[dict[str, Any]]:
     seed = json.loads(SEED.read_text())
-    return [{**seed, "identifiers": {"id": f"user-{i % 5000}"}, "event_id": f"{run}-{i}"} for i in range(count)]
+    return [
+        {**seed, "identifiers": {"id": f"user-{i % 5000}"}, "event_id": f"{run}-{i}"} for i in range(count)
+    ]
 
 
 def report(label: str, count: int, seconds: float, latencies: list[float], unit: str) -> float:
@@ -116,7 +117,9 @@ def report(label: str, count: int, seconds: float, latencies: list[float], unit:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--singles", type=int, default=3_000)
     parser.add_argument("--batch-concurrency", type=int, default=8)
@@ -154,14 +157,18 @@ async def main() -> None:
 
     port = free_port()
     ingest_env = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka, "DATABASE_URL": database, "SYNERGY_TOPIC_EVENTS": topic,
-        "INGEST_PORT": str(port), "LOG_LEVEL": "WARNING",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "DATABASE_URL": database,
+        "SYNERGY_TOPIC_EVENTS": topic,
+        "INGEST_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
     }
     headers = {"Authorization": f"Bearer {brand.write_key}"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with server(["-m", "synergy_ingest"], ingest_env, port) as url, httpx.AsyncClient(
-        base_url=url, headers=headers, limits=limits, timeout=60
-    ) as client:
+    async with (
+        server(["-m", "synergy_ingest"], ingest_env, port) as url,
+        httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as client,
+    ):
 
         async def post_batch(index: int) -> None:
             body = {"batch": batch_events[index * BATCH : (index + 1) * BATCH]}
@@ -179,10 +186,19 @@ async def main() -> None:
         ingest_single = report("ingest POST /v1/events", options.singles, seconds, latencies, "request")
 
     bare_port = free_port()
-    bare_args = ["-m", "uvicorn", "tests.bench.bare_fastapi:app", "--port", str(bare_port), "--log-level", "warning"]
-    async with server(bare_args, {}, bare_port) as url, httpx.AsyncClient(
-        base_url=url, limits=limits, timeout=60
-    ) as client:
+    bare_args = [
+        "-m",
+        "uvicorn",
+        "tests.bench.bare_fastapi:app",
+        "--port",
+        str(bare_port),
+        "--log-level",
+        "warning",
+    ]
+    async with (
+        server(bare_args, {}, bare_port) as url,
+        httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client,
+    ):
 
         async def post_bare(index: int) -> None:
             response = await client.post("/v1/events", json=single_events[index])
@@ -190,13 +206,19 @@ async def main() -> None:
 
         await run_concurrently(10, 1, post_bare)
         seconds, latencies = await run_concurrently(options.singles, options.single_concurrency, post_bare)
-        ceiling_single = report("bare FastAPI 202 handler (ceiling)", options.singles, seconds, latencies, "request")
+        ceiling_single = report(
+            "bare FastAPI 202 handler (ceiling)", options.singles, seconds, latencies, "request"
+        )
 
     print()
-    print(f"batch path:  {ingest_batch:,.0f} / {ceiling_batch:,.0f} events/s = {ingest_batch / ceiling_batch:.2f}"
-          " of the bare producer (target >= 0.6)")
-    print(f"single path: {ingest_single:,.0f} / {ceiling_single:,.0f} events/s = {ingest_single / ceiling_single:.2f}"
-          " of the bare FastAPI handler (target >= 0.5)")
+    print(
+        f"batch path:  {ingest_batch:,.0f} / {ceiling_batch:,.0f} events/s = {ingest_batch / ceiling_batch:.2f}"
+        " of the bare producer (target >= 0.6)"
+    )
+    print(
+        f"single path: {ingest_single:,.0f} / {ceiling_single:,.0f} events/s = {ingest_single / ceiling_single:.2f}"
+        " of the bare FastAPI handler (target >= 0.5)"
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 1. `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL`, each on its own, when set;
 2. testcontainers, when a Docker engine answers;
-3. the local launcher (synergy_common.localinfra), instance `test`: Kafka 39092/39093, PostgreSQL 35432.
+3. the local launcher (synergy_common.localinfra), instance `test`: Kafka 29092/29093, PostgreSQL 25432 (below the ephemeral port range, so no client can take them).
 
 `SYNERGY_TEST_INFRA=local|testcontainers` forces step 2 or 3 for whatever step 1 leaves open.
 """
@@ -25,9 +25,9 @@ from synergy_common.localinfra import LocalInfra, _file_lock, _pid_alive, create
 log = logging.getLogger("synergy.testinfra")
 
 LOCAL_NAME = "test"
-LOCAL_KAFKA_PORT = 39092
-LOCAL_CONTROLLER_PORT = 39093
-LOCAL_PG_PORT = 35432
+LOCAL_KAFKA_PORT = 29092
+LOCAL_CONTROLLER_PORT = 29093
+LOCAL_PG_PORT = 25432
 
 TC_KAFKA_IMAGE = "confluentinc/cp-kafka:8.0.0"  # Apache Kafka 4.0
 TC_POSTGRES_IMAGE = "postgres:15-alpine"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from decimal import Decimal
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 import orjson

@@ -331,7 +331,6 @@ def dump_event_data(model: BaseModel) -> dict[str, Any]:
 
 
 __all__ = [
-    "check_event_data",
     "CLIENT_EVENTS",
     "EVENT_ALIASES",
     "EVENT_DATA_MODELS",
@@ -359,6 +358,7 @@ __all__ = [
     "UserSessionData",
     "WatchlistItemEventData",
     "canonical_event_name",
+    "check_event_data",
     "dump_event_data",
     "validate_event_data",
 ]
