@@ -4,7 +4,8 @@ the same topic in the same run, and the memory the state of 100k users takes.
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 uv run python tests/bench/bench_achievements.py
 
 The worker runs with ACHIEVEMENTS_PERSIST=false (Kafka only), memory store. Its rate is measured on the
-broker timestamps of the snapshots it writes (one per event), the bare loop's on the copies it writes.
+broker timestamps of the snapshots it writes (one per user per batch, counted as the events their
+state_version advanced by), the bare loop's on the copies it writes (one per event).
 """
 
 from __future__ import annotations
@@ -65,21 +66,50 @@ async def fill(topic: str) -> None:
         await producer.stop()
 
 
-async def output_rate(topic: str, expected: int, timeout: float) -> float:
+def one_each(record: Any) -> int:
+    return 1
+
+
+class EventsCoveredBySnapshots:
+    """How many input events a snapshot accounts for: its state_version minus the user's previous one."""
+
+    def __init__(self) -> None:
+        self.versions: dict[bytes, int] = {}
+
+    def __call__(self, record: Any) -> int:
+        version = orjson.loads(record.value)["data"]["loyalty"]["state_version"]
+        previous = self.versions.get(record.key, 0)
+        self.versions[record.key] = max(previous, version)
+        return max(0, version - previous)
+
+
+async def output_rate(topic: str, expected: int, timeout: float, covered: Any = one_each) -> float:
+    """Input events per second, measured on the broker timestamps of the outputs that account for them.
+
+    Steady state: the events accounted for by the first millisecond's outputs are left out, and so is
+    the time before it (consumer group join, faust start-up, the first batch).
+    """
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
                                 group_id=None)
     await consumer.start()
-    stamps: list[int] = []
+    stamped: list[tuple[int, int]] = []
+    total = 0
     deadline = time.monotonic() + timeout
     try:
-        while len(stamps) < expected and time.monotonic() < deadline:
+        while total < expected and time.monotonic() < deadline:
             for batch in (await consumer.getmany(timeout_ms=500, max_records=10000)).values():
-                stamps.extend(record.timestamp for record in batch)
+                for record in batch:
+                    count = covered(record)
+                    stamped.append((record.timestamp, count))
+                    total += count
     finally:
         await consumer.stop()
-    if len(stamps) < 2:
-        return 0.0
-    return (len(stamps) - 1) / max((max(stamps) - min(stamps)) / 1000, 1e-3)
+    if total < expected:
+        raise RuntimeError(f"{topic}: only {total} of {expected} events accounted for within {timeout}s")
+    first = min(stamp for stamp, _ in stamped)
+    last = max(stamp for stamp, _ in stamped)
+    after_first = sum(count for stamp, count in stamped if stamp > first)
+    return after_first / max((last - first) / 1000, 1e-3)
 
 
 async def bare_loop(source: str, sink: str) -> float:
@@ -113,11 +143,15 @@ async def worker_rate(source: str, prefix: str) -> float:
                "ACHIEVEMENTS_STORE": "memory://", "ACHIEVEMENTS_DATA_DIR": data_dir,
                "ACHIEVEMENTS_APP_ID": f"{prefix}-app", "ACHIEVEMENTS_HTTP_PORT": "0", "LOG_LEVEL": "WARNING",
                "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+        profile = os.environ.get("BENCH_PROFILE")  # a path: the worker runs under cProfile, stats written there
+        command = ["-m", "cProfile", "-o", profile, "-m", "synergy_achievements"] if profile else [
+            "-m", "synergy_achievements"]
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "synergy_achievements", env=env,
+            sys.executable, *command, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
-            return await output_rate(topics["SYNERGY_TOPIC_SNAPSHOTS"], EVENTS, 100)
+            return await output_rate(topics["SYNERGY_TOPIC_SNAPSHOTS"], EVENTS, 100,
+                                     EventsCoveredBySnapshots())
         finally:
             process.terminate()
             await asyncio.wait_for(process.wait(), 20)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from types import SimpleNamespace
 
-import asyncpg
 import pytest
-import synergy_common.db
 from aiokafka import AIOKafkaProducer
 from synergy_cio_sink.config import SinkSettings
 from synergy_cio_sink.fake import CustomerIoFake, serve_fake
@@ -20,41 +15,10 @@ from synergy_common.db import create_pool
 from tests.integration.cio_sink.harness import API_KEY, SITE_ID, SinkHarness
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: long-running (the 60 s outage); deselect with -m 'not slow'")
-
-
-MIGRATIONS = Path(synergy_common.db.__file__).parent / "migrations" / "versions"
-
-
-async def _apply_directly(url: str, files: tuple[str, ...]) -> None:
-    """Fallback while a migration cannot run through Alembic's asyncpg driver (several statements in
-    one op.execute): collect each migration's SQL and run it over asyncpg's simple query protocol."""
-    statements: list[str] = []
-    for name in files:
-        spec = importlib.util.spec_from_file_location(f"_cio_migration_{name}", MIGRATIONS / name)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.op = SimpleNamespace(execute=statements.append)
-        module.upgrade()
-    connection = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 async def cio_database_url(database_factory: Callable[..., Awaitable[str]]) -> str:
     """A database of our own, migrated (foundation + this service's migration)."""
-    try:
-        return await database_factory("cio", migrate=True)
-    except Exception:
-        url = await database_factory("cio", migrate=False)
-        await _apply_directly(url, ("0001_foundation.py", "0003_cio_sink.py"))
-        return url
+    return await database_factory("cio", migrate=True)
 
 
 @pytest.fixture

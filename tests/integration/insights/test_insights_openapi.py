@@ -71,11 +71,11 @@ async def _give_up_pending(database_url: str, brand: Brand) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(insights_database_url: str, insights_kafka: str) -> Iterator[Served]:
-    brand = run_async(_brand(insights_database_url))
-    topic = run_async(new_topic(insights_kafka))
+def served(database_url: str, kafka_bootstrap: str) -> Iterator[Served]:
+    brand = run_async(_brand(database_url))
+    topic = run_async(new_topic(kafka_bootstrap))
     app = create_app(
-        insights_settings(insights_database_url, insights_kafka, insights_default_brand_id=brand.brand_id),
+        insights_settings(database_url, kafka_bootstrap, insights_default_brand_id=brand.brand_id),
         insights_topic=topic,
     )
     port = free_port()
@@ -91,7 +91,7 @@ def served(insights_database_url: str, insights_kafka: str) -> Iterator[Served]:
     yield Served(f"http://127.0.0.1:{port}", brand)
     server.should_exit = True
     thread.join(15)
-    run_async(_give_up_pending(insights_database_url, brand))
+    run_async(_give_up_pending(database_url, brand))
 
 
 def test_no_request_gets_a_server_error(served: Served):

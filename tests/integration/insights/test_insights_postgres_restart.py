@@ -26,7 +26,7 @@ async def post_until_taken(insights: Insights, body: dict, attempts: int = 20) -
 
 
 async def test_postgres_restart_gives_503_and_loses_no_accepted_webhook(
-    insights: Insights, db: asyncpg.Pool, insights_kafka: str, postgres_switch
+    insights: Insights, db: asyncpg.Pool, kafka_bootstrap: str, postgres_control
 ):
     brand = insights.brand
     user = await make_user(db, brand)
@@ -36,13 +36,13 @@ async def test_postgres_restart_gives_503_and_loses_no_accepted_webhook(
     for body in before:
         assert (await insights.post(body)).status_code == 200
 
-    await postgres_switch.astop_postgres()
+    await postgres_control.astop_postgres()
     try:
         answers = [await insights.post(body) for body in during]
         assert [answer.status_code for answer in answers] == [503, 503, 503]
         assert all(answer.headers.get("retry-after") for answer in answers)
     finally:
-        await postgres_switch.astart_postgres()
+        await postgres_control.astart_postgres()
 
     for body in during:
         assert await post_until_taken(insights, body) in (200, 202)
@@ -67,6 +67,6 @@ async def test_postgres_restart_gives_503_and_loses_no_accepted_webhook(
         user,
     ) == len(wanted)
     records = await consume(
-        insights_kafka, insights.topic, lambda v: v["identifiers"].get("id") == user, len(wanted)
+        kafka_bootstrap, insights.topic, lambda v: v["identifiers"].get("id") == user, len(wanted)
     )
     assert {value["event_id"] for _, value, _ in records} == wanted

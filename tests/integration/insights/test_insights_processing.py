@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_webhook_for_an_unknown_user_is_kept_and_processed_once_the_user_exists(
-    insights: Insights, db: asyncpg.Pool, insights_kafka: str
+    insights: Insights, db: asyncpg.Pool, kafka_bootstrap: str
 ):
     brand = insights.brand
     body = {"user_id": "late-user-1", "predictions": {"churn_probability": 0.4}}
@@ -53,7 +53,7 @@ async def test_a_webhook_for_an_unknown_user_is_kept_and_processed_once_the_user
     )
     assert features["churn_probability"] == 0.4
     records = await consume(
-        insights_kafka,
+        kafka_bootstrap,
         insights.topic,
         lambda v: v["brand_id"] == brand.brand_id and v["identifiers"].get("id") == "late-user-1",
         1,
@@ -76,15 +76,15 @@ class FlakyPublisher(InsightsPublisher):
 
 
 async def test_processing_that_fails_after_logging_is_retried_from_the_log(
-    insights: Insights, db: asyncpg.Pool, insights_database_url: str, insights_kafka: str
+    insights: Insights, db: asyncpg.Pool, database_url: str, kafka_bootstrap: str
 ):
     brand = await make_brand(db)
-    topic = await new_topic(insights_kafka)
+    topic = await new_topic(kafka_bootstrap)
     settings = insights_settings(
-        insights_database_url, insights_kafka, insights_default_brand_id=brand.brand_id
+        database_url, kafka_bootstrap, insights_default_brand_id=brand.brand_id
     )
     # Nothing is published inline; the rows wait for the retry loop.
-    publisher = FlakyPublisher(insights_kafka, topic, failures=5)
+    publisher = FlakyPublisher(kafka_bootstrap, topic, failures=5)
     async with running_insights(
         settings.model_copy(update={"insights_inline_processing_timeout": "1s"}), brand, topic, publisher
     ) as running:
@@ -103,7 +103,7 @@ async def test_processing_that_fails_after_logging_is_retried_from_the_log(
         assert await eventually(all_processed, timeout=20)
     # Whichever replica's retry loop got there first published it (the module's app shares the log).
     records = await consume(
-        insights_kafka, [topic, insights.topic], lambda v: v["brand_id"] == brand.brand_id, 3
+        kafka_bootstrap, [topic, insights.topic], lambda v: v["brand_id"] == brand.brand_id, 3
     )
     assert sorted(value["event_id"] for _, value, _ in records) == sorted(body["event_id"] for body in bodies)
 
@@ -165,7 +165,7 @@ async def test_100_concurrent_webhooks_for_one_user_leave_one_consistent_row(
 
 
 async def test_read_api_serves_from_cache_and_sees_updates_from_another_replica(
-    insights: Insights, db: asyncpg.Pool, insights_database_url: str, insights_kafka: str
+    insights: Insights, db: asyncpg.Pool, database_url: str, kafka_bootstrap: str
 ):
     brand = insights.brand
     user = await make_user(db, brand)
@@ -175,7 +175,7 @@ async def test_read_api_serves_from_cache_and_sees_updates_from_another_replica(
     ).status_code == 200
 
     settings = insights_settings(
-        insights_database_url, insights_kafka, insights_default_brand_id=brand.brand_id
+        database_url, kafka_bootstrap, insights_default_brand_id=brand.brand_id
     )
     async with running_insights(settings, brand, insights.topic) as replica:
 
@@ -212,12 +212,12 @@ async def test_read_api_serves_from_cache_and_sees_updates_from_another_replica(
 
 
 async def test_without_a_signing_key_every_webhook_is_refused(
-    db: asyncpg.Pool, insights_database_url: str, insights_kafka: str
+    db: asyncpg.Pool, database_url: str, kafka_bootstrap: str
 ):
     brand = await make_brand(db)
     settings = insights_settings(
-        insights_database_url,
-        insights_kafka,
+        database_url,
+        kafka_bootstrap,
         insights_default_brand_id=brand.brand_id,
         cio_webhook_signing_key=None,
         cio_webhook_signing_key_previous=None,

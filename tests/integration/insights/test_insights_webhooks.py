@@ -26,7 +26,7 @@ async def log_rows(db: asyncpg.Pool, brand_id: int, **where: object) -> list[asy
 
 
 async def test_seed_001_predictions_merge_into_one_profile_and_reach_kafka(
-    insights: Insights, db: asyncpg.Pool, insights_kafka: str
+    insights: Insights, db: asyncpg.Pool, kafka_bootstrap: str
 ):
     brand = insights.brand
     await make_user(db, brand, "123")  # seed 001's user_id 123 is users.external_id "123"
@@ -60,7 +60,7 @@ async def test_seed_001_predictions_merge_into_one_profile_and_reach_kafka(
     assert [row["payload"] for row in rows] == [webhooks[name] for name in sorted(webhooks)]
     assert all(row["user_id"] == user["id"] for row in rows)
 
-    records = await consume(insights_kafka, insights.topic, lambda v: v["brand_id"] == brand.brand_id, 3)
+    records = await consume(kafka_bootstrap, insights.topic, lambda v: v["brand_id"] == brand.brand_id, 3)
     assert [(key, value["name"]) for key, value, _ in records] == [
         (f"{brand.brand_id}:123", "predictions_updated")
     ] * 3
@@ -68,7 +68,7 @@ async def test_seed_001_predictions_merge_into_one_profile_and_reach_kafka(
 
 
 async def test_a_reporting_webhook_of_every_object_type_and_metric(
-    insights: Insights, db: asyncpg.Pool, insights_kafka: str
+    insights: Insights, db: asyncpg.Pool, kafka_bootstrap: str
 ):
     brand = insights.brand
     user = await make_user(db, brand)
@@ -84,14 +84,14 @@ async def test_a_reporting_webhook_of_every_object_type_and_metric(
     assert {row["event_id"]: row["webhook_type"] for row in rows} == sent
     assert all(row["processed_successfully"] for row in rows)
     records = await consume(
-        insights_kafka, insights.topic, lambda v: v["identifiers"].get("id") == user, len(sent)
+        kafka_bootstrap, insights.topic, lambda v: v["identifiers"].get("id") == user, len(sent)
     )
     assert {value["event_id"]: value["name"] for _, value, _ in records} == sent
     assert len(records) == len(sent)
 
 
 async def test_a_redelivered_event_id_changes_nothing(
-    insights: Insights, db: asyncpg.Pool, insights_kafka: str
+    insights: Insights, db: asyncpg.Pool, kafka_bootstrap: str
 ):
     brand = insights.brand
     user = await make_user(db, brand)
@@ -101,7 +101,7 @@ async def test_a_redelivered_event_id_changes_nothing(
     assert first.status_code == 200 and first.json()["status"] == "processed"
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     assert len(await log_rows(db, brand.pk, event_id=body["event_id"])) == 1
-    records = await consume(insights_kafka, insights.topic, lambda v: v["event_id"] == body["event_id"], 1)
+    records = await consume(kafka_bootstrap, insights.topic, lambda v: v["event_id"] == body["event_id"], 1)
     assert len(records) == 1
 
 

@@ -166,12 +166,15 @@ def infra(ctx: click.Context) -> None:
     sys.exit(localinfra_main(list(ctx.args)))
 
 
-def _register_service_commands() -> None:
+def _add_dead_letter_commands() -> None:
+    # The cio-sink owns the dead letters. An image with only one service installed lacks it.
     try:
         from synergy_cio_sink.cli import dlq
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "synergy_cio_sink":
+            raise
         return
     main.add_command(dlq, "dlq")
 
 
-_register_service_commands()
+_add_dead_letter_commands()

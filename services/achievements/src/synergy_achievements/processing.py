@@ -6,6 +6,7 @@ An event whose id the state has already applied changes nothing and publishes no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -31,7 +32,6 @@ from synergy_achievements.state import UserState, max_in_window
 SOURCE = "achievements"
 REFERRAL_AWARD = "referral_award"  # the internal message that carries a referrer's points
 DEFAULT_REFERRAL_POINTS = 500
-ALWAYS_TIMED_EVENTS = frozenset({"product_scanned"})  # the power-user window needs recent scans
 EVENT_ALIASES = {"wishlist_added": "wishlist_item_added", "wishlist_removed": "wishlist_item_removed"}
 MAX_UNLOCK_ROUNDS = 10
 
@@ -50,9 +50,19 @@ class Emit:
 class Outcome:
     state: UserState
     emits: list[Emit] = field(default_factory=list)
-    duplicate: bool = False
+    applied: list[str] = field(default_factory=list)  # names of the events applied
+    duplicates: list[str] = field(default_factory=list)  # names of the events already applied before
     unlocked: list[str] = field(default_factory=list)
-    rejected_redemption: bool = False
+    rejected_redemptions: int = 0
+
+    @property
+    def duplicate(self) -> bool:
+        """Nothing applied: every event had been applied already."""
+        return not self.applied and bool(self.duplicates)
+
+    @property
+    def rejected_redemption(self) -> bool:
+        return self.rejected_redemptions > 0
 
     @property
     def loyalty_emits(self) -> list[Emit]:
@@ -196,7 +206,7 @@ class EconomyRules:
             if spent > state.points_balance:
                 state.rejected_redemptions += 1
                 state.record_count("reward_redeemed_rejected")
-                outcome.rejected_redemption = True
+                outcome.rejected_redemptions += 1
                 outcome.emits.append(self._rejection(state, event, spent, rules))
                 return
             state.points_balance -= spent
@@ -366,17 +376,39 @@ class LoyaltyProcessor:
 
         The state passed in is not modified; the outcome holds the new state.
         """
-        brand_id = event["brand_id"]
-        user_id = (event.get("identifiers") or {})["id"]
+        return self.apply_many(state, [event], rules)
+
+    def apply_many(
+        self, state: UserState | None, events: Sequence[dict[str, Any]], rules: BrandRules
+    ) -> Outcome:
+        """Apply one user's events, in partition order, as one step: the same state and loyalty outputs
+        as applying them one by one, but a single snapshot (that of the last event applied).
+
+        The state passed in is not modified; the outcome holds the new state.
+        """
         if state is None:
-            state = UserState(brand_id=brand_id, user_id=user_id)
-        elif state.has_applied(event["event_id"]):
-            return Outcome(state, duplicate=True)
+            first = events[0]
+            state = UserState(brand_id=first["brand_id"], user_id=(first.get("identifiers") or {})["id"])
         else:
             state = state.copy()
         outcome = Outcome(state)
+        last: tuple[dict[str, Any], int] | None = None
+        for event in events:
+            name = EVENT_ALIASES.get(event.get("name") or "", event.get("name") or event.get("type") or "")
+            if state.has_applied(event["event_id"]):
+                outcome.duplicates.append(name)
+                continue
+            last = (event, self._apply_one(state, name, event, rules, outcome))
+            outcome.applied.append(name)
+        if last is not None:
+            event, at = last
+            outcome.emits.append(self.snapshots.build(state, rules, at, event, "snapshot"))
+        return outcome
+
+    def _apply_one(
+        self, state: UserState, name: str, event: dict[str, Any], rules: BrandRules, outcome: Outcome
+    ) -> int:
         at = event_time(event["timestamp"])
-        name = EVENT_ALIASES.get(event.get("name") or "", event.get("name") or event.get("type") or "")
         if state.first_seen is None or at < state.first_seen:
             state.first_seen = at
         self.profiles.apply(state, event.get("data") or {})
@@ -388,13 +420,11 @@ class LoyaltyProcessor:
             state.referrals_completed += 1
             EconomyRules.add_points(state, int(event["data"].get("points") or 0))
         else:
-            timed = rules.timeframed_events() | ALWAYS_TIMED_EVENTS
-            self.economy.apply(state, name, event, at, rules, outcome, timed)
+            self.economy.apply(state, name, event, at, rules, outcome, rules.timed_events)
         self.ranks.apply(state, event, rules, snapshot_of, outcome)
         self.judge.apply(state, event, at, rules, snapshot_of, self.ranks, outcome)
         state.mark_applied(event["event_id"])
-        outcome.emits.append(self.snapshots.build(state, rules, at, event, "snapshot"))
-        return outcome
+        return at
 
     def recompute(self, state: UserState, rules: BrandRules, now: int) -> Outcome:
         """The daily pass: a new snapshot when time alone changed a derived field (days since, dormancy)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from synergy_common.durations import parse_duration
@@ -150,6 +151,9 @@ class AchievementRule:
         )
 
 
+ALWAYS_TIMED_EVENTS = frozenset({"product_scanned"})  # the power-user window needs recent scans
+
+
 @dataclass(frozen=True)
 class BrandRules:
     achievements: tuple[AchievementRule, ...]
@@ -161,6 +165,11 @@ class BrandRules:
             for rule in self.achievements
             if rule.criteria.timeframe is not None and (event := counted_event(rule.criteria.metric))
         )
+
+    @cached_property
+    def timed_events(self) -> frozenset[str]:
+        """The events whose recent times the state keeps: those timeframes count, and scans."""
+        return self.timeframed_events() | ALWAYS_TIMED_EVENTS
 
     def by_key(self, key: str) -> AchievementRule | None:
         return next((rule for rule in self.achievements if rule.key == key), None)

@@ -33,6 +33,9 @@ class AchievementsSettings(CommonSettings):
     achievements_rules_poll_interval: str = "30s"
     achievements_standby_replicas: int = 0
     achievements_session_timeout: str = "60s"  # how soon a dead worker's partitions move
+    achievements_batch_size: int = 1000  # events applied as one step (one state write per user per batch)
+    achievements_batch_wait_seconds: float = 0.05  # longest wait for a batch to fill
+    achievements_shutdown_timeout: str = "15s"  # SIGTERM: longest wait for a clean stop, then exit anyway
     achievements_persist: bool = True  # write users' points and user_achievements to Postgres
 
     @cached_property

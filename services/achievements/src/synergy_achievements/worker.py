@@ -98,22 +98,21 @@ class AchievementsWorker:
             producer_acks=-1,
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=1.0,
+            producer_linger=0.005,
+            producer_max_batch_size=512 * 1024,
             broker_session_timeout=settings.seconds(settings.achievements_session_timeout),
             broker_heartbeat_interval=min(3.0, settings.seconds(settings.achievements_session_timeout) / 3),
         )
         self.app = app
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = app.topic(self.events_topic, self.awards_topic, **raw)  # type: ignore[arg-type]
-        self.loyalty = app.topic(LOYALTY.name, **raw)  # type: ignore[arg-type]
-        self.snapshots = app.topic(SNAPSHOTS.name, **raw)  # type: ignore[arg-type]
-        self.awards = app.topic(self.awards_topic, **raw)  # type: ignore[arg-type]
-        self.dlq = app.topic(DLQ.name, **raw)  # type: ignore[arg-type]
         self.own_outputs = app.topic(LOYALTY.name, SNAPSHOTS.name, **raw)  # type: ignore[arg-type]
         self.table = app.Table(
             "user-state", partitions=partitions, key_type=bytes, value_type=bytes,
             use_partitioner=True,
         )
-        self.channels = {"loyalty": self.loyalty, "snapshot": self.snapshots, "referral_award": self.awards}
+        self.output_topics = {"loyalty": LOYALTY.name, "snapshot": SNAPSHOTS.name,
+                              "referral_award": self.awards_topic}
         app.agent(self.source, name="apply-events")(self.apply_events)
         if settings.achievements_persist:
             app.agent(self.own_outputs, name="persist-loyalty")(self.persist_loyalty)
@@ -127,51 +126,62 @@ class AchievementsWorker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(15):
                 await self.rules.loaded.wait()
-        async for event in stream.events():
+        # faust acks (and later commits) a batch's offsets only once this loop body has finished with it.
+        async for events in stream.take_events(self.settings.achievements_batch_size,
+                                               within=self.settings.achievements_batch_wait_seconds):
             started = time.perf_counter()
-            message = event.message
+            await self.apply_batch([event.message for event in events])
+            metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+
+    async def apply_batch(self, messages: list[Any]) -> None:
+        """One step per batch: each user's events applied together, every output acknowledged by Kafka,
+        then each changed user's state written to the table once."""
+        by_user: dict[bytes, list[dict[str, Any]]] = {}
+        pending: list[Any] = []
+        for message in messages:
             self.last_offsets[(message.topic, message.partition)] = message.offset
             envelope = self._parse(message.value)
             if envelope is None:
-                await self._dead_letter(message, "invalid envelope")
+                pending.append(await self._dead_letter(message, "invalid envelope"))
                 continue
-            if not (envelope.get("identifiers") or {}).get("id"):
+            user_id = (envelope.get("identifiers") or {}).get("id")
+            if not user_id:
                 metrics.EVENTS_PROCESSED.labels(envelope.get("name") or "", "anonymous_skipped").inc()
                 continue
-            await self.apply_one(envelope)
-            metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+            key = partition_key(envelope["brand_id"], user_id).encode()
+            by_user.setdefault(key, []).append(envelope)
+        changed: list[tuple[bytes, Outcome]] = []
+        for key, envelopes in by_user.items():
+            stored = self.table.get(key)
+            state = UserState.from_bytes(stored) if stored else None
+            rules = self.rules.catalog.for_brand(str(envelopes[0]["brand_id"]))
+            outcome = self.processor.apply_many(state, envelopes, rules)
+            if outcome.applied:
+                changed.append((key, outcome))
+                pending.extend([await self._send(emit) for emit in outcome.emits])
+            self._count(outcome)
+        if pending:
+            await asyncio.gather(*pending)
+        for key, outcome in changed:
+            self.table[key] = outcome.state.to_bytes()
 
-    async def apply_one(self, envelope: dict[str, Any]) -> Outcome:
-        key = partition_key(envelope["brand_id"], envelope["identifiers"]["id"]).encode()
-        stored = self.table.get(key)
-        state = UserState.from_bytes(stored) if stored else None
-        rules = self.rules.catalog.for_brand(str(envelope["brand_id"]))
-        outcome = self.processor.apply(state, envelope, rules)
-        name = envelope.get("name") or ""
-        if outcome.duplicate:
+    @staticmethod
+    def _count(outcome: Outcome) -> None:
+        for name in outcome.applied:
+            metrics.EVENTS_PROCESSED.labels(name, "applied").inc()
+        for name in outcome.duplicates:
             metrics.EVENTS_PROCESSED.labels(name, "duplicate").inc()
-            return outcome
-        must_ack = []
-        for emit in outcome.emits:
-            future = await self._send(emit)
-            if emit.channel != "snapshot":
-                must_ack.append(future)
-        if must_ack:
-            await asyncio.gather(*must_ack)
-        self.table[key] = outcome.state.to_bytes()
-        metrics.EVENTS_PROCESSED.labels(name, "applied").inc()
         for achievement in outcome.unlocked:
             metrics.UNLOCKS.labels(achievement).inc()
-        if outcome.rejected_redemption:
-            metrics.REDEMPTIONS_REJECTED.inc()
-        return outcome
+        if outcome.rejected_redemptions:
+            metrics.REDEMPTIONS_REJECTED.inc(outcome.rejected_redemptions)
 
     async def _send(self, emit: Emit) -> Any:
+        """Hand one output to the producer; returns the future of its acknowledgement."""
         value = emit.value
-        return await self.channels[emit.channel].send(
-            key=emit.key.encode(),
-            value=orjson.dumps(value),
-            headers=kafka_headers(emit.name, value["schema_version"], value["correlation_id"]),
+        return await self.app.producer.send(
+            self.output_topics[emit.channel], emit.key.encode(), orjson.dumps(value), None, None,
+            kafka_headers(emit.name, value["schema_version"], value["correlation_id"]),
         )
 
     @staticmethod
@@ -185,14 +195,14 @@ class AchievementsWorker:
             return None
         return envelope
 
-    async def _dead_letter(self, message: Any, reason: str) -> None:
+    async def _dead_letter(self, message: Any, reason: str) -> Any:
         metrics.INVALID_EVENTS.inc()
         log.warning("invalid_event", topic=message.topic, partition=message.partition, offset=message.offset)
-        await self.dlq.send(
-            key=message.key, value=message.value,
-            headers=[("reason", reason.encode()), ("source_topic", message.topic.encode()),
-                     ("source_partition", str(message.partition).encode()),
-                     ("source_offset", str(message.offset).encode()), ("attempts", b"1")],
+        return await self.app.producer.send(
+            DLQ.name, message.key, message.value, None, None,
+            [("reason", reason.encode()), ("source_topic", message.topic.encode()),
+             ("source_partition", str(message.partition).encode()),
+             ("source_offset", str(message.offset).encode()), ("attempts", b"1")],
         )
 
     # --- Postgres read model -------------------------------------------------------------------------
@@ -227,9 +237,8 @@ class AchievementsWorker:
             state = UserState.from_bytes(stored)
             outcome = self.processor.recompute(state, self.rules.catalog.for_brand(state.brand_id), now)
             if outcome.emits:
+                await asyncio.gather(*[await self._send(emit) for emit in outcome.emits])
                 self.table[key] = outcome.state.to_bytes()
-                for emit in outcome.emits:
-                    await self._send(emit)
                 metrics.SNAPSHOTS_RECOMPUTED.inc()
             if index % 500 == 0:
                 await asyncio.sleep(0)
