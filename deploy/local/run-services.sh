@@ -24,6 +24,13 @@ if [ ! -s "$STATE/demo-brand.json" ]; then
   "$UV" run synergy brands create --name "Demo Brand" --json > "$STATE/demo-brand.json"
 fi
 WRITE_KEY=$("$UV" run python -c "import json,sys; print(json.load(open(sys.argv[1]))['write_key'])" "$STATE/demo-brand.json")
+BRAND_ID=$("$UV" run python -c "import json,sys; print(json.load(open(sys.argv[1]))['brand_id'])" "$STATE/demo-brand.json")
+if [ ! -s "$STATE/webhook-signing.key" ]; then
+  "$UV" run python -c "import secrets; print(secrets.token_hex(32))" > "$STATE/webhook-signing.key"
+fi
+export CIO_WEBHOOK_SIGNING_KEY=${CIO_WEBHOOK_SIGNING_KEY:-$(cat "$STATE/webhook-signing.key")}
+export INSIGHTS_DEFAULT_BRAND_ID=${INSIGHTS_DEFAULT_BRAND_ID:-$BRAND_ID}
+export ACHIEVEMENTS_DATA_DIR=${ACHIEVEMENTS_DATA_DIR:-$STATE/achievements}
 
 stop_services
 setsid nohup "$UV" run honcho -f deploy/local/Procfile -d . start > "$STATE/logs/services.log" 2>&1 &
@@ -48,7 +55,9 @@ cat <<MSG
 Synergy Engine is running.
   Kafka:     $KAFKA_BOOTSTRAP_SERVERS
   Postgres:  $DATABASE_URL
-  Demo brand write key: $WRITE_KEY
+  Demo brand:  id $BRAND_ID, write key $WRITE_KEY
+  Customer.io webhook signing key (insights): $CIO_WEBHOOK_SIGNING_KEY
+  Customer.io sink: ${CIO_SITE_ID:+sending to site $CIO_SITE_ID}${CIO_SITE_ID:-DRY RUN (set CIO_SITE_ID and CIO_API_KEY, or per-brand credentials)}
   Logs:      $STATE/logs/services.log (Kafka and Postgres: .local/run/logs/)
 
 Try:

@@ -22,7 +22,7 @@ from tests.integration.insights.insights_harness import (
     new_topic,
     running_insights,
 )
-from tests.unit.insights.insights_webhook_examples import reporting_webhook
+from tests.unit.insights.insights_webhook_examples import reporting_webhook, seed_001_webhooks
 
 pytestmark = pytest.mark.integration
 
@@ -224,7 +224,62 @@ async def test_without_a_signing_key_every_webhook_is_refused(
     )
     async with running_insights(settings, brand, "unused") as running:
         answer = await running.post(reporting_webhook("email", "opened", "someone"))
-        assert answer.status_code == 503 and answer.json()["field"] == "X-CIO-Signature"
+        assert answer.status_code == 401
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["reason"] == "no_signing_key"
+        assert answer.json()["field"] == "X-CIO-Signature"
     assert (
         await db.fetchval("SELECT count(*) FROM customer_io_webhook_log WHERE brand_id = $1", brand.pk) == 0
     )
+
+
+async def test_read_api_answers_merged_seed_001_predictions_and_delivery_metrics(
+    insights: Insights, db: asyncpg.Pool
+):
+    brand = insights.brand
+    user = await make_user(db, brand)
+    auth = {"Authorization": f"Bearer {brand.write_key}"}
+    now = int(time.time())
+    webhooks = seed_001_webhooks()
+    for offset, name in enumerate(sorted(webhooks)):
+        body = {**webhooks[name], "user_id": user}
+        assert (await insights.post(body, timestamp=now - 20 + offset)).status_code == 200
+    reports = [
+        reporting_webhook("email", "opened", user, now - 10),
+        reporting_webhook("email", "clicked", user, now - 9),
+        reporting_webhook("push", "opened", user, now - 8),
+        reporting_webhook("email", "converted", user, now - 7),
+        reporting_webhook("customer", "unsubscribed", user, now - 6),
+    ]
+    for body in reports:
+        assert (await insights.post(body)).status_code == 200
+
+    answer = await insights.client.get(f"/v1/users/{user}/insights", headers=auth)
+    assert answer.status_code == 200
+    insight = answer.json()
+    assert insight["user_known"] is True
+    assert insight["predictions"] == {
+        "churn_probability": 0.78,
+        "engagement_score": 0.65,
+        "predicted_ltv": 500.25,
+        "product_affinity_scores": {"concentrates": 0.85, "vapes": 0.62, "flower": 0.41},
+        "purchase_probability": 0.82,
+        "predicted_purchase_value": 85.5,
+        "recommended_segment": "high_intent_buyer",
+        "next_best_action": "send_personalized_offer",
+    }
+    assert insight["delivery_metrics"] == {
+        "customer": {"unsubscribed": 1},
+        "email": {"clicked": 1, "converted": 1, "opened": 1},
+        "push": {"opened": 1},
+    }
+    assert insight["unsubscribed"] is True
+
+    # A later resubscribe reaches the cached answer (the processed webhook notifies).
+    assert (await insights.post(reporting_webhook("customer", "subscribed", user, now - 1))).status_code == 200
+
+    async def resubscribed() -> bool:
+        body = (await insights.client.get(f"/v1/users/{user}/insights", headers=auth)).json()
+        return body["unsubscribed"] is False and body["delivery_metrics"]["customer"]["subscribed"] == 1
+
+    assert await eventually(resubscribed, timeout=5)

@@ -35,6 +35,7 @@ class AchievementsSettings(CommonSettings):
     achievements_session_timeout: str = "60s"  # how soon a dead worker's partitions move
     achievements_batch_size: int = 1000  # events applied as one step (one state write per user per batch)
     achievements_batch_wait_seconds: float = 0.05  # longest wait for a batch to fill
+    achievements_max_poll_records: int = 500
     achievements_shutdown_timeout: str = "15s"  # SIGTERM: longest wait for a clean stop, then exit anyway
     achievements_persist: bool = True  # write users' points and user_achievements to Postgres
 

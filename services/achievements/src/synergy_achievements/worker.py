@@ -98,6 +98,9 @@ class AchievementsWorker:
             producer_acks=-1,
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=1.0,
+            # Unbounded polls hand faust's stream huge record maps it drains ~6x slower (measured: 2.4k vs
+            # 14k msgs/s through take_events on the bench topic).
+            broker_max_poll_records=settings.achievements_max_poll_records,
             producer_linger=0.005,
             producer_max_batch_size=512 * 1024,
             broker_session_timeout=settings.seconds(settings.achievements_session_timeout),

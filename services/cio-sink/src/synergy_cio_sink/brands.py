@@ -44,6 +44,10 @@ class BrandDirectory:
             "AND customer_io_api_key IS NOT NULL)"
         ))
 
+    async def ping(self) -> bool:
+        """Postgres answers (the readiness check)."""
+        return self._pool is not None and await self._pool.fetchval("SELECT 1") == 1
+
     async def delivery_for(self, brand_id: str) -> BrandDelivery:
         now = time.monotonic()
         cached = self._cache.get(brand_id)

@@ -205,6 +205,21 @@ def flatten_attributes(snapshot: Mapping[str, Any]) -> FlatAttributes:
 # --- envelope -> delivery ----------------------------------------------------------------------
 
 
+def identify_traits(data: Mapping[str, Any], from_snapshots: bool) -> Mapping[str, Any] | None:
+    """What becomes the person's attributes.
+
+    The achievements service publishes `{"user_snapshot": {...}, "loyalty": {...}}` on the
+    snapshots topic: only `user_snapshot` (seed 000's blocks) becomes attributes. `loyalty` is that
+    service's bookkeeping (state version, one date per achievement, rule progress): the figures a
+    campaign segments on are already in the user_snapshot, and one attribute per achievement would
+    eat into the 300-attribute budget. An identify from a client carries its traits as `data`.
+    """
+    snapshot = data.get("user_snapshot")
+    if isinstance(snapshot, Mapping):
+        return snapshot
+    return None if from_snapshots else data
+
+
 def _unix(timestamp: datetime) -> int:
     return int(timestamp.timestamp())
 
@@ -235,7 +250,9 @@ def map_envelope(
     if event_type == "identify":
         if not user_id:
             return Skipped("identify_without_id")
-        traits = data.get("user_snapshot", data) if isinstance(data.get("user_snapshot"), Mapping) else data
+        traits = identify_traits(data, from_snapshots)
+        if traits is None:
+            return Rejected("snapshot_without_user_snapshot", "snapshot data lacks its user_snapshot")
         flat = flatten_attributes(apply_privacy(traits, privacy))
         identify_item: dict[str, Any] = {
             "type": "person", "identifiers": {"id": user_id}, "action": "identify",

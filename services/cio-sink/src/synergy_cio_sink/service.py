@@ -49,10 +49,12 @@ async def running_sink(settings: SinkSettings) -> AsyncIterator[CioSink]:
     try:
         await producer.start()
         await consumer.start()
+        sink = CioSink(settings, consumer, directory, DeadLetterWriter(producer, pool), transport)
         if directory.default_workspace is None and not await directory.any_brand_has_credentials():
+            sink.running_dry = True
             print(DRY_RUN_BANNER, file=sys.stderr, flush=True)
             log.warning("dry run: no Customer.io credentials anywhere; recording what would be sent")
-        yield CioSink(settings, consumer, directory, DeadLetterWriter(producer, pool), transport)
+        yield sink
     finally:
         await consumer.stop()
         await producer.stop()
@@ -60,13 +62,17 @@ async def running_sink(settings: SinkSettings) -> AsyncIterator[CioSink]:
         await pool.close()
 
 
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
 def ops_app(sink: CioSink) -> FastAPI:
     async def kafka_ready() -> bool:
-        return bool(sink.consumer.assignment()) or sink.consumer._client.cluster.brokers() != set()
+        # A fresh metadata round trip (public API), not the client's cached view of the cluster.
+        await asyncio.wait_for(sink.consumer.topics(), READINESS_TIMEOUT_SECONDS)
+        return True
 
     async def postgres_ready() -> bool:
-        pool = sink.directory._pool
-        return pool is not None and await pool.fetchval("SELECT 1") == 1
+        return await asyncio.wait_for(sink.directory.ping(), READINESS_TIMEOUT_SECONDS)
 
     app = FastAPI(title="synergy cio-sink", docs_url=None, redoc_url=None)
     app.include_router(ops_router({"kafka": kafka_ready, "postgres": postgres_ready}))
@@ -74,7 +80,8 @@ def ops_app(sink: CioSink) -> FastAPI:
     @app.get("/dry-run")
     async def dry_run() -> dict[str, object]:
         """What the sink would have sent, when it runs dry (latest 100)."""
-        return {"recorded": len(sink.dry_run_log), "latest": list(sink.dry_run_log)[-100:]}
+        return {"dry_run": sink.running_dry, "recorded": len(sink.dry_run_log),
+                "latest": list(sink.dry_run_log)[-100:]}
 
     return app
 

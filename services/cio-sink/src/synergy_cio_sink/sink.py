@@ -140,6 +140,7 @@ class CioSink:
         self.queues: UserQueues[WorkItem] = UserQueues(settings.cio_max_pending_per_user)
         self.coalescer: SnapshotCoalescer[WorkItem] = SnapshotCoalescer(settings.cio_snapshot_interval)
         self.dry_run_log: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self.running_dry = False  # no credentials anywhere at start (service.running_sink)
         self.generation = 0
         self.snapshots_topic = topics.SNAPSHOTS.name
         self.assigned: set[TopicPartition] = set()

@@ -29,7 +29,14 @@ from synergy_insights.cache import InsightsCache
 from synergy_insights.invalidation import InvalidationListener
 from synergy_insights.openapi import WEBHOOK_REQUEST_BODY, WEBHOOK_RESPONSES
 from synergy_insights.payloads import PayloadRejected, parse_webhook, reject_nul_characters
-from synergy_insights.processing import Outcome, RetryLoop, WebhookProcessor, type_label
+from synergy_insights.processing import (
+    BrandResolver,
+    Outcome,
+    RetryLoop,
+    UnknownDefaultBrand,
+    WebhookProcessor,
+    type_label,
+)
 from synergy_insights.publisher import InsightsPublisher
 from synergy_insights.settings import InsightsSettings
 from synergy_insights.signature import SignatureRejected, SignatureVerifier
@@ -51,6 +58,7 @@ class Runtime:
     pool: asyncpg.Pool
     verifier: SignatureVerifier
     brands: BrandDirectory
+    brand_resolver: BrandResolver
     webhook_log: WebhookLog
     profiles: ProfileStore
     publisher: InsightsPublisher
@@ -114,6 +122,8 @@ def create_app(
             publisher,
             on_user_updated=lambda brand, user: cache.invalidate((brand, user)),
         )
+        brands = BrandDirectory(pool)
+        brand_resolver = BrandResolver(brands, settings.insights_default_brand_id)
         retry_loop = RetryLoop(
             webhook_log,
             processor,
@@ -121,12 +131,14 @@ def create_app(
             max_backoff_seconds=settings.seconds("insights_retry_max_backoff"),
             unknown_user_horizon_seconds=settings.seconds("insights_unknown_user_horizon"),
             signature_tolerance_seconds=verifier.tolerance_seconds,
+            brand_resolver=brand_resolver,
         )
         state["runtime"] = Runtime(
             settings=settings,
             pool=pool,
             verifier=verifier,
-            brands=BrandDirectory(pool),
+            brands=brands,
+            brand_resolver=brand_resolver,
             webhook_log=webhook_log,
             profiles=profiles,
             publisher=publisher,
@@ -192,7 +204,8 @@ def create_app(
         x_cio_signature: str | None = Header(default=None, alias="X-CIO-Signature"),
         x_cio_timestamp: str | None = Header(default=None, alias="X-CIO-Timestamp"),
     ) -> JSONResponse:
-        """A Customer.io webhook for the default brand (INSIGHTS_DEFAULT_BRAND_ID)."""
+        """A Customer.io webhook: INSIGHTS_DEFAULT_BRAND_ID's, else the brand that knows its user, else
+        the only brand; while that is ambiguous it is logged and answered 202 `waiting_for_brand`."""
         return await receive_webhook(request, None)
 
     async def brand_path(
@@ -237,7 +250,8 @@ def create_app(
                 insights = await rt.profiles.read_insights(int(brand_id), user_id)
             except DATABASE_UNAVAILABLE as exc:
                 raise _unavailable("Postgres", exc) from exc
-            if insights is not None:
+            # A user without a row is shown from pending webhooks, which notify nobody: not cached.
+            if insights is not None and insights["user_known"]:
                 rt.cache.put(key, insights, generation)
         if insights is None:
             raise ProblemError(404, "Unknown user", f"no user {user_id!r} in this brand", field="user_id")
@@ -251,11 +265,11 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
         metrics.SIGNATURE_FAILURES.labels("no_signing_key").inc()
         metrics.WEBHOOKS.labels("unknown", "refused").inc()
         raise ProblemError(
-            503,
-            "Webhook signing key not configured",
-            "set CIO_WEBHOOK_SIGNING_KEY; until then every webhook is refused",
+            401,
+            "Webhook signature refused",
+            "no signing key is configured (CIO_WEBHOOK_SIGNING_KEY): every webhook is refused",
             field="X-CIO-Signature",
-            headers={"Retry-After": "60"},
+            reason="no_signing_key",
         )
     require_json_content_type(request.headers.get("content-type"))
     body = await read_body_within(request, rt.settings.insights_max_body_bytes)
@@ -275,7 +289,7 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
         metrics.WEBHOOKS.labels("unknown", "refused").inc()
         raise ProblemError(400, "Body is not JSON", str(exc), field="body") from exc
 
-    brand_id = await _brand_for(rt, brand)
+    path_brand = await _path_brand(rt, brand) if brand else None
     signed_at = datetime.fromtimestamp(verified.signed_at, UTC)
     grace = rt.settings.seconds("insights_inline_processing_timeout") + 30
     if b"\\u0000" in body:
@@ -288,6 +302,7 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
         webhook = parse_webhook(payload, signed_at)
     except PayloadRejected as exc:
         # Logged (not retried) so what Customer.io sent stays visible; answered 422.
+        brand_id = path_brand if brand else await _contract_brand(rt, None)
         try:
             await rt.webhook_log.record(
                 brand_id, "unrecognised", payload, None, None, verified, grace, str(exc)
@@ -300,6 +315,7 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
         raise ProblemError(422, "Unrecognised webhook", exc.message, field=exc.field) from exc
 
     label = type_label(webhook)
+    brand_id = path_brand if brand else await _contract_brand(rt, webhook.user_id)
     try:
         recorded = await rt.webhook_log.record(
             brand_id, webhook.webhook_type, payload, webhook.event_id, webhook.user_id, verified, grace
@@ -323,6 +339,10 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
         return JSONResponse({"status": "duplicate", "event_id": webhook.event_id}, status_code=200)
 
     assert recorded.received_at is not None
+    if brand_id is None:
+        metrics.WEBHOOKS.labels(label, Outcome.WAITING_FOR_BRAND.value).inc()
+        answer = {"status": Outcome.WAITING_FOR_BRAND.value, "log_id": recorded.log_id}
+        return JSONResponse({**answer, "event_id": webhook.event_id}, status_code=202)
     try:
         outcome = await asyncio.wait_for(
             rt.processor.process(
@@ -341,19 +361,22 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
     return JSONResponse(answer, status_code=200 if outcome is Outcome.PROCESSED else 202)
 
 
-async def _brand_for(rt: Runtime, brand: str | None) -> int:
-    wanted = brand or rt.settings.insights_default_brand_id
-    if not wanted:
-        raise ProblemError(
-            404,
-            "No brand for this webhook",
-            "post to /webhooks/customer-io/{brand_slug}, or set INSIGHTS_DEFAULT_BRAND_ID",
-            field="brand",
-        )
+async def _path_brand(rt: Runtime, brand: str) -> int:
+    """The brand named in the webhook path (slug or id); 404 when there is none such."""
     try:
-        brand_id = await rt.brands.brand_id(wanted)
+        brand_id = await rt.brands.brand_id(brand)
     except DATABASE_UNAVAILABLE as exc:
         raise _unavailable("Postgres", exc) from exc
     if brand_id is None:
-        raise ProblemError(404, "Unknown brand", f"no active brand {wanted!r}", field="brand")
+        raise ProblemError(404, "Unknown brand", f"no active brand {brand!r}", field="brand")
     return brand_id
+
+
+async def _contract_brand(rt: Runtime, external_user_id: str | None) -> int | None:
+    """The brand of a webhook posted to a contract path (brand_choice's rule); None while ambiguous."""
+    try:
+        return await rt.brand_resolver.resolve(external_user_id)
+    except UnknownDefaultBrand as exc:
+        raise ProblemError(404, "Unknown brand", str(exc), field="brand") from exc
+    except DATABASE_UNAVAILABLE as exc:
+        raise _unavailable("Postgres", exc) from exc

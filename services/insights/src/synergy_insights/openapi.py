@@ -66,15 +66,20 @@ WEBHOOK_REQUEST_BODY: dict[str, Any] = {
 
 WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "processed, or a redelivery of an event_id already logged"},
-    202: {"description": "logged durably; finished by the retry loop (e.g. the user is not known yet)"},
+    202: {
+        "description": "logged durably; finished by the retry loop (the user or the brand is not known yet)"
+    },
     400: {"description": "the body is not JSON", "content": _PROBLEM},
-    401: {"description": "unsigned, bad signature, stale timestamp or replayed", "content": _PROBLEM},
-    404: {"description": "no such brand", "content": _PROBLEM},
+    401: {
+        "description": "unsigned, bad signature, stale timestamp, replayed, or no signing key configured",
+        "content": _PROBLEM,
+    },
+    404: {"description": "no such brand (path, or INSIGHTS_DEFAULT_BRAND_ID)", "content": _PROBLEM},
     413: {"description": "the body is over 1 MB", "content": _PROBLEM},
     415: {"description": "not application/json", "content": _PROBLEM},
     422: {"description": "JSON, but not a webhook this service knows", "content": _PROBLEM},
     503: {
-        "description": "Postgres unavailable, or no signing key configured: retry later",
+        "description": "Postgres unavailable: retry later",
         "content": _PROBLEM,
     },
 }

@@ -12,10 +12,18 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from synergy_insights import metrics
+from synergy_insights.brand_choice import choose_brand
 from synergy_insights.envelopes import insight_envelope
 from synergy_insights.payloads import PayloadRejected, PredictionWebhook, Webhook, parse_webhook
 from synergy_insights.publisher import InsightsPublisher
-from synergy_insights.store import DATABASE_ERRORS, LoggedWebhook, ProfileStore, UnknownUser, WebhookLog
+from synergy_insights.store import (
+    DATABASE_ERRORS,
+    BrandDirectory,
+    LoggedWebhook,
+    ProfileStore,
+    UnknownUser,
+    WebhookLog,
+)
 
 log = structlog.get_logger(service="insights")
 
@@ -24,7 +32,34 @@ class Outcome(enum.StrEnum):
     PROCESSED = "processed"
     WAITING_FOR_USER = "waiting_for_user"
     RETRY_LATER = "retry_later"
+    WAITING_FOR_BRAND = "waiting_for_brand"
+    DUPLICATE = "duplicate"
     GAVE_UP = "gave_up"
+
+
+class UnknownDefaultBrand(Exception):
+    def __init__(self, wanted: str) -> None:
+        super().__init__(f"INSIGHTS_DEFAULT_BRAND_ID {wanted!r} is no active brand")
+        self.wanted = wanted
+
+
+class BrandResolver:
+    """The brand of a webhook posted to a contract path: brand_choice's rule, against Postgres."""
+
+    def __init__(self, brands: BrandDirectory, default_brand: str | None) -> None:
+        self._brands = brands
+        self._default = default_brand or None
+
+    async def resolve(self, external_user_id: str | None) -> int | None:
+        """The brand id, or None while ambiguous. Raises UnknownDefaultBrand for a bad default."""
+        if self._default:
+            default = await self._brands.brand_id(self._default)
+            if default is None:
+                raise UnknownDefaultBrand(self._default)
+            return default
+        knowing = await self._brands.brands_knowing_user(external_user_id) if external_user_id else []
+        active = [] if knowing else await self._brands.active_brands()
+        return choose_brand(None, knowing, active)
 
 
 def type_label(webhook: Webhook) -> str:
@@ -94,8 +129,10 @@ class RetryLoop:
         max_backoff_seconds: float,
         unknown_user_horizon_seconds: float,
         signature_tolerance_seconds: float,
+        brand_resolver: BrandResolver,
         batch_size: int = 100,
     ) -> None:
+        self._brand_resolver = brand_resolver
         self._log = webhook_log
         self._processor = processor
         self._interval = interval_seconds
@@ -131,7 +168,22 @@ class RetryLoop:
         except PayloadRejected as exc:
             await self._log.mark_failed(row.log_id, str(exc))
             return Outcome.GAVE_UP
+        brand_id = row.brand_id
+        if brand_id is None:
+            try:
+                brand_id = await self._brand_resolver.resolve(webhook.user_id)
+            except UnknownDefaultBrand as exc:
+                await self._log.mark_pending(row.log_id, str(exc))
+                return Outcome.WAITING_FOR_BRAND
+            if brand_id is None:
+                # Never given up: it waits for a brand to know the user, or for a default brand.
+                await self._log.mark_pending(
+                    row.log_id, f"no single brand for user {webhook.user_id!r} yet (see brand_choice)"
+                )
+                return Outcome.WAITING_FOR_BRAND
+            if not await self._log.assign_brand(row.log_id, brand_id):
+                return Outcome.DUPLICATE
         overdue = datetime.now(UTC) - row.received_at > self._horizon
         return await self._processor.process(
-            row.brand_id, row.log_id, webhook, row.received_at, stop_waiting_for_user=overdue
+            brand_id, row.log_id, webhook, row.received_at, stop_waiting_for_user=overdue
         )

@@ -11,6 +11,14 @@ import asyncpg
 from synergy_insights.merge import OBSERVED_AT_KEY, PredictionMerger, predictions_view, profile_columns
 from synergy_insights.payloads import PredictionWebhook
 from synergy_insights.signature import VerifiedSignature
+from synergy_insights.summary import (
+    SUBSCRIPTION_METRICS,
+    MetricCount,
+    delivery_metrics,
+    is_unsubscribed,
+    merged_pending_predictions,
+    subscription_change,
+)
 
 INVALIDATION_CHANNEL = "synergy_insights_updated"
 DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -47,7 +55,7 @@ class RecordedWebhook:
 @dataclass(frozen=True)
 class LoggedWebhook:
     log_id: int
-    brand_id: int
+    brand_id: int | None  # None until the brand is resolved (see brand_choice)
     payload: Any
     signed_at: datetime
     received_at: datetime
@@ -63,7 +71,7 @@ class WebhookLog:
 
     async def record(
         self,
-        brand_id: int,
+        brand_id: int | None,
         webhook_type: str,
         payload: Any,
         event_id: str | None,
@@ -82,6 +90,16 @@ class WebhookLog:
             )
             if not fresh:
                 raise ReplayedSignature(verified.signature)
+            if brand_id is None and event_id is not None:
+                # The unique (brand_id, event_id) index cannot see NULL brands: deduplicate by hand.
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('cio-unresolved:' || $1, 0))", event_id
+                )
+                if await connection.fetchval(
+                    "SELECT true FROM customer_io_webhook_log WHERE brand_id IS NULL AND event_id = $1",
+                    event_id,
+                ):
+                    return RecordedWebhook(log_id=None, received_at=None)
             row = await connection.fetchrow(
                 """INSERT INTO customer_io_webhook_log
                      (brand_id, webhook_type, payload, event_id, external_user_id, signature, signed_at,
@@ -135,14 +153,41 @@ class WebhookLog:
         ]
 
     async def mark_processed(self, log_id: int, user_pk: int | None) -> None:
+        """Done; the read API's caches of that user are told (its delivery metrics changed)."""
         await self._pool.execute(
-            """UPDATE customer_io_webhook_log
-               SET processed_successfully = true, error_message = NULL, processed_at = now(),
-                   user_id = COALESCE($2, user_id), next_attempt_at = NULL
-               WHERE id = $1""",
+            """WITH done AS (
+                 UPDATE customer_io_webhook_log
+                 SET processed_successfully = true, error_message = NULL, processed_at = now(),
+                     user_id = COALESCE($2, user_id), next_attempt_at = NULL
+                 WHERE id = $1
+                 RETURNING brand_id, external_user_id)
+               SELECT pg_notify($3, brand_id || ':' || external_user_id) FROM done
+               WHERE brand_id IS NOT NULL AND external_user_id IS NOT NULL""",
             log_id,
             user_pk,
+            INVALIDATION_CHANNEL,
         )
+
+    async def assign_brand(self, log_id: int, brand_id: int) -> bool:
+        """Give a brand-less row its brand; False (and the row closed) when that brand already
+        logged the same event_id, so the copy changes nothing."""
+        try:
+            await self._pool.execute(
+                "UPDATE customer_io_webhook_log SET brand_id = $2 WHERE id = $1 AND brand_id IS NULL",
+                log_id,
+                brand_id,
+            )
+        except asyncpg.UniqueViolationError:
+            await self._pool.execute(
+                """UPDATE customer_io_webhook_log
+                   SET processed_successfully = true, processed_at = now(), next_attempt_at = NULL,
+                       error_message = 'duplicate: brand ' || $2::bigint || ' already logged this event_id'
+                   WHERE id = $1""",
+                log_id,
+                brand_id,
+            )
+            return False
+        return True
 
     async def mark_pending(self, log_id: int, error: str, retry_in_seconds: float | None = None) -> None:
         """Leave for the retry loop, noting why; due again in `retry_in_seconds` (or as claimed)."""
@@ -246,28 +291,71 @@ class ProfileStore:
         return None if value is None else int(value)
 
     async def read_insights(self, brand_id: int, external_id: str) -> dict[str, Any] | None:
-        row = await self._pool.fetchrow(
-            """SELECT u.ai_features, p.calculated_at, p.last_synced_at
-               FROM users u LEFT JOIN user_ai_profiles p ON p.user_id = u.id
-               WHERE u.brand_id = $1 AND u.external_id = $2""",
-            brand_id,
-            external_id,
-        )
-        if row is None:
+        """The user's predictions and delivery metrics; None when the brand knows nothing of them.
+        A user without a row yet is shown from their pending prediction webhooks (`user_known` false)."""
+        async with self._pool.acquire(timeout=2.0) as connection:
+            row = await connection.fetchrow(
+                """SELECT u.ai_features, p.calculated_at, p.last_synced_at
+                   FROM users u LEFT JOIN user_ai_profiles p ON p.user_id = u.id
+                   WHERE u.brand_id = $1 AND u.external_id = $2""",
+                brand_id,
+                external_id,
+            )
+            counts = await connection.fetch(
+                """SELECT payload->>'object_type' AS object_type, payload->>'metric' AS metric, count(*) AS n
+                   FROM customer_io_webhook_log
+                   WHERE brand_id = $1 AND external_user_id = $2 AND processed_successfully
+                     AND webhook_type <> 'prediction_update'
+                   GROUP BY 1, 2""",
+                brand_id,
+                external_id,
+            )
+            changes = await connection.fetch(
+                """SELECT id, payload, signed_at FROM customer_io_webhook_log
+                   WHERE brand_id = $1 AND external_user_id = $2 AND processed_successfully
+                     AND webhook_type <> 'prediction_update' AND payload->>'metric' = ANY($3::text[])""",
+                brand_id,
+                external_id,
+                list(SUBSCRIPTION_METRICS),
+            )
+            pending = []
+            if row is None:
+                pending = await connection.fetch(
+                    """SELECT id, payload, signed_at FROM customer_io_webhook_log
+                       WHERE brand_id = $1 AND external_user_id = $2 AND processed_successfully IS NULL
+                         AND webhook_type = 'prediction_update'
+                       ORDER BY id""",
+                    brand_id,
+                    external_id,
+                )
+        if row is None and not counts and not pending:
             return None
-        features = row["ai_features"] or {}
+        if row is not None:
+            features = row["ai_features"] or {}
+        else:
+            features = merged_pending_predictions((r["id"], r["payload"], r["signed_at"]) for r in pending)
+        subscription = (subscription_change(r["id"], r["payload"], r["signed_at"]) for r in changes)
         return {
             "user_id": external_id,
             "brand_id": str(brand_id),
+            "user_known": row is not None,
             "predictions": predictions_view(features),
             "observed_at": dict(features.get(OBSERVED_AT_KEY) or {}),
-            "calculated_at": row["calculated_at"].isoformat() if row["calculated_at"] else None,
-            "last_synced_at": row["last_synced_at"].isoformat() if row["last_synced_at"] else None,
+            "calculated_at": _iso(row["calculated_at"]) if row is not None else None,
+            "last_synced_at": _iso(row["last_synced_at"]) if row is not None else None,
+            "delivery_metrics": delivery_metrics(
+                MetricCount(r["object_type"], r["metric"], r["n"]) for r in counts
+            ),
+            "unsubscribed": is_unsubscribed(change for change in subscription if change is not None),
         }
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
 class BrandDirectory:
-    """Brand id from the webhook path's slug (or id), cached briefly."""
+    """Brand id from the webhook path's slug (or id), cached briefly; and what choose_brand needs."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -285,3 +373,20 @@ class BrandDirectory:
                 self._known.clear()
             self._known[slug_or_id] = brand_id
         return brand_id
+
+    async def brands_knowing_user(self, external_id: str) -> list[int]:
+        """Active brands with a user of that external id (at most two: more is just as ambiguous)."""
+        rows = await self._pool.fetch(
+            # one probe of users' (brand_id, external_id) index per brand; brands are few
+            """SELECT b.id FROM brands b
+               WHERE b.is_active
+                 AND EXISTS (SELECT 1 FROM users u WHERE u.brand_id = b.id AND u.external_id = $1)
+               LIMIT 2""",
+            external_id,
+        )
+        return [int(row["id"]) for row in rows]
+
+    async def active_brands(self) -> list[int]:
+        """Active brand ids (at most two: all choose_brand needs to know is whether there is one)."""
+        rows = await self._pool.fetch("SELECT id FROM brands WHERE is_active ORDER BY id LIMIT 2")
+        return [int(row["id"]) for row in rows]
