@@ -7,6 +7,8 @@ UV ?= $(shell command -v uv 2>/dev/null || echo ".local/tools/bin/uv")
 RUN_ENV := KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 \
 	DATABASE_URL=postgresql://synergy:synergy@127.0.0.1:5432/synergy
 STATE := .local/run
+# Trust the machine's certificate store (a registry behind a TLS-inspecting proxy stays reachable).
+export UV_SYSTEM_CERTS := 1
 
 .PHONY: help install run down test test-unit lint bench schemas clean
 

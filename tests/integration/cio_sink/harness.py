@@ -32,6 +32,18 @@ def seed_events() -> list[dict[str, Any]]:
     return events
 
 
+def make_envelope(brand_id: str, user: str | None, name: str = "product_scanned",
+                  data: dict[str, Any] | None = None, anonymous_id: str | None = None, event_type: str = "track",
+                  event_id: str | None = None) -> dict[str, Any]:
+    identifiers = {"id": user} if user else {"anonymous_id": anonymous_id}
+    return {
+        "event_id": event_id or str(ULID()), "type": event_type, "name": name, "brand_id": brand_id,
+        "identifiers": identifiers, "data": data if data is not None else {"n": 1},
+        "timestamp": "2024-05-22T18:35:12Z", "received_at": "2024-05-22T18:35:13Z",
+        "schema_version": 1, "source": "test", "correlation_id": str(uuid.uuid4()),
+    }
+
+
 @dataclass
 class SinkHarness:
     fake: CustomerIoFake
@@ -44,13 +56,7 @@ class SinkHarness:
     def envelope(self, user: str | None, name: str = "product_scanned", data: dict[str, Any] | None = None,
                  anonymous_id: str | None = None, event_type: str = "track", event_id: str | None = None,
                  ) -> dict[str, Any]:
-        identifiers = {"id": user} if user else {"anonymous_id": anonymous_id}
-        return {
-            "event_id": event_id or str(ULID()), "type": event_type, "name": name, "brand_id": self.brand_id,
-            "identifiers": identifiers, "data": data if data is not None else {"n": 1},
-            "timestamp": "2024-05-22T18:35:12Z", "received_at": "2024-05-22T18:35:13Z",
-            "schema_version": 1, "source": "test", "correlation_id": str(uuid.uuid4()),
-        }
+        return make_envelope(self.brand_id, user, name, data, anonymous_id, event_type, event_id)
 
     async def publish(self, envelopes: list[dict[str, Any]], topic: str = "events") -> list[str]:
         futures = []

@@ -59,16 +59,27 @@ def dlq_list(since: str | None, reason: str | None, include_replayed: bool, limi
             await pool.close()
 
     rows = asyncio.run(run())
-    table = Table("id", "created", "reason", "brand", "event id", "source", "attempts", "replayed")
-    for row in rows:
-        table.add_row(
-            str(row["id"]), row["created_at"].isoformat(timespec="seconds"), row["reason"],
-            str(row["brand_id"] or ""), row["event_id"] or "",
-            f"{row['source_topic']}/{row['source_partition']}@{row['source_offset']}", str(row["attempts"]),
-            row["replayed_at"].isoformat(timespec="seconds") if row["replayed_at"] else "",
-        )
-    Console().print(table)
+    _print_rows(["id", "created", "reason", "brand", "event id", "source", "attempts", "replayed"], [
+        [str(row["id"]), row["created_at"].isoformat(timespec="seconds"), row["reason"],
+         str(row["brand_id"] or ""), row["event_id"] or "",
+         f"{row['source_topic']}/{row['source_partition']}@{row['source_offset']}", str(row["attempts"]),
+         row["replayed_at"].isoformat(timespec="seconds") if row["replayed_at"] else ""]
+        for row in rows
+    ])
     click.echo(f"{len(rows)} dead letter(s)")
+
+
+def _print_rows(header: list[str], rows: list[list[str]]) -> None:
+    """A table on a terminal; tab-separated lines, one per row, when piped (grep, cut, awk)."""
+    console = Console()
+    if not console.is_terminal:
+        for cells in (header, *rows):
+            click.echo("\t".join(cells))
+        return
+    table = Table(*header)
+    for cells in rows:
+        table.add_row(*cells)
+    console.print(table)
 
 
 @dlq.command("replay")
@@ -87,7 +98,9 @@ def dlq_replay(since: str | None, reason: str | None, limit: int | None) -> None
         sent = failed = 0
         try:
             rows = await list_dead_letters(pool, _since(since), reason, False, limit)
-            with Progress() as progress:
+            # On stderr, so stdout keeps only the summary; no bar at all when stderr is not a terminal.
+            progress_console = Console(stderr=True)
+            with Progress(console=progress_console, disable=not progress_console.is_terminal) as progress:
                 task = progress.add_task("replaying", total=len(rows))
                 for row in rows:
                     error = await _replay_one(row, directory, transport, limits, settings)

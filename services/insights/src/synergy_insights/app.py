@@ -250,7 +250,8 @@ def create_app(
                 insights = await rt.profiles.read_insights(int(brand_id), user_id)
             except DATABASE_UNAVAILABLE as exc:
                 raise _unavailable("Postgres", exc) from exc
-            # A user without a row is shown from pending webhooks, which notify nobody: not cached.
+            # A user without a row is shown from pending webhooks, which notify nobody until they
+            # are processed for a user who exists: such answers are not cached.
             if insights is not None and insights["user_known"]:
                 rt.cache.put(key, insights, generation)
         if insights is None:

@@ -291,8 +291,8 @@ class ProfileStore:
         return None if value is None else int(value)
 
     async def read_insights(self, brand_id: int, external_id: str) -> dict[str, Any] | None:
-        """The user's predictions and delivery metrics; None when the brand knows nothing of them.
-        A user without a row yet is shown from their pending prediction webhooks (`user_known` false)."""
+        """The user's predictions (with pending prediction webhooks merged over the stored ones) and
+        delivery metrics; None when the brand knows nothing of them. `user_known`: the user has a row."""
         async with self._pool.acquire(timeout=2.0) as connection:
             row = await connection.fetchrow(
                 """SELECT u.ai_features, p.calculated_at, p.last_synced_at
@@ -318,22 +318,20 @@ class ProfileStore:
                 external_id,
                 list(SUBSCRIPTION_METRICS),
             )
-            pending = []
-            if row is None:
-                pending = await connection.fetch(
-                    """SELECT id, payload, signed_at FROM customer_io_webhook_log
-                       WHERE brand_id = $1 AND external_user_id = $2 AND processed_successfully IS NULL
-                         AND webhook_type = 'prediction_update'
-                       ORDER BY id""",
-                    brand_id,
-                    external_id,
-                )
+            pending = await connection.fetch(
+                """SELECT id, payload, signed_at FROM customer_io_webhook_log
+                   WHERE brand_id = $1 AND external_user_id = $2 AND processed_successfully IS NULL
+                     AND webhook_type = 'prediction_update'
+                   ORDER BY id""",
+                brand_id,
+                external_id,
+            )
         if row is None and not counts and not pending:
             return None
-        if row is not None:
-            features = row["ai_features"] or {}
-        else:
-            features = merged_pending_predictions((r["id"], r["payload"], r["signed_at"]) for r in pending)
+        features = merged_pending_predictions(
+            ((r["id"], r["payload"], r["signed_at"]) for r in pending),
+            stored=row["ai_features"] if row is not None else None,
+        )
         subscription = (subscription_change(r["id"], r["payload"], r["signed_at"]) for r in changes)
         return {
             "user_id": external_id,

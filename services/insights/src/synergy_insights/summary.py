@@ -4,8 +4,9 @@
   the user, per object type (channel): `{"email": {"opened": 2, "clicked": 1}, "customer": {...}}`.
 - `unsubscribed`: true when the latest subscription change reported (a `customer` subscribed or
   unsubscribed, or any channel's `unsubscribed`) is an unsubscribe, by (occurred time, log id).
-- predictions of a user who has no row yet: the pending prediction webhooks merged in log order,
-  exactly as they will be once the user exists.
+- predictions: the stored ones with the still pending prediction webhooks merged over them, by the
+  same rule processing uses, so a user who has no row yet (or whose webhooks wait for a retry) is
+  shown as they will be once those webhooks are processed.
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ def is_unsubscribed(changes: Iterable[SubscriptionChange]) -> bool:
 
 
 def merged_pending_predictions(
-    pending: Iterable[tuple[int, Any, datetime]], merger: PredictionMerger | None = None
+    pending: Iterable[tuple[int, Any, datetime]],
+    stored: dict[str, Any] | None = None,
+    merger: PredictionMerger | None = None,
 ) -> dict[str, Any]:
-    """ai_features as they will be once the user exists, from (log id, payload, signed_at) rows."""
+    """ai_features once the pending (log id, payload, signed_at) rows are applied over `stored`."""
     merger = merger or PredictionMerger()
-    features: dict[str, Any] = {}
+    features: dict[str, Any] = dict(stored or {})
     for log_id, payload, signed_at in pending:
         try:
             webhook = parse_webhook(payload, signed_at)
