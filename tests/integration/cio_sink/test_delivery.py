@@ -14,8 +14,11 @@ async def test_every_seed_event_arrives_in_the_seed_shape(harness: SinkHarness) 
     seeds = seed_events()
     assert len(seeds) >= 8
     envelopes = [harness.envelope(f"seed-{i}", seed["name"], seed["data"]) for i, seed in enumerate(seeds)]
-    user_snapshot = {"user_snapshot": seeds[0]["data"]["user_snapshot"]}
-    snapshot = harness.envelope("seed-0", "user_snapshot", user_snapshot, event_type="identify")
+    # as achievements publishes it on the snapshots topic: a track named user_snapshot
+    published = {"user_snapshot": seeds[0]["data"]["user_snapshot"],
+                 "loyalty": {"state_version": 3, "achievements": {"first_scan": "2024-05-22T18:35:12Z"},
+                             "current_streak_days": 2, "as_of": "2024-05-22T18:35:12Z"}}
+    snapshot = harness.envelope("seed-0", "user_snapshot", published)
     await harness.start_sink()
     ids = await harness.publish(envelopes)
     await harness.publish([snapshot], topic="snapshots")
@@ -29,7 +32,9 @@ async def test_every_seed_event_arrives_in_the_seed_shape(harness: SinkHarness) 
     await harness.wait_for(lambda: ("site-test", "seed-0") in harness.fake.people, what="snapshot identify")
     attributes = harness.fake.people[("site-test", "seed-0")]
     assert attributes["email"] == seeds[0]["data"]["user_snapshot"]["identity"]["email"]
+    assert attributes["points_balance"] == seeds[0]["data"]["user_snapshot"]["economy"]["points_balance"]
     assert all(not isinstance(value, dict | list) for value in attributes.values())
+    assert not {"state_version", "first_scan", "achievements_first_scan", "current_streak_days"} & set(attributes)
 
 
 async def test_anonymous_and_page_events_and_v1_mode(harness: SinkHarness) -> None:

@@ -28,13 +28,9 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="module")
-async def insights(
-    db: asyncpg.Pool, database_url: str, kafka_bootstrap: str
-) -> AsyncIterator[Insights]:
+async def insights(db: asyncpg.Pool, database_url: str, kafka_bootstrap: str) -> AsyncIterator[Insights]:
     brand = await make_brand(db)
     topic = await new_topic(kafka_bootstrap)
-    settings = insights_settings(
-        database_url, kafka_bootstrap, insights_default_brand_id=brand.brand_id
-    )
+    settings = insights_settings(database_url, kafka_bootstrap, insights_default_brand_id=brand.brand_id)
     async with running_insights(settings, brand, topic) as running:
         yield running

@@ -80,9 +80,7 @@ async def test_processing_that_fails_after_logging_is_retried_from_the_log(
 ):
     brand = await make_brand(db)
     topic = await new_topic(kafka_bootstrap)
-    settings = insights_settings(
-        database_url, kafka_bootstrap, insights_default_brand_id=brand.brand_id
-    )
+    settings = insights_settings(database_url, kafka_bootstrap, insights_default_brand_id=brand.brand_id)
     # Nothing is published inline; the rows wait for the retry loop.
     publisher = FlakyPublisher(kafka_bootstrap, topic, failures=5)
     async with running_insights(
@@ -174,9 +172,7 @@ async def test_read_api_serves_from_cache_and_sees_updates_from_another_replica(
         await insights.post({"user_id": user, "predictions": {"churn_probability": 0.2}})
     ).status_code == 200
 
-    settings = insights_settings(
-        database_url, kafka_bootstrap, insights_default_brand_id=brand.brand_id
-    )
+    settings = insights_settings(database_url, kafka_bootstrap, insights_default_brand_id=brand.brand_id)
     async with running_insights(settings, brand, insights.topic) as replica:
 
         async def listening() -> bool:
@@ -276,7 +272,9 @@ async def test_read_api_answers_merged_seed_001_predictions_and_delivery_metrics
     assert insight["unsubscribed"] is True
 
     # A later resubscribe reaches the cached answer (the processed webhook notifies).
-    assert (await insights.post(reporting_webhook("customer", "subscribed", user, now - 1))).status_code == 200
+    assert (
+        await insights.post(reporting_webhook("customer", "subscribed", user, now - 1))
+    ).status_code == 200
 
     async def resubscribed() -> bool:
         body = (await insights.client.get(f"/v1/users/{user}/insights", headers=auth)).json()

@@ -58,7 +58,10 @@ def change(metric: str, timestamp: int, log_id: int):  # type: ignore[no-untyped
 
 
 def test_the_latest_subscription_change_decides_whatever_the_log_order():
-    unsubscribed_then_back = [change("subscribed", 1_700_000_100, 1), change("unsubscribed", 1_700_000_000, 2)]
+    unsubscribed_then_back = [
+        change("subscribed", 1_700_000_100, 1),
+        change("unsubscribed", 1_700_000_000, 2),
+    ]
     assert is_unsubscribed(unsubscribed_then_back) is False
     assert is_unsubscribed(reversed(unsubscribed_then_back)) is False
     assert is_unsubscribed([change("unsubscribed", 1_700_000_000, 1)]) is True

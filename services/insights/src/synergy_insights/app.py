@@ -317,6 +317,8 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
 
     label = type_label(webhook)
     brand_id = path_brand if brand else await _contract_brand(rt, webhook.user_id)
+    if brand_id is None:  # not processed inline: the retry loop's from its next round
+        grace = rt.settings.seconds("insights_retry_interval")
     try:
         recorded = await rt.webhook_log.record(
             brand_id, webhook.webhook_type, payload, webhook.event_id, webhook.user_id, verified, grace

@@ -17,7 +17,8 @@ class InsightsSettings(BaseSettings):
     cio_webhook_signing_key: str | None = None
     cio_webhook_signing_key_previous: str | None = None
     insights_signature_tolerance: str = "5m"
-    # The brand (id or slug) of webhooks posted to the path without a brand slug.
+    # The brand (id or slug) of webhooks posted to the path without a brand slug; unset, the brand is
+    # chosen per webhook (synergy_insights.brand_choice).
     insights_default_brand_id: str | None = None
     insights_max_body_bytes: int = 1024 * 1024
     insights_cache_ttl: str = "60s"
