@@ -2,7 +2,8 @@
 
 1. `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL`, each on its own, when set;
 2. testcontainers, when a Docker engine answers;
-3. the local launcher (synergy_common.localinfra), instance `test`: Kafka 29092/29093, PostgreSQL 25432 (below the ephemeral port range, so no client can take them).
+3. the local launcher (synergy_common.localinfra), instance `test`: Kafka 29092/29093, PostgreSQL 25432,
+   below the ephemeral port range, so no client's source port can take them.
 
 `SYNERGY_TEST_INFRA=local|testcontainers` forces step 2 or 3 for whatever step 1 leaves open.
 """
