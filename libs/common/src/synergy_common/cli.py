@@ -157,6 +157,28 @@ def events_send(file: Any, url: str, write_key: str) -> None:
         sys.exit(1)
 
 
+@main.group()
+def topics() -> None:
+    """Kafka topics."""
+
+
+@topics.command("create")
+@click.option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", default=None, help="defaults to the env")
+@click.option("--partitions", default=12, show_default=True)
+def topics_create(bootstrap: str | None, partitions: int) -> None:
+    """Create every topic of DESIGN.md (idempotent); synergy.snapshots.v1 is compacted."""
+    from synergy_common.localinfra import create_topics, wait_for_kafka
+
+    servers = bootstrap or common_settings().kafka_bootstrap_servers
+
+    async def run() -> list[str]:
+        await wait_for_kafka(servers, timeout=120)
+        return await create_topics(servers, partitions)
+
+    created = asyncio.run(run())
+    click.echo(f"topics ready ({len(created)} created)")
+
+
 @main.command("infra", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def infra(ctx: click.Context) -> None:
