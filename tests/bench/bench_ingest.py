@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,16 +35,13 @@ from synergy_common.localinfra import create_topic
 from synergy_ingest.client_events import build_envelope
 from synergy_ingest.request_context import RequestContext
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "tests" / "fixtures" / "seed_examples" / "000_1_product_scanned.json"
 BATCH = 100
 JSON = {"Content-Type": "application/json"}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: list[float], share: float) -> float:

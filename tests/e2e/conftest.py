@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -18,15 +17,12 @@ from synergy_cio_sink.fake import CustomerIoFake, serve_fake
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.db import create_pool
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SITE_ID, API_KEY = "e2e-site", "e2e-key"
 SIGNING_KEY = "e2e-webhook-signing-key"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

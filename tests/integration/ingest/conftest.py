@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +16,8 @@ from synergy_common.settings import CommonSettings
 from synergy_ingest.app import create_app
 from synergy_ingest.settings import IngestSettings
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import Record, consume
+from tests.support import free_port
 
 
 @dataclass
@@ -84,28 +80,6 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-async def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 20.0) -> list[Any]:
-    """Every record of `topic` from the beginning, once at least `at_least` have arrived."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(records) < at_least and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for batch in batches.values():
-                records.extend(batch)
-        # drain whatever else is already there, so callers can see duplicates too
-        for batch in (await consumer.getmany(timeout_ms=300)).values():
-            records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
+async def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 20.0) -> list[Record]:
+    """Records of `topic` from the beginning, once at least `at_least` have arrived (or the timeout)."""
+    return await consume(bootstrap, topic, at_least, timeout=timeout, strict=False)

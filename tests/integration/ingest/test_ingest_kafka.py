@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def headers_of(record: Any) -> dict[str, str]:
-    return {key: value.decode() for key, value in record.headers}
+    return {key: value.decode() for key, value in record.raw_headers}
 
 
 async def test_each_seed_event_is_consumed_back_from_kafka(

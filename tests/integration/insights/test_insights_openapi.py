@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from tests.integration.insights.insights_harness import (
     new_topic,
     signed,
 )
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +37,6 @@ class Served:
     url: str
     brand: Brand
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_async(coroutine):  # type: ignore[no-untyped-def]
