@@ -52,7 +52,8 @@ lint: install
 		services/cio-sink/src services/insights/src
 
 bench: install
-	@set -e; for bench in tests/bench/bench_*.py; do echo "== $$bench"; $(UV) run python $$bench; done
+	@set -e; for bench in tests/bench/bench_*.py; do \
+		module=$$(basename $$bench .py); echo "== $$module"; $(UV) run python -m tests.bench.$$module; done
 
 schemas: install
 	$(UV) run synergy schemas export libs/schemas/jsonschema

@@ -4,7 +4,7 @@
   same envelopes with the same settings (idempotent, acks=all, lz4). Target: at least 0.6.
 - POST /v1/events against a bare FastAPI handler that answers 202. Target: at least 0.5.
 
-    uv run python tests/bench/bench_ingest.py [--events 20000] [--singles 3000]
+    uv run python -m tests.bench.bench_ingest [--events 20000] [--singles 3000]
 
 The services run as separate processes (uvicorn, one worker each); this process is the load generator.
 Infrastructure: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set, else synergy_common.testinfra.
