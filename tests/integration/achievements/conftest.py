@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
+from synergy_common.settings import CommonSettings
+from synergy_ingest.app import create_app
+from synergy_ingest.settings import IngestSettings
 
 PARTITIONS = 4
 
@@ -50,7 +56,8 @@ def start_worker(
             "ACHIEVEMENTS_APP_ID": app_id, "ACHIEVEMENTS_STORE": "memory://",
             "ACHIEVEMENTS_DATA_DIR": str(tmp_path / f"worker-{len(started)}"),
             "ACHIEVEMENTS_HTTP_PORT": str(port or free_port()), "LOG_LEVEL": "WARNING",
-            "ACHIEVEMENTS_SESSION_TIMEOUT": "10s",
+            "ACHIEVEMENTS_SESSION_TIMEOUT": "6s",  # the broker's minimum: a killed worker's partitions move fast
+            "ACHIEVEMENTS_RULES_POLL_INTERVAL": "2s", "ACHIEVEMENTS_SHUTDOWN_TIMEOUT": "5s",
         }
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")
         process = subprocess.Popen([sys.executable, "-m", "synergy_achievements"], env=env,
@@ -67,3 +74,28 @@ def start_worker(
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+async def ingest_client(
+    achievements_topics: dict[str, str], kafka_bootstrap: str, database_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The ingest service in-process under uvicorn, publishing to this test's events topic."""
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("SYNERGY_TOPIC_EVENTS", achievements_topics["SYNERGY_TOPIC_EVENTS"])
+    port = free_port()
+    app = create_app(
+        IngestSettings(port=port, publish_timeout_seconds=10),
+        CommonSettings(kafka_bootstrap_servers=kafka_bootstrap, database_url=database_url),
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.05)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+        monkeypatch.undo()

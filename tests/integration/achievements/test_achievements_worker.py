@@ -1,6 +1,7 @@
 """The achievements worker against real Kafka and Postgres: what reaches the topics, Postgres and the API.
 
-Events are produced straight to the events topic in the envelope ingest writes (ingest is tested on its own).
+The first test posts through the ingest service (in-process); the fault tests produce the envelope ingest
+writes straight to the events topic, so they can count exactly what went in.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import asyncio
 import json
 import signal
 import socket
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -101,16 +103,22 @@ async def final_snapshots(consume_all: Any, topic: str, brand_id: str, versions:
     return latest
 
 
-async def test_new_users_scan_yields_first_scan_in_seed_shape_a_snapshot_and_the_read_api(
-    start_worker: Any, achievements_topics: dict[str, str], kafka_producer: Any, consume_all: Any,
-    database_url: str,
+async def test_new_users_scan_posted_through_ingest_yields_first_scan_in_seed_shape_and_a_snapshot(
+    start_worker: Any, achievements_topics: dict[str, str], ingest_client: httpx.AsyncClient,
+    consume_all: Any, database_url: str,
 ) -> None:
     brand_id, write_key = await new_brand(database_url)
     port = free_port()
     start_worker(port)
     user = f"user-{ULID()}"
-    event = scan_event(brand_id, user, str(ULID()), "2024-05-22T18:35:12Z", 400)
-    await produce(kafka_producer, achievements_topics["SYNERGY_TOPIC_EVENTS"], [event])
+    posted = json.loads((SEED_EXAMPLES / "000_1_product_scanned.json").read_text())
+    posted["identifiers"] = {"id": user}
+    response = await ingest_client.post("/v1/events", json=posted,
+                                        headers={"Authorization": f"Bearer {write_key}"})
+    assert response.status_code == 202, response.text
+    [published] = await consume_all(achievements_topics["SYNERGY_TOPIC_EVENTS"], 1, timeout=30,
+                                    where=lambda r: r.json()["event_id"] == response.json()["event_id"])
+    event = published.json()
 
     [unlock] = await consume_all(achievements_topics["SYNERGY_TOPIC_LOYALTY"], 1, timeout=90,
                                  where=lambda r: r.json()["identifiers"]["id"] == user)
@@ -131,7 +139,7 @@ async def test_new_users_scan_yields_first_scan_in_seed_shape_a_snapshot_and_the
 
     [snapshot] = await consume_all(achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], 1, timeout=30,
                                    where=lambda r: r.json()["identifiers"]["id"] == user)
-    assert snapshot.json()["data"]["user_snapshot"]["economy"]["points_balance"] == 500
+    assert snapshot.json()["data"]["user_snapshot"]["economy"]["points_balance"] == 500  # 400 + first_scan's 100
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
         answer: dict[str, Any] = {}
@@ -163,7 +171,16 @@ async def test_sigkill_mid_stream_loses_no_points_and_duplicates_no_unlock(
     expected = expected_states(events)
     worker = start_worker()
     await produce(kafka_producer, achievements_topics["SYNERGY_TOPIC_EVENTS"], events[:120])
-    await consume_all(achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], 30, timeout=90,
+    applied: dict[str, int] = {}
+
+    def some_applied(records: list[Any]) -> bool:  # snapshots come one per user per batch
+        for record in records:
+            value = record.json()
+            user = value["identifiers"]["id"]
+            applied[user] = max(applied.get(user, 0), value["data"]["loyalty"]["state_version"])
+        return sum(applied.values()) >= 30
+
+    await consume_all(achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], until=some_applied, timeout=90,
                       where=lambda r: r.json()["brand_id"] == brand_id)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
@@ -197,11 +214,64 @@ async def test_two_workers_share_the_partitions_and_totals_come_out_right(
     users = [f"user-{ULID()}" for _ in range(16)]
     events = user_events(brand_id, users, 6, 25)
     expected = expected_states(events)
-    start_worker()
-    start_worker()
+    workers = [start_worker(), start_worker()]
     await asyncio.sleep(5)  # let both join the group
     await produce(kafka_producer, achievements_topics["SYNERGY_TOPIC_EVENTS"], events)
     latest = await final_snapshots(consume_all, achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], brand_id,
                                    {u: s.version for u, s in expected.items()})
     totals = Counter({u: v["data"]["user_snapshot"]["economy"]["lifetime_points"] for u, v in latest.items()})
     assert totals == Counter({u: s.lifetime_points for u, s in expected.items()})
+
+    for worker in workers:  # SIGTERM: each stops within the shutdown bound (5s) plus a margin
+        worker.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    for worker in workers:
+        worker.wait(timeout=15)
+    assert time.monotonic() - started < 12
+
+
+async def test_a_brand_rule_inserted_while_running_is_applied_without_restart(
+    start_worker: Any, achievements_topics: dict[str, str], kafka_producer: Any, consume_all: Any,
+    database_url: str,
+) -> None:
+    brand_id, _ = await new_brand(database_url)
+    port = free_port()
+    start_worker(port)
+    user = f"user-{ULID()}"
+    events_topic, loyalty_topic = achievements_topics["SYNERGY_TOPIC_EVENTS"], achievements_topics["SYNERGY_TOPIC_LOYALTY"]
+    await produce(kafka_producer, events_topic, [scan_event(brand_id, user, str(ULID()), "2024-06-01T10:00:00Z", 10)])
+    await consume_all(loyalty_topic, 1, timeout=90, where=lambda r: r.json()["identifiers"]["id"] == user)
+
+    async def reloads() -> float:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            text = (await client.get("/metrics")).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith('synergy_achievements_rules_reloads_total{result="ok"}'))
+
+    before = await reloads()
+    pool = await create_pool(database_url)
+    try:
+        await pool.execute(
+            """INSERT INTO achievement_configs (brand_id, name, description, achievement_key, achievement_type,
+                                                criteria, rewards, metadata)
+               VALUES ($1, 'Second Scan', 'Scan twice', 'brand_second_scan', 'scan_count', $2, $3, $4)""",
+            int(brand_id), {"metric": "scan_count", "operator": ">=", "value": 2},
+            {"points": 77, "badge": "second-badge"}, {"category": "milestone", "rarity": "common"},
+        )
+    finally:
+        await pool.close()
+    for _ in range(40):
+        if await reloads() > before:
+            break
+        await asyncio.sleep(0.25)
+    else:
+        raise AssertionError("the worker did not reload its rules")
+    await produce(kafka_producer, events_topic, [scan_event(brand_id, user, str(ULID()), "2024-06-01T11:00:00Z", 10)])
+
+    records = await consume_all(
+        loyalty_topic, 1, timeout=30,
+        where=lambda r: r.json()["identifiers"]["id"] == user
+        and r.json()["name"] == "achievement_unlocked"
+        and r.json()["data"]["achievement_data"]["achievement_id"] == "brand_second_scan",
+    )
+    assert records[0].json()["data"]["achievement_data"]["points_reward"] == 77

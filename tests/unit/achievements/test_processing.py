@@ -242,3 +242,27 @@ def test_brand_rules_from_config_rows_drive_unlocks(scan: EventFactory) -> None:
     rules = RuleCatalog([row]).for_brand("7")
     outcome = LoyaltyProcessor().apply(None, scan("01HZX0000000000000000000U1"), rules)
     assert outcome.state.points_balance == 401 and outcome.unlocked == ["first_scan"]
+
+
+def test_a_batch_of_one_users_events_gives_the_same_state_and_loyalty_outputs_as_one_by_one(
+    scan: EventFactory,
+) -> None:
+    events = [scan(f"01J{n:023d}", f"2024-06-0{1 + n % 7}T10:00:00Z", points_award=300) for n in range(12)]
+    events.insert(5, events[2])  # a redelivery inside the batch
+    one_by_one, outcomes = run(events)
+    batch = LoyaltyProcessor().apply_many(None, events, RULES)
+
+    assert batch.state == one_by_one
+    sequential_loyalty = [emit for outcome in outcomes for emit in outcome.loyalty_emits]
+    assert batch.loyalty_emits == sequential_loyalty
+    assert batch.duplicates == ["product_scanned"] and len(batch.applied) == 12
+    [snapshot] = [emit for emit in batch.emits if emit.channel == "snapshot"]
+    assert snapshot == outcomes[-1].emits[-1]  # the snapshot one-by-one processing ends with
+
+
+def test_a_batch_replayed_onto_its_own_result_changes_nothing(scan: EventFactory) -> None:
+    events = [scan(f"01K{n:023d}", f"2024-06-0{1 + n}T10:00:00Z") for n in range(5)]
+    processor = LoyaltyProcessor()
+    first = processor.apply_many(None, events, RULES)
+    again = processor.apply_many(first.state, events, RULES)
+    assert again.duplicate and again.emits == [] and again.state == first.state

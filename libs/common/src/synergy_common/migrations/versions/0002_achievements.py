@@ -106,5 +106,6 @@ def downgrade() -> None:
     op.execute(
         "DELETE FROM achievement_configs WHERE brand_id IS NULL AND achievement_key IN ("
         + ", ".join(f"'{row['achievement_key']}'" for row in _defaults()) + ")"
-        " AND NOT EXISTS (SELECT 1 FROM user_achievements ua WHERE ua.achievement_config_id = achievement_configs.id)"
+        " AND NOT EXISTS (SELECT 1 FROM user_achievements ua"
+        " WHERE ua.achievement_config_id = achievement_configs.id)"
     )
