@@ -381,6 +381,13 @@ def main() -> None:
     import uvicorn
 
     settings = IngestSettings()
+    if settings.workers > 1:
+        # Ingest is stateless: each process has its own producer and key cache.
+        uvicorn.run(
+            "synergy_ingest.app:create_app", factory=True, workers=settings.workers, host="0.0.0.0",
+            port=settings.port, log_level="warning", timeout_graceful_shutdown=10,
+        )
+        return
     uvicorn.run(
         create_app(settings),
         host="0.0.0.0",

@@ -9,6 +9,7 @@ class IngestSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
 
     port: int = 8000
+    workers: int = 1
     max_batch_events: int = 500
     max_batch_bytes: int = 500 * 1024
     max_event_bytes: int = 32 * 1024
