@@ -266,3 +266,20 @@ def test_a_batch_replayed_onto_its_own_result_changes_nothing(scan: EventFactory
     first = processor.apply_many(None, events, RULES)
     again = processor.apply_many(first.state, events, RULES)
     assert again.duplicate and again.emits == [] and again.state == first.state
+
+
+def test_applying_to_a_stored_state_equals_applying_to_the_state_and_leaves_the_bytes_alone(
+    scan: EventFactory,
+) -> None:
+    processor = LoyaltyProcessor()
+    earlier = processor.apply_many(None, [scan(f"01M{n:023d}", f"2024-06-0{1 + n}T10:00:00Z")
+                                          for n in range(4)], RULES)
+    stored = earlier.state.to_bytes()
+    later = [scan(f"01N{n:023d}", f"2024-06-0{5 + n}T10:00:00Z") for n in range(4)]
+
+    from_stored = processor.apply_stored(stored, later, RULES)
+    from_state = processor.apply_many(UserState.from_bytes(stored), later, RULES)
+
+    assert from_stored.state == from_state.state and from_stored.emits == from_state.emits
+    assert from_stored.state.current_streak() == 8 and from_stored.state.longest_streak == 8
+    assert UserState.from_bytes(stored) == earlier.state

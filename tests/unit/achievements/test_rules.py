@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from synergy_achievements.rules import (
     DEFAULT_ACHIEVEMENT_ROWS,
@@ -60,3 +62,18 @@ def test_timeframe_needs_a_counted_metric() -> None:
     assert Criteria.from_json({"metric": "scan_count", "value": 5, "timeframe": "7d"}).timeframe is not None
     rule = AchievementRule.from_row({**DEFAULT_ACHIEVEMENT_ROWS[0], "id": 3})
     assert rule.config_id == 3
+
+
+def test_the_migration_seeds_exactly_the_default_set_the_worker_falls_back_to() -> None:
+    """Migration 0002 keeps a literal copy (a migration must not change when service code does); the
+    worker uses DEFAULT_ACHIEVEMENT_ROWS only until it has read the seeded rows from Postgres."""
+    import importlib.util
+
+    import synergy_common
+
+    path = Path(synergy_common.__file__).parent / "migrations" / "versions" / "0002_achievements.py"
+    spec = importlib.util.spec_from_file_location("migration_0002", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    assert migration.seeded_achievements() == list(DEFAULT_ACHIEVEMENT_ROWS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -47,6 +48,17 @@ class BoundedShutdownWorker(faust.Worker):
         super()._on_sigint()
 
 
+def tune_garbage_collector() -> None:
+    """A batch keeps ~100k parsed objects alive while it is applied: with the default thresholds they were
+    traversed again and again by young collections and promoted into frequent full ones (a fifth of the
+    worker's time). Objects that live as long as the process (modules, the app) are frozen out of the
+    collector's view, and young collections run ~70x less often; reference counting still frees
+    almost everything at once."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def main() -> None:
     settings = settings_from_env()
     configure_logging("achievements", settings.log_level)
@@ -55,6 +67,7 @@ def main() -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.INFO, level if isinstance(level, int) else 0))
     partitions = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, EVENTS.name))
     worker = AchievementsWorker(settings, partitions)
+    tune_garbage_collector()
     BoundedShutdownWorker(
         worker.app, loglevel=settings.log_level.lower(), quiet=True,
         shutdown_timeout=settings.seconds(settings.achievements_shutdown_timeout),

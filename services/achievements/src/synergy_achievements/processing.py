@@ -386,11 +386,22 @@ class LoyaltyProcessor:
 
         The state passed in is not modified; the outcome holds the new state.
         """
+        return self._apply_to_own(None if state is None else state.copy(), events, rules)
+
+    def apply_stored(
+        self, stored: bytes | None, events: Sequence[dict[str, Any]], rules: BrandRules
+    ) -> Outcome:
+        """`apply_many` on a state as the table stores it (serialised): decoding makes a fresh state, so
+        it is not copied first."""
+        return self._apply_to_own(UserState.from_bytes(stored) if stored else None, events, rules)
+
+    def _apply_to_own(
+        self, state: UserState | None, events: Sequence[dict[str, Any]], rules: BrandRules
+    ) -> Outcome:
+        """Applies the events to `state` itself (a state no one else holds)."""
         if state is None:
             first = events[0]
             state = UserState(brand_id=first["brand_id"], user_id=(first.get("identifiers") or {})["id"])
-        else:
-            state = state.copy()
         outcome = Outcome(state)
         last: tuple[dict[str, Any], int] | None = None
         for event in events:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from synergy_common.durations import parse_duration
@@ -51,7 +51,11 @@ class RankLadder:
         return current
 
     def by_key(self, key: str | None) -> Rank | None:
-        return next((rank for rank in self.ranks if rank.key == key), None)
+        return self._ranks_by_key.get(key) if key is not None else None
+
+    @cached_property
+    def _ranks_by_key(self) -> dict[str, Rank]:
+        return {rank.key: rank for rank in self.ranks}
 
 
 OPERATORS: dict[str, str] = {
@@ -86,6 +90,7 @@ EVENTS_OF_METRIC: dict[str, str] = {
 }
 
 
+@lru_cache(maxsize=1024)
 def counted_event(metric: str) -> str | None:
     """The event whose occurrences a metric counts, when it counts one (timeframes need that)."""
     if metric.startswith("event_count:"):

@@ -31,6 +31,7 @@ class AchievementsSettings(CommonSettings):
     achievements_power_user_window: str = "30d"
     achievements_recompute_interval: str = "24h"
     achievements_rules_poll_interval: str = "30s"
+    achievements_rules_wait: str = "15s"  # at start, longest wait for the rules before applying events
     achievements_standby_replicas: int = 0
     achievements_session_timeout: str = "60s"  # how soon a dead worker's partitions move
     achievements_batch_size: int = 1000  # events applied as one step (one state write per user per batch)

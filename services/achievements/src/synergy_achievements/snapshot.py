@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from synergy_achievements.rules import RankLadder
@@ -28,6 +29,7 @@ class EngagementThresholds:
             raise ValueError("power_user_window_days is longer than the scan history kept")
 
 
+@lru_cache(maxsize=1 << 16)  # strftime is slow and the same few times recur in every snapshot of a user
 def iso(epoch_seconds: int | float) -> str:
     return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -90,20 +91,15 @@ class UserState:
         if index < len(self.scan_days) and self.scan_days[index] == day:
             return
         self.scan_days.insert(index, day)
+        self.longest_streak = max(self.longest_streak, run_through(self.scan_days, index))
         if len(self.scan_days) > SCAN_DAYS_KEPT:
             del self.scan_days[0]
-        self.longest_streak = max(self.longest_streak, longest_run(self.scan_days))
 
     def current_streak(self) -> int:
         """Consecutive days with a scan ending at the latest scan day."""
         if not self.scan_days:
             return 0
-        run = 1
-        for later, earlier in zip(reversed(self.scan_days), reversed(self.scan_days[:-1]), strict=False):
-            if date.fromisoformat(later) - date.fromisoformat(earlier) != timedelta(days=1):
-                break
-            run += 1
-        return run
+        return run_through(self.scan_days, len(self.scan_days) - 1)
 
     # --- serialisation -----------------------------------------------------------------------------
 
@@ -134,6 +130,32 @@ def longest_run(sorted_days: list[str]) -> int:
         best = max(best, run)
         previous = day
     return best
+
+
+def run_through(sorted_days: list[str], index: int) -> int:
+    """The length of the run of consecutive days that contains sorted_days[index] (a new day can only
+    lengthen the runs it joins, so the longest streak is the larger of this and the previous longest)."""
+    ordinals = [day_number(text) for text in sorted_days[max(0, index - 1): index + 2]]
+    middle = 1 if index > 0 else 0
+    start = end = index
+    if index > 0 and ordinals[middle] - ordinals[middle - 1] == 1:
+        start = index - 1
+        while start > 0 and _consecutive(sorted_days[start - 1], sorted_days[start]):
+            start -= 1
+    if middle + 1 < len(ordinals) and ordinals[middle + 1] - ordinals[middle] == 1:
+        end = index + 1
+        while end + 1 < len(sorted_days) and _consecutive(sorted_days[end], sorted_days[end + 1]):
+            end += 1
+    return end - start + 1
+
+
+def _consecutive(earlier: str, later: str) -> bool:
+    return day_number(later) - day_number(earlier) == 1
+
+
+@lru_cache(maxsize=4096)
+def day_number(text: str) -> int:
+    return date.fromisoformat(text).toordinal()
 
 
 def max_in_window(sorted_times: list[int], window_seconds: float) -> int:

@@ -22,7 +22,7 @@ branch_labels = ("achievements",)
 depends_on = None
 
 
-def _defaults() -> list[dict]:
+def seeded_achievements() -> list[dict]:
     def row(key, name, description, kind, criteria, points, badge, category, rarity):
         return {
             "achievement_key": key, "name": name, "description": description, "achievement_type": kind,
@@ -32,8 +32,9 @@ def _defaults() -> list[dict]:
             "visibility": {"active": True, "show_progress": True},
         }
 
-    # Kept equal to synergy_achievements.rules.DEFAULT_ACHIEVEMENT_ROWS (a migration must not import
-    # service code that may change later).
+    # A literal copy of synergy_achievements.rules.DEFAULT_ACHIEVEMENT_ROWS as of this revision: a
+    # migration must not change when service code does. tests/unit/achievements/test_rules.py asserts
+    # the two are equal; a later change to the defaults needs a new migration (and the test updated).
     return [
         row("first_scan", "First Scan", "Complete your first product scan", "scan_count",
             {"metric": "scan_count", "value": 1}, 100, "first-scan-badge", "milestone", "common"),
@@ -84,7 +85,7 @@ END $$ LANGUAGE plpgsql""",
 def upgrade() -> None:
     for statement in UPGRADE:
         op.execute(statement)
-    for row in _defaults():
+    for row in seeded_achievements():
         values = ", ".join(
             "'" + (json.dumps(row[k]) if isinstance(row[k], dict) else str(row[k])).replace("'", "''") + "'"
             for k in ("name", "description", "achievement_key", "achievement_type", "criteria", "rewards",
@@ -105,7 +106,7 @@ def downgrade() -> None:
     op.execute("ALTER TABLE users DROP COLUMN IF EXISTS loyalty_state_version")
     op.execute(
         "DELETE FROM achievement_configs WHERE brand_id IS NULL AND achievement_key IN ("
-        + ", ".join(f"'{row['achievement_key']}'" for row in _defaults()) + ")"
+        + ", ".join(f"'{row['achievement_key']}'" for row in seeded_achievements()) + ")"
         " AND NOT EXISTS (SELECT 1 FROM user_achievements ua"
         " WHERE ua.achievement_config_id = achievement_configs.id)"
     )
