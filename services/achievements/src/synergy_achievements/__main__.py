@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import sys
 import threading
 
 import faust
+from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.logging import configure_logging
 from synergy_schemas.topics import EVENTS
 
@@ -46,17 +46,6 @@ class BoundedShutdownWorker(faust.Worker):
     def _on_sigint(self) -> None:
         self._arm_deadline()
         super()._on_sigint()
-
-
-def tune_garbage_collector() -> None:
-    """A batch keeps ~100k parsed objects alive while it is applied: with the default thresholds they were
-    traversed again and again by young collections and promoted into frequent full ones (a fifth of the
-    worker's time). Objects that live as long as the process (modules, the app) are frozen out of the
-    collector's view, and young collections run ~70x less often; reference counting still frees
-    almost everything at once."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 def main() -> None:

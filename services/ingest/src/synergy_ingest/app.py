@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synergy_common.db import create_pool
+from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import (
     ProblemError,
     WriteKeyAuthenticator,
@@ -388,8 +389,10 @@ def main() -> None:
             port=settings.port, log_level="warning", timeout_graceful_shutdown=10,
         )
         return
+    app = create_app(settings)
+    tune_garbage_collector()
     uvicorn.run(
-        create_app(settings),
+        app,
         host="0.0.0.0",
         port=settings.port,
         log_level="warning",
