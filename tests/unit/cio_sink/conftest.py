@@ -27,5 +27,5 @@ def envelope_from_seed(seed: dict[str, Any], **overrides: Any) -> dict[str, Any]
 
 @pytest.fixture
 def product_scanned() -> dict[str, Any]:
-    seed = json.loads((HERE / "seed_000_product_scanned.json").read_text())
+    seed = json.loads((HERE.parents[1] / "fixtures" / "seed_examples" / "000_1_product_scanned.json").read_text())
     return envelope_from_seed(seed)
