@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -20,13 +19,9 @@ from synergy_common.settings import CommonSettings
 from synergy_ingest.app import create_app
 from synergy_ingest.settings import IngestSettings
 
+from tests.support import free_port
+
 PARTITIONS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -51,17 +46,23 @@ def start_worker(
 
     def start(port: int | None = None) -> subprocess.Popen[bytes]:
         env = {
-            **os.environ, **achievements_topics,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATABASE_URL": database_url,
-            "ACHIEVEMENTS_APP_ID": app_id, "ACHIEVEMENTS_STORE": "memory://",
+            **os.environ,
+            **achievements_topics,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "DATABASE_URL": database_url,
+            "ACHIEVEMENTS_APP_ID": app_id,
+            "ACHIEVEMENTS_STORE": "memory://",
             "ACHIEVEMENTS_DATA_DIR": str(tmp_path / f"worker-{len(started)}"),
-            "ACHIEVEMENTS_HTTP_PORT": str(port or free_port()), "LOG_LEVEL": "WARNING",
+            "ACHIEVEMENTS_HTTP_PORT": str(port or free_port()),
+            "LOG_LEVEL": os.environ.get("ACH_TEST_LOG_LEVEL", "WARNING"),
             "ACHIEVEMENTS_SESSION_TIMEOUT": "6s",  # the broker's minimum: a killed worker's partitions move fast
-            "ACHIEVEMENTS_RULES_POLL_INTERVAL": "2s", "ACHIEVEMENTS_SHUTDOWN_TIMEOUT": "5s",
+            "ACHIEVEMENTS_RULES_POLL_INTERVAL": "2s",
+            "ACHIEVEMENTS_SHUTDOWN_TIMEOUT": "5s",
         }
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")
-        process = subprocess.Popen([sys.executable, "-m", "synergy_achievements"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "synergy_achievements"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         started.append(process)
         return process
 
@@ -88,7 +89,9 @@ async def ingest_client(
         IngestSettings(port=port, publish_timeout_seconds=10),
         CommonSettings(kafka_bootstrap_servers=kafka_bootstrap, database_url=database_url),
     )
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.05)

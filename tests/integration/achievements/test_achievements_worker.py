@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -27,23 +26,27 @@ from synergy_schemas.events import AchievementUnlockedData
 from synergy_schemas.snapshots import UserSnapshot
 from ulid import ULID
 
+from tests.support import free_port
+
 SEED_EXAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "seed_examples"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def scan_event(brand_id: str, user_id: str, event_id: str, timestamp: str, points_award: int
-               ) -> dict[str, Any]:
+def scan_event(
+    brand_id: str, user_id: str, event_id: str, timestamp: str, points_award: int
+) -> dict[str, Any]:
     example = json.loads((SEED_EXAMPLES / "000_1_product_scanned.json").read_text())
     example["data"]["product_snapshot"]["economy"]["points_award"] = points_award
     return {
-        **example, "event_id": event_id, "type": "track", "brand_id": brand_id,
-        "identifiers": {"id": user_id}, "timestamp": timestamp, "received_at": timestamp,
-        "schema_version": 1, "source": "ingest", "correlation_id": f"c-{event_id}",
+        **example,
+        "event_id": event_id,
+        "type": "track",
+        "brand_id": brand_id,
+        "identifiers": {"id": user_id},
+        "timestamp": timestamp,
+        "received_at": timestamp,
+        "schema_version": 1,
+        "source": "ingest",
+        "correlation_id": f"c-{event_id}",
     }
 
 
@@ -68,8 +71,11 @@ def user_events(brand_id: str, users: list[str], per_user: int, points_award: in
     events = []
     for n in range(per_user):
         for user in users:
-            events.append(scan_event(brand_id, user, str(ULID()), f"2024-06-0{1 + n % 5}T1{n % 10}:00:00Z",
-                                     points_award))
+            events.append(
+                scan_event(
+                    brand_id, user, str(ULID()), f"2024-06-0{1 + n % 5}T1{n % 10}:00:00Z", points_award
+                )
+            )
     return events
 
 
@@ -82,8 +88,9 @@ def expected_states(events: list[dict[str, Any]]) -> dict[str, UserState]:
     return states
 
 
-async def final_snapshots(consume_all: Any, topic: str, brand_id: str, versions: dict[str, int],
-                          timeout: float = 90) -> dict[str, dict[str, Any]]:
+async def final_snapshots(
+    consume_all: Any, topic: str, brand_id: str, versions: dict[str, int], timeout: float = 90
+) -> dict[str, dict[str, Any]]:
     """The highest-version snapshot of each user, once every user has reached the version expected."""
     latest: dict[str, dict[str, Any]] = {}
 
@@ -98,14 +105,18 @@ async def final_snapshots(consume_all: Any, topic: str, brand_id: str, versions:
                 latest[user] = value
         return all(version(latest.get(user)) == wanted for user, wanted in versions.items())
 
-    await consume_all(topic, until=complete, timeout=timeout,
-                      where=lambda r: r.json()["brand_id"] == brand_id)
+    await consume_all(
+        topic, until=complete, timeout=timeout, where=lambda r: r.json()["brand_id"] == brand_id
+    )
     return latest
 
 
 async def test_new_users_scan_posted_through_ingest_yields_first_scan_in_seed_shape_and_a_snapshot(
-    start_worker: Any, achievements_topics: dict[str, str], ingest_client: httpx.AsyncClient,
-    consume_all: Any, database_url: str,
+    start_worker: Any,
+    achievements_topics: dict[str, str],
+    ingest_client: httpx.AsyncClient,
+    consume_all: Any,
+    database_url: str,
 ) -> None:
     brand_id, write_key = await new_brand(database_url)
     port = free_port()
@@ -113,15 +124,24 @@ async def test_new_users_scan_posted_through_ingest_yields_first_scan_in_seed_sh
     user = f"user-{ULID()}"
     posted = json.loads((SEED_EXAMPLES / "000_1_product_scanned.json").read_text())
     posted["identifiers"] = {"id": user}
-    response = await ingest_client.post("/v1/events", json=posted,
-                                        headers={"Authorization": f"Bearer {write_key}"})
+    response = await ingest_client.post(
+        "/v1/events", json=posted, headers={"Authorization": f"Bearer {write_key}"}
+    )
     assert response.status_code == 202, response.text
-    [published] = await consume_all(achievements_topics["SYNERGY_TOPIC_EVENTS"], 1, timeout=30,
-                                    where=lambda r: r.json()["event_id"] == response.json()["event_id"])
+    [published] = await consume_all(
+        achievements_topics["SYNERGY_TOPIC_EVENTS"],
+        1,
+        timeout=30,
+        where=lambda r: r.json()["event_id"] == response.json()["event_id"],
+    )
     event = published.json()
 
-    [unlock] = await consume_all(achievements_topics["SYNERGY_TOPIC_LOYALTY"], 1, timeout=90,
-                                 where=lambda r: r.json()["identifiers"]["id"] == user)
+    [unlock] = await consume_all(
+        achievements_topics["SYNERGY_TOPIC_LOYALTY"],
+        1,
+        timeout=90,
+        where=lambda r: r.json()["identifiers"]["id"] == user,
+    )
     assert unlock.key_str == f"{brand_id}:{user}"
     assert unlock.header("event_name") == "achievement_unlocked"
     value = unlock.json()
@@ -130,22 +150,33 @@ async def test_new_users_scan_posted_through_ingest_yields_first_scan_in_seed_sh
     assert value["name"] == "achievement_unlocked"
     assert set(value["data"]) == {"achievement_data", "user_snapshot", "event_context"}
     assert value["data"]["achievement_data"] == {
-        "achievement_id": "first_scan", "achievement_name": "First Scan",
-        "achievement_description": "Complete your first product scan", "points_reward": 100,
-        "badge_id": "first-scan-badge", "achievement_rarity": "common", "achievement_category": "milestone",
+        "achievement_id": "first_scan",
+        "achievement_name": "First Scan",
+        "achievement_description": "Complete your first product scan",
+        "points_reward": 100,
+        "badge_id": "first-scan-badge",
+        "achievement_rarity": "common",
+        "achievement_category": "milestone",
     }
     assert value["data"]["event_context"] == event["data"]["event_context"]
     UserSnapshot.model_validate(value["data"]["user_snapshot"])
 
-    [snapshot] = await consume_all(achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], 1, timeout=30,
-                                   where=lambda r: r.json()["identifiers"]["id"] == user)
-    assert snapshot.json()["data"]["user_snapshot"]["economy"]["points_balance"] == 500  # 400 + first_scan's 100
+    [snapshot] = await consume_all(
+        achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"],
+        1,
+        timeout=30,
+        where=lambda r: r.json()["identifiers"]["id"] == user,
+    )
+    assert (
+        snapshot.json()["data"]["user_snapshot"]["economy"]["points_balance"] == 500
+    )  # 400 + first_scan's 100
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
         answer: dict[str, Any] = {}
         for _ in range(60):
-            response = await client.get(f"/v1/users/{user}/loyalty",
-                                        headers={"Authorization": f"Bearer {write_key}"})
+            response = await client.get(
+                f"/v1/users/{user}/loyalty", headers={"Authorization": f"Bearer {write_key}"}
+            )
             if response.status_code == 200:
                 answer = response.json()
                 if answer["achievements"]["unlocked"]:
@@ -162,7 +193,10 @@ async def test_new_users_scan_posted_through_ingest_yields_first_scan_in_seed_sh
 
 
 async def test_sigkill_mid_stream_loses_no_points_and_duplicates_no_unlock(
-    start_worker: Any, achievements_topics: dict[str, str], kafka_producer: Any, consume_all: Any,
+    start_worker: Any,
+    achievements_topics: dict[str, str],
+    kafka_producer: Any,
+    consume_all: Any,
     database_url: str,
 ) -> None:
     brand_id, _ = await new_brand(database_url)
@@ -180,21 +214,34 @@ async def test_sigkill_mid_stream_loses_no_points_and_duplicates_no_unlock(
             applied[user] = max(applied.get(user, 0), value["data"]["loyalty"]["state_version"])
         return sum(applied.values()) >= 30
 
-    await consume_all(achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], until=some_applied, timeout=90,
-                      where=lambda r: r.json()["brand_id"] == brand_id)
+    await consume_all(
+        achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"],
+        until=some_applied,
+        timeout=90,
+        where=lambda r: r.json()["brand_id"] == brand_id,
+    )
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
     await produce(kafka_producer, achievements_topics["SYNERGY_TOPIC_EVENTS"], events[120:])
     start_worker()
 
-    latest = await final_snapshots(consume_all, achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], brand_id,
-                                   {u: s.version for u, s in expected.items()})
+    latest = await final_snapshots(
+        consume_all,
+        achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"],
+        brand_id,
+        {u: s.version for u, s in expected.items()},
+    )
     for user, state in expected.items():
         economy = latest[user]["data"]["user_snapshot"]["economy"]
-        assert (economy["points_balance"], economy["lifetime_points"]) == (state.points_balance,
-                                                                           state.lifetime_points)
-    unlocks = await consume_all(achievements_topics["SYNERGY_TOPIC_LOYALTY"], timeout=30,
-                                where=lambda r: r.json()["brand_id"] == brand_id)
+        assert (economy["points_balance"], economy["lifetime_points"]) == (
+            state.points_balance,
+            state.lifetime_points,
+        )
+    unlocks = await consume_all(
+        achievements_topics["SYNERGY_TOPIC_LOYALTY"],
+        timeout=30,
+        where=lambda r: r.json()["brand_id"] == brand_id,
+    )
     ids_by_unlock: dict[tuple[str, str], set[str]] = defaultdict(set)
     for record in unlocks:
         value = record.json()
@@ -207,7 +254,10 @@ async def test_sigkill_mid_stream_loses_no_points_and_duplicates_no_unlock(
 
 
 async def test_two_workers_share_the_partitions_and_totals_come_out_right(
-    start_worker: Any, achievements_topics: dict[str, str], kafka_producer: Any, consume_all: Any,
+    start_worker: Any,
+    achievements_topics: dict[str, str],
+    kafka_producer: Any,
+    consume_all: Any,
     database_url: str,
 ) -> None:
     brand_id, _ = await new_brand(database_url)
@@ -217,8 +267,12 @@ async def test_two_workers_share_the_partitions_and_totals_come_out_right(
     workers = [start_worker(), start_worker()]
     await asyncio.sleep(5)  # let both join the group
     await produce(kafka_producer, achievements_topics["SYNERGY_TOPIC_EVENTS"], events)
-    latest = await final_snapshots(consume_all, achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], brand_id,
-                                   {u: s.version for u, s in expected.items()})
+    latest = await final_snapshots(
+        consume_all,
+        achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"],
+        brand_id,
+        {u: s.version for u, s in expected.items()},
+    )
     totals = Counter({u: v["data"]["user_snapshot"]["economy"]["lifetime_points"] for u, v in latest.items()})
     assert totals == Counter({u: s.lifetime_points for u, s in expected.items()})
 
@@ -231,22 +285,33 @@ async def test_two_workers_share_the_partitions_and_totals_come_out_right(
 
 
 async def test_a_brand_rule_inserted_while_running_is_applied_without_restart(
-    start_worker: Any, achievements_topics: dict[str, str], kafka_producer: Any, consume_all: Any,
+    start_worker: Any,
+    achievements_topics: dict[str, str],
+    kafka_producer: Any,
+    consume_all: Any,
     database_url: str,
 ) -> None:
     brand_id, _ = await new_brand(database_url)
     port = free_port()
     start_worker(port)
     user = f"user-{ULID()}"
-    events_topic, loyalty_topic = achievements_topics["SYNERGY_TOPIC_EVENTS"], achievements_topics["SYNERGY_TOPIC_LOYALTY"]
-    await produce(kafka_producer, events_topic, [scan_event(brand_id, user, str(ULID()), "2024-06-01T10:00:00Z", 10)])
+    events_topic, loyalty_topic = (
+        achievements_topics["SYNERGY_TOPIC_EVENTS"],
+        achievements_topics["SYNERGY_TOPIC_LOYALTY"],
+    )
+    await produce(
+        kafka_producer, events_topic, [scan_event(brand_id, user, str(ULID()), "2024-06-01T10:00:00Z", 10)]
+    )
     await consume_all(loyalty_topic, 1, timeout=90, where=lambda r: r.json()["identifiers"]["id"] == user)
 
     async def reloads() -> float:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             text = (await client.get("/metrics")).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith('synergy_achievements_rules_reloads_total{result="ok"}'))
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('synergy_achievements_rules_reloads_total{result="ok"}')
+        )
 
     before = await reloads()
     pool = await create_pool(database_url)
@@ -255,8 +320,10 @@ async def test_a_brand_rule_inserted_while_running_is_applied_without_restart(
             """INSERT INTO achievement_configs (brand_id, name, description, achievement_key, achievement_type,
                                                 criteria, rewards, metadata)
                VALUES ($1, 'Second Scan', 'Scan twice', 'brand_second_scan', 'scan_count', $2, $3, $4)""",
-            int(brand_id), {"metric": "scan_count", "operator": ">=", "value": 2},
-            {"points": 77, "badge": "second-badge"}, {"category": "milestone", "rarity": "common"},
+            int(brand_id),
+            {"metric": "scan_count", "operator": ">=", "value": 2},
+            {"points": 77, "badge": "second-badge"},
+            {"category": "milestone", "rarity": "common"},
         )
     finally:
         await pool.close()
@@ -266,12 +333,18 @@ async def test_a_brand_rule_inserted_while_running_is_applied_without_restart(
         await asyncio.sleep(0.25)
     else:
         raise AssertionError("the worker did not reload its rules")
-    await produce(kafka_producer, events_topic, [scan_event(brand_id, user, str(ULID()), "2024-06-01T11:00:00Z", 10)])
+    await produce(
+        kafka_producer, events_topic, [scan_event(brand_id, user, str(ULID()), "2024-06-01T11:00:00Z", 10)]
+    )
 
     records = await consume_all(
-        loyalty_topic, 1, timeout=30,
-        where=lambda r: r.json()["identifiers"]["id"] == user
-        and r.json()["name"] == "achievement_unlocked"
-        and r.json()["data"]["achievement_data"]["achievement_id"] == "brand_second_scan",
+        loyalty_topic,
+        1,
+        timeout=30,
+        where=lambda r: (
+            r.json()["identifiers"]["id"] == user
+            and r.json()["name"] == "achievement_unlocked"
+            and r.json()["data"]["achievement_data"]["achievement_id"] == "brand_second_scan"
+        ),
     )
     assert records[0].json()["data"]["achievement_data"]["points_reward"] == 77

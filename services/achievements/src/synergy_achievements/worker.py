@@ -141,6 +141,7 @@ class AchievementsWorker:
                                         client_id=f"{settings.achievements_app_id}-outputs")
         self.state_lock = asyncio.Lock()  # one writer of user states at a time: batches or the recompute
         app.on_before_shutdown.connect(self._stop_publisher)  # type: ignore[arg-type]
+        app.on_rebalance_complete.connect(self._hold_deliveries_until_streams_resume)  # type: ignore[arg-type]
         self.output_topics = {"loyalty": LOYALTY.name, "snapshot": SNAPSHOTS.name,
                               "referral_award": self.awards_topic}
         app.agent(self.source, name="apply-events")(self.apply_events)
@@ -216,6 +217,19 @@ class AchievementsWorker:
 
     async def _stop_publisher(self, app: Any, *_: Any, **__: Any) -> None:
         await self.publisher.stop()
+
+    async def _hold_deliveries_until_streams_resume(self, app: Any, *_: Any, **__: Any) -> None:
+        """Works around a faust-streaming 0.15.3 race that can leave a restarted worker idle for good.
+
+        After a changelog recovery faust's fetcher is already running with the flow active when it resumes
+        the input partitions and awaits the seek to committed offsets; records fetched in that await go into
+        the agents' channel queues and advance faust's read offsets, then `flow_control.resume()` clears
+        those queues. The records are dropped unprocessed, never acked, and never fetched again by this
+        worker (seen: all 240 queued events of the SIGKILL test). faust sends `on_rebalance_complete` right
+        before that sequence and calls `consumer.resume_flow()` right after the clearing, so stopping the
+        flow here keeps every record in Kafka until the queues are clean. If a new rebalance starts first,
+        faust's own rebalance handling stops and later resumes the flow."""
+        self.app.consumer.stop_flow()
 
     def partition_of(self, key: bytes) -> int:
         return key_partition(key, self.partitions)
