@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
 
 
 def free_port() -> int:
@@ -10,3 +15,34 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def ingest_in_process(
+    kafka_bootstrap: str, database_url: str, events_topic: str, publish_timeout: float = 10.0
+) -> AsyncIterator[str]:
+    """The ingest service under uvicorn in this event loop, publishing to `events_topic`; yields its URL."""
+    import uvicorn
+    from synergy_common.settings import CommonSettings
+    from synergy_ingest.app import create_app
+    from synergy_ingest.settings import IngestSettings
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("SYNERGY_TOPIC_EVENTS", events_topic)
+    port = free_port()
+    app = create_app(
+        IngestSettings(port=port, publish_timeout_seconds=publish_timeout),
+        CommonSettings(kafka_bootstrap_servers=kafka_bootstrap, database_url=database_url),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        monkeypatch.undo()

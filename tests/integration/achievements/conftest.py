@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -14,12 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from synergy_common.settings import CommonSettings
-from synergy_ingest.app import create_app
-from synergy_ingest.settings import IngestSettings
 
-from tests.support import free_port
+from tests.support import free_port, ingest_in_process
 
 PARTITIONS = 4
 
@@ -82,23 +77,7 @@ async def ingest_client(
     achievements_topics: dict[str, str], kafka_bootstrap: str, database_url: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The ingest service in-process under uvicorn, publishing to this test's events topic."""
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setenv("SYNERGY_TOPIC_EVENTS", achievements_topics["SYNERGY_TOPIC_EVENTS"])
-    port = free_port()
-    app = create_app(
-        IngestSettings(port=port, publish_timeout_seconds=10),
-        CommonSettings(kafka_bootstrap_servers=kafka_bootstrap, database_url=database_url),
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.05)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    events_topic = achievements_topics["SYNERGY_TOPIC_EVENTS"]
+    async with ingest_in_process(kafka_bootstrap, database_url, events_topic) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield client
-    finally:
-        server.should_exit = True
-        await task
-        monkeypatch.undo()

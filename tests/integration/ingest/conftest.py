@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.db import create_pool
-from synergy_common.settings import CommonSettings
-from synergy_ingest.app import create_app
-from synergy_ingest.settings import IngestSettings
 
 from tests.conftest import Record, consume
-from tests.support import free_port
+from tests.support import ingest_in_process
 
 
 @dataclass
@@ -50,34 +45,12 @@ async def brand_factory(database_url: str) -> AsyncIterator[Callable[..., Any]]:
 
 @pytest.fixture(scope="module")
 async def ingest(
-    kafka_bootstrap: str, database_url: str, topic_factory: Callable[..., Any]
+    kafka_bootstrap: str, database_url: str, topic_factory: Callable[..., Awaitable[str]]
 ) -> AsyncIterator[RunningIngest]:
-    topic = await _maybe_await(topic_factory(partitions=3))
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setenv("SYNERGY_TOPIC_EVENTS", topic)
-    port = free_port()
-    app = create_app(
-        IngestSettings(port=port, publish_timeout_seconds=5),
-        CommonSettings(kafka_bootstrap_servers=kafka_bootstrap, database_url=database_url),
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        yield RunningIngest(url, topic, client)
-    server.should_exit = True
-    await task
-    monkeypatch.undo()
-
-
-async def _maybe_await(value: Any) -> Any:
-    if asyncio.iscoroutine(value):
-        return await value
-    return value
+    topic = await topic_factory(partitions=3)
+    async with ingest_in_process(kafka_bootstrap, database_url, topic, publish_timeout=5) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            yield RunningIngest(url, topic, client)
 
 
 async def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 20.0) -> list[Record]:
