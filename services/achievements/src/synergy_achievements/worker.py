@@ -228,8 +228,17 @@ class AchievementsWorker:
         worker (seen: all 240 queued events of the SIGKILL test). faust sends `on_rebalance_complete` right
         before that sequence and calls `consumer.resume_flow()` right after the clearing, so stopping the
         flow here keeps every record in Kafka until the queues are clean. If a new rebalance starts first,
-        faust's own rebalance handling stops and later resumes the flow."""
+        faust's own rebalance handling stops and later resumes the flow. Not every path that sends the
+        signal resumes the flow afterwards, so a watcher resumes it once faust's flow control is active
+        again (the queues are clean by then) and no rebalance is under way."""
         self.app.consumer.stop_flow()
+        self._flow_watcher = asyncio.ensure_future(self._resume_flow_once_queues_are_clean())
+
+    async def _resume_flow_once_queues_are_clean(self, poll_seconds: float = 0.1) -> None:
+        while not (self.app.flow_control.is_active() and not self.app.rebalancing):  # noqa: ASYNC110 - faust exposes flags
+            await asyncio.sleep(poll_seconds)
+        if not getattr(self.app.consumer, "flow_active", True):
+            self.app.consumer.resume_flow()
 
     def partition_of(self, key: bytes) -> int:
         return key_partition(key, self.partitions)
