@@ -95,19 +95,22 @@ async def serving(settings: DispatcherSettings) -> AsyncIterator[Running]:
                     log.error("dispatcher task failed", error=repr(result))
 
 
-def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
+def create_app(settings: DispatcherSettings | None = None, running: Running | None = None) -> FastAPI:
+    """The service; given a `running` dispatcher (tests), only its HTTP surface, without a lifespan."""
     settings = settings or DispatcherSettings()
-    configure_logging("dispatcher", settings.log_level)
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with serving(settings) as running:
-            state["running"] = running
-            state["auth"] = WriteKeyAuthenticator(running.pool)
+        configure_logging("dispatcher", settings.log_level)
+        async with serving(settings) as started:
+            state["running"] = started
+            state["auth"] = WriteKeyAuthenticator(started.pool)
             yield
 
-    app = FastAPI(title="synergy dispatcher", lifespan=lifespan)
+    if running is not None:
+        state["running"], state["auth"] = running, WriteKeyAuthenticator(running.pool)
+    app = FastAPI(title="synergy dispatcher", lifespan=None if running is not None else lifespan)
     install_problem_handlers(app)
 
     async def postgres_ready() -> bool:

@@ -53,7 +53,9 @@ CREATE TABLE destination_lag (
 
 
 def upgrade() -> None:
-    op.execute(UPGRADE)
+    for statement in UPGRADE.split(";"):
+        if statement.strip():
+            op.execute(statement)
 
 
 def downgrade() -> None:
