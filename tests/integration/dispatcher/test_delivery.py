@@ -8,7 +8,6 @@ from synergy_dispatcher.mapping import event_uuid
 from tests.fakes.posthog import PostHogFake
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.integration.dispatcher.harness import (
-    POSTHOG_KEY,
     PREVIOUS_SECRET,
     SECRET,
     DispatcherHarness,
