@@ -796,12 +796,20 @@ class LocalInfra:
             self._stop_kafka(timeout, kill=kill, only=node)
 
     def _stop_kafka(self, timeout: float = 60.0, *, kill: bool = False, only: int | None = None) -> None:
-        for kafka in [self.node(only)] if only else self.nodes:
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+
+        def stop(kafka: KafkaNode) -> None:
             pid = self.kafka_pid(kafka.node_id)
             if pid is not None:
                 log.info("Kafka node %d stopping (pid %d)", kafka.node_id, pid)
-                _terminate(pid, signal.SIGKILL if kill else signal.SIGTERM, timeout, "Kafka", kafka.log)
+                _terminate(pid, sig, timeout, "Kafka", kafka.log)
             kafka.pid_file.unlink(missing_ok=True)
+
+        nodes = [self.node(only)] if only else self.nodes
+        # A cluster stops all at once: a node stopped after its peers would wait for a quorum that is gone.
+        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as ex:
+            for future in [ex.submit(stop, kafka) for kafka in nodes]:
+                future.result()
 
     def kafka_running_version(self) -> str | None:
         """The Kafka version of a running node (from its class path), None when none is running."""
