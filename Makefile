@@ -47,9 +47,10 @@ tools:
 	@bash deploy/tools/ensure-tools.sh
 
 test: install tools
-	$(UV) run pytest -q -p no:cacheprovider -m "not faults"
+	$(UV) run pytest -q -p no:cacheprovider
 
-# Heavy: a three-node KRaft cluster, ingest under 200 events/s, one broker SIGKILLed (docs/operations.md).
+# The fault tests alone: a three-node KRaft cluster, ingest under 200 events/s, one broker SIGKILLed
+# (about two minutes; `make test` runs them too).
 test-faults: install
 	$(UV) run pytest -q -p no:cacheprovider -m faults
 

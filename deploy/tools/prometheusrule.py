@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RULE = ROOT / "deploy" / "k8s" / "base" / "common" / "prometheusrule.yaml"
-HEADER = "# Generated from deploy/prometheus/alerts.yml by `make prometheusrule`; edit that file, not this one.\n"
+HEADER = "# Generated from deploy/prometheus/alerts.yml by `make prometheusrule`: edit that file instead.\n"
 
 
 def prometheus_rule(alerts: dict) -> dict:

@@ -21,7 +21,9 @@ def test_the_alert_rules_are_valid() -> None:
 def test_every_alert_passes_its_unit_tests() -> None:
     tests = sorted((PROMETHEUS / "tests").glob("*.yml"))
     assert tests
-    out = subprocess.run([tool("promtool"), "test", "rules", *map(str, tests)], capture_output=True, text=True)
+    out = subprocess.run(
+        [tool("promtool"), "test", "rules", *map(str, tests)], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -58,6 +60,8 @@ def test_a_broken_expectation_fails_promtool(tmp_path) -> None:
 
 def test_the_kubernetes_prometheus_rule_is_generated_from_alerts_yml() -> None:
     out = subprocess.run(
-        ["python", str(ROOT / "deploy" / "tools" / "prometheusrule.py"), "--check"], capture_output=True, text=True
+        ["python", str(ROOT / "deploy" / "tools" / "prometheusrule.py"), "--check"],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr

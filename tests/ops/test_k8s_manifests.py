@@ -53,7 +53,9 @@ def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def config(docs: list[dict[str, Any]]) -> dict[str, str]:
-    [config_map] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("synergy-config")]
+    [config_map] = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("synergy-config")
+    ]
     return config_map["data"]
 
 
@@ -91,7 +93,11 @@ def test_every_service_has_workload_service_probes_limits_pdb_and_network_policy
     _, docs = rendered
     assert set(workloads(docs)) == set(SERVICES)
     assert set(by_kind(docs, "StatefulSet")) == {"achievements"}
-    services, pdbs, policies = by_kind(docs, "Service"), by_kind(docs, "PodDisruptionBudget"), by_kind(docs, "NetworkPolicy")
+    services, pdbs, policies = (
+        by_kind(docs, "Service"),
+        by_kind(docs, "PodDisruptionBudget"),
+        by_kind(docs, "NetworkPolicy"),
+    )
     for name, port in SERVICES.items():
         pod = workloads(docs)[name]["spec"]["template"]["spec"]
         [container] = pod["containers"]
@@ -115,12 +121,16 @@ def test_every_service_has_workload_service_probes_limits_pdb_and_network_policy
     assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
 
 
-def test_achievements_keeps_its_rocksdb_state_on_a_volume_per_pod(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+def test_achievements_keeps_its_rocksdb_state_on_a_volume_per_pod(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
     overlay, docs = rendered
     achievements = by_kind(docs, "StatefulSet")["achievements"]
     [claim] = achievements["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert claim["spec"]["resources"]["requests"]["storage"] == ("50Gi" if overlay == "production" else "10Gi")
+    assert claim["spec"]["resources"]["requests"]["storage"] == (
+        "50Gi" if overlay == "production" else "10Gi"
+    )
     [container] = achievements["spec"]["template"]["spec"]["containers"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
     assert {"name": "ACHIEVEMENTS_DATA_DIR", "value": "/data"} in container["env"]
@@ -173,7 +183,9 @@ def test_ingest_scales_on_cpu_and_every_consumer_on_its_lag_up_to_the_partitions
         assert {t["metadata"]["allowIdleConsumers"] for t in spec["triggers"]} == {"false"}
 
 
-def test_production_replicates_topics_three_times_with_two_in_sync(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+def test_production_replicates_topics_three_times_with_two_in_sync(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
     overlay, docs = rendered
     data = config(docs)
     expected = ("3", "2") if overlay == "production" else ("1", "1")
