@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,11 +56,15 @@ async def cluster() -> AsyncIterator[LocalInfra]:
         controller_port=int(os.environ.get("SYNERGY_TEST_CLUSTER_CONTROLLER_PORT", "29110")),
         brokers=3,
     )
+    # A fresh cluster: topics of an earlier run must not stand in for the ones this run creates.
+    await asyncio.to_thread(infra.stop_kafka, 30)
+    shutil.rmtree(infra.dir / "kafka", ignore_errors=True)
     await asyncio.to_thread(infra.start_kafka, 240)
     try:
         yield infra
     finally:
         await asyncio.to_thread(infra.stop_kafka, 30)
+        shutil.rmtree(infra.dir / "kafka", ignore_errors=True)
 
 
 @dataclass
@@ -160,7 +165,7 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event(
             **{f"SYNERGY_TOPIC_{name}": topic for name, topic in topics.items()},
         }
         per_service = {
-            "ingest": {"INGEST_PORT": str(ports["ingest"]), "INGEST_PUBLISH_TIMEOUT_SECONDS": "15"},
+            "ingest": {"INGEST_PORT": str(ports["ingest"])},
             "cio-sink": {
                 "OPS_PORT": str(ports["cio-sink"]), "CIO_TRACK_URL": fake_url, "CIO_SITE_ID": SITE_ID,
                 "CIO_API_KEY": API_KEY, "CIO_SNAPSHOT_INTERVAL": "5s", "CONSUMER_GROUP": f"faults-cio-{run}",
@@ -245,8 +250,9 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event(
 
 
 async def drive_load(url: str, write_key: str, run: str, cluster: LocalInfra, victim: int) -> Load:
-    """RATE events/s for LOAD_SECONDS, in batches of BATCH, each request on its own schedule so a slow
-    answer does not slow the load; node `victim` is SIGKILLed after KILL_AFTER seconds."""
+    """RATE events/s for LOAD_SECONDS, in batches of BATCH, each request on its own schedule and its own
+    connection, so a slow answer neither slows the load nor queues the next; node `victim` is SIGKILLed
+    after KILL_AFTER seconds."""
     load = Load()
     started = time.monotonic()
     headers = {"Authorization": f"Bearer {write_key}"}
@@ -271,7 +277,7 @@ async def drive_load(url: str, write_key: str, run: str, cluster: LocalInfra, vi
         await asyncio.to_thread(cluster.stop_kafka, 10, kill=True, node=victim)
 
     requests = RATE * LOAD_SECONDS // BATCH
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=None)) as client:
         killer = asyncio.create_task(kill())
         tasks = []
         for n in range(requests):
@@ -280,3 +286,37 @@ async def drive_load(url: str, write_key: str, run: str, cluster: LocalInfra, vi
         await asyncio.gather(*tasks)
         await killer
     return load
+
+
+async def test_infra_up_with_three_brokers_makes_every_topic_durable(cluster: LocalInfra) -> None:
+    """`synergy infra up --brokers 3` (here finding the cluster running) creates DESIGN.md's topics with
+    replication 3 and min.insync.replicas 2, so acks=all survives a broker loss."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNERGY_TOPIC_")}
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).parent / "synergy"), "infra", "up", "--name", cluster.name, "--brokers", "3",
+         "--kafka-port", str(cluster.kafka_port), "--controller-port", str(cluster.controller_port),
+         "--only", "kafka"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}" in out.stdout
+    assert "3 node(s)" in out.stdout
+    topics = ["synergy.events.v1", "synergy.loyalty.v1", "synergy.snapshots.v1", "synergy.dlq.v1"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers)
+    await admin.start()
+    try:
+        for described in await admin.describe_topics(topics):
+            assert {len(p["replicas"]) for p in described["partitions"]} == {3}, described["topic"]
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
+        )
+        min_insync = {
+            resource[3]: {entry[0]: entry[1] for entry in resource[4]}["min.insync.replicas"]
+            for resource in response.resources
+        }
+    finally:
+        await admin.close()
+    assert min_insync == dict.fromkeys(topics, "2")
