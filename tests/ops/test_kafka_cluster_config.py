@@ -80,5 +80,5 @@ def test_topic_durability_comes_from_the_arguments_then_the_environment(
     monkeypatch.setenv("SYNERGY_TOPIC_MIN_INSYNC", "2")
     assert topic_durability() == (3, 2)
     assert topic_durability(1, 1) == (1, 1)
-    with pytest.raises(InfraError, match="min.insync.replicas 3"):
+    with pytest.raises(InfraError, match=r"min\.insync\.replicas 3 must lie between 1 and replication 2"):
         topic_durability(2, 3)
