@@ -1,10 +1,12 @@
 """Every metric a dashboard panel or an alert names is one a service exports: the services run, each
 /metrics is scraped, and a name that no service serves fails the test.
 
-Some names belong to code that is not in the tree yet (marketing, dispatcher, analytics, the libs/streaming
-runtime). OWNERS says which directory exports each name; a name whose directory does not exist yet is
-skipped, and becomes mandatory the moment that directory lands. A service directory that exists but that
-LAUNCH cannot start fails the test too, so a new service cannot slip past it.
+Some names belong to code that is not in the tree yet (marketing, dispatcher, analytics) or not wired yet
+(the libs/streaming runtime, before a service consumes with it). OWNERS says which directory exports each
+name; a name whose directory does not exist yet is skipped, and becomes mandatory the moment that directory
+lands. The runtime's synergy_streaming_* names are mandatory once any service depends on synergy-streaming,
+and ON_THE_RUNTIME names once their own service does. A service directory that exists but that LAUNCH
+cannot start fails the test too, so a new service cannot slip past it.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ OWNERS = {
     "synergy_dispatcher_": "services/dispatcher",
     "synergy_analytics_": "services/analytics",
     "synergy_streaming_": "libs/streaming",
-    # cio-sink pauses a workspace on 401 once it runs on the libs/streaming runtime (issue 8).
-    "synergy_cio_sink_workspace_paused": "libs/streaming",
 }
+# Names a service exports once it consumes with libs/streaming: cio-sink pauses a workspace on a 401 when it
+# moves onto the runtime (issue 8).
+ON_THE_RUNTIME = {"synergy_cio_sink_workspace_paused"}
 # Series Prometheus makes itself for every target.
 PROMETHEUS_MADE = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 
@@ -110,6 +113,24 @@ def dashboard_exprs() -> dict[str, str]:
 def owner(name: str) -> str | None:
     prefixes = [p for p in OWNERS if name.startswith(p)]
     return OWNERS[max(prefixes, key=len)] if prefixes else None
+
+
+def on_the_runtime(service: Path) -> bool:
+    """True when the service consumes with libs/streaming (lists synergy-streaming as a dependency)."""
+    project = service / "pyproject.toml"
+    return project.exists() and '"synergy-streaming' in project.read_text()
+
+
+def required(name: str, root: Path = ROOT) -> bool:
+    """Whether the code that exports `name` is in the tree (and wired), so a scrape must find it."""
+    directory = owner(name)
+    if name in PROMETHEUS_MADE or directory is None or not (root / directory).exists():
+        return False
+    if name.startswith("synergy_streaming_"):
+        return any(on_the_runtime(s) for s in (root / "services").glob("*"))
+    if name in ON_THE_RUNTIME:
+        return on_the_runtime(root / directory)
+    return True
 
 
 def exported_names(text: str) -> set[str]:
@@ -223,13 +244,7 @@ async def scrape(client: httpx.AsyncClient, url: str, process: subprocess.Popen[
 
 def wanted(exprs: dict[str, str], root: Path = ROOT) -> dict[str, set[str]]:
     """For each expression, the names it reads whose exporting directory is in the tree."""
-    out = {}
-    for where, expr in exprs.items():
-        names = {
-            n for n in metric_names(expr) if n not in PROMETHEUS_MADE and (root / str(owner(n))).exists()
-        }
-        out[where] = names
-    return out
+    return {where: {n for n in metric_names(expr) if required(n, root)} for where, expr in exprs.items()}
 
 
 def test_names_of_code_not_in_the_tree_yet_are_skipped_and_the_others_are_required(tmp_path: Path) -> None:
@@ -240,15 +255,22 @@ def test_names_of_code_not_in_the_tree_yet_are_skipped_and_the_others_are_requir
         "paused": "max by (workspace) (synergy_cio_sink_workspace_paused)",
         "up": "up == 0",
     }
+    exprs["lag"] = "sum by (service) (synergy_streaming_consumer_lag)"
     assert wanted(exprs, tmp_path) == {
-        "made up": {"synergy_cio_sink_made_up_total"},
-        "marketing": set(),
-        "paused": set(),
-        "up": set(),
-    }
+        "made up": {"synergy_cio_sink_made_up_total"}, "marketing": set(), "paused": set(), "up": set(), "lag": set(),
+    }  # fmt: skip
     (tmp_path / "services" / "marketing").mkdir()
     (tmp_path / "libs" / "streaming").mkdir(parents=True)
     assert wanted(exprs, tmp_path)["marketing"] == {"synergy_marketing_timer_lateness_seconds_bucket"}
+    assert wanted(exprs, tmp_path)["lag"] == set()  # the runtime is in the tree, no service consumes with it
+    (tmp_path / "services" / "marketing" / "pyproject.toml").write_text(
+        'dependencies = ["synergy-streaming"]'
+    )
+    assert wanted(exprs, tmp_path)["lag"] == {"synergy_streaming_consumer_lag"}
+    assert wanted(exprs, tmp_path)["paused"] == set()  # cio-sink is not on the runtime yet
+    (tmp_path / "services" / "cio-sink" / "pyproject.toml").write_text(
+        'dependencies = ["synergy-streaming>=0.1"]'
+    )
     assert wanted(exprs, tmp_path)["paused"] == {"synergy_cio_sink_workspace_paused"}
 
 
@@ -271,3 +293,17 @@ def test_every_service_has_a_dashboard_and_the_overview_reads_the_recording_rule
     assert len({b["uid"] for b in boards.values()}) == len(boards)
     overview = " ".join(t["expr"] for p in boards["overview"]["panels"] for t in p["targets"])
     assert recorded() <= set(re.findall(r"[\w:]+:[\w:]+", overview))
+
+
+def test_the_runtime_defines_every_synergy_streaming_name_read_before_a_service_exports_it() -> None:
+    """A misspelt runtime metric is caught now, not once the first consumer moves onto libs/streaming."""
+    import importlib
+
+    from prometheus_client import REGISTRY, generate_latest
+
+    importlib.import_module("synergy_streaming.metrics")
+    defined = exported_names(generate_latest(REGISTRY).decode())
+    read = set().union(*map(metric_names, [*alert_exprs().values(), *dashboard_exprs().values()]))
+    streaming = {n for n in read if n.startswith("synergy_streaming_")}
+    assert streaming >= {"synergy_streaming_consumer_lag", "synergy_streaming_dlq_brake_engaged"}
+    assert streaming <= defined, sorted(streaming - defined)
