@@ -291,8 +291,6 @@ async def drive_load(url: str, write_key: str, run: str, cluster: LocalInfra, vi
 async def test_infra_up_with_three_brokers_makes_every_topic_durable(cluster: LocalInfra) -> None:
     """`synergy infra up --brokers 3` (here finding the cluster running) creates DESIGN.md's topics with
     replication 3 and min.insync.replicas 2, so acks=all survives a broker loss."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNERGY_TOPIC_")}
     out = await asyncio.to_thread(
         subprocess.run,
@@ -305,11 +303,43 @@ async def test_infra_up_with_three_brokers_makes_every_topic_durable(cluster: Lo
     assert f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}" in out.stdout
     assert "3 node(s)" in out.stdout
     topics = ["synergy.events.v1", "synergy.loyalty.v1", "synergy.snapshots.v1", "synergy.dlq.v1"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers)
+    assert await durability(cluster.bootstrap_servers, topics) == dict.fromkeys(topics, (3, "2"))
+
+
+async def test_topics_create_takes_its_durability_from_the_environment(cluster: LocalInfra) -> None:
+    """The Kubernetes migration Job runs `synergy topics create` with SYNERGY_TOPIC_REPLICATION and
+    SYNERGY_TOPIC_MIN_INSYNC from synergy-config (3 and 2 in production)."""
+    run = uuid.uuid4().hex[:8]
+    names = {
+        f"SYNERGY_TOPIC_{n}": f"ops.{n.lower()}.{run}" for n in ("EVENTS", "LOYALTY", "SNAPSHOTS", "DLQ")
+    }
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SYNERGY_TOPIC_")},
+        **names,
+        "SYNERGY_TOPIC_REPLICATION": "3",
+        "SYNERGY_TOPIC_MIN_INSYNC": "2",
+        "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
+    }
+    out = await asyncio.to_thread(
+        subprocess.run, [str(Path(sys.executable).parent / "synergy"), "topics", "create", "--partitions", "3"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    topics = list(names.values())
+    assert await durability(cluster.bootstrap_servers, topics) == dict.fromkeys(topics, (3, "2"))
+
+
+async def durability(bootstrap: str, topics: list[str]) -> dict[str, tuple[int, str]]:
+    """Each topic's replication factor (all partitions alike) and min.insync.replicas."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        replication = {}
         for described in await admin.describe_topics(topics):
-            assert {len(p["replicas"]) for p in described["partitions"]} == {3}, described["topic"]
+            [factor] = {len(p["replicas"]) for p in described["partitions"]}
+            replication[described["topic"]] = factor
         [response] = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
         )
@@ -319,4 +349,4 @@ async def test_infra_up_with_three_brokers_makes_every_topic_durable(cluster: Lo
         }
     finally:
         await admin.close()
-    assert min_insync == dict.fromkeys(topics, "2")
+    return {topic: (replication[topic], min_insync[topic]) for topic in topics}
