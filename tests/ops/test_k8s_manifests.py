@@ -121,6 +121,22 @@ def test_every_service_has_workload_service_probes_limits_pdb_and_network_policy
     assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
 
 
+def test_the_autoscalers_alone_own_the_replica_counts(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """A workload that also fixed `replicas` would be scaled back to it by every `kubectl apply`."""
+    overlay, docs = rendered
+    scaled = {
+        **{h["spec"]["scaleTargetRef"]["name"]: h["spec"]["minReplicas"] for h in by_kind(docs, "HorizontalPodAutoscaler").values()},
+        **{s["spec"]["scaleTargetRef"]["name"]: s["spec"]["minReplicaCount"] for s in by_kind(docs, "ScaledObject").values()},
+    }  # fmt: skip
+    assert set(scaled) == set(SERVICES)
+    assert not {name for name, w in workloads(docs).items() if "replicas" in w["spec"]}
+    expected = {
+        "local": dict.fromkeys(SERVICES, 1),
+        "production": {**dict.fromkeys(SERVICES, 2), "ingest": 3},
+    }
+    assert scaled == expected[overlay]
+
+
 def test_achievements_keeps_its_rocksdb_state_on_a_volume_per_pod(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
