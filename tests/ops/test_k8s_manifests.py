@@ -176,7 +176,9 @@ def test_the_migration_job_runs_before_the_services(rendered: tuple[str, list[di
     assert migrate["command"] == ["sh", "-c", "synergy db migrate && synergy topics create"]
     for name, workload in workloads(docs).items():
         [wait] = workload["spec"]["template"]["spec"]["initContainers"]
+        [container] = workload["spec"]["template"]["spec"]["containers"]
         assert wait["command"][:3] == ["synergy", "db", "wait"], name
+        assert wait["image"] == container["image"]  # the schema this very image expects
 
 
 def test_ingest_scales_on_cpu_and_every_consumer_on_its_lag_up_to_the_partitions(
