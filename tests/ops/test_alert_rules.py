@@ -65,3 +65,20 @@ def test_the_kubernetes_prometheus_rule_is_generated_from_alerts_yml() -> None:
         text=True,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_every_alert_links_to_its_section_of_the_runbook() -> None:
+    import re
+
+    import yaml
+
+    headings = re.findall(r"^### (Synergy\w+)$", (ROOT / "docs" / "operations.md").read_text(), re.M)
+    rules = [
+        rule
+        for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+    assert [r["alert"] for r in rules] == headings
+    for rule in rules:
+        assert rule["annotations"]["runbook"] == f"docs/operations.md#{rule['alert'].lower()}"
