@@ -203,12 +203,14 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event(
             print(
                 f"\nthree-broker fault: killed node {victim} at {load.killed_at:.1f}s; "
                 f"{len(load.answers)} requests, {statuses.count(202)} answered 202, "
-                f"{statuses.count(503)} 503, {len(statuses) - statuses.count(202) - statuses.count(503)} other; "
+                f"{statuses.count(207)} 207, {statuses.count(503)} 503, "
+                f"{len(statuses) - sum(map(statuses.count, (202, 207, 503)))} without an answer; "
                 f"non-202 window {window:.1f}s; slowest answer {load.slowest:.1f}s; "
                 f"{len(acknowledged)} events acknowledged"
             )
             ingest_log = (tmp_path / "ingest.log").read_text()[-4000:]
-            assert set(statuses) <= {202, 503}, f"{sorted(set(statuses))} {load.errors}\n{ingest_log}"
+            # 207: some events of a batch written, the rest refused (and named) while a partition moved.
+            assert set(statuses) <= {202, 207, 503}, f"{sorted(set(statuses))} {load.errors}\n{ingest_log}"
             assert window <= MAX_503_WINDOW, f"503s for {window:.1f}s"
             assert len(acknowledged) >= 0.8 * RATE * LOAD_SECONDS
 
