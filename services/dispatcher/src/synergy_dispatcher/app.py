@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import httpx
 import structlog
 from fastapi import FastAPI, Header
 from synergy_common.brands import CredentialCipher
@@ -27,6 +26,7 @@ from synergy_streaming import DeadLetterWriter, KafkaConsumer, RetryPolicy, Stre
 
 from synergy_dispatcher import store
 from synergy_dispatcher.dispatcher import Dispatcher, Registry
+from synergy_dispatcher.senders import http_client
 from synergy_dispatcher.settings import DispatcherSettings
 
 log = structlog.get_logger()
@@ -56,10 +56,8 @@ async def running_dispatcher(settings: DispatcherSettings) -> AsyncIterator[Runn
         producer = durable_producer(settings.kafka_bootstrap_servers, client_id="synergy-dispatcher")
         await producer.start()
         stack.push_async_callback(producer.stop)
-        client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=256),
-            headers={"user-agent": "synergy-dispatcher/0.1"}, follow_redirects=False)
-        stack.push_async_callback(client.aclose)
+        client = http_client()
+        stack.push_async_callback(client.close)
         registry = Registry(pool, CredentialCipher(settings.synergy_encryption_key), settings)
         await registry.register_environment()
         await registry.reload()

@@ -19,7 +19,6 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import asyncpg
-import httpx
 import structlog
 from synergy_common.brands import CredentialCipher
 from synergy_streaming import (
@@ -38,7 +37,7 @@ from synergy_dispatcher import metrics, store
 from synergy_dispatcher.decisions import Decision, Verdict
 from synergy_dispatcher.mapping import order_key, posthog_item_bytes, webhook_body
 from synergy_dispatcher.model import Destination, State, destinations_for
-from synergy_dispatcher.senders import PostHogSender, WebhookMessage, WebhookSender
+from synergy_dispatcher.senders import HttpClient, PostHogSender, WebhookMessage, WebhookSender
 from synergy_dispatcher.settings import DispatcherSettings
 
 log = structlog.get_logger()
@@ -141,7 +140,7 @@ class DeliveryStats:
 
 class Dispatcher:
     def __init__(self, settings: DispatcherSettings, pool: asyncpg.Pool, registry: Registry,
-                 client: httpx.AsyncClient) -> None:
+                 client: HttpClient) -> None:
         self.settings, self.pool, self.registry = settings, pool, registry
         self.stats = DeliveryStats()
         paused_retry = settings.seconds("dispatcher_paused_retry")

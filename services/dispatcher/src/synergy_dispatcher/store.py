@@ -8,9 +8,12 @@ from typing import Any
 
 import asyncpg
 import orjson
-from synergy_common.brands import CredentialCipher
+import structlog
+from synergy_common.brands import CredentialCipher, EncryptionKeyMissing
 
 from synergy_dispatcher.model import DESTINATION_TYPES, Destination
+
+log = structlog.get_logger()
 
 COLUMNS = """d.id, d.brand_id, d.name, d.type, d.origin, d.settings, d.secrets, d.state, d.disabled_reason,
              d.state_changed_at, d.delivered_total, d.failed_total, d.dead_lettered_total, d.created_at"""
@@ -86,7 +89,13 @@ async def load_destinations(pool: asyncpg.Pool, cipher: CredentialCipher,
             if secrets is None:
                 continue  # configured once, no longer in this deployment's environment
         else:
-            secrets = orjson.loads(cipher.decrypt(row["secrets"])) if row["secrets"] else {}
+            try:
+                secrets = orjson.loads(cipher.decrypt(row["secrets"])) if row["secrets"] else {}
+            except EncryptionKeyMissing as exc:
+                # One destination's unreadable secret must not stop every other brand's deliveries.
+                log.error("destination skipped: its secrets cannot be decrypted", destination_id=row["id"],
+                          brand_id=row["brand_id"], error=str(exc))
+                continue
         loaded.append(Destination(
             id=str(row["id"]), brand_id=None if row["brand_id"] is None else str(row["brand_id"]),
             name=row["name"], type=row["type"], settings=row["settings"] or {}, secrets=secrets,
