@@ -7,7 +7,7 @@ All on one topic of N seed-000 events, in the same run:
 - posthog: `/batch/` requests (target >= 0.3 of the bare loop).
 The receivers run in a process of their own (the load generator); its CPU share is printed.
 
-    uv run python -m tests.bench.bench_dispatcher [--events 20000]
+    uv run python -m tests.bench.bench_dispatcher [--events 50000]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.db import create_pool, migrate
 from synergy_common.localinfra import create_topic
@@ -175,6 +176,10 @@ async def through_dispatcher(kind: str, bootstrap: str, database_url: str, key: 
                     last = await receiver.stats(client)
                 elapsed = time.monotonic() - started
                 last["dispatcher_cpu"] = (time.process_time() - own_cpu) / elapsed
+                labels = {"type": kind}
+                total = REGISTRY.get_sample_value("synergy_dispatcher_request_duration_seconds_sum", labels)
+                requests = REGISTRY.get_sample_value("synergy_dispatcher_request_duration_seconds_count", labels)
+                last["mean_request"] = (total or 0.0) / max(1.0, requests or 0.0)
         finally:
             await receiver.stop()
     rate = (last["received"] - first["received"]) / elapsed
@@ -213,6 +218,7 @@ async def main(events: int) -> None:
     print(f"webhook (32 in flight, signed): {hook_rate:,.0f} events/s, ratio {hook_rate / bare:.2f} of the "
           f"bare loop (target >= 2,000/s); receiver CPU share {hook_cpu:.0%}; "
           f"dispatcher CPU {hook_stats['dispatcher_cpu']:.0%}; "
+          f"mean request {hook_stats['mean_request'] * 1000:.1f} ms; "
           f"received {hook_stats['received']}, bad signatures {hook_stats['refused']}")
     print(f"posthog (/batch/): {ph_rate:,.0f} events/s, ratio {ph_rate / bare:.2f} of the bare loop "
           f"(target >= 0.30); fake CPU share {ph_cpu:.0%}; dispatcher CPU {ph_stats['dispatcher_cpu']:.0%}; "
@@ -222,7 +228,7 @@ async def main(events: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--profile", default=None, help="write a cProfile of the run to this file")
     args = parser.parse_args()
     if args.profile:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from tests.fakes.http_server import HttpServer, Request, Response
 
 MAX_EVENT_BYTES = 1_000_000
@@ -100,8 +102,8 @@ class PostHogFake:
             return self._answer(fault.status, "injected fault",
                                 {"retry-after": fault.retry_after} if fault.retry_after else {})
         try:
-            body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
             return self._answer(400, "failed to decode the request body")
         if not isinstance(body, dict):
             return self._answer(400, "the body is not an object")
@@ -131,7 +133,7 @@ class PostHogFake:
 def item_problem(item: Any) -> str | None:
     if not isinstance(item, dict):
         return "an item is not an object"
-    if len(json.dumps(item)) > MAX_EVENT_BYTES:
+    if len(orjson.dumps(item)) > MAX_EVENT_BYTES:
         return "event too large"
     if not isinstance(item.get("event"), str) or not item["event"]:
         return "an item has no event"

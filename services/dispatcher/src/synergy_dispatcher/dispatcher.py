@@ -56,6 +56,7 @@ class Registry:
     def __init__(self, pool: asyncpg.Pool, cipher: CredentialCipher, settings: DispatcherSettings) -> None:
         self.pool, self.cipher, self.settings = pool, cipher, settings
         self.by_id: dict[str, Destination] = {}
+        self._by_brand: dict[str, list[Destination]] = {}
         self.environment_secrets: dict[str, dict[str, Any]] = {}
 
     async def register_environment(self) -> None:
@@ -75,6 +76,7 @@ class Registry:
     async def reload(self) -> None:
         loaded = await store.load_destinations(self.pool, self.cipher, self.environment_secrets)
         self.by_id = {d.id: d for d in loaded}
+        self._by_brand = {}
         for d in loaded:
             metrics.DESTINATION_DISABLED.labels(brand_label(d), d.label).set(int(d.state == "disabled"))
             metrics.DESTINATION_PAUSED.labels(brand_label(d), d.label).set(int(d.state == "paused"))
@@ -83,7 +85,10 @@ class Registry:
         return self.by_id.get(destination_id)
 
     def for_brand(self, brand_id: str) -> list[Destination]:
-        return destinations_for(brand_id, self.by_id.values())
+        cached = self._by_brand.get(brand_id)
+        if cached is None:
+            cached = self._by_brand[brand_id] = destinations_for(brand_id, self.by_id.values())
+        return cached
 
     async def change_state(self, destination: Destination, state: State, reason: str | None,
                            only_from: Sequence[str] | None = None) -> None:
@@ -93,6 +98,7 @@ class Registry:
         self.by_id[destination.id] = Destination(
             current.id, current.brand_id, current.name, current.type, current.settings, current.secrets,
             state, reason)
+        self._by_brand = {}
         labels = (brand_label(current), current.label)
         metrics.DESTINATION_DISABLED.labels(*labels).set(int(state == "disabled"))
         metrics.DESTINATION_PAUSED.labels(brand_label(current), current.label).set(int(state == "paused"))

@@ -36,6 +36,9 @@ class Answer:
     body: bytes
 
 
+WEBHOOK_SECONDS = metrics.REQUEST_SECONDS.labels("webhook")
+POSTHOG_SECONDS = metrics.REQUEST_SECONDS.labels("posthog")
+
 StateChange = Callable[[Destination, Decision], Awaitable[None]]
 
 
@@ -107,7 +110,7 @@ class WebhookSender:
         except TRANSPORT_ERRORS as exc:
             return connection_decision(exc)
         finally:
-            metrics.REQUEST_SECONDS.labels("webhook").observe(time.perf_counter() - started)
+            WEBHOOK_SECONDS.observe(time.perf_counter() - started)
         return webhook_decision(answer.status, answer.retry_after, answer.body)
 
     async def deliver(self, destination: Destination, items: Sequence[Work]) -> list[ItemOutcome]:
@@ -152,7 +155,7 @@ class PostHogSender:
         except TRANSPORT_ERRORS as exc:
             return connection_decision(exc)
         finally:
-            metrics.REQUEST_SECONDS.labels("posthog").observe(time.perf_counter() - started)
+            POSTHOG_SECONDS.observe(time.perf_counter() - started)
         return posthog_decision(answer.status, answer.retry_after, answer.body, len(payloads))
 
     async def deliver(self, destination: Destination, items: Sequence[Work]) -> list[ItemOutcome]:
