@@ -211,6 +211,11 @@ async def main(events: int) -> None:
                                                                    topic, brand_id, events)
         ph_rate, ph_cpu, ph_stats = await through_dispatcher("posthog", bootstrap, infra.database_url, key,
                                                              topic, brand_id, events)
+        # The machine is shared: the ceiling is measured again afterwards and the better figure kept,
+        # so that a busy moment during the first measurement cannot flatter the ratios.
+        bare_after = await bare_runtime_loop(bootstrap, topic, events)
+        print(f"bare runtime loop, again: {bare_after:,.0f} events/s", flush=True)
+        bare = max(bare, bare_after)
     finally:
         await asyncio.to_thread(infra.close)
     print(f"ceiling: runtime bare consume loop {bare:,.0f} events/s (plain poll loop {poll:,.0f}/s), "
