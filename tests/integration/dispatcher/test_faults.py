@@ -164,3 +164,38 @@ async def test_a_webhook_5xx_with_retry_after_is_retried_until_it_answers(harnes
 async def _lag_is(h: DispatcherHarness, destination_id: str, lag: int) -> bool:
     (status,) = [s for s in await store.destination_statuses(h.pool, None) if s.id == destination_id]
     return status.lag == lag
+
+
+async def test_a_refused_posthog_key_pauses_the_destination_and_nothing_is_dead_lettered(
+        harness: DispatcherHarness) -> None:
+    h = harness
+    brand_id, _ = await h.brand()
+    posthog_id, posthog = await h.posthog(brand_id)
+    _, hook = await h.webhook(brand_id)
+    posthog.api_keys.clear()  # the project key was revoked: every request is answered 401
+    envelopes = [make_envelope(brand_id, f"u{i % 4}", data={"n": i}) for i in range(40)]
+    ids = [e["event_id"] for e in envelopes]
+    async with h.running(dispatcher_paused_retry="500ms") as running:
+        await h.publish(envelopes)
+        await eventually(lambda: _state(h, posthog_id, "paused"), what="the destination paused")
+        await eventually(lambda: len(hook.accepted) == 40, what="the webhook, meanwhile")
+        await eventually(lambda: posthog.statuses.get(401, 0) >= 3, what="a few more tries")
+        paused = await store.destination_statuses(h.pool, brand_id)
+        assert REGISTRY.get_sample_value("synergy_dispatcher_destination_paused",
+                                         {"brand_id": brand_id, "destination": f"posthog:{posthog_id}"}) == 1
+        posthog.api_keys.add("phc_test_project_key")  # the key works again (PostHog restored it)
+        await eventually(lambda: len(posthog.order) == 40, what="every event once the key works")
+        await eventually(lambda: _state(h, posthog_id, "active"), what="the destination active again")
+        assert running.dispatcher.registry.get(posthog_id).state == "active"  # type: ignore[union-attr]
+
+    (status,) = [s for s in paused if s.id == posthog_id]
+    assert status.state == "paused"
+    assert status.disabled_reason == 'HTTP 401: {"type": "error", "code": "401", "detail": "project API key invalid"}'
+    ingested = [i["properties"]["synergy_event_id"] for i in posthog.order]
+    assert sorted(ingested) == sorted(ids)
+    assert per_user(ingested, envelopes) == per_user(ids, envelopes)
+    assert await h.dead_letters() == []
+
+
+async def _state(h: DispatcherHarness, destination_id: str, state: str) -> bool:
+    return await h.pool.fetchval("SELECT state FROM destinations WHERE id = $1", int(destination_id)) == state
