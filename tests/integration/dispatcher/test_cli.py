@@ -73,3 +73,23 @@ async def test_add_list_disable_enable(harness: DispatcherHarness, cli: Any) -> 
 
     unknown = await cli(["destinations", "enable", "999999"])
     assert unknown.exit_code != 0 and "no destination 999999" in unknown.output
+
+
+async def test_rotating_a_webhook_secret_signs_with_both_until_finished(harness: DispatcherHarness,
+                                                                       cli: Any) -> None:
+    h = harness
+    brand_id, _ = await h.brand()
+    added = await cli(["destinations", "add", "--brand", brand_id, "--type", "webhook", "--url",
+                       "https://hooks.example.com/in", "--secret", "-", "--json"], stdin=SECRET + "\n")
+    destination_id = json.loads(added.output)["id"]
+    new = "whsec_" + "bmV3LWRpc3BhdGNoZXItdGVzdC1zZWNyZXQ="  # "new-dispatcher-test-secret"
+    rotated = await cli(["destinations", "rotate-secret", destination_id, "--secret", "-"], stdin=new + "\n")
+    assert rotated.exit_code == 0, rotated.output
+    assert "signs with 2 secrets" in rotated.output and new not in rotated.output
+    cipher = CredentialCipher(h.encryption_key)
+    stored = await h.pool.fetchval("SELECT secrets FROM destinations WHERE id = $1", int(destination_id))
+    assert json.loads(cipher.decrypt(stored)) == {"signing_secrets": [new, SECRET]}
+    finished = await cli(["destinations", "rotate-secret", destination_id, "--finish"])
+    assert finished.exit_code == 0 and "signs with 1 secret" in finished.output
+    stored = await h.pool.fetchval("SELECT secrets FROM destinations WHERE id = $1", int(destination_id))
+    assert json.loads(cipher.decrypt(stored)) == {"signing_secrets": [new]}

@@ -147,6 +147,66 @@ def list_(brand: str | None, as_json: bool) -> None:
                    f"{s.disabled_reason or ''}")
 
 
+@destinations.command("rotate-secret")
+@click.argument("destination_id")
+@click.option("--secret", default=None, help="webhook: '-' reads the new whsec_ secret from stdin")
+@click.option("--generate-secret", is_flag=True, help="webhook: make the new secret and print it once")
+@click.option("--api-key", default=None, help="posthog: '-' reads the new key from stdin; else a prompt")
+@click.option("--finish", is_flag=True, help="webhook: drop the previous secret (the receiver has switched)")
+def rotate_secret(destination_id: str, secret: str | None, generate_secret: bool, api_key: str | None,
+                  finish: bool) -> None:
+    """A new secret: a webhook signs with the new and the previous one until `--finish`."""
+    from synergy_common.brands import CredentialCipher
+    from synergy_common.settings import common_settings
+
+    from synergy_dispatcher import store
+    from synergy_dispatcher.signing import InvalidSecret, secret_key
+
+    cipher = CredentialCipher(common_settings().synergy_encryption_key)
+    if not destination_id.isdigit():
+        raise click.ClickException(f"no destination {destination_id}")
+
+    async def current(pool: Any) -> tuple[str, dict[str, Any]] | None:
+        return await store.secrets_of(pool, cipher, destination_id)
+
+    found = _run(current)
+    if found is None:
+        raise click.ClickException(f"no destination {destination_id} managed here")
+    type_, secrets_now = found
+    generated = None
+    if type_ == "webhook":
+        previous = [str(s) for s in secrets_now.get("signing_secrets", [])]
+        if finish:
+            if not previous:
+                raise click.ClickException("the destination has no secret")
+            updated: dict[str, Any] = {"signing_secrets": previous[:1]}
+        else:
+            if generate_secret:
+                new = generated = new_webhook_secret()
+            else:
+                new = read_secret(secret, "New signing secret (whsec_…)")[0]
+            try:
+                secret_key(new)
+            except InvalidSecret as exc:
+                raise click.BadParameter(str(exc), param_hint="--secret") from exc
+            updated = {"signing_secrets": [new, *previous[:1]]}
+    else:
+        updated = {"api_key": read_secret(api_key, "New PostHog project API key")[0]}
+
+    async def write(pool: Any) -> None:
+        await store.set_secrets(pool, cipher, destination_id, updated)
+
+    _run(write)
+    if type_ == "webhook":
+        count = len(updated["signing_secrets"])
+        click.echo(f"destination {destination_id} signs with {count} secret{'s' if count > 1 else ''}")
+    else:
+        click.echo(f"destination {destination_id} has a new API key")
+    if generated:
+        click.echo(f"signing secret: {generated}")
+        click.echo("Store the signing secret now: it is not shown again.", err=True)
+
+
 def _set_state(destination_id: str, state: str, reason: str | None) -> None:
     from synergy_dispatcher import store
 

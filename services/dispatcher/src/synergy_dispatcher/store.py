@@ -114,6 +114,16 @@ async def set_state(pool: asyncpg.Pool, destination_id: str, state: str, reason:
     return result.endswith(" 1")
 
 
+async def secrets_of(pool: asyncpg.Pool, cipher: CredentialCipher, destination_id: str,
+                     ) -> tuple[str, dict[str, Any]] | None:
+    """(type, decrypted secrets) of a destination the CLI manages; None when there is no such one."""
+    row = await pool.fetchrow("SELECT type, secrets FROM destinations WHERE id = $1 AND origin = 'cli'",
+                              int(destination_id))
+    if row is None:
+        return None
+    return row["type"], (orjson.loads(cipher.decrypt(row["secrets"])) if row["secrets"] else {})
+
+
 async def set_secrets(pool: asyncpg.Pool, cipher: CredentialCipher, destination_id: str,
                       secrets: Mapping[str, Any]) -> None:
     await pool.execute("UPDATE destinations SET secrets = $2, updated_at = now() WHERE id = $1",
