@@ -199,3 +199,23 @@ async def test_a_refused_posthog_key_pauses_the_destination_and_nothing_is_dead_
 
 async def _state(h: DispatcherHarness, destination_id: str, state: str) -> bool:
     return await h.pool.fetchval("SELECT state FROM destinations WHERE id = $1", int(destination_id)) == state
+
+
+async def test_an_endpoint_failing_past_the_retry_window_dead_letters_with_the_last_answer(
+        harness: DispatcherHarness) -> None:
+    """The window is shrunk to seconds here; deployments keep >= 24 h."""
+    h = harness
+    brand_id, _ = await h.brand()
+    hook_id, hook = await h.webhook(brand_id)
+    hook.responder = lambda _: Response(500, b'{"error":"boom"}')
+    envelopes = [make_envelope(brand_id, f"u{i % 2}", data={"n": i}) for i in range(6)]
+    async with h.running(dispatcher_retry_window="2s", dispatcher_retry_attempts=3,
+                         dispatcher_retry_base="100ms", dispatcher_retry_cap="300ms"):
+        await h.publish(envelopes)
+        await eventually(lambda: _letters(h, 6), timeout=60, what="six dead letters")
+
+    letters = await h.dead_letters()
+    assert sorted(x["event_id"] for x in letters) == sorted(e["event_id"] for e in envelopes)
+    assert {(x["reason"], x["destination"]) for x in letters} == {
+        ("retries_exhausted:webhook_500", f"webhook:{hook_id}")}
+    assert hook.accepted == [] and len(hook.answered) >= 6 * 3
