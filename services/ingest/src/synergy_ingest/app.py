@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
+from cachetools import TTLCache
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -18,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synergy_common.db import create_pool
 from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import (
+    PROBLEM_JSON,
     ProblemError,
     WriteKeyAuthenticator,
     authenticate_brand,
@@ -27,13 +30,25 @@ from synergy_common.http import (
 from synergy_common.logging import configure_logging
 from synergy_common.settings import CommonSettings
 
-from synergy_ingest.client_events import ClientEvent, Envelope, EventRejected, build_envelope
-from synergy_ingest.metrics import BATCH_SIZE, EVENTS_ACCEPTED, EVENTS_REJECTED, REQUESTS
+from synergy_ingest.brand_settings import brand_settings
+from synergy_ingest.client_events import (
+    AcceptedEvent,
+    ClientEvent,
+    EventRejected,
+    InvalidJson,
+    accept_event,
+    parse_client_event,
+    parse_client_event_json,
+    parse_valid_batch_json,
+)
+from synergy_ingest.metrics import BATCH_SIZE, EVENTS_ACCEPTED, EVENTS_REJECTED, EVENTS_THROTTLED, REQUESTS
+from synergy_ingest.publish_outcome import PublishOutcome
 from synergy_ingest.publisher import EventPublisher, KafkaUnavailable
-from synergy_ingest.request_body import read_json_body
+from synergy_ingest.quotas import Quota, QuotaBook, quota_from_settings, retry_after_header
+from synergy_ingest.request_body import parse_json, read_body
 from synergy_ingest.request_context import RequestContext
 from synergy_ingest.segment import segment_to_client_event
-from synergy_ingest.settings import IngestSettings
+from synergy_ingest.settings import IngestSettings, default_quota
 
 MAX_CORRELATION_ID_LENGTH = 128
 
@@ -53,9 +68,18 @@ class BatchError(BaseModel):
     message: str
 
 
+class BatchUnwritten(BaseModel):
+    """A valid event Kafka did not acknowledge: `not_written` for certain, or `unknown`."""
+
+    index: int
+    event_id: str
+    outcome: Literal["not_written", "unknown"]
+
+
 class BatchAnswer(BaseModel):
     accepted: list[BatchAccepted]
     errors: list[BatchError]
+    unwritten: list[BatchUnwritten] = []
 
 
 class EventBatch(BaseModel):
@@ -68,6 +92,9 @@ class IngestState:
     authenticator: WriteKeyAuthenticator
     publisher: EventPublisher
     pool: asyncpg.Pool
+    quotas: QuotaBook
+    default_quota: Quota | None
+    brand_settings: TTLCache[str, dict[str, Any]]
 
 
 class RequestMetrics:
@@ -121,20 +148,80 @@ async def _request_context(request: Request, body_write_key: str | None = None) 
     )
 
 
-async def _publish(request: Request, envelopes: list[Envelope]) -> None:
+async def _brand_settings(state: IngestState, brand_id: str) -> dict[str, Any]:
+    cached = state.brand_settings.get(brand_id)
+    if cached is not None:
+        return cached
     try:
-        await _state(request).publisher.publish(envelopes)
+        settings = await brand_settings(state.pool, brand_id)
+    except (OSError, asyncpg.PostgresError):
+        return {}  # the default quota applies until Postgres answers again
+    state.brand_settings[brand_id] = settings
+    return settings
+
+
+async def _admit(request: Request, brand_id: str, events: int) -> None:
+    """429 with Retry-After when the brand is over its quota; other brands have their own buckets."""
+    state = _state(request)
+    if events == 0:
+        return
+    quota = quota_from_settings(await _brand_settings(state, brand_id), state.default_quota)
+    wait = state.quotas.admit(brand_id, quota, events, time.monotonic())
+    if wait > 0:
+        EVENTS_THROTTLED.labels(brand_id).inc(events)
+        raise ProblemError(
+            429,
+            "Too many events",
+            f"this brand is over its quota of {quota.events_per_second:g} events/s" if quota else None,
+            headers={"Retry-After": retry_after_header(wait)},
+        )
+
+
+async def _publish(request: Request, accepted: list[AcceptedEvent]) -> PublishOutcome:
+    """What Kafka did with each event. Raises a 503 when nothing could be handed to the producer."""
+    state = _state(request)
+    try:
+        outcome = await state.publisher.publish([event.record for event in accepted])
     except KafkaUnavailable as exc:
-        EVENTS_REJECTED.labels("kafka_unavailable").inc(len(envelopes))
-        retry_after = str(_state(request).settings.retry_after_seconds)
+        EVENTS_REJECTED.labels("kafka_unavailable").inc(len(accepted))
         raise ProblemError(
             503,
             "Kafka unavailable",
             f"nothing was accepted; retry later ({exc})",
-            headers={"Retry-After": retry_after},
+            headers={"Retry-After": str(state.settings.retry_after_seconds)},
         ) from exc
-    for envelope in envelopes:
-        EVENTS_ACCEPTED.labels(envelope.type).inc()
+    for index in outcome.written:
+        EVENTS_ACCEPTED.labels(accepted[index].envelope.type).inc()
+    if outcome.refused:
+        EVENTS_REJECTED.labels("kafka_unavailable").inc(len(outcome.refused))
+    if outcome.unknown:
+        EVENTS_REJECTED.labels("kafka_outcome_unknown").inc(len(outcome.unknown))
+    return outcome
+
+
+def _unwritten_problem(request: Request, outcome: PublishOutcome, event_ids: list[str]) -> ProblemError:
+    """503 for events Kafka did not acknowledge; with `outcome: unknown` and the ids to resend when
+    some may have been written after all."""
+    retry_after = {"Retry-After": str(_state(request).settings.retry_after_seconds)}
+    if outcome.unknown:
+        return ProblemError(
+            503,
+            "Kafka did not acknowledge in time",
+            "some events may have been written; resend them with these event_id values, "
+            "which every consumer deduplicates",
+            headers=retry_after,
+            outcome="unknown",
+            event_ids=event_ids,
+        )
+    return ProblemError(
+        503, "Kafka unavailable", f"nothing was accepted; retry later ({outcome.reason})", headers=retry_after
+    )
+
+
+async def _publish_one(request: Request, event: AcceptedEvent) -> None:
+    outcome = await _publish(request, [event])
+    if not outcome.all_written:
+        raise _unwritten_problem(request, outcome, [event.envelope.event_id])
 
 
 def _rejection_problem(rejected: EventRejected) -> ProblemError:
@@ -145,16 +232,16 @@ def _rejection_problem(rejected: EventRejected) -> ProblemError:
 
 @dataclass
 class BatchOutcome:
-    envelopes: list[tuple[int, Envelope]]
+    events: list[tuple[int, AcceptedEvent]]
     errors: list[BatchError]
     forbidden: int = 0
 
 
-def _build_batch(items: list[Any], build: Callable[[Any], Envelope]) -> BatchOutcome:
+def _build_batch(items: Sequence[Any], accept: Callable[[Any], AcceptedEvent]) -> BatchOutcome:
     outcome = BatchOutcome([], [])
     for index, item in enumerate(items):
         try:
-            outcome.envelopes.append((index, build(item)))
+            outcome.events.append((index, accept(item)))
         except EventRejected as rejected:
             EVENTS_REJECTED.labels(rejected.reason).inc()
             outcome.forbidden += rejected.status == 403
@@ -162,24 +249,40 @@ def _build_batch(items: list[Any], build: Callable[[Any], Envelope]) -> BatchOut
     return outcome
 
 
-async def _answer_batch(request: Request, outcome: BatchOutcome, all_ok_status: int) -> JSONResponse:
-    BATCH_SIZE.observe(len(outcome.envelopes) + len(outcome.errors))
-    if outcome.envelopes:
-        await _publish(request, [envelope for _, envelope in outcome.envelopes])
-    answer = BatchAnswer(
-        accepted=[BatchAccepted(index=i, event_id=e.event_id) for i, e in outcome.envelopes],
-        errors=outcome.errors,
-    )
-    if not outcome.errors:
+async def _answer_batch(
+    request: Request, brand_id: str, batch: BatchOutcome, all_ok_status: int
+) -> JSONResponse:
+    BATCH_SIZE.observe(len(batch.events) + len(batch.errors))
+    written: list[BatchAccepted] = []
+    unwritten: list[BatchUnwritten] = []
+    published: PublishOutcome | None = None
+    if batch.events:
+        await _admit(request, brand_id, len(batch.events))
+        published = await _publish(request, [event for _, event in batch.events])
+        for position in published.written:
+            index, event = batch.events[position]
+            written.append(BatchAccepted(index=index, event_id=event.envelope.event_id))
+        for position, outcome in [(p, "not_written") for p in published.refused] + [
+            (p, "unknown") for p in published.unknown
+        ]:
+            index, event = batch.events[position]
+            unwritten.append(BatchUnwritten(index=index, event_id=event.envelope.event_id, outcome=outcome))
+        unwritten.sort(key=lambda u: u.index)
+    answer = BatchAnswer(accepted=written, errors=batch.errors, unwritten=unwritten)
+    if published is not None and not written:
+        unknown_ids = [u.event_id for u in unwritten if u.outcome == "unknown"]
+        problem = _unwritten_problem(request, published, unknown_ids)
+        problem.extra.update(answer.model_dump())
+        raise problem
+    if not batch.errors and not unwritten:
         status = all_ok_status
-    elif outcome.envelopes:
+    elif written:
         status = 207
     else:
-        status = 403 if outcome.forbidden == len(outcome.errors) else 422
-    headers = {"content-type": "application/problem+json"} if status >= 400 else None
-    body = answer.model_dump()
+        status = 403 if batch.forbidden == len(batch.errors) else 422
+    body = answer.model_dump(exclude={"unwritten"} if not unwritten else None)
     if status >= 400:
-        first = outcome.errors[0]
+        first = batch.errors[0]
         body = {
             "type": "about:blank",
             "title": "No event accepted",
@@ -188,20 +291,25 @@ async def _answer_batch(request: Request, outcome: BatchOutcome, all_ok_status: 
             "field": f"batch[{first.index}].{first.field}",
             **body,
         }
-    return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    return JSONResponse(body, status_code=status)
 
 
 def _batch_items(body: Any, max_events: int) -> list[Any]:
     if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
         raise ProblemError(422, "Invalid batch", 'the body must be {"batch": [event, ...]}', field="batch")
     items: list[Any] = body["batch"]
-    if not items:
+    _check_batch_length(len(items), max_events)
+    return items
+
+
+def _check_batch_length(count: int, max_events: int) -> None:
+    if not count:
         raise ProblemError(422, "Invalid batch", "the batch is empty", field="batch")
-    if len(items) > max_events:
+    if count > max_events:
         raise ProblemError(
             413, "Batch too large", f"a batch may hold at most {max_events} events", field="batch"
         )
-    return items
 
 
 def _body_write_key(body: Any) -> str | None:
@@ -209,10 +317,28 @@ def _body_write_key(body: Any) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def _segment_builder(
+SEGMENT_FIELD_NAMES = {
+    "identifiers.id": "userId",
+    "identifiers.anonymous_id": "anonymousId",
+    "event_id": "messageId",
+}
+
+
+def _segment_field(field: str, message_type: str | None) -> str:
+    """Our field name in a rejection, as the Segment message spells it."""
+    if field in SEGMENT_FIELD_NAMES:
+        return SEGMENT_FIELD_NAMES[field]
+    if field == "name" and message_type == "track":
+        return "event"
+    if field == "data" or field.startswith("data."):
+        return ("traits" if message_type == "identify" else "properties") + field[len("data") :]
+    return field
+
+
+def _segment_acceptor(
     context: RequestContext, max_event_bytes: int, route_type: str | None
-) -> Callable[[Any], Envelope]:
-    def build(message: Any) -> Envelope:
+) -> Callable[[Any], AcceptedEvent]:
+    def accept(message: Any) -> AcceptedEvent:
         mapped = segment_to_client_event(message, route_type)
         message_context = RequestContext(
             brand_id=context.brand_id,
@@ -222,9 +348,13 @@ def _segment_builder(
             client_ip=mapped.client_ip or context.client_ip,
             source="segment",
         )
-        return build_envelope(mapped.client_event, message_context, max_event_bytes)
+        try:
+            return accept_event(parse_client_event(mapped.client_event), message_context, max_event_bytes)
+        except EventRejected as rejected:
+            rejected.field = _segment_field(rejected.field, mapped.client_event.get("type"))
+            raise
 
-    return build
+    return accept
 
 
 def create_app(settings: IngestSettings | None = None, common: CommonSettings | None = None) -> FastAPI:
@@ -239,7 +369,15 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
             common.kafka_bootstrap_servers, settings.publish_timeout_seconds, settings.producer_linger_ms
         )
         publisher.start()
-        app.state.ingest = IngestState(settings, WriteKeyAuthenticator(pool), publisher, pool)
+        app.state.ingest = IngestState(
+            settings,
+            WriteKeyAuthenticator(pool),
+            publisher,
+            pool,
+            QuotaBook(settings.workers),
+            default_quota(settings),
+            TTLCache(maxsize=10_000, ttl=settings.brand_settings_ttl_seconds),
+        )
         if not await publisher.wait_started(timeout=10):
             log.warning("kafka_not_reachable_yet", bootstrap=common.kafka_bootstrap_servers)
         log.info("ingest_started", topic=publisher.topic, port=settings.port)
@@ -291,15 +429,18 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings) -> None:
     )
     async def post_event(request: Request) -> JSONResponse:
         context = await _request_context(request)
-        body = await read_json_body(request, settings.max_event_bytes)
+        body = await read_body(request, settings.max_event_bytes)
         BATCH_SIZE.observe(1)
         try:
-            envelope = build_envelope(body, context, settings.max_event_bytes)
+            event = accept_event(parse_client_event_json(body), context, settings.max_event_bytes)
         except EventRejected as rejected:
             raise _rejection_problem(rejected) from rejected
-        await _publish(request, [envelope])
+        except InvalidJson as invalid:
+            raise ProblemError(400, "Malformed JSON", str(invalid), field="body") from invalid
+        await _admit(request, context.brand_id, 1)
+        await _publish_one(request, event)
         return JSONResponse(
-            {"event_id": envelope.event_id},
+            {"event_id": event.envelope.event_id},
             status_code=202,
             headers={"X-Correlation-ID": context.correlation_id},
         )
@@ -314,25 +455,36 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings) -> None:
     )
     async def post_batch(request: Request) -> JSONResponse:
         context = await _request_context(request)
-        body = await read_json_body(request, settings.max_batch_bytes)
-        items = _batch_items(body, settings.max_batch_events)
-        outcome = _build_batch(items, lambda item: build_envelope(item, context, settings.max_event_bytes))
-        return await _answer_batch(request, outcome, 202)
+        body = await read_body(request, settings.max_batch_bytes)
+
+        def accept(event: ClientEvent) -> AcceptedEvent:
+            return accept_event(event, context, settings.max_event_bytes)
+
+        valid = parse_valid_batch_json(body)
+        if valid is not None:
+            # The common case: every event passes the model, validated straight from the bytes.
+            _check_batch_length(len(valid), settings.max_batch_events)
+            outcome = _build_batch(valid, accept)
+        else:
+            items = _batch_items(parse_json(body), settings.max_batch_events)
+            outcome = _build_batch(items, lambda item: accept(parse_client_event(item)))
+        return await _answer_batch(request, context.brand_id, outcome, 202)
 
 
 def _add_segment_routes(app: FastAPI, settings: IngestSettings) -> None:
     async def segment_single(request: Request, route_type: str) -> JSONResponse:
-        body = await read_json_body(request, settings.max_event_bytes, also_text_plain=True)
+        body = parse_json(await read_body(request, settings.max_event_bytes, any_content_type=True))
         context = await _request_context(request, _body_write_key(body))
         if isinstance(body, dict):
             body = {k: v for k, v in body.items() if k not in ("writeKey", "sentAt")}
         try:
-            envelope = _segment_builder(context, settings.max_event_bytes, route_type)(body)
+            event = _segment_acceptor(context, settings.max_event_bytes, route_type)(body)
         except EventRejected as rejected:
             raise _rejection_problem(rejected) from rejected
         BATCH_SIZE.observe(1)
-        await _publish(request, [envelope])
-        return JSONResponse({"success": True, "event_id": envelope.event_id}, status_code=200)
+        await _admit(request, context.brand_id, 1)
+        await _publish_one(request, event)
+        return JSONResponse({"success": True, "event_id": event.envelope.event_id}, status_code=200)
 
     def register(route_type: str) -> None:
         async def handler(request: Request) -> JSONResponse:
@@ -353,11 +505,11 @@ def _add_segment_routes(app: FastAPI, settings: IngestSettings) -> None:
 
     @app.post("/v1/batch", tags=["segment"], summary="Segment-compatible batch", response_model=BatchAnswer)
     async def segment_batch(request: Request) -> JSONResponse:
-        body = await read_json_body(request, settings.max_batch_bytes, also_text_plain=True)
+        body = parse_json(await read_body(request, settings.max_batch_bytes, any_content_type=True))
         context = await _request_context(request, _body_write_key(body))
         items = _batch_items(body, settings.max_segment_batch_events)
-        outcome = _build_batch(items, _segment_builder(context, settings.max_event_bytes, None))
-        return await _answer_batch(request, outcome, 200)
+        outcome = _build_batch(items, _segment_acceptor(context, settings.max_event_bytes, None))
+        return await _answer_batch(request, context.brand_id, outcome, 200)
 
 
 def _document_request_bodies(app: FastAPI) -> None:

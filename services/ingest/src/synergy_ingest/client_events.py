@@ -6,9 +6,10 @@ stamp the request's facts, and fill what the request tells about the device and 
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from synergy_schemas.envelope import Envelope as Envelope
 from synergy_schemas.envelope import EventType, Identifiers, derive_event_id
@@ -19,9 +20,12 @@ from synergy_schemas.events import (
 )
 
 from synergy_ingest.device import device_from_user_agent
+from synergy_ingest.publish_outcome import OutgoingRecord
 from synergy_ingest.request_context import RequestContext
 
 MAX_FREE_FORM_KEYS = 300
+# C0 and C1 control characters (NUL included) and the Unicode line and paragraph separators.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ClientEvent(BaseModel):
@@ -65,9 +69,54 @@ def parse_client_event(raw: Any) -> ClientEvent:
     if not isinstance(raw, dict):
         raise EventRejected("body", "an event must be a JSON object", reason="malformed")
     try:
-        return ClientEvent.model_validate(raw)
+        event = ClientEvent.model_validate(raw)
     except ValidationError as exc:
         raise _first_error(exc) from exc
+    return event
+
+
+class InvalidJson(Exception):
+    """The body is not JSON at all."""
+
+
+class _ValidBatch(BaseModel):
+    batch: list[ClientEvent]
+
+
+def parse_client_event_json(body: bytes) -> ClientEvent:
+    """The same checks as parse_client_event, straight from the request bytes."""
+    try:
+        event = ClientEvent.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] == "json_invalid":
+            raise InvalidJson(error["msg"]) from exc
+        if error["type"] == "model_type":
+            raise EventRejected("body", "an event must be a JSON object", reason="malformed") from exc
+        raise _first_error(exc) from exc
+    return event
+
+
+def parse_valid_batch_json(body: bytes) -> list[ClientEvent] | None:
+    """Every event of `{"batch": [...]}` straight from the bytes, or None when any event (or the body)
+    fails the model: the caller then checks event by event to name each failure."""
+    try:
+        return _ValidBatch.model_validate_json(body).batch
+    except ValidationError:
+        return None
+
+
+def refuse_control_characters(event: ClientEvent) -> None:
+    """Ids and names end up in partition keys, URLs and Customer.io ids: they must be printable."""
+    for field, value in (
+        ("identifiers.id", event.identifiers.id),
+        ("identifiers.anonymous_id", event.identifiers.anonymous_id),
+        ("event_id", event.event_id),
+        ("name", event.name),
+        ("brand_id", event.brand_id),
+    ):
+        if value is not None and CONTROL_CHARACTERS.search(value):
+            raise EventRejected(field, "must not contain control characters", reason="invalid")
 
 
 def validated_data(event: ClientEvent) -> tuple[str | None, dict[str, Any]]:
@@ -105,10 +154,22 @@ def with_request_facts(data: dict[str, Any], user_agent: str | None, client_ip: 
     return {**data, "event_context": context}
 
 
+@dataclass(frozen=True, slots=True)
+class AcceptedEvent:
+    """A validated event: its envelope and the Kafka record built from it, serialised once."""
+
+    envelope: Envelope
+    record: OutgoingRecord
+
+
 def build_envelope(raw: Any, request: RequestContext, max_event_bytes: int) -> Envelope:
-    if len(orjson.dumps(raw)) > max_event_bytes:
-        raise EventRejected("body", f"an event may be at most {max_event_bytes} bytes", reason="too_large")
-    event = parse_client_event(raw)
+    """parse_client_event, then accept_event: the whole path of one event already parsed from JSON."""
+    return accept_event(parse_client_event(raw), request, max_event_bytes).envelope
+
+
+def accept_event(event: ClientEvent, request: RequestContext, max_event_bytes: int) -> AcceptedEvent:
+    """Checks what the model alone cannot (brand, event data, size) and builds the envelope and record."""
+    refuse_control_characters(event)
     if event.brand_id is not None and event.brand_id != request.brand_id:
         raise EventRejected("brand_id", "this write key does not act for that brand", "forbidden", 403)
     name, data = validated_data(event)
@@ -116,7 +177,7 @@ def build_envelope(raw: Any, request: RequestContext, max_event_bytes: int) -> E
         data = with_request_facts(data, request.user_agent, request.client_ip)
     timestamp = event.timestamp or request.received_at
     # Every part was validated above, so the envelope is assembled without validating it again.
-    return Envelope.model_construct(
+    envelope = Envelope.model_construct(
         event_id=derive_event_id(request.brand_id, event.event_id, at=request.received_at),
         type=event.type,
         name=name,
@@ -128,3 +189,7 @@ def build_envelope(raw: Any, request: RequestContext, max_event_bytes: int) -> E
         source=request.source,
         correlation_id=request.correlation_id,
     )
+    value = envelope.to_json_bytes()
+    if len(value) > max_event_bytes:
+        raise EventRejected("body", f"an event may be at most {max_event_bytes} bytes", reason="too_large")
+    return AcceptedEvent(envelope, OutgoingRecord(envelope.key.encode(), value, envelope.kafka_headers()))
