@@ -35,11 +35,8 @@ from synergy_ingest.client_events import (
     AcceptedEvent,
     ClientEvent,
     EventRejected,
-    InvalidJson,
     accept_event,
     parse_client_event,
-    parse_client_event_json,
-    parse_valid_batch_json,
 )
 from synergy_ingest.metrics import BATCH_SIZE, EVENTS_ACCEPTED, EVENTS_REJECTED, EVENTS_THROTTLED, REQUESTS
 from synergy_ingest.publish_outcome import PublishOutcome
@@ -299,17 +296,13 @@ def _batch_items(body: Any, max_events: int) -> list[Any]:
     if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
         raise ProblemError(422, "Invalid batch", 'the body must be {"batch": [event, ...]}', field="batch")
     items: list[Any] = body["batch"]
-    _check_batch_length(len(items), max_events)
-    return items
-
-
-def _check_batch_length(count: int, max_events: int) -> None:
-    if not count:
+    if not items:
         raise ProblemError(422, "Invalid batch", "the batch is empty", field="batch")
-    if count > max_events:
+    if len(items) > max_events:
         raise ProblemError(
             413, "Batch too large", f"a batch may hold at most {max_events} events", field="batch"
         )
+    return items
 
 
 def _body_write_key(body: Any) -> str | None:
@@ -429,14 +422,12 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings) -> None:
     )
     async def post_event(request: Request) -> JSONResponse:
         context = await _request_context(request)
-        body = await read_body(request, settings.max_event_bytes)
+        body = parse_json(await read_body(request, settings.max_event_bytes))
         BATCH_SIZE.observe(1)
         try:
-            event = accept_event(parse_client_event_json(body), context, settings.max_event_bytes)
+            event = accept_event(parse_client_event(body), context, settings.max_event_bytes)
         except EventRejected as rejected:
             raise _rejection_problem(rejected) from rejected
-        except InvalidJson as invalid:
-            raise ProblemError(400, "Malformed JSON", str(invalid), field="body") from invalid
         await _admit(request, context.brand_id, 1)
         await _publish_one(request, event)
         return JSONResponse(
@@ -455,19 +446,12 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings) -> None:
     )
     async def post_batch(request: Request) -> JSONResponse:
         context = await _request_context(request)
-        body = await read_body(request, settings.max_batch_bytes)
-
-        def accept(event: ClientEvent) -> AcceptedEvent:
-            return accept_event(event, context, settings.max_event_bytes)
-
-        valid = parse_valid_batch_json(body)
-        if valid is not None:
-            # The common case: every event passes the model, validated straight from the bytes.
-            _check_batch_length(len(valid), settings.max_batch_events)
-            outcome = _build_batch(valid, accept)
-        else:
-            items = _batch_items(parse_json(body), settings.max_batch_events)
-            outcome = _build_batch(items, lambda item: accept(parse_client_event(item)))
+        items = _batch_items(
+            parse_json(await read_body(request, settings.max_batch_bytes)), settings.max_batch_events
+        )
+        outcome = _build_batch(
+            items, lambda item: accept_event(parse_client_event(item), context, settings.max_event_bytes)
+        )
         return await _answer_batch(request, context.brand_id, outcome, 202)
 
 
@@ -537,8 +521,13 @@ def main() -> None:
     if settings.workers > 1:
         # Ingest is stateless: each process has its own producer and key cache.
         uvicorn.run(
-            "synergy_ingest.app:create_app", factory=True, workers=settings.workers, host="0.0.0.0",
-            port=settings.port, log_level="warning", timeout_graceful_shutdown=10,
+            "synergy_ingest.app:create_app",
+            factory=True,
+            workers=settings.workers,
+            host="0.0.0.0",
+            port=settings.port,
+            log_level="warning",
+            timeout_graceful_shutdown=10,
         )
         return
     app = create_app(settings)

@@ -75,37 +75,6 @@ def parse_client_event(raw: Any) -> ClientEvent:
     return event
 
 
-class InvalidJson(Exception):
-    """The body is not JSON at all."""
-
-
-class _ValidBatch(BaseModel):
-    batch: list[ClientEvent]
-
-
-def parse_client_event_json(body: bytes) -> ClientEvent:
-    """The same checks as parse_client_event, straight from the request bytes."""
-    try:
-        event = ClientEvent.model_validate_json(body)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        if error["type"] == "json_invalid":
-            raise InvalidJson(error["msg"]) from exc
-        if error["type"] == "model_type":
-            raise EventRejected("body", "an event must be a JSON object", reason="malformed") from exc
-        raise _first_error(exc) from exc
-    return event
-
-
-def parse_valid_batch_json(body: bytes) -> list[ClientEvent] | None:
-    """Every event of `{"batch": [...]}` straight from the bytes, or None when any event (or the body)
-    fails the model: the caller then checks event by event to name each failure."""
-    try:
-        return _ValidBatch.model_validate_json(body).batch
-    except ValidationError:
-        return None
-
-
 def refuse_control_characters(event: ClientEvent) -> None:
     """Ids and names end up in partition keys, URLs and Customer.io ids: they must be printable."""
     for field, value in (

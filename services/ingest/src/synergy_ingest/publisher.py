@@ -13,7 +13,6 @@ handed to the producer, so those 503s are certainly not written; a probe marks K
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
@@ -26,7 +25,11 @@ from synergy_schemas import topics
 from synergy_ingest.metrics import PUBLISH_LATENCY
 from synergy_ingest.publish_outcome import OutgoingRecord, PublishOutcome, settle
 
-POLL_INTERVAL_SECONDS = 0.1
+# The loop polls librdkafka for delivery reports: every millisecond while records are in flight,
+# every 100 ms (for client errors) otherwise. Polling on the loop, not a thread, keeps the GIL
+# uncontended and the callbacks on the loop's own thread.
+BUSY_POLL_SECONDS = 0.001
+IDLE_POLL_SECONDS = 0.1
 SETTLE_GRACE_SECONDS = 2.0
 
 
@@ -48,49 +51,38 @@ def producer_config(bootstrap_servers: str, timeout_seconds: float, linger_ms: i
         "request.timeout.ms": max(1000, min(10_000, int(timeout_seconds * 1000))),
         "retry.backoff.ms": 100,
         "partitioner": "murmur2_random",
+        "socket.nagle.disable": True,
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1024 * 1024,
     }
 
 
 class _RequestDeliveries:
-    """Delivery reports of one request's records, filled by the poll thread."""
+    """Delivery reports of one request's records, filled while the loop polls the producer."""
 
-    __slots__ = ("closed", "done", "errors", "expected", "lock", "loop")
+    __slots__ = ("done", "errors", "expected")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.errors: dict[int, int | None] = {}
-        self.expected = 0
-        self.closed = False
-        self.lock = threading.Lock()
-        self.loop = loop
+        self.expected = -1
         self.done: asyncio.Future[None] = loop.create_future()
 
     def report(self, index: int, error: KafkaError | None, _message: Message) -> None:
-        with self.lock:
-            if self.closed:
-                return
-            self.errors[index] = None if error is None else error.code()
-            if len(self.errors) == self.expected:
-                self.closed = True
-                self.loop.call_soon_threadsafe(_resolve, self.done)
+        if self.done.done():
+            return
+        self.errors[index] = None if error is None else error.code()
+        if len(self.errors) == self.expected:
+            self.done.set_result(None)
 
     def all_handed_over(self, count: int) -> None:
-        with self.lock:
-            self.expected = count
-            if len(self.errors) == count and not self.closed:
-                self.closed = True
-                _resolve(self.done)
+        self.expected = count
+        if len(self.errors) == count and not self.done.done():
+            self.done.set_result(None)
 
     def snapshot(self) -> dict[int, int | None]:
-        with self.lock:
-            self.closed = True
-            return dict(self.errors)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        if not self.done.done():
+            self.done.cancel()  # reports arriving later no longer change the answer
+        return dict(self.errors)
 
 
 class EventPublisher:
@@ -100,7 +92,9 @@ class EventPublisher:
         self._config = producer_config(bootstrap_servers, timeout_seconds, linger_ms)
         self._timeout = timeout_seconds
         self._producer: Producer | None = None
-        self._poller: threading.Thread | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._work = asyncio.Event()
         self._running = False
         self._brokers_up = False
         self._up: asyncio.Event | None = None
@@ -117,16 +111,21 @@ class EventPublisher:
         self._up = asyncio.Event()
         self._producer = Producer({**self._config, "error_cb": self._on_client_error})
         self._running = True
-        self._poller = threading.Thread(target=self._poll, name="ingest-producer-poll", daemon=True)
-        self._poller.start()
+        self._poller = asyncio.create_task(self._poll())
         self._probe_until_up()
 
-    def _poll(self) -> None:
+    async def _poll(self) -> None:
         while self._running and self._producer is not None:
-            self._producer.poll(POLL_INTERVAL_SECONDS)
+            self._producer.poll(0)
+            if self._in_flight:
+                await asyncio.sleep(BUSY_POLL_SECONDS)
+            else:
+                self._work.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), IDLE_POLL_SECONDS)
 
     def _on_client_error(self, error: KafkaError) -> None:
-        # Runs on the poll thread.
+        # Served by poll() on the loop's thread (a flush in a worker thread may serve it too).
         if error.code() == KafkaError._ALL_BROKERS_DOWN and self._loop is not None:
             with suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._mark_down)
@@ -168,10 +167,15 @@ class EventPublisher:
             self._prober.cancel()
         producer = self._producer
         if producer is not None:
-            await asyncio.to_thread(producer.flush, self._timeout)
+            deadline = time.monotonic() + self._timeout
+            while len(producer) and time.monotonic() < deadline:
+                producer.poll(0)
+                await asyncio.sleep(0.01)
         self._running = False
         if self._poller is not None:
-            await asyncio.to_thread(self._poller.join, 5)
+            self._poller.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._poller
         self._producer = None
 
     async def publish(self, records: Sequence[OutgoingRecord]) -> PublishOutcome:
@@ -192,8 +196,9 @@ class EventPublisher:
                 try:
                     produce(topic, record.value, record.key, headers=record.headers, on_delivery=callback)
                 except BufferError:
-                    # The local queue is full: serve delivery reports once, then try again.
-                    await asyncio.to_thread(producer.poll, 0.5)
+                    # The local queue is full: let delivery reports drain it, then try again.
+                    producer.poll(0)
+                    await asyncio.sleep(0.05)
                     produce(topic, record.value, record.key, headers=record.headers, on_delivery=callback)
             except BufferError:
                 reason = "the producer's queue is full"
@@ -205,9 +210,12 @@ class EventPublisher:
         if handed == 0:
             raise KafkaUnavailable(reason or "nothing could be handed to the producer")
         deliveries.all_handed_over(handed)
-        with suppress(TimeoutError):
-            async with asyncio.timeout(self._timeout + SETTLE_GRACE_SECONDS):
-                await deliveries.done
+        self._in_flight += 1
+        self._work.set()
+        try:
+            await asyncio.wait((deliveries.done,), timeout=self._timeout + SETTLE_GRACE_SECONDS)
+        finally:
+            self._in_flight -= 1
         errors = deliveries.snapshot()
         for index in range(handed, len(records)):
             errors[index] = KafkaError._QUEUE_FULL

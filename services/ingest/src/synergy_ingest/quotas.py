@@ -39,9 +39,7 @@ class TokenBucket:
         return (needed - self.tokens) / self.quota.events_per_second
 
 
-def quota_from_settings(
-    brand_settings: dict[str, object], default: Quota | None
-) -> Quota | None:
+def quota_from_settings(brand_settings: dict[str, object], default: Quota | None) -> Quota | None:
     """The brand's own quota (`ingest_rate_limit_per_second`, `ingest_rate_limit_burst` in its settings),
     else the default. A brand limit of 0 turns the quota off for that brand."""
     rate = brand_settings.get("ingest_rate_limit_per_second")
