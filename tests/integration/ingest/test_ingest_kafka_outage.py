@@ -123,7 +123,9 @@ async def test_a_frozen_broker_gives_503_outcome_unknown_and_a_resend_is_accepte
     ]
 
     for _ in range(60):
-        resent = await ingest.client.post("/v1/events", json=seed_event("frozen-1", single_id), headers=headers)
+        resent = await ingest.client.post(
+            "/v1/events", json=seed_event("frozen-1", single_id), headers=headers
+        )
         if resent.status_code == 202:
             break
         await asyncio.sleep(0.5)
