@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -188,7 +193,7 @@ async def _publish(request: Request, accepted: list[AcceptedEvent]) -> PublishOu
             headers={"Retry-After": str(state.settings.retry_after_seconds)},
         ) from exc
     for index in outcome.written:
-        EVENTS_ACCEPTED.labels(accepted[index].envelope.type).inc()
+        EVENTS_ACCEPTED.labels(accepted[index].type).inc()
     if outcome.refused:
         EVENTS_REJECTED.labels("kafka_unavailable").inc(len(outcome.refused))
     if outcome.unknown:
@@ -218,7 +223,7 @@ def _unwritten_problem(request: Request, outcome: PublishOutcome, event_ids: lis
 async def _publish_one(request: Request, event: AcceptedEvent) -> None:
     outcome = await _publish(request, [event])
     if not outcome.all_written:
-        raise _unwritten_problem(request, outcome, [event.envelope.event_id])
+        raise _unwritten_problem(request, outcome, [event.event_id])
 
 
 def _rejection_problem(rejected: EventRejected) -> ProblemError:
@@ -258,12 +263,12 @@ async def _answer_batch(
         published = await _publish(request, [event for _, event in batch.events])
         for position in published.written:
             index, event = batch.events[position]
-            written.append(BatchAccepted(index=index, event_id=event.envelope.event_id))
+            written.append(BatchAccepted(index=index, event_id=event.event_id))
         for position, outcome in [(p, "not_written") for p in published.refused] + [
             (p, "unknown") for p in published.unknown
         ]:
             index, event = batch.events[position]
-            unwritten.append(BatchUnwritten(index=index, event_id=event.envelope.event_id, outcome=outcome))
+            unwritten.append(BatchUnwritten(index=index, event_id=event.event_id, outcome=outcome))
         unwritten.sort(key=lambda u: u.index)
     answer = BatchAnswer(accepted=written, errors=batch.errors, unwritten=unwritten)
     if published is not None and not written:
@@ -386,6 +391,8 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         version="1",
         description="Authenticate, validate and durably publish behavioural events.",
         lifespan=lifespan,
+        # Metrics are Prometheus'; FastAPI's OpenTelemetry hooks cost a provider lookup per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_problem_handlers(app)
     app.add_middleware(RequestMetrics)
@@ -431,7 +438,7 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings) -> None:
         await _admit(request, context.brand_id, 1)
         await _publish_one(request, event)
         return JSONResponse(
-            {"event_id": event.envelope.event_id},
+            {"event_id": event.event_id},
             status_code=202,
             headers={"X-Correlation-ID": context.correlation_id},
         )
@@ -468,7 +475,7 @@ def _add_segment_routes(app: FastAPI, settings: IngestSettings) -> None:
         BATCH_SIZE.observe(1)
         await _admit(request, context.brand_id, 1)
         await _publish_one(request, event)
-        return JSONResponse({"success": True, "event_id": event.envelope.event_id}, status_code=200)
+        return JSONResponse({"success": True, "event_id": event.event_id}, status_code=200)
 
     def register(route_type: str) -> None:
         async def handler(request: Request) -> JSONResponse:
@@ -514,28 +521,61 @@ def _document_request_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def main() -> None:
+def _listening_socket(port: int) -> socket.socket:
+    """A socket on `port` that other ingest processes bind too (SO_REUSEPORT): the kernel spreads the
+    connections over the processes, instead of waking them all on a shared socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("0.0.0.0", port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: IngestSettings, sock: socket.socket | None = None) -> None:
+    """One ingest process: its own producer, key cache and share of each brand's quota."""
     import uvicorn
 
-    settings = IngestSettings()
-    if settings.workers > 1:
-        # Ingest is stateless: each process has its own producer and key cache.
-        uvicorn.run(
-            "synergy_ingest.app:create_app",
-            factory=True,
-            workers=settings.workers,
-            host="0.0.0.0",
-            port=settings.port,
-            log_level="warning",
-            timeout_graceful_shutdown=10,
-        )
-        return
     app = create_app(settings)
     tune_garbage_collector()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host="0.0.0.0",
         port=settings.port,
         log_level="warning",
+        access_log=False,
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock] if sock is not None else None)
+
+
+def _serve_on_shared_port(port: int) -> None:
+    serve(IngestSettings(), _listening_socket(port))
+
+
+def main() -> None:
+    settings = IngestSettings()
+    if settings.workers <= 1:
+        serve(settings)
+        return
+    processes = [
+        multiprocessing.get_context("spawn").Process(
+            target=_serve_on_shared_port, args=(settings.port,), name=f"ingest-{i}"
+        )
+        for i in range(settings.workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def stop(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for process in processes:
+        process.join()
+    sys.exit(max((process.exitcode or 0) for process in processes))
