@@ -86,7 +86,7 @@ class _RequestDeliveries:
 
 
 class EventPublisher:
-    """Owns the producer and its poll thread; tracks whether any broker is reachable."""
+    """Owns the producer and the loop task that polls it; tracks whether any broker is reachable."""
 
     def __init__(self, bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 5) -> None:
         self._config = producer_config(bootstrap_servers, timeout_seconds, linger_ms)
@@ -100,6 +100,7 @@ class EventPublisher:
         self._up: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
         self.topic = topics.EVENTS.name
 
     @property
@@ -125,10 +126,32 @@ class EventPublisher:
                     await asyncio.wait_for(self._work.wait(), IDLE_POLL_SECONDS)
 
     def _on_client_error(self, error: KafkaError) -> None:
-        # Served by poll() on the loop's thread (a flush in a worker thread may serve it too).
-        if error.code() == KafkaError._ALL_BROKERS_DOWN and self._loop is not None:
-            with suppress(RuntimeError):
+        # Served by poll() on the loop's thread.
+        if self._loop is None:
+            return
+        with suppress(RuntimeError):
+            if error.fatal():
+                self._loop.call_soon_threadsafe(self._replace_producer)
+            elif error.code() == KafkaError._ALL_BROKERS_DOWN:
                 self._loop.call_soon_threadsafe(self._mark_down)
+
+    def _replace_producer(self) -> None:
+        """A fatal error (the idempotent producer lost its sequence) leaves the producer unusable. Its
+        records get failed delivery reports (answered as unknown); a new producer takes over."""
+        old = self._producer
+        if old is None or not self._running:
+            return
+        self._producer = Producer({**self._config, "error_cb": self._on_client_error})
+        self._mark_down()
+        drain = asyncio.create_task(self._drain(old))
+        self._retired.add(drain)
+        drain.add_done_callback(self._retired.discard)
+
+    async def _drain(self, producer: Producer) -> None:
+        deadline = time.monotonic() + self._timeout + SETTLE_GRACE_SECONDS
+        while len(producer) and time.monotonic() < deadline:
+            producer.poll(0)
+            await asyncio.sleep(0.01)
 
     def _mark_down(self) -> None:
         self._brokers_up = False
