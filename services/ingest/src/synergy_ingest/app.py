@@ -35,6 +35,7 @@ from synergy_common.http import (
 from synergy_common.logging import configure_logging
 from synergy_common.settings import CommonSettings
 
+from synergy_ingest.answers import batch_answer, unwritten_problem
 from synergy_ingest.brand_settings import brand_settings
 from synergy_ingest.client_events import (
     AcceptedEvent,
@@ -201,29 +202,21 @@ async def _publish(request: Request, accepted: list[AcceptedEvent]) -> PublishOu
     return outcome
 
 
-def _unwritten_problem(request: Request, outcome: PublishOutcome, event_ids: list[str]) -> ProblemError:
-    """503 for events Kafka did not acknowledge; with `outcome: unknown` and the ids to resend when
-    some may have been written after all."""
-    retry_after = {"Retry-After": str(_state(request).settings.retry_after_seconds)}
-    if outcome.unknown:
-        return ProblemError(
-            503,
-            "Kafka did not acknowledge in time",
-            "some events may have been written; resend them with these event_id values, "
-            "which every consumer deduplicates",
-            headers=retry_after,
-            outcome="unknown",
-            event_ids=event_ids,
-        )
-    return ProblemError(
-        503, "Kafka unavailable", f"nothing was accepted; retry later ({outcome.reason})", headers=retry_after
-    )
+def _retry_after(request: Request) -> dict[str, str]:
+    return {"Retry-After": str(_state(request).settings.retry_after_seconds)}
 
 
 async def _publish_one(request: Request, event: AcceptedEvent) -> None:
     outcome = await _publish(request, [event])
     if not outcome.all_written:
-        raise _unwritten_problem(request, outcome, [event.event_id])
+        problem = unwritten_problem(outcome, [event.event_id])
+        raise ProblemError(
+            503,
+            problem.pop("title"),
+            problem.pop("detail"),
+            headers=_retry_after(request),
+            **{k: v for k, v in problem.items() if k not in ("type", "status")},
+        )
 
 
 def _rejection_problem(rejected: EventRejected) -> ProblemError:
@@ -255,45 +248,20 @@ async def _answer_batch(
     request: Request, brand_id: str, batch: BatchOutcome, all_ok_status: int
 ) -> JSONResponse:
     BATCH_SIZE.observe(len(batch.events) + len(batch.errors))
-    written: list[BatchAccepted] = []
-    unwritten: list[BatchUnwritten] = []
     published: PublishOutcome | None = None
     if batch.events:
         await _admit(request, brand_id, len(batch.events))
         published = await _publish(request, [event for _, event in batch.events])
-        for position in published.written:
-            index, event = batch.events[position]
-            written.append(BatchAccepted(index=index, event_id=event.event_id))
-        for position, outcome in [(p, "not_written") for p in published.refused] + [
-            (p, "unknown") for p in published.unknown
-        ]:
-            index, event = batch.events[position]
-            unwritten.append(BatchUnwritten(index=index, event_id=event.event_id, outcome=outcome))
-        unwritten.sort(key=lambda u: u.index)
-    answer = BatchAnswer(accepted=written, errors=batch.errors, unwritten=unwritten)
-    if published is not None and not written:
-        unknown_ids = [u.event_id for u in unwritten if u.outcome == "unknown"]
-        problem = _unwritten_problem(request, published, unknown_ids)
-        problem.extra.update(answer.model_dump())
-        raise problem
-    if not batch.errors and not unwritten:
-        status = all_ok_status
-    elif written:
-        status = 207
-    else:
-        status = 403 if batch.forbidden == len(batch.errors) else 422
-    body = answer.model_dump(exclude={"unwritten"} if not unwritten else None)
+    status, body = batch_answer(
+        [(index, event.event_id) for index, event in batch.events],
+        [error.model_dump() for error in batch.errors],
+        batch.forbidden,
+        published,
+        all_ok_status,
+    )
     if status >= 400:
-        first = batch.errors[0]
-        body = {
-            "type": "about:blank",
-            "title": "No event accepted",
-            "status": status,
-            "detail": f"batch[{first.index}].{first.field}: {first.message}",
-            "field": f"batch[{first.index}].{first.field}",
-            **body,
-        }
-        return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+        headers = _retry_after(request) if status == 503 else None
+        return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
     return JSONResponse(body, status_code=status)
 
 
