@@ -118,3 +118,19 @@ async def test_native_routes_still_want_json(ingest: RunningIngest, brand_factor
     )
     assert answer.status_code == 415
     assert answer.json()["field"] == "Content-Type"
+
+
+async def test_every_member_of_a_multi_member_gzip_body_is_read(
+    ingest: RunningIngest, brand_factory: Any
+) -> None:
+    brand = await brand_factory()
+    message_id = str(ULID())
+    document = orjson.dumps({"batch": [track(message_id)]})
+    two_members = gzip.compress(document[:20]) + gzip.compress(document[20:])
+    answer = await ingest.client.post(
+        "/v1/batch",
+        content=two_members,
+        headers={"Authorization": basic(brand.write_key), "Content-Encoding": "gzip"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert [a["event_id"] for a in answer.json()["accepted"]] == [message_id]

@@ -72,13 +72,18 @@ async def read_json_body(request: Request, max_bytes: int, any_content_type: boo
 
 
 def _gunzip(body: bytes, max_bytes: int) -> bytes:
-    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        inflated = decompressor.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise ProblemError(400, "Malformed gzip body", str(exc), field="body") from exc
-    if len(inflated) > max_bytes or decompressor.unconsumed_tail:
-        raise _too_large(max_bytes, "the decompressed body")
-    if not decompressor.eof:
-        raise ProblemError(400, "Malformed gzip body", "the gzip stream is truncated", field="body")
+    """Inflates every gzip member (RFC 1952 allows several), never more than `max_bytes + 1` bytes."""
+    inflated = b""
+    rest = body
+    while rest:
+        decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            inflated += decompressor.decompress(rest, max_bytes + 1 - len(inflated))
+        except zlib.error as exc:
+            raise ProblemError(400, "Malformed gzip body", str(exc), field="body") from exc
+        if len(inflated) > max_bytes or decompressor.unconsumed_tail:
+            raise _too_large(max_bytes, "the decompressed body")
+        if not decompressor.eof:
+            raise ProblemError(400, "Malformed gzip body", "the gzip stream is truncated", field="body")
+        rest = decompressor.unused_data
     return inflated
