@@ -520,6 +520,7 @@ def serve(settings: IngestSettings, sock: socket.socket | None = None) -> None:
 
 
 def _serve_on_shared_port(port: int) -> None:
+    os.setpgrp()  # a signal to the parent's group reaches a worker once, forwarded by the parent
     serve(IngestSettings(), _listening_socket(port))
 
 
@@ -537,13 +538,23 @@ def main() -> None:
     for process in processes:
         process.start()
 
+    stopping = False
+
     def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for process in processes:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for process in processes:
-        process.join()
-    sys.exit(max((process.exitcode or 0) for process in processes))
+    while any(process.is_alive() for process in processes):
+        for process in processes:
+            process.join(0.5)
+            if not process.is_alive() and not stopping:
+                stop(signal.SIGTERM, None)  # one worker died: stop all, so the supervisor restarts ingest
+    # uvicorn re-raises the stop signal after its graceful shutdown: a worker ended by it ended cleanly.
+    clean = {0, -signal.SIGTERM, -signal.SIGINT} if stopping else {0}
+    crashed = [p for p in processes if p.exitcode not in clean]
+    sys.exit(1 if crashed or not stopping else 0)
