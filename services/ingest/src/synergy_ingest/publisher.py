@@ -25,10 +25,11 @@ from synergy_schemas import topics
 from synergy_ingest.metrics import PUBLISH_LATENCY
 from synergy_ingest.publish_outcome import OutgoingRecord, PublishOutcome, settle
 
-# The loop polls librdkafka for delivery reports: every millisecond while records are in flight,
+# The loop polls librdkafka for delivery reports: every 2 ms while records are in flight (1 ms cost
+# a third more CPU per single-event request, 5 ms added latency for nothing),
 # every 100 ms (for client errors) otherwise. Polling on the loop, not a thread, keeps the GIL
 # uncontended and the callbacks on the loop's own thread.
-BUSY_POLL_SECONDS = 0.001
+BUSY_POLL_SECONDS = 0.002
 IDLE_POLL_SECONDS = 0.1
 SETTLE_GRACE_SECONDS = 2.0
 
