@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,8 +20,10 @@ from synergy_common.http import (
     ProblemError,
     WriteKeyAuthenticator,
     authenticate_brand,
+    current_correlation_id,
     install_problem_handlers,
     ops_router,
+    service_unavailable,
 )
 from synergy_common.logging import configure_logging
 from synergy_common.settings import CommonSettings
@@ -34,8 +35,6 @@ from synergy_ingest.request_body import read_json_body
 from synergy_ingest.request_context import RequestContext
 from synergy_ingest.segment import segment_to_client_event
 from synergy_ingest.settings import IngestSettings
-
-MAX_CORRELATION_ID_LENGTH = 128
 
 
 class EventAccepted(BaseModel):
@@ -95,13 +94,6 @@ class RequestMetrics:
             REQUESTS.labels(getattr(route, "path", "unmatched"), str(status)).inc()
 
 
-def _correlation_id(request: Request) -> str:
-    given = request.headers.get("x-correlation-id", "").strip()
-    if given and len(given) <= MAX_CORRELATION_ID_LENGTH and given.isprintable():
-        return given
-    return str(uuid.uuid4())
-
-
 def _state(request: Request) -> IngestState:
     state: IngestState = request.app.state.ingest
     return state
@@ -115,7 +107,7 @@ async def _request_context(request: Request, body_write_key: str | None = None) 
     return RequestContext(
         brand_id=brand_id,
         received_at=datetime.now(UTC),
-        correlation_id=_correlation_id(request),
+        correlation_id=current_correlation_id(),
         user_agent=request.headers.get("user-agent"),
         client_ip=request.client.host if request.client else None,
     )
@@ -126,13 +118,9 @@ async def _publish(request: Request, envelopes: list[Envelope]) -> None:
         await _state(request).publisher.publish(envelopes)
     except KafkaUnavailable as exc:
         EVENTS_REJECTED.labels("kafka_unavailable").inc(len(envelopes))
-        retry_after = str(_state(request).settings.retry_after_seconds)
-        raise ProblemError(
-            503,
-            "Kafka unavailable",
-            f"nothing was accepted; retry later ({exc})",
-            headers={"Retry-After": retry_after},
-        ) from exc
+        problem = service_unavailable("Kafka", exc, _state(request).settings.retry_after_seconds)
+        problem.detail = f"nothing was accepted; {problem.detail}"
+        raise problem from exc
     for envelope in envelopes:
         EVENTS_ACCEPTED.labels(envelope.type).inc()
 
@@ -239,7 +227,7 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
             common.kafka_bootstrap_servers, settings.publish_timeout_seconds, settings.producer_linger_ms
         )
         publisher.start()
-        app.state.ingest = IngestState(settings, WriteKeyAuthenticator(pool), publisher, pool)
+        app.state.ingest = IngestState(settings, WriteKeyAuthenticator(pool, "ingest"), publisher, pool)
         if not await publisher.wait_started(timeout=10):
             log.warning("kafka_not_reachable_yet", bootstrap=common.kafka_bootstrap_servers)
         log.info("ingest_started", topic=publisher.topic, port=settings.port)
