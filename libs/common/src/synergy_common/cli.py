@@ -66,6 +66,8 @@ def _run_with_pool(work: Any) -> Any:
         return asyncio.run(run())
     except (ValueError, RuntimeError, BrandNotFound) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach Postgres at DATABASE_URL: {exc}") from exc
 
 
 @click.group()
