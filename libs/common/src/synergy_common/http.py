@@ -27,7 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synergy_common.brands import WRITE_KEY_SHAPE, hash_write_key, write_key_status
 from synergy_common.db import DATABASE_UNAVAILABLE
 
-log = structlog.get_logger(component="http")
+
+def _log() -> Any:
+    # Looked up when used (errors only), so the logging configuration in force then applies.
+    return structlog.get_logger(component="http")
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -107,7 +110,7 @@ def service_unavailable(what: str, exc: BaseException, retry_after_seconds: int 
     goes to the log only."""
     correlation_id = current_correlation_id()
     event = f"{what.lower().replace(' ', '_')}_unavailable"
-    log.warning(event, correlation_id=correlation_id, error=repr(exc))
+    _log().warning(event, correlation_id=correlation_id, error=repr(exc))
     return ProblemError(
         503,
         f"{what} unavailable",
@@ -165,7 +168,7 @@ class RequestSafetyNet:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
-            log.error(
+            _log().error(
                 "unhandled_error",
                 correlation_id=correlation_id,
                 method=scope.get("method"),
@@ -282,6 +285,9 @@ class WriteKeyAuthenticator:
     - Postgres is asked about a never-seen key only while the `unknown_lookups_per_second` budget
       allows; past it the key is answered 503 unchecked. Keys that were valid before, and are due
       for a re-check, never wait on that budget. Concurrent checks of one key share one query.
+    - While Postgres cannot be reached, a key confirmed valid within `stale_if_error_seconds` is still
+      accepted (keys are revoked through Postgres, so none can be revoked meanwhile), so events keep
+      flowing through a database outage; never-seen keys get 503.
     """
 
     def __init__(
@@ -295,11 +301,15 @@ class WriteKeyAuthenticator:
         max_unknown_keys: int = 10_000,
         unknown_lookups_per_second: float = 50.0,
         unknown_lookup_burst: int = 100,
+        stale_if_error_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
+        self._clock = clock
+        self._stale_if_error = stale_if_error_seconds
         self._valid: TTLCache[str, str] = TTLCache(max_keys, ttl_seconds, timer=clock)
-        self._once_valid: LRUCache[str, bool] = LRUCache(max_keys)
+        # keys once found valid: brand and when Postgres last confirmed it
+        self._once_valid: LRUCache[str, tuple[str, float]] = LRUCache(max_keys)
         self._refused: TTLCache[str, AuthFailure] = TTLCache(
             max_unknown_keys, negative_ttl_seconds, timer=clock
         )
@@ -327,7 +337,14 @@ class WriteKeyAuthenticator:
             pending = asyncio.ensure_future(self._look_up(key_hash))
             self._in_flight[key_hash] = pending
             pending.add_done_callback(lambda _: self._in_flight.pop(key_hash, None))
-        return await asyncio.shield(pending)
+        try:
+            return await asyncio.shield(pending)
+        except KeyStoreUnavailable:
+            known = self._once_valid.get(key_hash)
+            if known is None or self._clock() - known[1] > self._stale_if_error:
+                raise
+            self._valid[key_hash] = known[0]  # asked again after the TTL, not on every request
+            return KeyCheck(known[0])
 
     async def brand_for(self, write_key: str) -> str | None:
         return (await self.check(write_key)).brand_id
@@ -349,7 +366,7 @@ class WriteKeyAuthenticator:
         self._lookups.labels("valid" if check.failure is None else check.failure.value).inc()
         if check.brand_id is not None:
             self._valid[key_hash] = check.brand_id
-            self._once_valid[key_hash] = True
+            self._once_valid[key_hash] = (check.brand_id, self._clock())
         else:
             assert check.failure is not None
             self._refused[key_hash] = check.failure
