@@ -1,7 +1,8 @@
 """Brand isolation of every brand-scoped route of every service, in one place.
 
 A brand's key never reads another brand's data: another brand's user is answered exactly as an
-unknown user (404, the same body, no timing difference a test can see).
+unknown user (404, the same body and headers, no timing difference a test can see); a brand-wide read
+without `{user_id}` (KPIs, destination status) shows nothing of the other brand's data.
 
 `SERVICES` lists each service's app factory; `test_every_brand_scoped_route_has_an_isolation_case`
 reads each app's OpenAPI and fails on a brand-scoped path (one with `{user_id}`, or under /v1/) that
@@ -193,19 +194,37 @@ def comparable(response: httpx.Response, user_id: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("case", ISOLATION_CASES, ids=lambda case: case.id)
-async def test_another_brands_user_is_answered_exactly_as_an_unknown_user(
-    running: Running, case: IsolationCase
-) -> None:
+async def test_another_brands_data_is_never_answered(running: Running, case: IsolationCase) -> None:
     brand_a = await make_brand(running.infra.db, "Isolation A")
     brand_b = await make_brand(running.infra.db, "Isolation B")
     user = f"iso-{secrets.token_hex(6)}"
-    never_seen = f"iso-{secrets.token_hex(6)}"  # same length as `user`
     marker_b = await case.seed(running, brand_b, user)
 
     own, _ = await call(running, case, brand_b, user)
     assert own.status_code == 200, own.text
-    assert marker_b in own.text  # the seed shows through the route, so a 404 below means isolation
+    assert marker_b in own.text  # the seed shows through the route, so what follows means isolation
 
+    if "{user_id}" in case.path:
+        await another_brands_user_is_an_unknown_user(running, case, brand_a, user, marker_b)
+    else:  # a brand-wide read (KPIs, destination status): brand A's answer holds nothing of B's
+        others, _ = await call(running, case, brand_a, user)
+        assert others.status_code == 200, others.text
+        assert marker_b not in others.text
+
+    # The same user id (or the same kind of data) in both brands: each brand's key reads its own only.
+    marker_a = await case.seed(running, brand_a, user)
+    mine, _ = await call(running, case, brand_a, user)
+    assert mine.status_code == 200
+    assert marker_a in mine.text and marker_b not in mine.text
+    theirs, _ = await call(running, case, brand_b, user)
+    assert marker_b in theirs.text and marker_a not in theirs.text
+
+
+async def another_brands_user_is_an_unknown_user(
+    running: Running, case: IsolationCase, brand_a: Brand, user: str, marker_b: str
+) -> None:
+    """404, the same body and headers as for a user no brand has, and no timing difference."""
+    never_seen = f"iso-{secrets.token_hex(6)}"  # as long as `user`
     others, _ = await call(running, case, brand_a, user)
     unknown, _ = await call(running, case, brand_a, never_seen)
     assert others.status_code == 404
@@ -213,18 +232,10 @@ async def test_another_brands_user_is_answered_exactly_as_an_unknown_user(
     assert comparable(others, user) == comparable(unknown, never_seen)
     assert set(others.headers) == set(unknown.headers)
 
-    # Timing: interleaved requests, medians compared (the two take the same queries).
+    # Interleaved requests, medians compared (both answers take the same queries).
     timings: dict[str, list[float]] = {"other": [], "unknown": []}
     for _ in range(30):
         timings["other"].append((await call(running, case, brand_a, user))[1])
         timings["unknown"].append((await call(running, case, brand_a, never_seen))[1])
     other_median, unknown_median = (statistics.median(timings[k]) for k in ("other", "unknown"))
     assert abs(other_median - unknown_median) <= max(0.005, 0.5 * min(other_median, unknown_median)), timings
-
-    # The same user id in both brands: each brand's key reads its own user only.
-    marker_a = await case.seed(running, brand_a, user)
-    mine, _ = await call(running, case, brand_a, user)
-    assert mine.status_code == 200
-    assert marker_a in mine.text and marker_b not in mine.text
-    theirs, _ = await call(running, case, brand_b, user)
-    assert marker_b in theirs.text and marker_a not in theirs.text
