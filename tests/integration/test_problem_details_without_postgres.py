@@ -151,7 +151,7 @@ async def test_achievements_answers_a_loyalty_read_without_postgres_with_no_exce
             "/v1/users/someone/loyalty", headers={"Authorization": f"Bearer {s.used_key}"}
         )
     assert_no_internals(answer, logs)
-    assert answer.json()["title"] == "Database unavailable"
+    assert answer.json()["title"] == "Service unavailable"
 
 
 async def test_ingest_keeps_accepting_a_key_it_knew_while_postgres_is_down(

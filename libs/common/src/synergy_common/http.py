@@ -121,11 +121,11 @@ def service_unavailable(what: str, exc: BaseException, retry_after_seconds: int 
 
 
 def _unhandled_problem(exc: BaseException, correlation_id: str) -> JSONResponse:
-    if isinstance(exc, DATABASE_UNAVAILABLE):
+    if isinstance(exc, DATABASE_UNAVAILABLE):  # connection-level failures: worth retrying
         return problem_response(
             503,
-            "Database unavailable",
-            f"the database cannot be reached right now; retry later (correlation id {correlation_id})",
+            "Service unavailable",
+            f"a backing service cannot be reached right now; retry later (correlation id {correlation_id})",
             headers={"Retry-After": "5"},
             correlation_id=correlation_id,
         )
