@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import REGISTRY
 from synergy_achievements.api import create_api
+from synergy_achievements.rules import default_rules
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.cli import main
 from synergy_common.db import create_pool
@@ -130,7 +131,7 @@ async def test_malformed_and_repeated_unknown_keys_never_reach_postgres_again(
 async def loyalty_replica(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """One replica of a brand-key-authenticated read API (achievements' loyalty), with its own pool."""
     pool = await create_pool(database_url, min_size=1, max_size=2)
-    app = create_api(pool, lambda brand_id: None, {})  # type: ignore[arg-type, return-value]
+    app = create_api(pool, lambda brand_id: default_rules(), {})
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
