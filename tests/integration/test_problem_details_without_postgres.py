@@ -1,8 +1,8 @@
 """With Postgres stopped, every service answers a problem+json that tells the caller to retry and
 which correlation id to quote, and carries no exception text; the log has the error under that id.
 
-cio-sink serves no problem+json route that reads Postgres (its /readyz is the shared ops router, checked
-here through the others)."""
+cio-sink serves no route that reads Postgres but /readyz (the shared ops router): it answers 503
+naming the failed check, without the exception text."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import pytest
 import structlog
 from synergy_achievements.api import create_api
 from synergy_achievements.rules import default_rules
+from synergy_cio_sink.config import SinkSettings
+from synergy_cio_sink.service import ops_app, running_sink
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.db import create_pool
 from synergy_common.testinfra import Infra
@@ -43,6 +45,7 @@ class Services:
     ingest: httpx.AsyncClient
     insights: httpx.AsyncClient
     achievements: httpx.AsyncClient
+    cio_sink: httpx.AsyncClient
     brand_slug: str
     used_key: str  # cached by every service before Postgres stopped
     unused_key: str  # valid, but never presented: checking it needs Postgres
@@ -63,7 +66,13 @@ async def services_without_postgres(
     )
     auth = {"Authorization": f"Bearer {brand.write_key}"}
     events_topic = await topic_factory(1)
+    sink_settings = SinkSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, database_url=database_url, cio_site_id=None, cio_api_key=None,
+        cio_track_url="http://127.0.0.1:9", consumer_group=f"no-postgres-{secrets.token_hex(4)}", ops_port=0,
+    )
     async with (
+        running_sink(sink_settings) as sink,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=ops_app(sink)), base_url="http://cio-sink") as cio_sink,
         ingest_in_process(kafka_bootstrap, database_url, events_topic) as ingest_url,
         httpx.AsyncClient(base_url=ingest_url, timeout=30) as ingest,
         insights_app.router.lifespan_context(insights_app),
@@ -74,6 +83,7 @@ async def services_without_postgres(
         ) as achievements,
     ):
         # Warm up: each service has checked the key and holds connections.
+        assert (await cio_sink.get("/readyz")).status_code == 200
         assert (await insights.get("/v1/users/nobody/insights", headers=auth)).status_code == 404
         assert (await achievements.get("/v1/users/nobody/loyalty", headers=auth)).status_code == 404
         event = {"name": "user_session_started", "identifiers": {"id": "u-1"},
@@ -84,7 +94,8 @@ async def services_without_postgres(
         await infra.astop_postgres()
         try:
             yield Services(
-                ingest, insights, achievements, brand.slug, brand.write_key, unused.write_key, events_topic
+                ingest, insights, achievements, cio_sink, brand.slug, brand.write_key, unused.write_key,
+                events_topic,
             )
         finally:
             await infra.astart_postgres()
@@ -165,3 +176,11 @@ async def test_ingest_keeps_accepting_a_key_it_knew_while_postgres_is_down(
     event_id = answer.json()["event_id"]
     records = await consume_all(s.events_topic, 1, where=lambda r: r.json()["event_id"] == event_id)
     assert [record.json()["event_id"] for record in records] == [event_id]
+
+
+async def test_cio_sink_readiness_without_postgres_names_the_check_and_no_exception_text(
+    services_without_postgres: Services,
+) -> None:
+    answer = await services_without_postgres.cio_sink.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "unavailable", "checks": {"kafka": True, "postgres": False}}
