@@ -181,3 +181,18 @@ def test_events_send_takes_the_write_key_from_its_environment_variable_not_argv(
     )
     assert result.returncode == 2
     assert "secrets are never taken on the command line" in result.stderr
+
+
+def test_db_migrate_refuses_a_password_in_its_url_on_the_command_line(database_url: str) -> None:
+    result = subprocess.run(
+        [SYNERGY, "db", "migrate", "--database-url", "postgresql://synergy:hunter2@127.0.0.1:1/synergy"],
+        capture_output=True, text=True, env=cli_env(database_url, ""), timeout=60,
+    )
+    assert result.returncode == 2
+    assert "a password is never taken on the command line" in result.stderr
+    piped = subprocess.run(
+        [SYNERGY, "db", "migrate", "--database-url", "-"],
+        input=database_url + "\n", capture_output=True, text=True, env=cli_env(database_url, ""), timeout=120,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.strip() == "database is up to date"

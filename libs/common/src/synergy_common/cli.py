@@ -81,11 +81,31 @@ def db() -> None:
 
 
 @db.command("migrate")
-@click.option("--database-url", envvar="DATABASE_URL", default=None, help="defaults to DATABASE_URL")
-def db_migrate(database_url: str | None) -> None:
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    default=None,
+    help="defaults to DATABASE_URL; '-' reads it from standard input; a URL with a password is refused here",
+)
+@click.pass_context
+def db_migrate(ctx: click.Context, database_url: str | None) -> None:
     """Apply every pending migration (Alembic, all service branches)."""
+    from urllib.parse import urlsplit
+
     from synergy_common.db import migrate_sync
 
+    if database_url == "-":
+        database_url = sys.stdin.readline().strip()
+    elif (
+        database_url
+        and ctx.get_parameter_source("database_url") is ParameterSource.COMMANDLINE
+        and urlsplit(database_url).password
+    ):
+        raise click.BadParameter(
+            "a password is never taken on the command line: set DATABASE_URL, or give '-' and the URL on "
+            "standard input",
+            param_hint="--database-url",
+        )
     url = database_url or common_settings().database_url
     migrate_sync(url)
     click.echo("database is up to date")
