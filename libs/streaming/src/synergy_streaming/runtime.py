@@ -111,6 +111,8 @@ class StreamProcessor:
         self.deliver = Deliver(self.service, deliver, is_retryable, rate_limits, self.clock)
         self.commits = CommitOffsets(OffsetTracker())
         self.generation = 0
+        self.assignments = 0  # rebalances this member went through (1 = none since it joined)
+        self.lag: dict[Partition, int] = {}  # committed offset behind the high watermark, per partition
         self.assigned: set[Partition] = set()
         self.paused = False
         self.held: list[Source] = []  # rejected while the brake is engaged
@@ -184,7 +186,9 @@ class StreamProcessor:
         log.info("partitions revoked", service=self.service, partitions=len(revoked))
 
     async def _on_assigned(self, assigned: list[Partition]) -> None:
+        self.assignments += 1
         self.assigned = set(assigned)
+        self.lag = {p: lag for p, lag in self.lag.items() if p in self.assigned}
         total = sum(self.consumer.partition_count(topic) for topic in self.config.topics)
         share = len(assigned) / total if total else 1.0
         if self.deliver.rate_limits is not None:
@@ -454,8 +458,9 @@ class StreamProcessor:
             committed = self.commits.tracker.last_committed((partition.topic, partition.partition))
             if highwater is None or committed is None:
                 continue
+            self.lag[partition] = max(0, highwater - committed)
             metrics.CONSUMER_LAG.labels(self.service, partition.topic, str(partition.partition)).set(
-                max(0, highwater - committed))
+                self.lag[partition])
 
 
 @contextlib.asynccontextmanager
