@@ -124,6 +124,7 @@ class StreamProcessor:
         self._writes: set[asyncio.Task[Any]] = set()
         self._running = False
         self._stopped = asyncio.Event()
+        self._settled_counters: dict[str, Any] = {}
 
     def _skip_foreign_replays(self, prepare: PrepareFn) -> PrepareFn:
         def prepare_own(source: Source) -> Any:
@@ -218,10 +219,14 @@ class StreamProcessor:
             self._apply_backpressure()
             records = await self.consumer.poll(self.config.poll_timeout, self.config.max_poll_records)
             generation = self.generation
+            consumed: dict[str, int] = {}
             for record in records:
-                metrics.CONSUMED.labels(self.service, record.partition.topic).inc()
+                topic = record.partition.topic
+                consumed[topic] = consumed.get(topic, 0) + 1
                 self.commits.track(record)
                 self.prepare.submit(Source(record, generation))
+            for topic, count in consumed.items():  # once per poll: a labelled lookup per record is dear
+                metrics.CONSUMED.labels(self.service, topic).inc(count)
             if not records and self.paused:
                 await self.clock.sleep(self.config.poll_timeout)
 
@@ -261,15 +266,21 @@ class StreamProcessor:
 
         self._spawn_write(write())
 
+    def _settled_counter(self, outcome: str) -> Any:
+        counter = self._settled_counters.get(outcome)
+        if counter is None:
+            counter = self._settled_counters[outcome] = metrics.SETTLED.labels(self.service, outcome)
+        return counter
+
     def _settle_source(self, source: Source, outcome: str) -> None:
-        metrics.SETTLED.labels(self.service, outcome).inc()
+        self._settled_counter(outcome).inc()
         if outcome != "dead_lettered":
             self.brake.succeeded()
         if source.generation == self.generation:
             self.commits.settled(source.record)
 
     def _settle_work(self, work: Work, outcome: str) -> None:
-        metrics.SETTLED.labels(self.service, outcome).inc()
+        self._settled_counter(outcome).inc()
         if outcome != "dead_lettered":
             self.brake.succeeded()
         source = work.source
