@@ -20,6 +20,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -85,7 +86,7 @@ async def bare_loop(bootstrap: str, topic: str) -> tuple[float, float]:
     return RECORDS / wall, (time.process_time() - cpu) / wall
 
 
-async def pipeline(bootstrap: str, topic: str) -> tuple[float, float]:
+async def pipeline(bootstrap: str, topic: str, **overrides: Any) -> tuple[float, float]:
     delivered = 0
     first = cpu = 0.0
     done = asyncio.Event()
@@ -104,7 +105,8 @@ async def pipeline(bootstrap: str, topic: str) -> tuple[float, float]:
         return DELIVERED
 
     consumer = KafkaConsumer(bootstrap, group_id=f"bench-runtime-{uuid.uuid4().hex[:8]}", client_id="bench")
-    processor = StreamProcessor(StreamConfig(service="bench", topics=[topic]), consumer, prepare, deliver)
+    processor = StreamProcessor(StreamConfig(service="bench", topics=[topic], **overrides), consumer, prepare,
+                                deliver)
     await consumer.start()
     task = asyncio.create_task(processor.run())
     try:
