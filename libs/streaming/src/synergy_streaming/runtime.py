@@ -161,6 +161,13 @@ class StreamProcessor:
             await asyncio.gather(*loops, stopped, return_exceptions=True)
             await self._settle_in_flight(self.config.revoke_grace)
             await self.commit()
+            # What is still in flight after the grace must not settle (or be dead-lettered because the
+            # service closed its clients behind us): it stays uncommitted, and the next owner re-reads it.
+            self.generation += 1
+            leftover = self._in_flight | self._writes
+            for task in leftover:
+                task.cancel()
+            await asyncio.gather(*leftover, return_exceptions=True)
 
     def stop(self) -> None:
         self._running = False
