@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from synergy_cio_sink.batching import batch_body, pack_batches
 from synergy_cio_sink.coalesce import SEND, SUPERSEDED, SnapshotCoalescer, Wait
 from synergy_streaming.offsets import OffsetTracker
@@ -163,3 +164,13 @@ def test_the_sliding_window_holds_back_a_burst_of_late_senders() -> None:
     assert sends == int(10 * JITTER_HEADROOM)
     assert limit.window_wait(5.5) == 0.5
     assert limit.window_wait(6.0) == 0
+
+
+def test_a_burst_of_429s_cuts_the_rate_once_not_to_the_floor() -> None:
+    limit = AdaptiveRateLimit(fleet_limit=100, recovery_seconds=10)
+    limit.reserve(0.0)
+    for _ in range(8):  # the requests in flight when Customer.io started throttling
+        limit.throttled(now=0.1, retry_after=None)
+    assert limit.rate == 100 * JITTER_HEADROOM / 2
+    limit.throttled(now=1.2, retry_after=None)  # still throttled a second later: cut again
+    assert limit.rate == pytest.approx((47.5 + 9.5 * 1.1) / 2)  # after 1.1 s of recovery at 9.5/s per s
