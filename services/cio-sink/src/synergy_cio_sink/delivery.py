@@ -149,7 +149,7 @@ class SinkFunctions:
         if workspace is None:
             return Retry("no_credentials", retry_after=self.pauses.probe_interval, counts_attempt=False)
         sent = [items[i] for i in sending]
-        answers = await self._send(workspace, sent)
+        answers = await self._send(target, workspace, sent)
         if isinstance(answers, Retry | SplitBatch):
             return answers
         for index, outcome in zip(sending, answers, strict=True):
@@ -161,14 +161,14 @@ class SinkFunctions:
         brand = await self.directory.delivery_for(items[0].payload.delivery.brand_id)
         return brand.workspace
 
-    async def _send(self, workspace: Workspace,
+    async def _send(self, target: Target, workspace: Workspace,
                     items: Sequence[Work]) -> list[ItemOutcome] | Retry | SplitBatch:
         if self.api == "v1":
             results: list[ItemOutcome] = []
             for work in items:
                 answer = await self.transport.send_call(workspace, work.payload.delivery.v1_call)
                 metrics.REQUESTS.labels("v1", str(answer.status or answer.reason)).inc()
-                refused = self._after_answer(workspace, [work], answer)
+                refused = self._after_answer(target, [work], answer)
                 if refused is not None:
                     return refused
                 results.append(self._item_outcome(work, answer))
@@ -177,7 +177,7 @@ class SinkFunctions:
         metrics.BATCH_SIZE.observe(len(items))
         answer = await self.transport.send_batch(workspace, body)
         metrics.REQUESTS.labels("v2", str(answer.status or answer.reason)).inc()
-        refused = self._after_answer(workspace, items, answer)
+        refused = self._after_answer(target, items, answer)
         if refused is not None:
             return refused
         if answer.status is not None and not answer.accepted and not answer.retryable:
@@ -187,24 +187,26 @@ class SinkFunctions:
             return SplitBatch(f"rejected_{answer.status}", answer.reason)
         return [self._item_outcome(work, answer, index) for index, work in enumerate(items)]
 
-    def _after_answer(self, workspace: Workspace, items: Sequence[Work], answer: Answer) -> Retry | None:
-        """401/403 pause the workspace (nothing is dead-lettered); any other answer resumes it."""
-        target = Target(workspace.base_url, workspace.site_id)
+    def _after_answer(self, target: Target, items: Sequence[Work], answer: Answer) -> Retry | None:
+        """401/403 pause the target workspace (nothing is dead-lettered); any other answer resumes it.
+
+        The pause is kept by the items' target even when the credentials re-read from Postgres now
+        name another workspace, so the probe that works is the one that resumes them."""
         if answer.status in AUTH_REFUSED:
             metrics.FAILED.labels(str(answer.status)).inc(len(items))
             if self.pauses.refused(target, self.clock()):
-                metrics.WORKSPACE_PAUSED.labels(workspace.site_id).set(1)
+                metrics.WORKSPACE_PAUSED.labels(target.site_id).set(1)
                 log.error("Customer.io refused the workspace's credentials: its deliveries are paused "
                           "until they work again (brand credentials are re-read from Postgres)",
-                          workspace=workspace.site_id, status=answer.status,
+                          workspace=target.site_id, status=answer.status,
                           probe_every=self.pauses.probe_interval)
             self.directory.forget({work.payload.delivery.brand_id for work in items})
             return Retry(f"unauthorized_{answer.status}", retry_after=self.pauses.probe_interval,
                          counts_attempt=False)
         if self.pauses.answered(target):
-            metrics.WORKSPACE_PAUSED.labels(workspace.site_id).set(0)
+            metrics.WORKSPACE_PAUSED.labels(target.site_id).set(0)
             log.warning("Customer.io accepts the workspace's credentials again: deliveries resumed",
-                        workspace=workspace.site_id)
+                        workspace=target.site_id)
         return None
 
     def _item_outcome(self, work: Work, answer: Answer, index: int | None = None) -> ItemOutcome:
