@@ -365,11 +365,11 @@ def infra(ctx: click.Context) -> None:
 
 
 def _add_dead_letter_commands() -> None:
-    # The cio-sink owns the dead letters. An image with only one service installed lacks it.
+    # The consumer runtime owns the dead letters of every service. An image without it lacks them.
     try:
-        from synergy_cio_sink.cli import dlq
+        from synergy_streaming.cli import dlq
     except ModuleNotFoundError as exc:
-        if exc.name != "synergy_cio_sink":
+        if exc.name != "synergy_streaming":
             raise
         return
     main.add_command(dlq, "dlq")

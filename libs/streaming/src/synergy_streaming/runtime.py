@@ -111,6 +111,8 @@ class StreamProcessor:
         self.deliver = Deliver(self.service, deliver, is_retryable, rate_limits, self.clock)
         self.commits = CommitOffsets(OffsetTracker())
         self.generation = 0
+        self.assignments = 0  # rebalances this member went through (1 = none since it joined)
+        self.lag: dict[Partition, int] = {}  # committed offset behind the high watermark, per partition
         self.assigned: set[Partition] = set()
         self.paused = False
         self.held: list[Source] = []  # rejected while the brake is engaged
@@ -122,6 +124,7 @@ class StreamProcessor:
         self._writes: set[asyncio.Task[Any]] = set()
         self._running = False
         self._stopped = asyncio.Event()
+        self._settled_counters: dict[str, Any] = {}
 
     def _skip_foreign_replays(self, prepare: PrepareFn) -> PrepareFn:
         def prepare_own(source: Source) -> Any:
@@ -158,6 +161,13 @@ class StreamProcessor:
             await asyncio.gather(*loops, stopped, return_exceptions=True)
             await self._settle_in_flight(self.config.revoke_grace)
             await self.commit()
+            # What is still in flight after the grace must not settle (or be dead-lettered because the
+            # service closed its clients behind us): it stays uncommitted, and the next owner re-reads it.
+            self.generation += 1
+            leftover = self._in_flight | self._writes
+            for task in leftover:
+                task.cancel()
+            await asyncio.gather(*leftover, return_exceptions=True)
 
     def stop(self) -> None:
         self._running = False
@@ -184,7 +194,9 @@ class StreamProcessor:
         log.info("partitions revoked", service=self.service, partitions=len(revoked))
 
     async def _on_assigned(self, assigned: list[Partition]) -> None:
+        self.assignments += 1
         self.assigned = set(assigned)
+        self.lag = {p: lag for p, lag in self.lag.items() if p in self.assigned}
         total = sum(self.consumer.partition_count(topic) for topic in self.config.topics)
         share = len(assigned) / total if total else 1.0
         if self.deliver.rate_limits is not None:
@@ -214,10 +226,14 @@ class StreamProcessor:
             self._apply_backpressure()
             records = await self.consumer.poll(self.config.poll_timeout, self.config.max_poll_records)
             generation = self.generation
+            consumed: dict[str, int] = {}
             for record in records:
-                metrics.CONSUMED.labels(self.service, record.partition.topic).inc()
+                topic = record.partition.topic
+                consumed[topic] = consumed.get(topic, 0) + 1
                 self.commits.track(record)
                 self.prepare.submit(Source(record, generation))
+            for topic, count in consumed.items():  # once per poll: a labelled lookup per record is dear
+                metrics.CONSUMED.labels(self.service, topic).inc(count)
             if not records and self.paused:
                 await self.clock.sleep(self.config.poll_timeout)
 
@@ -257,15 +273,21 @@ class StreamProcessor:
 
         self._spawn_write(write())
 
+    def _settled_counter(self, outcome: str) -> Any:
+        counter = self._settled_counters.get(outcome)
+        if counter is None:
+            counter = self._settled_counters[outcome] = metrics.SETTLED.labels(self.service, outcome)
+        return counter
+
     def _settle_source(self, source: Source, outcome: str) -> None:
-        metrics.SETTLED.labels(self.service, outcome).inc()
+        self._settled_counter(outcome).inc()
         if outcome != "dead_lettered":
             self.brake.succeeded()
         if source.generation == self.generation:
             self.commits.settled(source.record)
 
     def _settle_work(self, work: Work, outcome: str) -> None:
-        metrics.SETTLED.labels(self.service, outcome).inc()
+        self._settled_counter(outcome).inc()
         if outcome != "dead_lettered":
             self.brake.succeeded()
         source = work.source
@@ -455,8 +477,9 @@ class StreamProcessor:
             committed = self.commits.tracker.last_committed((partition.topic, partition.partition))
             if highwater is None or committed is None:
                 continue
+            self.lag[partition] = max(0, highwater - committed)
             metrics.CONSUMER_LAG.labels(self.service, partition.topic, str(partition.partition)).set(
-                max(0, highwater - committed))
+                self.lag[partition])
 
 
 @contextlib.asynccontextmanager

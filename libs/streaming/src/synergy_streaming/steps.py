@@ -97,6 +97,9 @@ class DeadLetterPolicy:
             log.warning("dead-lettered (no writer)", reason=letters[0].reason, count=len(letters))
 
 
+YIELD_EVERY = 64  # records prepared between two turns given to the other tasks of the loop
+
+
 class Prepare:
     """Runs the service's prepare function over each record, in consumption order, off the poll loop.
 
@@ -122,11 +125,18 @@ class Prepare:
     async def run(self, current_generation: Callable[[], int], accept: Callable[[Source, Any], None],
                   reject: Callable[[Source, str, str], None]) -> None:
         failures = 0
+        since_yield = 0
         while True:
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            since_yield += 1
+            if since_yield >= YIELD_EVERY:
+                # A prepare that never really suspends (cached lookups) would otherwise run the whole
+                # queue in one go and starve the poll loop and the heartbeat: the group would evict us.
+                since_yield = 0
+                await asyncio.sleep(0)
             source = self.queue[0]
             if source.generation != current_generation():
                 self.queue.popleft()
