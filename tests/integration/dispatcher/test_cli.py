@@ -39,8 +39,8 @@ async def test_add_list_disable_enable(harness: DispatcherHarness, cli: Any) -> 
     hook = json.loads(added.output)
     assert (hook["brand_id"], hook["type"], hook["name"]) == (brand_id, "webhook", "webhook")
 
-    prompted = await cli(["destinations", "add", "--brand", brand_id, "--type", "posthog", "--json"],
-                         stdin="phc_secret_project_key\n")
+    prompted = await cli(["destinations", "add", "--brand", brand_id, "--type", "posthog", "--api-key",
+                          "--json"], stdin="phc_secret_project_key\n")
     assert prompted.exit_code == 0, prompted.output
     assert "phc_secret_project_key" not in prompted.output  # the prompt does not echo
     posthog_id = json.loads(prompted.output.strip().splitlines()[-1])["id"]

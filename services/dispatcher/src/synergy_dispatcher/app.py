@@ -103,11 +103,11 @@ def create_app(settings: DispatcherSettings | None = None, running: Running | No
         configure_logging("dispatcher", settings.log_level)
         async with serving(settings) as started:
             state["running"] = started
-            state["auth"] = WriteKeyAuthenticator(started.pool)
+            state["auth"] = WriteKeyAuthenticator(started.pool, "dispatcher")
             yield
 
     if running is not None:
-        state["running"], state["auth"] = running, WriteKeyAuthenticator(running.pool)
+        state["running"], state["auth"] = running, WriteKeyAuthenticator(running.pool, "dispatcher")
     app = FastAPI(title="synergy dispatcher", lifespan=None if running is not None else lifespan)
     install_problem_handlers(app)
 

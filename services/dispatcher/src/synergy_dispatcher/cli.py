@@ -37,11 +37,19 @@ def _run(work: Callable[[Any], Awaitable[T]]) -> T:
         raise click.ClickException(str(exc)) from exc
 
 
+PROMPT = "\x00prompt"  # what a secret option holds when given without a value (as synergy_common.cli's)
+
+
+def secret_option(*names: str, help: str) -> Any:
+    suffix = " ('-' reads standard input; no value, or none given, prompts without echo)"
+    return click.option(*names, is_flag=False, flag_value=PROMPT, default=None, help=help + suffix)
+
+
 def read_secret(value: str | None, prompt: str) -> list[str]:
     """`-`: the lines of standard input; None: a prompt without echo. Never the value itself."""
     if value == "-":
         lines = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
-    elif value is None:
+    elif value is None or value == PROMPT:
         lines = [click.prompt(prompt, hide_input=True).strip()]
     else:
         raise click.BadParameter("secrets are read from standard input (-) or a prompt, never argv")
@@ -65,9 +73,9 @@ def destinations() -> None:
 @click.option("--name", default=None, help="unique per brand; defaults to the type")
 @click.option("--url", default=None, help="webhook: the endpoint")
 @click.option("--host", default=None, help="posthog: the instance (default https://us.i.posthog.com)")
-@click.option("--secret", default=None, help="webhook: '-' reads whsec_ secrets from stdin; else a prompt")
+@secret_option("--secret", help="webhook: the whsec_ signing secret(s), one per line")
 @click.option("--generate-secret", is_flag=True, help="webhook: make a secret and print it once")
-@click.option("--api-key", default=None, help="posthog: '-' reads the project key from stdin; else a prompt")
+@secret_option("--api-key", help="posthog: the project API key")
 @click.option("--json", "as_json", is_flag=True)
 def add(brand: str, type_: str, name: str | None, url: str | None, host: str | None, secret: str | None,
         generate_secret: bool, api_key: str | None, as_json: bool) -> None:
@@ -149,9 +157,9 @@ def list_(brand: str | None, as_json: bool) -> None:
 
 @destinations.command("rotate-secret")
 @click.argument("destination_id")
-@click.option("--secret", default=None, help="webhook: '-' reads the new whsec_ secret from stdin")
+@secret_option("--secret", help="webhook: the new whsec_ secret")
 @click.option("--generate-secret", is_flag=True, help="webhook: make the new secret and print it once")
-@click.option("--api-key", default=None, help="posthog: '-' reads the new key from stdin; else a prompt")
+@secret_option("--api-key", help="posthog: the new project API key")
 @click.option("--finish", is_flag=True, help="webhook: drop the previous secret (the receiver has switched)")
 def rotate_secret(destination_id: str, secret: str | None, generate_secret: bool, api_key: str | None,
                   finish: bool) -> None:
