@@ -37,6 +37,7 @@ class Source:
     record: Record
     generation: int
     chunk: Any = None  # the offsets.Chunk of the poll that brought it
+    index: int = 0  # the record's place in its chunk
     pending: int = 0
     held: bool = False  # held back once by the DLQ brake
     payload: Any = None  # the decoded value, once decoded

@@ -1,9 +1,9 @@
 """Which offset of each partition is safe to commit: the one after the longest settled prefix. Pure.
 
-The runtime tracks what one poll brought of a partition as one chunk, with a count of records not
-yet settled; a chunk still holding a record in flight holds back every later offset of its
-partition, however many later chunks are done. Counting per chunk rather than per offset keeps the
-cost per record to one decrement.
+The runtime tracks what one poll brought of a partition as one chunk: its offsets, a done flag per
+record and a count of records not yet settled. Settling costs one store and one decrement; the
+committable offset inside a chunk that is still partly in flight is found by a scan of its flags,
+only when a commit is due. A record in flight holds back every later offset of its partition.
 """
 
 from __future__ import annotations
@@ -14,20 +14,47 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True, eq=False)
 class Chunk:
-    end: int  # the offset after the chunk's last record: what a commit of it writes
+    offsets: list[int]
+    done: list[bool]
     pending: int
+
+    @property
+    def end(self) -> int:
+        """The offset after the chunk's last record: what a commit of all of it writes."""
+        return self.offsets[-1] + 1
+
+    def done_prefix_end(self) -> int | None:
+        """The offset after the chunk's longest settled prefix, or None when its first is in flight."""
+        end = None
+        for offset, done in zip(self.offsets, self.done, strict=True):
+            if not done:
+                break
+            end = offset + 1
+        return end
 
 
 @dataclass
 class PartitionProgress:
     chunks: deque[Chunk] = field(default_factory=deque)
-    committable: int | None = None
+    settled_end: int | None = None  # the end of the chunks settled whole and dropped
 
-    def settle(self, chunk: Chunk, count: int) -> None:
-        chunk.pending -= count
+    def settle(self, chunk: Chunk, index: int) -> bool:
+        if chunk.done[index]:
+            return False
+        chunk.done[index] = True
+        chunk.pending -= 1
         if chunk.pending <= 0 and self.chunks and self.chunks[0] is chunk:
             while self.chunks and self.chunks[0].pending <= 0:
-                self.committable = self.chunks.popleft().end
+                self.settled_end = self.chunks.popleft().end
+        return True
+
+    @property
+    def committable(self) -> int | None:
+        if self.chunks:
+            inside = self.chunks[0].done_prefix_end()
+            if inside is not None:
+                return inside
+        return self.settled_end
 
 
 @dataclass
@@ -39,29 +66,30 @@ class OffsetTracker:
     _committed: dict[tuple[str, int], int] = field(default_factory=dict)
     _singles: dict[tuple[str, int, int], Chunk] = field(default_factory=dict)
 
-    def track_chunk(self, topic: str, partition: int, last_offset: int, count: int) -> Chunk:
+    def track_chunk(self, topic: str, partition: int, offsets: list[int]) -> Chunk:
+        """Records of one partition, in offset order; settle each by its index in `offsets`."""
         progress = self.partitions.get((topic, partition))
         if progress is None:
             progress = self.partitions[(topic, partition)] = PartitionProgress()
-        chunk = Chunk(last_offset + 1, count)
+        chunk = Chunk(offsets, [False] * len(offsets), len(offsets))
         progress.chunks.append(chunk)
-        self.outstanding += count
+        self.outstanding += len(offsets)
         return chunk
 
-    def settle(self, topic: str, partition: int, chunk: Chunk, count: int = 1) -> None:
+    def settle(self, topic: str, partition: int, chunk: Chunk, index: int) -> None:
         progress = self.partitions.get((topic, partition))
-        if progress is not None:  # the runtime never settles a chunk of a generation it revoked
-            self.outstanding -= count
-            progress.settle(chunk, count)
+        # the runtime never settles a chunk of a generation it revoked; a second settle is a no-op
+        if progress is not None and progress.settle(chunk, index):
+            self.outstanding -= 1
 
     def track(self, topic: str, partition: int, offset: int) -> None:
         """One record as a chunk of its own (tools and tests; the runtime tracks whole polls)."""
-        self._singles[(topic, partition, offset)] = self.track_chunk(topic, partition, offset, 1)
+        self._singles[(topic, partition, offset)] = self.track_chunk(topic, partition, [offset])
 
     def complete(self, topic: str, partition: int, offset: int) -> None:
         chunk = self._singles.pop((topic, partition, offset), None)
         if chunk is not None:
-            self.settle(topic, partition, chunk)
+            self.settle(topic, partition, chunk, 0)
 
     def to_commit(self) -> dict[tuple[str, int], int]:
         """Offsets that moved since the last `committed()` call."""

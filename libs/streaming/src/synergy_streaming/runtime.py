@@ -242,9 +242,9 @@ class StreamProcessor:
             if end < len(records) and records[end].partition == records[start].partition:
                 continue
             partition = records[start].partition
-            chunk = tracker.track_chunk(partition.topic, partition.partition, records[end - 1].offset,
-                                        end - start)
-            sources.extend([Source(record, generation, chunk) for record in records[start:end]])
+            polled = records[start:end]
+            chunk = tracker.track_chunk(partition.topic, partition.partition, [r.offset for r in polled])
+            sources.extend([Source(record, generation, chunk, index) for index, record in enumerate(polled)])
             metrics.CONSUMED.labels(self.service, partition.topic).inc(end - start)
             start = end
         self.prepare.submit_many(sources)

@@ -290,4 +290,4 @@ class CommitOffsets:
 
     def settled(self, source: Source) -> None:
         partition = source.record.partition
-        self.tracker.settle(partition.topic, partition.partition, source.chunk)
+        self.tracker.settle(partition.topic, partition.partition, source.chunk, source.index)
