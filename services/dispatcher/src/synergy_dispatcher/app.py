@@ -69,7 +69,7 @@ async def running_dispatcher(settings: DispatcherSettings) -> AsyncIterator[Runn
         processor = StreamProcessor(
             dispatcher.stream_config(), consumer, dispatcher.prepare, dispatcher.deliver,
             dead_letters=DeadLetterWriter(producer, pool), retry=retry_policy(settings),
-            destination_of=dispatcher.destination_of)
+            destination_of=dispatcher.destination_of, on_dead_letter=dispatcher.dead_lettered)
         dispatcher.processor = processor
         stack.push_async_callback(dispatcher.close)
         log.info("dispatcher ready", destinations=len(registry.by_id), topics=settings.topic_names)

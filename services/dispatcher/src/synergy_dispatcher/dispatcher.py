@@ -31,7 +31,7 @@ from synergy_streaming import (
     StreamProcessor,
     Work,
 )
-from synergy_streaming.dlq import REPLAY_DESTINATION
+from synergy_streaming.dlq import REPLAY_DESTINATION, DeadLetter
 
 from synergy_dispatcher import metrics, store
 from synergy_dispatcher.decisions import Decision, Verdict
@@ -200,7 +200,8 @@ class Dispatcher:
         destination = self.registry.get(str(target))
         if destination is None or destination.state == "disabled":
             reason = destination.disabled_reason if destination else "the destination was removed"
-            outcomes: list[ItemOutcome] = [Failed("destination_disabled", reason or "")] * len(items)
+            disabled = Failed("destination_disabled", reason or "", counts_for_brake=False)
+            outcomes: list[ItemOutcome] = [disabled] * len(items)
         elif destination.type == "webhook":
             outcomes = await self.webhooks.deliver(destination, items)
         else:
@@ -226,13 +227,19 @@ class Dispatcher:
                 metrics.FAILED.labels(*labels).inc(failed)
 
     def destination_of(self, target: Hashable) -> str:
-        """The dead letter's destination; called once for each dead letter of a work item."""
+        """The dead letter's destination."""
         destination = self.registry.get(str(target))
-        self.stats.deltas[str(target)][2] += 1
-        if destination is None:
-            return f"destination:{target}"
-        metrics.DEAD_LETTERED.labels(destination.type, brand_label(destination), destination.label).inc()
-        return destination.label
+        return destination.label if destination is not None else f"destination:{target}"
+
+    def dead_lettered(self, work: Work | None, letter: DeadLetter) -> None:
+        """Counted once the letter is durable (the runtime's hook); records that never became work
+        (undecodable) belong to no destination."""
+        if work is None:
+            return
+        self.stats.deltas[str(work.target)][2] += 1
+        destination = self.registry.get(str(work.target))
+        if destination is not None:
+            metrics.DEAD_LETTERED.labels(destination.type, brand_label(destination), destination.label).inc()
 
     async def _state_change(self, destination: Destination, decision: Decision) -> None:
         if decision.verdict is Verdict.DISABLE:

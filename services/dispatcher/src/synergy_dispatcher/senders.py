@@ -121,7 +121,8 @@ class WebhookSender:
         async def send_run(indexes: list[int]) -> None:
             for position, index in enumerate(indexes):
                 if disabled:
-                    outcomes[index] = Failed("destination_disabled", disabled[0].detail)
+                    outcomes[index] = Failed("destination_disabled", disabled[0].detail,
+                                             counts_for_brake=False)
                     continue
                 async with slots:
                     decision = await self.send_one(destination, items[index].payload)
