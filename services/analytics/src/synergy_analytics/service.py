@@ -63,7 +63,12 @@ class Analytics:
         made = await self.partitions.ensure(self.pool, {store.month_of(p.row.occurred_at) for p, _ in batch})
         if made:
             metrics.PARTITIONS_CREATED.inc(made)
-        written = await store.write_batch(self.pool, batch)
+        try:
+            written = await store.write_batch(self.pool, batch)
+        except Exception as exc:
+            # The runtime retries (connection, deadlock) or bisects (data Postgres refuses); say which batch.
+            log.warning("action log batch failed", rows=len(batch), error=repr(exc)[:500])
+            raise
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_ROWS.observe(len(batch))
         for processed, topic in batch:

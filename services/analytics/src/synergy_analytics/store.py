@@ -99,13 +99,17 @@ WITH made AS (
 SELECT id FROM made UNION ALL SELECT id FROM users WHERE brand_id = $1 AND external_id = $2 LIMIT 1
 """
 
+# On event time: a goal is met once both its points (as of the balance seen) and its referrals are; events of
+# different users (a referee's conversion, the referrer's balance) may be processed in either order.
 COMPLETE_GOALS = """
-UPDATE user_goals SET completed_at = $2, is_active = FALSE
+UPDATE user_goals SET completed_at = greatest($2, coalesce(balance_as_of, $2)), is_active = FALSE
 WHERE user_id = $1 AND is_active AND completed_at IS NULL
   AND current_points >= coalesce(target_points, 0) AND current_referrals >= coalesce(target_referrals, 0)
 """
 
-CONVERTED_REFERRALS = "SELECT count(*) FROM referrals WHERE referrer_user_id = $1 AND status = 'converted'"
+# Referrals converted by the time of the event at hand (event time, whatever order events arrive in).
+CONVERTED_REFERRALS = """SELECT count(*) FROM referrals
+WHERE referrer_user_id = $1 AND status = 'converted' AND converted_at <= $2"""
 
 
 async def user_pk(conn: asyncpg.Connection, brand_id: int, external_id: str) -> int:
@@ -129,13 +133,18 @@ async def apply_change(conn: asyncpg.Connection, row: LogRow, change: ReadModelC
                WHERE wishlists.added_at <= EXCLUDED.added_at""",
             user, product, change.wishlist_item_id, change.product_ref, change.points_needed,
             change.referrals_needed, at, event_id)
-        referrals = int(await conn.fetchval(CONVERTED_REFERRALS, user))
+        referrals = int(await conn.fetchval(CONVERTED_REFERRALS, user, at))
         await conn.execute(
             """INSERT INTO user_goals (user_id, product_id, goal_type, target_points, target_referrals,
                                        current_points, current_referrals, goal_name, wishlist_item_id,
-                                       product_ref, started_at)
-               SELECT $1, $2, 'wishlist_item', $3, $4, greatest(u.points_balance, 0), $5, $6, $7, $8, $9
-               FROM users u WHERE u.id = $1
+                                       product_ref, started_at, balance_as_of)
+               SELECT $1, $2, 'wishlist_item', $3, $4, greatest(coalesce(seen.current_points, u.points_balance), 0),
+                      $5, $6, $7, $8, $9, seen.balance_as_of
+               FROM users u LEFT JOIN LATERAL (
+                 SELECT g.current_points, g.balance_as_of FROM user_goals g
+                 WHERE g.user_id = u.id AND g.balance_as_of IS NOT NULL
+                 ORDER BY g.balance_as_of DESC LIMIT 1) seen ON TRUE
+               WHERE u.id = $1
                ON CONFLICT (user_id, wishlist_item_id) DO UPDATE SET
                  target_points = EXCLUDED.target_points, target_referrals = EXCLUDED.target_referrals,
                  is_active = user_goals.completed_at IS NULL""",
@@ -156,18 +165,31 @@ async def apply_change(conn: asyncpg.Connection, row: LogRow, change: ReadModelC
                 """INSERT INTO referral_codes (user_id, brand_id, code, created_at, source_event_id)
                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (brand_id, code) DO NOTHING""",
                 referrer, brand, change.code, at, event_id)
-        await conn.execute(
-            """INSERT INTO referrals (brand_id, referrer_user_id, referral_code, email, status, created_at,
-                                      initiated_event_id)
-               VALUES ($1, $2, $3, $4, 'pending', $5, $6) ON CONFLICT (initiated_event_id) DO NOTHING""",
+        # Events of different users may be processed in either order: a conversion seen first (the
+        # referee's key) left a converted row without its initiation; the initiation completes it.
+        attached = await conn.fetchval(
+            """UPDATE referrals SET initiated_event_id = $6, created_at = least(created_at, $5),
+                 email = coalesce(email, $4)
+               WHERE id = (SELECT id FROM referrals
+                           WHERE brand_id = $1 AND referrer_user_id = $2 AND referral_code = $3
+                             AND status = 'converted' AND initiated_event_id IS NULL AND converted_at >= $5
+                           ORDER BY converted_at, id LIMIT 1 FOR UPDATE)
+                 AND NOT EXISTS (SELECT 1 FROM referrals WHERE initiated_event_id = $6)
+               RETURNING id""",
             brand, referrer, change.code or "", change.email, at, event_id)
+        if attached is None:
+            await conn.execute(
+                """INSERT INTO referrals (brand_id, referrer_user_id, referral_code, email, status, created_at,
+                                          initiated_event_id)
+                   VALUES ($1, $2, $3, $4, 'pending', $5, $6) ON CONFLICT (initiated_event_id) DO NOTHING""",
+                brand, referrer, change.code or "", change.email, at, event_id)
     elif isinstance(change, ReferralConverted):
         await convert_referral(conn, row, change)
     elif isinstance(change, BalanceSeen):
         user = await user_pk(conn, brand, change.user_id)
         referrals = change.referrals_completed
         if referrals is None:
-            referrals = int(await conn.fetchval(CONVERTED_REFERRALS, user))
+            referrals = int(await conn.fetchval(CONVERTED_REFERRALS, user, at))
         await conn.execute(
             """UPDATE user_goals SET current_points = greatest($2, 0), current_referrals = $3, balance_as_of = $4
                WHERE user_id = $1 AND is_active AND (balance_as_of IS NULL OR balance_as_of <= $4)""",
