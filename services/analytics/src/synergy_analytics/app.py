@@ -202,8 +202,8 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
             raise ProblemError(422, "Invalid week", "0 to 52", field="week")
         begin, end = time_range(since, until)
         result: dict[str, Any] = await measured("retention", queries.retention(
-            state["running"].pool, brand_id, event_name("start", start), event_name("return", return_),
-            begin, end, week))
+            state["running"].pool, brand_id, event_name("start", start),
+            [event_name("return", r) for r in return_.split(",")], begin, end, week))
         return result
 
     @app.get("/v1/users/{user_id}/analytics")

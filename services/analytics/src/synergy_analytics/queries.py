@@ -136,17 +136,23 @@ WITH cohort AS (
 SELECT count(*) AS cohort_users,
   count(*) FILTER (WHERE EXISTS (
     SELECT 1 FROM {LOG} l
-    WHERE l.brand_id = $1 AND l.user_id = c.user_id AND l.action_type = $5
+    WHERE l.brand_id = $1 AND l.user_id = c.user_id AND l.action_type = ANY($5::text[])
       AND l.occurred_at >= c.t0 + $6 AND l.occurred_at < c.t0 + $7
       AND l.occurred_at >= $8 AND l.occurred_at < $9)) AS retained_users
 FROM cohort c
 """
 
 
+def _names(actions: str | Sequence[str]) -> list[str]:
+    return [actions] if isinstance(actions, str) else list(actions)
+
+
 async def retention(db: asyncpg.Pool | asyncpg.Connection, brand_id: int, start_action: str,
-                    return_action: str, since: datetime, until: datetime, week: int = 1) -> Retention:
+                    return_action: str | Sequence[str], since: datetime, until: datetime,
+                    week: int = 1) -> Retention:
+    """`return_action`: one event name, or several (any of them counts as coming back)."""
     low, high = 7 * week * DAY, (7 * week + 7) * DAY
-    row = await db.fetchrow(RETENTION_SQL, brand_id, since, until, start_action, return_action, low, high,
+    row = await db.fetchrow(RETENTION_SQL, brand_id, since, until, start_action, _names(return_action), low, high,
                             since + low, until + high)
     cohort, kept = int(row["cohort_users"]), int(row["retained_users"])
     return Retention(cohort, kept, ratio(kept, cohort) or 0.0)
@@ -160,7 +166,7 @@ WITH cohort AS (
 returned AS (
   SELECT DISTINCT c.user_id, floor(extract(epoch FROM l.occurred_at - c.t0) / 86400)::int AS day
   FROM cohort c JOIN {LOG} l
-    ON l.brand_id = $1 AND l.user_id = c.user_id AND l.action_type = $5
+    ON l.brand_id = $1 AND l.user_id = c.user_id AND l.action_type = ANY($5::text[])
    AND l.occurred_at >= c.t0 AND l.occurred_at < c.t0 + make_interval(days => $6)
   WHERE l.occurred_at >= $2 AND l.occurred_at < $7)
 SELECT d.day, (SELECT count(*) FROM cohort) AS cohort_users, count(r.user_id) AS retained_users
@@ -170,9 +176,9 @@ GROUP BY d.day ORDER BY d.day
 
 
 async def retention_curve(db: asyncpg.Pool | asyncpg.Connection, brand_id: int, start_action: str,
-                          return_action: str, since: datetime, until: datetime,
+                          return_action: str | Sequence[str], since: datetime, until: datetime,
                           days: int = 14) -> list[Retention]:
-    rows = await db.fetch(RETENTION_CURVE_SQL, brand_id, since, until, start_action, return_action, days,
+    rows = await db.fetch(RETENTION_CURVE_SQL, brand_id, since, until, start_action, _names(return_action), days,
                           until + days * DAY)
     return [Retention(int(r["cohort_users"]), int(r["retained_users"]),
                       ratio(int(r["retained_users"]), int(r["cohort_users"])) or 0.0) for r in rows]
