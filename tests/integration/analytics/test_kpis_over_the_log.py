@@ -31,7 +31,7 @@ async def population(kafka_bootstrap, database_url, topic_factory, kafka_produce
 
     pool = await create_pool(database_url, min_size=1, max_size=4)
     brand_a, brand_b = await make_brand(pool, "Brand A"), await make_brand(pool, "Brand B")
-    async with analytics_service(kafka_bootstrap, database_url, topic_factory) as (client, running, topics):
+    async with analytics_service(kafka_bootstrap, database_url, topic_factory) as (client, _running, topics):
         mine = envelopes(brand_a.brand_id)
         engine = [e for e in mine if e["source"] == "achievements"]
         await publish(kafka_producer, topics[0], [e for e in mine if e["source"] != "achievements"])

@@ -9,8 +9,13 @@ from synergy_analytics.settings import AnalyticsSettings
 
 def main() -> None:
     settings = AnalyticsSettings()
-    uvicorn.run("synergy_analytics.app:create_app", factory=True, host=settings.analytics_host,
-                port=settings.analytics_port, access_log=False)
+    uvicorn.run(
+        "synergy_analytics.app:create_app",
+        factory=True,
+        host=settings.analytics_host,
+        port=settings.analytics_port,
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

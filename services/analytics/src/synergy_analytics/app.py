@@ -25,7 +25,7 @@ from synergy_common.kafka import durable_producer
 from synergy_common.logging import configure_logging
 from synergy_streaming import DeadLetterWriter, KafkaConsumer, RetryPolicy, StreamProcessor
 
-from synergy_analytics import metrics, queries
+from synergy_analytics import metrics, queries, store
 from synergy_analytics.kpis import DEFAULT_WINDOW
 from synergy_analytics.service import Analytics
 from synergy_analytics.settings import AnalyticsSettings
@@ -45,24 +45,35 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running_analytics(settings: AnalyticsSettings) -> AsyncIterator[Running]:
-    """Pool, producer (dead letters) and consumer started, partitions made ahead; the processor not yet run."""
+    """Pools, producer (dead letters) and consumer started, partitions made ahead; not yet running."""
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, min_size=1, max_size=8)
         stack.push_async_callback(pool.close)
         producer = durable_producer(settings.kafka_bootstrap_servers, client_id="synergy-analytics")
         await producer.start()
         stack.push_async_callback(producer.stop)
-        analytics = Analytics(settings, pool)
+        log_pool = await store.create_log_pool(
+            settings.database_url, max_size=settings.analytics_max_in_flight + 1
+        )
+        stack.push_async_callback(log_pool.close)
+        analytics = Analytics(settings, pool, log_pool)
         await analytics.maintain()
-        consumer = KafkaConsumer(settings.kafka_bootstrap_servers, group_id=settings.analytics_group_id,
-                                 client_id="synergy-analytics")
+        consumer = KafkaConsumer(
+            settings.kafka_bootstrap_servers,
+            group_id=settings.analytics_group_id,
+            client_id="synergy-analytics",
+        )
         await consumer.start()
         stack.push_async_callback(consumer.stop)
         processor = StreamProcessor(
-            analytics.stream_config(), consumer, analytics.prepare, analytics.deliver,
+            analytics.stream_config(),
+            consumer,
+            analytics.prepare,
+            analytics.deliver,
             dead_letters=DeadLetterWriter(producer, pool),
             retry=RetryPolicy(max_attempts=50, max_window=24 * 3600, base=1, cap=60),
-            destination_of=analytics.destination_of)
+            destination_of=analytics.destination_of,
+        )
         log.info("analytics ready", topics=settings.topic_names)
         yield Running(analytics, processor, consumer, pool)
 
@@ -70,8 +81,10 @@ async def running_analytics(settings: AnalyticsSettings) -> AsyncIterator[Runnin
 @contextlib.asynccontextmanager
 async def serving(settings: AnalyticsSettings) -> AsyncIterator[Running]:
     async with running_analytics(settings) as running:
-        tasks = [asyncio.create_task(running.processor.run(), name="analytics-processor"),
-                 asyncio.create_task(running.analytics.maintenance_loop(), name="analytics-maintenance")]
+        tasks = [
+            asyncio.create_task(running.processor.run(), name="analytics-processor"),
+            asyncio.create_task(running.analytics.maintenance_loop(), name="analytics-maintenance"),
+        ]
         try:
             yield running
         finally:
@@ -88,8 +101,9 @@ def parse_time(name: str, value: str | None, default: datetime) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise ProblemError(422, "Invalid time", f"{name}: expected ISO 8601, got {value[:40]!r}",
-                           field=name) from exc
+        raise ProblemError(
+            422, "Invalid time", f"{name}: expected ISO 8601, got {value[:40]!r}", field=name
+        ) from exc
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
@@ -126,7 +140,9 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
     install_problem_handlers(app)
 
     @app.middleware("http")
-    async def count_answers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def count_answers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         try:
             response = await call_next(request)
         except Exception:
@@ -144,8 +160,9 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
     async def brake_released() -> bool:
         return all(state["running"].processor.readiness().values())
 
-    app.include_router(ops_router({"postgres": postgres_ready, "kafka": kafka_ready,
-                                   "dlq_brake_released": brake_released}))
+    app.include_router(
+        ops_router({"postgres": postgres_ready, "kafka": kafka_ready, "dlq_brake_released": brake_released})
+    )
 
     async def brand_of(authorization: str | None) -> int:
         return int(await authenticate_brand(state["auth"], authorization))
@@ -156,14 +173,19 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
                 return queries.as_json(await query)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("KPI query failed", kpi=kpi, error=repr(exc))
-                raise ProblemError(503, "KPI store unavailable", "try again shortly",
-                                   headers={"Retry-After": "5"}) from exc
+                raise ProblemError(
+                    503, "KPI store unavailable", "try again shortly", headers={"Retry-After": "5"}
+                ) from exc
 
     @app.get("/v1/kpis/funnel")
-    async def funnel(steps: str = Query(..., description="comma-separated event names, 2 to 10"),
-                     window: str = "14d", order: str = "ordered", since: str | None = None,
-                     until: str | None = None,
-                     authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    async def funnel(
+        steps: str = Query(..., description="comma-separated event names, 2 to 10"),
+        window: str = "14d",
+        order: str = "ordered",
+        since: str | None = None,
+        until: str | None = None,
+        authorization: str | None = Header(default=None),
+    ) -> dict[str, Any]:
         brand_id = await brand_of(authorization)
         names = [event_name("steps", s) for s in steps.split(",")]
         if not 2 <= len(names) <= queries.MAX_STEPS:
@@ -177,44 +199,82 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
         if not timedelta(0) < conversion_window <= timedelta(days=365):
             raise ProblemError(422, "Invalid window", "between 1s and 365d", field="window")
         start, end = time_range(since, until)
-        result: dict[str, Any] = await measured("funnel", queries.funnel(
-            state["running"].pool, brand_id, names, start, end, conversion_window,
-            "strict" if order == "strict" else "ordered"))
+        result: dict[str, Any] = await measured(
+            "funnel",
+            queries.funnel(
+                state["running"].pool,
+                brand_id,
+                names,
+                start,
+                end,
+                conversion_window,
+                "strict" if order == "strict" else "ordered",
+            ),
+        )
         return result
 
     @app.get("/v1/kpis/time-to-first")
-    async def time_to_first(action: str, from_: str = Query(..., alias="from"), since: str | None = None,
-                            until: str | None = None,
-                            authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    async def time_to_first(
+        action: str,
+        from_: str = Query(..., alias="from"),
+        since: str | None = None,
+        until: str | None = None,
+        authorization: str | None = Header(default=None),
+    ) -> dict[str, Any]:
         brand_id = await brand_of(authorization)
         start, end = time_range(since, until)
-        result: dict[str, Any] = await measured("time_to_first", queries.time_to_first(
-            state["running"].pool, brand_id, event_name("action", action), event_name("from", from_),
-            start, end))
+        result: dict[str, Any] = await measured(
+            "time_to_first",
+            queries.time_to_first(
+                state["running"].pool,
+                brand_id,
+                event_name("action", action),
+                event_name("from", from_),
+                start,
+                end,
+            ),
+        )
         return result
 
     @app.get("/v1/kpis/retention")
-    async def retention(start: str, return_: str = Query(..., alias="return"), week: int = 1,
-                        since: str | None = None, until: str | None = None,
-                        authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    async def retention(
+        start: str,
+        return_: str = Query(..., alias="return"),
+        week: int = 1,
+        since: str | None = None,
+        until: str | None = None,
+        authorization: str | None = Header(default=None),
+    ) -> dict[str, Any]:
         brand_id = await brand_of(authorization)
         if not 0 <= week <= 52:
             raise ProblemError(422, "Invalid week", "0 to 52", field="week")
         begin, end = time_range(since, until)
-        result: dict[str, Any] = await measured("retention", queries.retention(
-            state["running"].pool, brand_id, event_name("start", start),
-            [event_name("return", r) for r in return_.split(",")], begin, end, week))
+        result: dict[str, Any] = await measured(
+            "retention",
+            queries.retention(
+                state["running"].pool,
+                brand_id,
+                event_name("start", start),
+                [event_name("return", r) for r in return_.split(",")],
+                begin,
+                end,
+                week,
+            ),
+        )
         return result
 
     @app.get("/v1/users/{user_id}/analytics")
-    async def user_analytics(user_id: str, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    async def user_analytics(
+        user_id: str, authorization: str | None = Header(default=None)
+    ) -> dict[str, Any]:
         """The user's read models (wishlist, goals, referrals) and action counts; 404 outside the brand."""
         brand_id = await brand_of(authorization)
         try:
             found = await user_read_models(state["running"].pool, brand_id, user_id)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise ProblemError(503, "Store unavailable", "try again shortly",
-                               headers={"Retry-After": "5"}) from exc
+            raise ProblemError(
+                503, "Store unavailable", "try again shortly", headers={"Retry-After": "5"}
+            ) from exc
         if found is None:
             raise ProblemError(404, "Unknown user", f"no user {user_id[:150]!r} in this brand")
         return found
@@ -229,25 +289,35 @@ def _route(request: Request) -> str:
 
 async def user_read_models(pool: asyncpg.Pool, brand_id: int, external_id: str) -> dict[str, Any] | None:
     async with pool.acquire() as conn:
-        user = await conn.fetchval("SELECT id FROM users WHERE brand_id = $1 AND external_id = $2",
-                                   brand_id, external_id)
+        user = await conn.fetchval(
+            "SELECT id FROM users WHERE brand_id = $1 AND external_id = $2", brand_id, external_id
+        )
         counts = await conn.fetch(
             """SELECT action_type, count(*) AS n FROM user_action_log WHERE brand_id = $1 AND user_id = $2
-               GROUP BY action_type ORDER BY action_type""", brand_id, external_id)
+               GROUP BY action_type ORDER BY action_type""",
+            brand_id,
+            external_id,
+        )
         if user is None and not counts:
             return None
         wishlist = await conn.fetch(
             """SELECT wishlist_item_id, product_ref, points_needed, referrals_needed, added_at FROM wishlists
-               WHERE user_id = $1 ORDER BY added_at, wishlist_item_id""", user)
+               WHERE user_id = $1 ORDER BY added_at, wishlist_item_id""",
+            user,
+        )
         goals = await conn.fetch(
             """SELECT wishlist_item_id, goal_type, target_points, target_referrals, current_points,
                       current_referrals, is_active, completed_at FROM user_goals
-               WHERE user_id = $1 ORDER BY started_at, id""", user)
+               WHERE user_id = $1 ORDER BY started_at, id""",
+            user,
+        )
         referrals = await conn.fetch(
             """SELECT r.referral_code, r.status, r.points_awarded_to_referrer, r.converted_at,
                       e.external_id AS referee
                FROM referrals r LEFT JOIN users e ON e.id = r.referee_user_id
-               WHERE r.referrer_user_id = $1 ORDER BY r.created_at, r.id""", user)
+               WHERE r.referrer_user_id = $1 ORDER BY r.created_at, r.id""",
+            user,
+        )
         codes = await conn.fetch("SELECT code FROM referral_codes WHERE user_id = $1 ORDER BY code", user)
     return {
         "user_id": external_id,

@@ -104,8 +104,9 @@ def entry_of(timeline: Sequence[Event], action: str, since: datetime, until: dat
     return None
 
 
-def _reached(timeline: Sequence[Event], steps: Sequence[str], start: int, window: timedelta,
-             order: Order) -> list[datetime]:
+def _reached(
+    timeline: Sequence[Event], steps: Sequence[str], start: int, window: timedelta, order: Order
+) -> list[datetime]:
     """The times the user reached each step, from the entry at `start` on."""
     first = timeline[start].at
     times = [first]
@@ -118,8 +119,14 @@ def _reached(timeline: Sequence[Event], steps: Sequence[str], start: int, window
         return times
     cursor = start
     for step in steps[1:]:
-        found = next((i for i in range(cursor, len(timeline))
-                      if timeline[i].action == step and timeline[i].at >= times[-1]), None)
+        found = next(
+            (
+                i
+                for i in range(cursor, len(timeline))
+                if timeline[i].action == step and timeline[i].at >= times[-1]
+            ),
+            None,
+        )
         if found is None or timeline[found].at > first + window:
             break
         times.append(timeline[found].at)
@@ -127,8 +134,14 @@ def _reached(timeline: Sequence[Event], steps: Sequence[str], start: int, window
     return times
 
 
-def funnel(events: Iterable[Event], steps: Sequence[str], since: datetime, until: datetime,
-           window: timedelta = DEFAULT_WINDOW, order: Order = "ordered") -> Funnel:
+def funnel(
+    events: Iterable[Event],
+    steps: Sequence[str],
+    since: datetime,
+    until: datetime,
+    window: timedelta = DEFAULT_WINDOW,
+    order: Order = "ordered",
+) -> Funnel:
     reached: list[list[datetime]] = []
     for timeline in by_user(events).values():
         start = entry_of(timeline, steps[0], since, until)
@@ -138,18 +151,21 @@ def funnel(events: Iterable[Event], steps: Sequence[str], since: datetime, until
     result = []
     for k, name in enumerate(steps):
         gaps = [(t[k] - t[k - 1]).total_seconds() for t in reached if k > 0 and len(t) > k]
-        result.append(FunnelStep(
-            name=name,
-            users=counts[k],
-            conversion_from_previous=None if k == 0 else ratio(counts[k], counts[k - 1]),
-            conversion_from_first=ratio(counts[k], counts[0]),
-            median_seconds_from_previous=percentile(gaps, 0.5) if k > 0 else None,
-        ))
+        result.append(
+            FunnelStep(
+                name=name,
+                users=counts[k],
+                conversion_from_previous=None if k == 0 else ratio(counts[k], counts[k - 1]),
+                conversion_from_first=ratio(counts[k], counts[0]),
+                median_seconds_from_previous=percentile(gaps, 0.5) if k > 0 else None,
+            )
+        )
     return Funnel(tuple(result), window.total_seconds(), order)
 
 
-def time_to_first(events: Iterable[Event], action: str, from_action: str, since: datetime,
-                  until: datetime) -> TimeToFirst:
+def time_to_first(
+    events: Iterable[Event], action: str, from_action: str, since: datetime, until: datetime
+) -> TimeToFirst:
     first: list[float] = []
     second: list[float] = []
     cohort = 0
@@ -164,12 +180,26 @@ def time_to_first(events: Iterable[Event], action: str, from_action: str, since:
             first.append((uses[0] - entry).total_seconds())
         if len(uses) > 1:
             second.append((uses[1] - entry).total_seconds())
-    return TimeToFirst(action, from_action, cohort, len(first), percentile(first, 0.5),
-                       percentile(first, 0.75), percentile(second, 0.5), percentile(second, 0.75))
+    return TimeToFirst(
+        action,
+        from_action,
+        cohort,
+        len(first),
+        percentile(first, 0.5),
+        percentile(first, 0.75),
+        percentile(second, 0.5),
+        percentile(second, 0.75),
+    )
 
 
-def retention(events: Iterable[Event], start_action: str, return_action: str, since: datetime,
-              until: datetime, week: int = 1) -> Retention:
+def retention(
+    events: Iterable[Event],
+    start_action: str,
+    return_action: str,
+    since: datetime,
+    until: datetime,
+    week: int = 1,
+) -> Retention:
     cohort = retained = 0
     for timeline in by_user(events).values():
         start = entry_of(timeline, start_action, since, until)
@@ -183,23 +213,41 @@ def retention(events: Iterable[Event], start_action: str, return_action: str, si
     return Retention(cohort, retained, ratio(retained, cohort) or 0.0)
 
 
-def retention_curve(events: Iterable[Event], start_action: str, return_action: str, since: datetime,
-                    until: datetime, days: int = 14) -> list[Retention]:
+def retention_curve(
+    events: Iterable[Event],
+    start_action: str,
+    return_action: str,
+    since: datetime,
+    until: datetime,
+    days: int = 14,
+) -> list[Retention]:
     """Day n: the share of the cohort that did `return` within [entry + n days, entry + n + 1 days)."""
     timelines = by_user(events)
-    entries = {u: t[i].at for u, t in timelines.items()
-               if (i := entry_of(t, start_action, since, until)) is not None}
+    entries = {
+        u: t[i].at for u, t in timelines.items() if (i := entry_of(t, start_action, since, until)) is not None
+    }
     curve = []
     for day in range(days):
-        kept = sum(1 for user, entry in entries.items()
-                   if any(e.action == return_action and entry + day * DAY <= e.at < entry + (day + 1) * DAY
-                          for e in timelines[user]))
+        kept = sum(
+            1
+            for user, entry in entries.items()
+            if any(
+                e.action == return_action and entry + day * DAY <= e.at < entry + (day + 1) * DAY
+                for e in timelines[user]
+            )
+        )
         curve.append(Retention(len(entries), kept, ratio(kept, len(entries)) or 0.0))
     return curve
 
 
-def activation(events: Iterable[Event], signup: str, bundle: Sequence[str], since: datetime,
-               until: datetime, within: timedelta = 7 * DAY) -> Retention:
+def activation(
+    events: Iterable[Event],
+    signup: str,
+    bundle: Sequence[str],
+    since: datetime,
+    until: datetime,
+    within: timedelta = 7 * DAY,
+) -> Retention:
     """Seed 002's 7-day activation: the share of signups who did every action of `bundle` within 7 days."""
     cohort = activated = 0
     for timeline in by_user(events).values():

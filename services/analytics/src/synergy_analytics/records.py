@@ -15,11 +15,21 @@ import orjson
 
 # Events only the engine emits (achievements, marketing): kept in the log, left out of strict funnels'
 # "nothing in between" (a points event after every scan would otherwise break every strict funnel).
-ENGINE_EVENTS = frozenset({
-    "achievement_unlocked", "rank_changed", "points_awarded", "points_earned", "points_spent",
-    "referral_points_awarded", "cart_abandoned", "browse_abandoned", "price_dropped", "back_in_stock",
-    "email_preferences_changed",
-})
+ENGINE_EVENTS = frozenset(
+    {
+        "achievement_unlocked",
+        "rank_changed",
+        "points_awarded",
+        "points_earned",
+        "points_spent",
+        "referral_points_awarded",
+        "cart_abandoned",
+        "browse_abandoned",
+        "price_dropped",
+        "back_in_stock",
+        "email_preferences_changed",
+    }
+)
 ENGINE_SOURCES = frozenset({"achievements", "marketing"})
 ALIASES = {"wishlist_added": "wishlist_item_added", "wishlist_removed": "wishlist_item_removed"}
 MAX_TEXT = {"event_id": 100, "user_id": 150, "action_type": 100, "product_id": 100, "ip_address": 45}
@@ -168,7 +178,8 @@ def points_of(name: str, data: dict[str, Any]) -> int:
         data.get("points"),
         data.get("points_awarded"),
         _dict(data.get("scan_data")).get("points_awarded"),
-        _dict(data.get("referral_data")).get("points_awarded_to_referrer") if name == "referral_converted"
+        _dict(data.get("referral_data")).get("points_awarded_to_referrer")
+        if name == "referral_converted"
         else None,
     ):
         value = _int(candidate)
@@ -200,8 +211,15 @@ def read_model_changes(name: str, user_id: str | None, data: dict[str, Any]) -> 
         product = product_of(data)
         item = _text(wishlist.get("wishlist_item_id"), 100) or product
         if item is not None:
-            changes.append(WishlistAdded(user_id, item, product, _int(wishlist.get("points_needed")),
-                                         _int(wishlist.get("referrals_needed"))))
+            changes.append(
+                WishlistAdded(
+                    user_id,
+                    item,
+                    product,
+                    _int(wishlist.get("points_needed")),
+                    _int(wishlist.get("referrals_needed")),
+                )
+            )
     elif name == "wishlist_item_removed":
         wishlist = _dict(data.get("wishlist_data"))
         item, product = _text(wishlist.get("wishlist_item_id"), 100), product_of(data)
@@ -209,19 +227,28 @@ def read_model_changes(name: str, user_id: str | None, data: dict[str, Any]) -> 
             changes.append(WishlistRemoved(user_id, item, product))
     elif name == "referral_initiated":
         referral = _dict(data.get("referral_data"))
-        changes.append(ReferralInitiated(user_id, _text(referral.get("referral_code"), 50),
-                                         _text(referral.get("referral_email"), 255)))
+        changes.append(
+            ReferralInitiated(
+                user_id, _text(referral.get("referral_code"), 50), _text(referral.get("referral_email"), 255)
+            )
+        )
     elif name == "referral_converted":
         referral = _dict(data.get("referral_data"))
-        changes.append(ReferralConverted(
-            user_id, referrer_of(user_id, referral), _text(referral.get("referral_code_used"), 50),
-            _text(referral.get("referred_user_email") or referral.get("email"), 255),
-            _int(referral.get("points_awarded_to_referrer")) or 0))
+        changes.append(
+            ReferralConverted(
+                user_id,
+                referrer_of(user_id, referral),
+                _text(referral.get("referral_code_used"), 50),
+                _text(referral.get("referred_user_email") or referral.get("email"), 255),
+                _int(referral.get("points_awarded_to_referrer")) or 0,
+            )
+        )
     economy = _dict(_dict(data.get("user_snapshot")).get("economy"))
     balance = _int(economy.get("points_balance"))
     if balance is not None:
-        referrals = _int(_dict(_dict(data.get("user_snapshot")).get("referral_data")).get(
-            "total_referrals_completed"))
+        referrals = _int(
+            _dict(_dict(data.get("user_snapshot")).get("referral_data")).get("total_referrals_completed")
+        )
         changes.append(BalanceSeen(user_id, balance, referrals))
     return tuple(changes)
 

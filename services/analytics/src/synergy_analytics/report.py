@@ -25,8 +25,13 @@ class ReportSpec:
     signup: str = "identify"
     scan: str = "product_scanned"
     redeem: str = "reward_redeemed"
-    core_actions: tuple[str, ...] = ("product_scanned", "reward_redeemed", "wishlist_item_added",
-                                     "referral_initiated", "order_completed")
+    core_actions: tuple[str, ...] = (
+        "product_scanned",
+        "reward_redeemed",
+        "wishlist_item_added",
+        "referral_initiated",
+        "order_completed",
+    )
     window: timedelta = DEFAULT_WINDOW
     retention_days: int = 14
     activation_bundle: tuple[str, ...] = field(default=())
@@ -40,15 +45,19 @@ class ReportSpec:
         return list(self.activation_bundle or (self.scan, self.redeem))
 
 
-async def gather(db: asyncpg.Pool, brand_id: int, since: datetime, until: datetime,
-                 spec: ReportSpec = ReportSpec()) -> dict[str, Any]:
+async def gather(
+    db: asyncpg.Pool, brand_id: int, since: datetime, until: datetime, spec: ReportSpec = ReportSpec()
+) -> dict[str, Any]:
     funnel = await queries.funnel(db, brand_id, spec.funnel_steps, since, until, spec.window)
-    first_value = [queries.as_json(await queries.time_to_first(db, brand_id, action, spec.signup, since, until))
-                   for action in spec.core_actions]
+    first_value = [
+        queries.as_json(await queries.time_to_first(db, brand_id, action, spec.signup, since, until))
+        for action in spec.core_actions
+    ]
     activation = await queries.activation(db, brand_id, spec.signup, spec.bundle, since, until)
     week1 = await queries.retention(db, brand_id, spec.signup, list(spec.core_actions), since, until, week=1)
-    curve = await queries.retention_curve(db, brand_id, spec.signup, list(spec.core_actions), since, until,
-                                          spec.retention_days)
+    curve = await queries.retention_curve(
+        db, brand_id, spec.signup, list(spec.core_actions), since, until, spec.retention_days
+    )
     return {
         "brand_id": brand_id,
         "since": since.isoformat(),
@@ -56,7 +65,11 @@ async def gather(db: asyncpg.Pool, brand_id: int, since: datetime, until: dateti
         "funnel": queries.as_json(funnel),
         "time_to_first_value": first_value,
         "activation_7_day": {**queries.as_json(activation), "bundle": spec.bundle, "from": spec.signup},
-        "retention_week_1": {**queries.as_json(week1), "start": spec.signup, "return": list(spec.core_actions)},
+        "retention_week_1": {
+            **queries.as_json(week1),
+            "start": spec.signup,
+            "return": list(spec.core_actions),
+        },
         "retention_by_day": [{"day": day, **queries.as_json(r)} for day, r in enumerate(curve)],
     }
 
@@ -87,9 +100,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def funnel_rows(funnel: dict[str, Any]) -> list[list[object]]:
-    return [[s["name"], s["users"], percent_text(s["conversion_from_previous"]),
-             percent_text(s["conversion_from_first"]), seconds_text(s["median_seconds_from_previous"])]
-            for s in funnel["steps"]]
+    return [
+        [
+            s["name"],
+            s["users"],
+            percent_text(s["conversion_from_previous"]),
+            percent_text(s["conversion_from_first"]),
+            seconds_text(s["median_seconds_from_previous"]),
+        ]
+        for s in funnel["steps"]
+    ]
 
 
 FUNNEL_HEADERS = ("step", "users", "from previous", "from first", "median from previous")
@@ -97,41 +117,56 @@ TTF_HEADERS = ("action", "cohort", "users", "median first", "p75 first", "median
 
 
 def ttf_row(t: dict[str, Any]) -> list[object]:
-    return [t["action"], t["cohort_users"], t["users"], seconds_text(t["median_seconds"]),
-            seconds_text(t["p75_seconds"]), seconds_text(t["second_use_median_seconds"]),
-            seconds_text(t["second_use_p75_seconds"])]
+    return [
+        t["action"],
+        t["cohort_users"],
+        t["users"],
+        seconds_text(t["median_seconds"]),
+        seconds_text(t["p75_seconds"]),
+        seconds_text(t["second_use_median_seconds"]),
+        seconds_text(t["second_use_p75_seconds"]),
+    ]
 
 
 def text_report(report: dict[str, Any]) -> str:
     funnel = report["funnel"]
     activation, week1 = report["activation_7_day"], report["retention_week_1"]
     window_days = funnel["window_seconds"] / 86400
-    return "\n\n".join([
-        f"Launch KPIs, brand {report['brand_id']}, {report['since']} to {report['until']} (event time)",
-        f"Funnel ({funnel['order']}, {window_days:g}-day window)\n" + table(FUNNEL_HEADERS, funnel_rows(funnel)),
-        f"Time to first value, from {activation['from']}\n"
-        + table(TTF_HEADERS, [ttf_row(t) for t in report["time_to_first_value"]]),
-        f"7-day activation ({' + '.join(activation['bundle'])}): {activation['retained_users']} of "
-        f"{activation['cohort_users']} = {percent_text(activation['rate'])}",
-        f"Week-1 retention (days 7 to 13, any core action): {week1['retained_users']} of "
-        f"{week1['cohort_users']} = {percent_text(week1['rate'])}",
-    ])
+    return "\n\n".join(
+        [
+            f"Launch KPIs, brand {report['brand_id']}, {report['since']} to {report['until']} (event time)",
+            f"Funnel ({funnel['order']}, {window_days:g}-day window)\n"
+            + table(FUNNEL_HEADERS, funnel_rows(funnel)),
+            f"Time to first value, from {activation['from']}\n"
+            + table(TTF_HEADERS, [ttf_row(t) for t in report["time_to_first_value"]]),
+            f"7-day activation ({' + '.join(activation['bundle'])}): {activation['retained_users']} of "
+            f"{activation['cohort_users']} = {percent_text(activation['rate'])}",
+            f"Week-1 retention (days 7 to 13, any core action): {week1['retained_users']} of "
+            f"{week1['cohort_users']} = {percent_text(week1['rate'])}",
+        ]
+    )
 
 
 def _funnel_svg(steps: Sequence[dict[str, Any]]) -> str:
     width, bar_height, gap, label = 640, 34, 12, 190
     top = max((s["users"] for s in steps), default=0) or 1
     height = len(steps) * (bar_height + gap) + gap
-    parts = [f'<svg id="funnel-chart" role="img" aria-label="funnel" viewBox="0 0 {width} {height}" '
-             f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">']
+    parts = [
+        f'<svg id="funnel-chart" role="img" aria-label="funnel" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+    ]
     for index, step in enumerate(steps):
         y = gap + index * (bar_height + gap)
         length = (width - label - 90) * step["users"] / top
         parts.append(f'<text x="0" y="{y + 22}" class="label">{html.escape(step["name"])}</text>')
-        parts.append(f'<rect class="bar" x="{label}" y="{y}" width="{length:.1f}" height="{bar_height}" '
-                     f'rx="3"><title>{step["users"]} users</title></rect>')
-        parts.append(f'<text x="{label + length + 8:.1f}" y="{y + 22}" class="value">{step["users"]} '
-                     f'({percent_text(step["conversion_from_first"])})</text>')
+        parts.append(
+            f'<rect class="bar" x="{label}" y="{y}" width="{length:.1f}" height="{bar_height}" '
+            f'rx="3"><title>{step["users"]} users</title></rect>'
+        )
+        parts.append(
+            f'<text x="{label + length + 8:.1f}" y="{y + 22}" class="value">{step["users"]} '
+            f"({percent_text(step['conversion_from_first'])})</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -139,18 +174,24 @@ def _funnel_svg(steps: Sequence[dict[str, Any]]) -> str:
 def _retention_svg(days: Sequence[dict[str, Any]]) -> str:
     width, height, bottom, left = 640, 240, 30, 40
     step = (width - left) / max(len(days), 1)
-    parts = [f'<svg id="retention-chart" role="img" aria-label="retention by day" viewBox="0 0 {width} {height}" '
-             f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
-             f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" class="axis"/>',
-             f'<text x="0" y="14" class="value">100 %</text>']
+    parts = [
+        f'<svg id="retention-chart" role="img" aria-label="retention by day" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" class="axis"/>',
+        '<text x="0" y="14" class="value">100 %</text>',
+    ]
     for index, day in enumerate(days):
         rate = day["rate"]
         bar = (height - bottom - 20) * rate
         x = left + index * step + 3
-        parts.append(f'<rect class="bar" x="{x:.1f}" y="{height - bottom - bar:.1f}" width="{step - 6:.1f}" '
-                     f'height="{bar:.1f}"><title>day {day["day"]}: {percent_text(rate)}</title></rect>')
-        parts.append(f'<text x="{x + (step - 6) / 2:.1f}" y="{height - 10}" class="tick" '
-                     f'text-anchor="middle">{day["day"]}</text>')
+        parts.append(
+            f'<rect class="bar" x="{x:.1f}" y="{height - bottom - bar:.1f}" width="{step - 6:.1f}" '
+            f'height="{bar:.1f}"><title>day {day["day"]}: {percent_text(rate)}</title></rect>'
+        )
+        parts.append(
+            f'<text x="{x + (step - 6) / 2:.1f}" y="{height - 10}" class="tick" '
+            f'text-anchor="middle">{day["day"]}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -180,17 +221,17 @@ def html_report(report: dict[str, Any]) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p>{html.escape(report['since'])} to {html.escape(report['until'])}, on event time.</p>
-<div class="kpi" id="activation">7-day activation<b>{percent_text(activation['rate'])}</b>
-{activation['retained_users']} of {activation['cohort_users']}</div>
-<div class="kpi" id="week1">Week-1 retention<b>{percent_text(week1['rate'])}</b>
-{week1['retained_users']} of {week1['cohort_users']}</div>
-<h2>Funnel ({html.escape(funnel['order'])}, {funnel['window_seconds'] / 86400:g}-day window)</h2>
-{_funnel_svg(funnel['steps'])}
+<p>{html.escape(report["since"])} to {html.escape(report["until"])}, on event time.</p>
+<div class="kpi" id="activation">7-day activation<b>{percent_text(activation["rate"])}</b>
+{activation["retained_users"]} of {activation["cohort_users"]}</div>
+<div class="kpi" id="week1">Week-1 retention<b>{percent_text(week1["rate"])}</b>
+{week1["retained_users"]} of {week1["cohort_users"]}</div>
+<h2>Funnel ({html.escape(funnel["order"])}, {funnel["window_seconds"] / 86400:g}-day window)</h2>
+{_funnel_svg(funnel["steps"])}
 {_html_table(FUNNEL_HEADERS, funnel_rows(funnel))}
-<h2>Retention by day since {html.escape(week1['start'])} (24-hour windows)</h2>
-{_retention_svg(report['retention_by_day'])}
+<h2>Retention by day since {html.escape(week1["start"])} (24-hour windows)</h2>
+{_retention_svg(report["retention_by_day"])}
 <h2>Time to first value, and to second use</h2>
-{_html_table(TTF_HEADERS, [ttf_row(t) for t in report['time_to_first_value']])}
+{_html_table(TTF_HEADERS, [ttf_row(t) for t in report["time_to_first_value"]])}
 </body></html>
 """

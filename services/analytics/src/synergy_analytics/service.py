@@ -30,18 +30,23 @@ TARGET = "user_action_log"
 
 
 class Analytics:
-    def __init__(self, settings: AnalyticsSettings, pool: asyncpg.Pool) -> None:
-        self.settings, self.pool = settings, pool
+    def __init__(self, settings: AnalyticsSettings, pool: asyncpg.Pool, log_pool: asyncpg.Pool) -> None:
+        self.settings, self.pool, self.log_pool = settings, pool, log_pool
         self.partitions = store.Partitions()
         self.retention = timedelta(seconds=settings.seconds("analytics_retention"))
 
     def stream_config(self) -> StreamConfig:
         s = self.settings
-        return StreamConfig(service="analytics", topics=s.topic_names, max_buffered=s.analytics_max_buffered,
-                            max_batch_items=s.analytics_batch_items, max_batch_bytes=16_000_000,
-                            max_run_per_key=s.analytics_batch_items,
-                            max_in_flight=s.analytics_max_in_flight,
-                            max_batch_wait=s.seconds("analytics_batch_wait"))
+        return StreamConfig(
+            service="analytics",
+            topics=s.topic_names,
+            max_buffered=s.analytics_max_buffered,
+            max_batch_items=s.analytics_batch_items,
+            max_batch_bytes=16_000_000,
+            max_run_per_key=s.analytics_batch_items,
+            max_in_flight=s.analytics_max_in_flight,
+            max_batch_wait=s.seconds("analytics_batch_wait"),
+        )
 
     def prepare(self, source: Source) -> list[Work] | Skip | Reject:
         try:
@@ -64,7 +69,7 @@ class Analytics:
         if made:
             metrics.PARTITIONS_CREATED.inc(made)
         try:
-            written = await store.write_batch(self.pool, batch)
+            written = await store.write_batch(self.log_pool, batch)
         except Exception as exc:
             # The runtime retries (connection, deadlock) or bisects (data Postgres refuses); say which batch.
             log.warning("action log batch failed", rows=len(batch), error=repr(exc)[:500])
@@ -92,7 +97,8 @@ class Analytics:
             metrics.PARTITIONS_DROPPED.inc(len(dropped))
             log.info("partitions dropped past the retention", partitions=dropped)
         count = await self.pool.fetchval(
-            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'user_action_log'::regclass")
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'user_action_log'::regclass"
+        )
         metrics.PARTITIONS.set(int(count))
 
     async def maintenance_loop(self) -> None:
