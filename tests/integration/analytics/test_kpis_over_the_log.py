@@ -135,6 +135,11 @@ async def test_bad_requests_are_answered_with_the_field_and_no_key_with_401(popu
         answer = await client.get("/v1/kpis/funnel", headers=brand_a.headers, params=params)
         assert (answer.status_code, answer.json()["field"]) == (422, field), params
     assert (await client.get("/v1/kpis/funnel", params={"steps": "a,b"})).status_code == 401
+    from prometheus_client import REGISTRY
+
+    counted = REGISTRY.get_sample_value("synergy_analytics_requests_total",
+                                        {"route": "/v1/kpis/funnel", "status": "422"})
+    assert counted is not None and counted >= len(cases)
     wrong = await client.get("/v1/kpis/funnel", params={"steps": "a,b"}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
 

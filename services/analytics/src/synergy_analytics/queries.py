@@ -30,12 +30,12 @@ def ordered_funnel_sql(steps: int) -> str:
     ]
     for k in range(2, steps + 1):
         ctes.append(f"""s{k} AS (
-  SELECT p.user_id, p.t1, p.t AS prev, min(l.occurred_at) AS t
+  SELECT p.user_id, min(p.t1) AS t1, min(p.t) AS prev, min(l.occurred_at) AS t
   FROM s{k - 1} p JOIN {LOG} l
     ON l.brand_id = $1 AND l.user_id = p.user_id AND l.action_type = ${5 + k}
    AND l.occurred_at >= p.t AND l.occurred_at <= p.t1 + $4
   WHERE l.occurred_at >= $2 AND l.occurred_at <= $5
-  GROUP BY p.user_id, p.t1, p.t)""")
+  GROUP BY p.user_id)""")
     selects = [
         f"SELECT {k} AS step, count(*) AS users, "
         + (
