@@ -46,7 +46,8 @@ async def analytics_service(
     monkeypatch.setenv("SYNERGY_TOPIC_DLQ", await topic_factory(1, prefix="analytics.dlq"))
     settings = AnalyticsSettings(
         kafka_bootstrap_servers=kafka_bootstrap, database_url=database_url, analytics_topics=",".join(names),
-        analytics_group_id=group or f"analytics-test-{uuid.uuid4().hex[:8]}", analytics_batch_wait="20ms")
+        analytics_group_id=group or f"analytics-test-{uuid.uuid4().hex[:8]}", analytics_batch_wait="20ms",
+        analytics_retry_cap="2s")
     try:
         async with serving(settings) as running:
             app = create_app(settings, running)

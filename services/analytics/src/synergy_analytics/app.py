@@ -71,7 +71,9 @@ async def running_analytics(settings: AnalyticsSettings) -> AsyncIterator[Runnin
             analytics.prepare,
             analytics.deliver,
             dead_letters=DeadLetterWriter(producer, pool),
-            retry=RetryPolicy(max_attempts=50, max_window=24 * 3600, base=1, cap=60),
+            retry=RetryPolicy(max_attempts=1000, max_window=7 * 24 * 3600,
+                              base=settings.seconds("analytics_retry_base"),
+                              cap=settings.seconds("analytics_retry_cap")),
             destination_of=analytics.destination_of,
         )
         log.info("analytics ready", topics=settings.topic_names)

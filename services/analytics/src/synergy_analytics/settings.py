@@ -26,6 +26,9 @@ class AnalyticsSettings(BaseSettings):
     analytics_batch_wait: str = "50ms"
     analytics_max_in_flight: int = 2  # concurrent batch writes (the benchmark: 2 beat 1 and 4 here)
     analytics_max_buffered: int = 50_000
+    # A batch Postgres could not take (connection lost, deadlock) is retried with backoff, never dropped.
+    analytics_retry_base: str = "1s"
+    analytics_retry_cap: str = "30s"
 
     def seconds(self, name: str) -> float:
         return parse_duration(getattr(self, name)).total_seconds()
