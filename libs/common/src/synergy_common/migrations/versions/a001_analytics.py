@@ -28,6 +28,7 @@ depends_on = None
 
 STATEMENTS = (
     "ALTER TABLE user_action_log RENAME TO user_action_log_0001",
+    "ALTER TABLE user_action_log_0001 RENAME CONSTRAINT user_action_log_pkey TO user_action_log_0001_pkey",
     """
     CREATE TABLE user_action_log (
       event_id VARCHAR(100) NOT NULL,
