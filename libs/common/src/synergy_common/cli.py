@@ -390,3 +390,17 @@ def _add_destination_commands() -> None:
 
 
 _add_destination_commands()
+
+
+def _add_kpi_commands() -> None:
+    # Analytics owns the KPIs. An image with only one service installed lacks it.
+    try:
+        from synergy_analytics.cli import kpi
+    except ModuleNotFoundError as exc:
+        if exc.name != "synergy_analytics":
+            raise
+        return
+    main.add_command(kpi, "kpi")
+
+
+_add_kpi_commands()

@@ -1,0 +1,114 @@
+"""Analytics on the consumer runtime.
+
+    prepare: envelope -> one Work (key brand:user, target the log) holding the processed event
+    deliver: one batch -> the month partitions it needs, then one INSERT of all its rows and the
+             read-model changes of the new ones, in one transaction
+
+A non-retryable Postgres error raised from deliver makes the runtime bisect the batch, so a poison
+event is dead-lettered and the rest written. A maintenance loop makes partitions ahead and drops the
+ones past the retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+from synergy_streaming import DELIVERED, ItemOutcome, Reject, Skip, Source, StreamConfig, Work
+
+from synergy_analytics import metrics, store
+from synergy_analytics.records import Processed, Unusable, process_message
+from synergy_analytics.settings import AnalyticsSettings
+
+log = structlog.get_logger()
+
+TARGET = "user_action_log"
+
+
+class Analytics:
+    def __init__(self, settings: AnalyticsSettings, pool: asyncpg.Pool, log_pool: asyncpg.Pool) -> None:
+        self.settings, self.pool, self.log_pool = settings, pool, log_pool
+        self.partitions = store.Partitions()
+        self.retention = timedelta(seconds=settings.seconds("analytics_retention"))
+
+    def stream_config(self) -> StreamConfig:
+        s = self.settings
+        return StreamConfig(
+            service="analytics",
+            topics=s.topic_names,
+            max_buffered=s.analytics_max_buffered,
+            max_batch_items=s.analytics_batch_items,
+            max_batch_bytes=16_000_000,
+            max_run_per_key=s.analytics_batch_items,
+            max_in_flight=s.analytics_max_in_flight,
+            max_batch_wait=s.seconds("analytics_batch_wait"),
+        )
+
+    def prepare(self, source: Source) -> list[Work] | Skip | Reject:
+        try:
+            processed = process_message(source.payload)
+        except Unusable as exc:
+            metrics.SKIPPED.labels("unusable").inc()
+            return Reject("unusable_event", str(exc))
+        if processed.row.occurred_at < datetime.now(UTC) - self.retention:
+            metrics.SKIPPED.labels("older_than_retention").inc()
+            return Skip("older_than_retention")
+        row = processed.row
+        key = f"{row.brand_id}:{row.user_id or 'anon:' + (row.anonymous_id or '')}"
+        topic = source.record.partition.topic
+        return [Work(key, TARGET, (processed, topic), len(row.action_data) + 200)]
+
+    async def deliver(self, target: Hashable, items: Sequence[Work]) -> list[ItemOutcome]:
+        batch: list[tuple[Processed, str]] = [w.payload for w in items]
+        started = time.perf_counter()
+        made = await self.partitions.ensure(self.pool, {store.month_of(p.row.occurred_at) for p, _ in batch})
+        if made:
+            metrics.PARTITIONS_CREATED.inc(made)
+        try:
+            written = await store.write_batch(self.log_pool, batch)
+        except Exception as exc:
+            # The runtime retries (connection, deadlock) or bisects (data Postgres refuses); say which batch.
+            log.warning("action log batch failed", rows=len(batch), error=repr(exc)[:500])
+            raise
+        metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_ROWS.observe(len(batch))
+        for processed, topic in batch:
+            if processed.row.event_id in written:
+                metrics.LOGGED.labels(topic).inc()
+            else:
+                metrics.DUPLICATES.labels(topic).inc()
+        return [DELIVERED] * len(items)
+
+    def destination_of(self, target: Hashable) -> str:
+        return str(target)
+
+    async def maintain(self) -> None:
+        """Partitions ahead of now, and those past the retention dropped, a partition at a time."""
+        now = datetime.now(UTC)
+        made = await self.partitions.premake(self.pool, now, self.settings.analytics_partitions_ahead)
+        if made:
+            metrics.PARTITIONS_CREATED.inc(made)
+        dropped = await self.partitions.drop_before(self.pool, now - self.retention)
+        if dropped:
+            metrics.PARTITIONS_DROPPED.inc(len(dropped))
+            log.info("partitions dropped past the retention", partitions=dropped)
+        count = await self.pool.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'user_action_log'::regclass"
+        )
+        metrics.PARTITIONS.set(int(count))
+
+    async def maintenance_loop(self) -> None:
+        interval = self.settings.seconds("analytics_maintenance_interval")
+        while True:
+            try:
+                await self.maintain()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("partition maintenance failed; retrying", error=repr(exc))
+                interval_now = min(interval, 30.0)
+            else:
+                interval_now = interval
+            await asyncio.sleep(interval_now)
