@@ -48,8 +48,8 @@ class PartitionProgress:
                 self.settled_end = self.chunks.popleft().end
         return True
 
-    @property
     def committable(self) -> int | None:
+        """The offset to commit (next to read), or None while nothing is settled."""
         if self.chunks:
             inside = self.chunks[0].done_prefix_end()
             if inside is not None:
@@ -95,7 +95,7 @@ class OffsetTracker:
         """Offsets that moved since the last `committed()` call."""
         moves = {}
         for tp, progress in self.partitions.items():
-            offset = progress.committable
+            offset = progress.committable()
             if offset is not None and offset > self._committed.get(tp, -1):
                 moves[tp] = offset
         return moves

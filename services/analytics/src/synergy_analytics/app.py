@@ -133,11 +133,11 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         configure_logging("analytics", settings.log_level)
         async with serving(settings) as started:
-            state["running"], state["auth"] = started, WriteKeyAuthenticator(started.pool)
+            state["running"], state["auth"] = started, WriteKeyAuthenticator(started.pool, "analytics")
             yield
 
     if running is not None:
-        state["running"], state["auth"] = running, WriteKeyAuthenticator(running.pool)
+        state["running"], state["auth"] = running, WriteKeyAuthenticator(running.pool, "analytics")
     app = FastAPI(title="synergy analytics", lifespan=None if running is not None else lifespan)
     install_problem_handlers(app)
 
