@@ -86,6 +86,11 @@ class _RequestDeliveries:
         return dict(self.errors)
 
 
+def _expire(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 class EventPublisher:
     """Owns the producer and the loop task that polls it; tracks whether any broker is reachable."""
 
@@ -236,9 +241,15 @@ class EventPublisher:
         deliveries.all_handed_over(handed)
         self._in_flight += 1
         self._work.set()
+        done = deliveries.done
+        # One timer instead of asyncio.wait (a waiter future and callbacks per request): past the
+        # bound the request is answered with what has been reported; later reports are ignored.
+        expiry = asyncio.get_running_loop().call_later(self._timeout + SETTLE_GRACE_SECONDS, _expire, done)
         try:
-            await asyncio.wait((deliveries.done,), timeout=self._timeout + SETTLE_GRACE_SECONDS)
+            if not done.done():
+                await done
         finally:
+            expiry.cancel()
             self._in_flight -= 1
         errors = deliveries.snapshot()
         for index in range(handed, len(records)):
