@@ -44,6 +44,7 @@ from synergy_ingest.client_events import accept_event, parse_client_event
 from synergy_ingest.publish_outcome import OutgoingRecord
 from synergy_ingest.publisher import EventPublisher
 from synergy_ingest.request_context import RequestContext
+from synergy_ingest.settings import IngestSettings
 
 from tests.bench.http_load import LoadResult, build_request, drive, process_tree_cpu_seconds
 from tests.support import free_port
@@ -169,7 +170,8 @@ async def bare_producers(kafka: str, topic: str, records: list[OutgoingRecord], 
     producer_report("bare aiokafka producer", chunks * BATCH, seconds, latencies, time.process_time() - cpu)
     await producer.stop()
 
-    publisher = EventPublisher(kafka, PUBLISH_TIMEOUT)
+    # ingest's own producer settings, INGEST_PRODUCER_LINGER_MS included (the server reads the same env)
+    publisher = EventPublisher(kafka, PUBLISH_TIMEOUT, IngestSettings().producer_linger_ms)
     publisher.topic = topic
     publisher.start()
     assert await publisher.wait_started(20), "librdkafka could not reach Kafka"

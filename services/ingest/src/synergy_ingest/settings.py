@@ -18,7 +18,9 @@ class IngestSettings(BaseSettings):
     max_segment_batch_events: int = 2500
     publish_timeout_seconds: float = 10.0
     retry_after_seconds: int = 5
-    producer_linger_ms: int = 5
+    # librdkafka still batches what queues up while requests are in flight; 5 ms capped 32 concurrent
+    # single-event requests at ~2,800/s (each waited out the linger), 0 reached ~10,000/s for less CPU.
+    producer_linger_ms: int = 0
     # Events per second per brand, 0 = off; a brand's settings may override it (see the README).
     rate_limit_per_brand: float = 0.0
     # Events a brand may send at once above its rate; 0 = one second's worth.
