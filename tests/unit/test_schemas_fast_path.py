@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from synergy_schemas.envelope import derive_event_id, ulid_text
 from synergy_schemas.events import (
     CLIENT_EVENT_DATA_MODELS,
     EVENT_DATA_MODELS,
@@ -25,6 +26,7 @@ from synergy_schemas.events import (
     check_event_data,
 )
 from synergy_schemas.fast_events import FAST_CLIENT_EVENT_DATA, fast_accepts
+from ulid import ULID
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "seed_examples"
 SEED_EVENTS = sorted(path for path in FIXTURES.glob("00[01]_*.json") if "_webhook_" not in path.name)
@@ -254,3 +256,21 @@ def test_check_event_data_answers_as_the_model_alone(variant: tuple[str, Any]) -
 def test_the_fast_path_refuses_what_the_model_refuses(name: str, data: dict[str, Any]) -> None:
     assert not model_accepts(name, data)
     assert not fast_accepts(name, data)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(min_size=16, max_size=16))
+def test_ulid_text_writes_what_python_ulid_writes(value: bytes) -> None:
+    assert ulid_text(value) == str(ULID.from_bytes(value))
+
+
+def test_ulid_text_at_the_extremes() -> None:
+    assert ulid_text(bytes(16)) == "00000000000000000000000000"
+    assert ulid_text(b"\xff" * 16) == "7ZZZZZZZZZZZZZZZZZZZZZZZZZ"
+
+
+def test_derived_event_ids_are_unchanged() -> None:
+    """Ids derived from client ids before the faster encoder: retries must keep deduplicating."""
+    # str(ULID.from_bytes(sha256(b"brand-1\x00order-42").digest()[:16])), written out
+    assert derive_event_id("brand-1", "order-42") == "6Z1YJR05GX093RHFYWD6SYRGY2"
+    assert derive_event_id("brand-1", "01j0000000000000000000000a") == "01J0000000000000000000000A"
