@@ -8,7 +8,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,9 +30,11 @@ from synergy_common.http import (
     ProblemError,
     WriteKeyAuthenticator,
     authenticate_brand,
+    current_correlation_id,
     install_problem_handlers,
     ops_router,
     problem_response,
+    service_unavailable,
 )
 from synergy_common.logging import configure_logging
 from synergy_common.settings import CommonSettings
@@ -62,8 +63,6 @@ from synergy_ingest.request_body import parse_json, read_asgi_body
 from synergy_ingest.request_context import RequestContext
 from synergy_ingest.segment import segment_to_client_event
 from synergy_ingest.settings import IngestSettings, default_quota
-
-MAX_CORRELATION_ID_LENGTH = 128
 
 
 class EventAccepted(BaseModel):
@@ -188,13 +187,6 @@ class OrjsonResponse(JSONResponse):
         return orjson.dumps(content)
 
 
-def _correlation_id(request: IncomingRequest) -> str:
-    given = request.headers.get("x-correlation-id", "").strip()
-    if given and len(given) <= MAX_CORRELATION_ID_LENGTH and given.isprintable():
-        return given
-    return str(uuid.uuid4())
-
-
 def _state(request: IncomingRequest) -> IngestState:
     return request.state
 
@@ -207,7 +199,7 @@ async def _request_context(request: IncomingRequest, body_write_key: str | None 
     return RequestContext(
         brand_id=brand_id,
         received_at=datetime.now(UTC),
-        correlation_id=_correlation_id(request),
+        correlation_id=current_correlation_id(),
         user_agent=request.headers.get("user-agent"),
         client_ip=request.client_ip,
     )
@@ -249,12 +241,9 @@ async def _publish(request: IncomingRequest, accepted: list[AcceptedEvent]) -> P
         outcome = await state.publisher.publish([event.record for event in accepted])
     except KafkaUnavailable as exc:
         labelled(EVENTS_REJECTED, "kafka_unavailable").inc(len(accepted))
-        raise ProblemError(
-            503,
-            "Kafka unavailable",
-            f"nothing was accepted; retry later ({exc})",
-            headers={"Retry-After": str(state.settings.retry_after_seconds)},
-        ) from exc
+        problem = service_unavailable("Kafka", exc, state.settings.retry_after_seconds)
+        problem.detail = f"nothing was accepted; {problem.detail}"
+        raise problem from exc
     written_by_type: dict[str, int] = {}
     for index in outcome.written:
         event_type = accepted[index].type
@@ -403,7 +392,7 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         publisher.start()
         app.state.ingest = IngestState(
             settings,
-            WriteKeyAuthenticator(pool),
+            WriteKeyAuthenticator(pool, "ingest"),
             publisher,
             pool,
             QuotaBook(settings.workers),
@@ -428,7 +417,11 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         # Metrics are Prometheus'; FastAPI's OpenTelemetry hooks cost a provider lookup per request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    hot: dict[str, tuple[Handler, object]] = {}  # filled by the route registrations below
+    # Outermost first: RequestMetrics, RequestSafetyNet (correlation ids, unhandled errors), HotRoutes.
+    app.add_middleware(HotRoutes, routes=hot)
     install_problem_handlers(app)
+    app.add_middleware(RequestMetrics)
 
     async def kafka_ready() -> bool:
         return bool(app.state.ingest.publisher.ready)
@@ -437,12 +430,9 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         return await app.state.ingest.pool.fetchval("SELECT 1") == 1
 
     app.include_router(ops_router({"kafka": kafka_ready, "postgres": postgres_ready}))
-    hot: dict[str, tuple[Handler, object]] = {}
     _add_event_routes(app, settings, hot)
     _add_segment_routes(app, settings, hot)
     _document_request_bodies(app)
-    app.add_middleware(HotRoutes, routes=hot)
-    app.add_middleware(RequestMetrics)  # outermost: it counts the hot routes' answers too
     return app
 
 
