@@ -23,6 +23,7 @@ from synergy_schemas.blocks import (
     TransactionData,
     WishlistData,
 )
+from synergy_schemas.fast_events import fast_accepts
 from synergy_schemas.fields import (
     AchievementRarity,
     Code,
@@ -305,12 +306,14 @@ def canonical_event_name(name: str) -> str:
 def check_event_data(name: str, data: dict[str, Any], *, allow_reserved: bool = False) -> str:
     """Validate an event's `data` as it stands and return the canonical name; the data is not rewritten.
 
-    The models refuse coercion, so valid data already is its own normal form.
+    The models refuse coercion, so valid data already is its own normal form. The native fast path
+    (`fast_events`) accepts only what the model accepts; whatever it refuses, the model decides.
     """
     canonical = canonical_event_name(name)
     if canonical in RESERVED_EVENTS and not allow_reserved:
         raise ReservedEventError(canonical)
-    EVENT_DATA_MODELS[canonical].model_validate(data)
+    if not fast_accepts(canonical, data):
+        EVENT_DATA_MODELS[canonical].model_validate(data)
     return canonical
 
 

@@ -8,18 +8,20 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
+import orjson
 from cachetools import TTLCache
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synergy_common.db import create_pool
 from synergy_common.gc_tuning import tune_garbage_collector
@@ -31,6 +33,7 @@ from synergy_common.http import (
     current_correlation_id,
     install_problem_handlers,
     ops_router,
+    problem_response,
     service_unavailable,
 )
 from synergy_common.logging import configure_logging
@@ -45,11 +48,18 @@ from synergy_ingest.client_events import (
     accept_event,
     parse_client_event,
 )
-from synergy_ingest.metrics import BATCH_SIZE, EVENTS_ACCEPTED, EVENTS_REJECTED, EVENTS_THROTTLED, REQUESTS
+from synergy_ingest.metrics import (
+    BATCH_SIZE,
+    EVENTS_ACCEPTED,
+    EVENTS_REJECTED,
+    EVENTS_THROTTLED,
+    REQUESTS,
+    labelled,
+)
 from synergy_ingest.publish_outcome import PublishOutcome
 from synergy_ingest.publisher import EventPublisher, KafkaUnavailable
 from synergy_ingest.quotas import Quota, QuotaBook, quota_from_settings, retry_after_header
-from synergy_ingest.request_body import parse_json, read_body
+from synergy_ingest.request_body import parse_json, read_asgi_body
 from synergy_ingest.request_context import RequestContext
 from synergy_ingest.segment import segment_to_client_event
 from synergy_ingest.settings import IngestSettings, default_quota
@@ -121,16 +131,68 @@ class RequestMetrics:
             await self.app(scope, receive, send_with_status)
         finally:
             route = scope.get("route")
-            REQUESTS.labels(getattr(route, "path", "unmatched"), str(status)).inc()
+            labelled(REQUESTS, getattr(route, "path", "unmatched"), str(status)).inc()
 
 
-def _state(request: Request) -> IngestState:
-    state: IngestState = request.app.state.ingest
-    return state
+@dataclass(slots=True)
+class IncomingRequest:
+    """What the handlers read of a request: its headers (first value of each), client, body stream."""
+
+    state: IngestState
+    headers: dict[str, str]
+    client_ip: str | None
+    receive: Receive
+
+    @classmethod
+    def from_scope(cls, scope: Scope, receive: Receive) -> IncomingRequest:
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])
+        }
+        client = scope.get("client")
+        return cls(scope["app"].state.ingest, headers, client[0] if client else None, receive)
 
 
-async def _request_context(request: Request, body_write_key: str | None = None) -> RequestContext:
-    state = _state(request)
+Handler = Callable[[IncomingRequest], Awaitable[Response]]
+
+
+class HotRoutes:
+    """The event routes, served without FastAPI's routing and dependency solving (they take no
+    parameters FastAPI would parse). The same handlers stay registered with FastAPI, which documents
+    them and serves whatever this does not match exactly (other methods, trailing slashes)."""
+
+    def __init__(self, app: ASGIApp, routes: dict[str, tuple[Handler, object]]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = (
+            self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        )
+        if hot is None:
+            await self.app(scope, receive, send)
+            return
+        handler, route = hot
+        scope["route"] = route
+        try:
+            response = await handler(IncomingRequest.from_scope(scope, receive))
+        except ProblemError as exc:
+            response = problem_response(
+                exc.status, exc.title, exc.detail, exc.field, exc.headers, **exc.extra
+            )
+        await response(scope, receive, send)
+
+
+class OrjsonResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _state(request: IncomingRequest) -> IngestState:
+    return request.state
+
+
+async def _request_context(request: IncomingRequest, body_write_key: str | None = None) -> RequestContext:
+    state = request.state
     brand_id = await authenticate_brand(
         state.authenticator, request.headers.get("authorization"), body_write_key
     )
@@ -139,7 +201,7 @@ async def _request_context(request: Request, body_write_key: str | None = None) 
         received_at=datetime.now(UTC),
         correlation_id=current_correlation_id(),
         user_agent=request.headers.get("user-agent"),
-        client_ip=request.client.host if request.client else None,
+        client_ip=request.client_ip,
     )
 
 
@@ -155,7 +217,7 @@ async def _brand_settings(state: IngestState, brand_id: str) -> dict[str, Any]:
     return settings
 
 
-async def _admit(request: Request, brand_id: str, events: int) -> None:
+async def _admit(request: IncomingRequest, brand_id: str, events: int) -> None:
     """429 with Retry-After when the brand is over its quota; other brands have their own buckets."""
     state = _state(request)
     if events == 0:
@@ -163,7 +225,7 @@ async def _admit(request: Request, brand_id: str, events: int) -> None:
     quota = quota_from_settings(await _brand_settings(state, brand_id), state.default_quota)
     wait = state.quotas.admit(brand_id, quota, events, time.monotonic())
     if wait > 0:
-        EVENTS_THROTTLED.labels(brand_id).inc(events)
+        labelled(EVENTS_THROTTLED, brand_id).inc(events)
         raise ProblemError(
             429,
             "Too many events",
@@ -172,30 +234,34 @@ async def _admit(request: Request, brand_id: str, events: int) -> None:
         )
 
 
-async def _publish(request: Request, accepted: list[AcceptedEvent]) -> PublishOutcome:
+async def _publish(request: IncomingRequest, accepted: list[AcceptedEvent]) -> PublishOutcome:
     """What Kafka did with each event. Raises a 503 when nothing could be handed to the producer."""
     state = _state(request)
     try:
         outcome = await state.publisher.publish([event.record for event in accepted])
     except KafkaUnavailable as exc:
-        EVENTS_REJECTED.labels("kafka_unavailable").inc(len(accepted))
+        labelled(EVENTS_REJECTED, "kafka_unavailable").inc(len(accepted))
         problem = service_unavailable("Kafka", exc, state.settings.retry_after_seconds)
         problem.detail = f"nothing was accepted; {problem.detail}"
         raise problem from exc
+    written_by_type: dict[str, int] = {}
     for index in outcome.written:
-        EVENTS_ACCEPTED.labels(accepted[index].type).inc()
+        event_type = accepted[index].type
+        written_by_type[event_type] = written_by_type.get(event_type, 0) + 1
+    for event_type, count in written_by_type.items():
+        labelled(EVENTS_ACCEPTED, event_type).inc(count)
     if outcome.refused:
-        EVENTS_REJECTED.labels("kafka_unavailable").inc(len(outcome.refused))
+        labelled(EVENTS_REJECTED, "kafka_unavailable").inc(len(outcome.refused))
     if outcome.unknown:
-        EVENTS_REJECTED.labels("kafka_outcome_unknown").inc(len(outcome.unknown))
+        labelled(EVENTS_REJECTED, "kafka_outcome_unknown").inc(len(outcome.unknown))
     return outcome
 
 
-def _retry_after(request: Request) -> dict[str, str]:
+def _retry_after(request: IncomingRequest) -> dict[str, str]:
     return {"Retry-After": str(_state(request).settings.retry_after_seconds)}
 
 
-async def _publish_one(request: Request, event: AcceptedEvent) -> None:
+async def _publish_one(request: IncomingRequest, event: AcceptedEvent) -> None:
     outcome = await _publish(request, [event])
     if not outcome.all_written:
         problem = unwritten_problem(outcome, [event.event_id])
@@ -209,7 +275,7 @@ async def _publish_one(request: Request, event: AcceptedEvent) -> None:
 
 
 def _rejection_problem(rejected: EventRejected) -> ProblemError:
-    EVENTS_REJECTED.labels(rejected.reason).inc()
+    labelled(EVENTS_REJECTED, rejected.reason).inc()
     title = "Forbidden" if rejected.status == 403 else "Invalid event"
     return ProblemError(rejected.status, title, f"{rejected.field}: {rejected.message}", field=rejected.field)
 
@@ -227,14 +293,14 @@ def _build_batch(items: Sequence[Any], accept: Callable[[Any], AcceptedEvent]) -
         try:
             outcome.events.append((index, accept(item)))
         except EventRejected as rejected:
-            EVENTS_REJECTED.labels(rejected.reason).inc()
+            labelled(EVENTS_REJECTED, rejected.reason).inc()
             outcome.forbidden += rejected.status == 403
             outcome.errors.append(BatchError(index=index, field=rejected.field, message=rejected.message))
     return outcome
 
 
 async def _answer_batch(
-    request: Request, brand_id: str, batch: BatchOutcome, all_ok_status: int
+    request: IncomingRequest, brand_id: str, batch: BatchOutcome, all_ok_status: int
 ) -> JSONResponse:
     BATCH_SIZE.observe(len(batch.events) + len(batch.errors))
     published: PublishOutcome | None = None
@@ -250,8 +316,8 @@ async def _answer_batch(
     )
     if status >= 400:
         headers = _retry_after(request) if status == 503 else None
-        return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-    return JSONResponse(body, status_code=status)
+        return OrjsonResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return OrjsonResponse(body, status_code=status)
 
 
 def _batch_items(body: Any, max_events: int) -> list[Any]:
@@ -351,6 +417,9 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         # Metrics are Prometheus'; FastAPI's OpenTelemetry hooks cost a provider lookup per request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    hot: dict[str, tuple[Handler, object]] = {}  # filled by the route registrations below
+    # Outermost first: RequestMetrics, RequestSafetyNet (correlation ids, unhandled errors), HotRoutes.
+    app.add_middleware(HotRoutes, routes=hot)
     install_problem_handlers(app)
     app.add_middleware(RequestMetrics)
 
@@ -361,8 +430,8 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         return await app.state.ingest.pool.fetchval("SELECT 1") == 1
 
     app.include_router(ops_router({"kafka": kafka_ready, "postgres": postgres_ready}))
-    _add_event_routes(app, settings)
-    _add_segment_routes(app, settings)
+    _add_event_routes(app, settings, hot)
+    _add_segment_routes(app, settings, hot)
     _document_request_bodies(app)
     return app
 
@@ -376,17 +445,24 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def _add_event_routes(app: FastAPI, settings: IngestSettings) -> None:
-    @app.post(
-        "/v1/events",
-        status_code=202,
-        response_model=EventAccepted,
-        tags=["events"],
-        openapi_extra=_body_doc(ClientEvent),
-    )
-    async def post_event(request: Request) -> JSONResponse:
+def _route(
+    app: FastAPI, hot: dict[str, tuple[Handler, object]], path: str, handler: Handler, **documentation: Any
+) -> None:
+    """Registers `handler` with FastAPI (OpenAPI, and the fallback for what HotRoutes does not match)
+    and with HotRoutes for exact POSTs to `path`."""
+
+    async def endpoint(request: Request) -> Response:
+        return await handler(IncomingRequest.from_scope(request.scope, request.receive))
+
+    app.add_api_route(path, endpoint, methods=["POST"], **documentation)
+    route = next(r for r in reversed(app.router.routes) if getattr(r, "path", None) == path)
+    hot[path] = (handler, route)
+
+
+def _add_event_routes(app: FastAPI, settings: IngestSettings, hot: dict[str, tuple[Handler, object]]) -> None:
+    async def post_event(request: IncomingRequest) -> Response:
         context = await _request_context(request)
-        body = parse_json(await read_body(request, settings.max_event_bytes))
+        body = parse_json(await read_asgi_body(request.headers, request.receive, settings.max_event_bytes))
         BATCH_SIZE.observe(1)
         try:
             event = accept_event(parse_client_event(body), context, settings.max_event_bytes)
@@ -394,34 +470,56 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings) -> None:
             raise _rejection_problem(rejected) from rejected
         await _admit(request, context.brand_id, 1)
         await _publish_one(request, event)
-        return JSONResponse(
+        return OrjsonResponse(
             {"event_id": event.event_id},
             status_code=202,
             headers={"X-Correlation-ID": context.correlation_id},
         )
 
-    @app.post(
+    _route(
+        app,
+        hot,
+        "/v1/events",
+        post_event,
+        name="post_event",
+        status_code=202,
+        response_model=EventAccepted,
+        tags=["events"],
+        openapi_extra=_body_doc(ClientEvent),
+    )
+
+    async def post_batch(request: IncomingRequest) -> Response:
+        context = await _request_context(request)
+        body = await read_asgi_body(request.headers, request.receive, settings.max_batch_bytes)
+        items = _batch_items(parse_json(body), settings.max_batch_events)
+        outcome = _build_batch(
+            items, lambda item: accept_event(parse_client_event(item), context, settings.max_event_bytes)
+        )
+        return await _answer_batch(request, context.brand_id, outcome, 202)
+
+    _route(
+        app,
+        hot,
         "/v1/events/batch",
+        post_batch,
+        name="post_batch",
         status_code=202,
         response_model=BatchAnswer,
         tags=["events"],
         responses={207: {"model": BatchAnswer}},
         openapi_extra=_body_doc(EventBatch),
     )
-    async def post_batch(request: Request) -> JSONResponse:
-        context = await _request_context(request)
-        items = _batch_items(
-            parse_json(await read_body(request, settings.max_batch_bytes)), settings.max_batch_events
-        )
-        outcome = _build_batch(
-            items, lambda item: accept_event(parse_client_event(item), context, settings.max_event_bytes)
-        )
-        return await _answer_batch(request, context.brand_id, outcome, 202)
 
 
-def _add_segment_routes(app: FastAPI, settings: IngestSettings) -> None:
-    async def segment_single(request: Request, route_type: str) -> JSONResponse:
-        body = parse_json(await read_body(request, settings.max_event_bytes, any_content_type=True))
+def _add_segment_routes(
+    app: FastAPI, settings: IngestSettings, hot: dict[str, tuple[Handler, object]]
+) -> None:
+    async def segment_single(request: IncomingRequest, route_type: str) -> Response:
+        body = parse_json(
+            await read_asgi_body(
+                request.headers, request.receive, settings.max_event_bytes, any_content_type=True
+            )
+        )
         context = await _request_context(request, _body_write_key(body))
         if isinstance(body, dict):
             body = {k: v for k, v in body.items() if k not in ("writeKey", "sentAt")}
@@ -432,16 +530,17 @@ def _add_segment_routes(app: FastAPI, settings: IngestSettings) -> None:
         BATCH_SIZE.observe(1)
         await _admit(request, context.brand_id, 1)
         await _publish_one(request, event)
-        return JSONResponse({"success": True, "event_id": event.event_id}, status_code=200)
+        return OrjsonResponse({"success": True, "event_id": event.event_id}, status_code=200)
 
     def register(route_type: str) -> None:
-        async def handler(request: Request) -> JSONResponse:
+        async def handler(request: IncomingRequest) -> Response:
             return await segment_single(request, route_type)
 
-        app.add_api_route(
+        _route(
+            app,
+            hot,
             f"/v1/{route_type}",
             handler,
-            methods=["POST"],
             tags=["segment"],
             name=f"segment_{route_type}",
             summary=f"Segment-compatible {route_type}",
@@ -451,13 +550,27 @@ def _add_segment_routes(app: FastAPI, settings: IngestSettings) -> None:
     for route_type in ("track", "identify", "page", "screen"):
         register(route_type)
 
-    @app.post("/v1/batch", tags=["segment"], summary="Segment-compatible batch", response_model=BatchAnswer)
-    async def segment_batch(request: Request) -> JSONResponse:
-        body = parse_json(await read_body(request, settings.max_batch_bytes, any_content_type=True))
+    async def segment_batch(request: IncomingRequest) -> Response:
+        body = parse_json(
+            await read_asgi_body(
+                request.headers, request.receive, settings.max_batch_bytes, any_content_type=True
+            )
+        )
         context = await _request_context(request, _body_write_key(body))
         items = _batch_items(body, settings.max_segment_batch_events)
         outcome = _build_batch(items, _segment_acceptor(context, settings.max_event_bytes, None))
         return await _answer_batch(request, context.brand_id, outcome, 200)
+
+    _route(
+        app,
+        hot,
+        "/v1/batch",
+        segment_batch,
+        name="segment_batch",
+        tags=["segment"],
+        summary="Segment-compatible batch",
+        response_model=BatchAnswer,
+    )
 
 
 def _document_request_bodies(app: FastAPI) -> None:

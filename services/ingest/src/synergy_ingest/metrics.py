@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 REQUESTS = Counter("synergy_ingest_requests_total", "HTTP requests by route and status", ["route", "status"])
@@ -22,3 +24,14 @@ EVENTS_THROTTLED = Counter(
     "Events refused with 429: the brand is over its quota",
     ["brand_id"],
 )
+
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Counter, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once (prometheus-client locks and builds a tuple per call)."""
+    key = (metric, labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child

@@ -38,7 +38,7 @@ class KafkaUnavailable(Exception):
     """Nothing was handed to the producer: Kafka is known to be unreachable."""
 
 
-def producer_config(bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 5) -> dict[str, Any]:
+def producer_config(bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 1) -> dict[str, Any]:
     """Idempotent, acks=all, lz4; every record settles within `timeout_seconds`."""
     return {
         "bootstrap.servers": bootstrap_servers,
@@ -86,10 +86,15 @@ class _RequestDeliveries:
         return dict(self.errors)
 
 
+def _expire(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 class EventPublisher:
     """Owns the producer and the loop task that polls it; tracks whether any broker is reachable."""
 
-    def __init__(self, bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 5) -> None:
+    def __init__(self, bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 1) -> None:
         self._config = producer_config(bootstrap_servers, timeout_seconds, linger_ms)
         self._timeout = timeout_seconds
         self._producer: Producer | None = None
@@ -236,9 +241,15 @@ class EventPublisher:
         deliveries.all_handed_over(handed)
         self._in_flight += 1
         self._work.set()
+        done = deliveries.done
+        # One timer instead of asyncio.wait (a waiter future and callbacks per request): past the
+        # bound the request is answered with what has been reported; later reports are ignored.
+        expiry = asyncio.get_running_loop().call_later(self._timeout + SETTLE_GRACE_SECONDS, _expire, done)
         try:
-            await asyncio.wait((deliveries.done,), timeout=self._timeout + SETTLE_GRACE_SECONDS)
+            if not done.done():
+                await done
         finally:
+            expiry.cancel()
             self._in_flight -= 1
         errors = deliveries.snapshot()
         for index in range(handed, len(records)):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from fastapi import Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 from synergy_common.http import ProblemError
 
 JSON_TYPES = ("application/json",)
@@ -24,12 +27,19 @@ def _too_large(limit: int, what: str = "the body") -> ProblemError:
 
 
 async def read_body(request: Request, max_bytes: int, any_content_type: bool = False) -> bytes:
+    return await read_asgi_body(request.headers, request.receive, max_bytes, any_content_type)
+
+
+async def read_asgi_body(
+    headers: Mapping[str, str], receive: Receive, max_bytes: int, any_content_type: bool = False
+) -> bytes:
     """The body, gunzipped when it says so, at most `max_bytes` both as sent and once decompressed.
 
     The native routes want a JSON Content-Type. The Segment-compatible ones take any (or none), as
     Segment's and RudderStack's servers do: their SDKs send gzip with text/plain and the like.
+    Read straight from the ASGI `receive`, as Starlette's `Request.stream` would.
     """
-    content_type = request.headers.get("content-type", "")
+    content_type = headers.get("content-type", "")
     if not any_content_type and not _is_json_content_type(content_type):
         raise ProblemError(
             415,
@@ -37,18 +47,24 @@ async def read_body(request: Request, max_bytes: int, any_content_type: bool = F
             f"send Content-Type: application/json (got {content_type!r})",
             field="Content-Type",
         )
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise _too_large(max_bytes)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding == "gzip":
         body = _gunzip(body, max_bytes)
     elif encoding not in ("identity", ""):
