@@ -375,11 +375,17 @@ async def _create(
 ) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    from synergy_common.settings import CommonSettings
+
+    durability = CommonSettings()  # read now: SYNERGY_TOPIC_REPLICATION / _MIN_INSYNC
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, p, 1, topic_configs=c) for n, p, c in topics if n not in existing]
+        new = [
+            NewTopic(n, p, durability.topic_replication(), topic_configs=durability.topic_configs(**c))
+            for n, p, c in topics if n not in existing
+        ]
         created: list[str] = []
         if new:
             resp = await admin.create_topics(new, timeout_ms=int(timeout * 1000))

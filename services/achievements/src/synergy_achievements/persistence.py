@@ -16,6 +16,30 @@ from synergy_achievements.rules import RuleCatalog
 log = structlog.get_logger("synergy_achievements.persistence")
 RULES_CHANNEL = "synergy_achievement_rules"
 
+# SQLSTATE classes: 08 connection, 40 serialization failure / deadlock, 53 insufficient resources,
+# 57 operator intervention (shutdown); 22 data exception (e.g. 22021, a NUL in text), 23 constraint.
+RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
+REJECTED_SQLSTATE_CLASSES = frozenset({"22", "23"})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A failure that may pass on a later try: the connection, a conflict, the server's resources."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    return _sqlstate_class(exc) in RETRYABLE_SQLSTATE_CLASSES
+
+
+def is_data_rejected(exc: BaseException) -> bool:
+    """Postgres (or asyncpg's encoder) refuses the data itself: it will refuse it every time."""
+    if isinstance(exc, asyncpg.DataError):
+        return True
+    return _sqlstate_class(exc) in REJECTED_SQLSTATE_CLASSES
+
+
+def _sqlstate_class(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    return str(sqlstate or "")[:2]
+
 
 async def load_catalog(pool: asyncpg.Pool) -> RuleCatalog:
     configs = await pool.fetch(

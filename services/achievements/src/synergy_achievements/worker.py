@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import faust
@@ -28,8 +30,8 @@ from synergy_schemas.topics import DLQ, EVENTS, LOYALTY, SNAPSHOTS
 
 from synergy_achievements import metrics
 from synergy_achievements.api import create_api
-from synergy_achievements.persistence import LoyaltyWriter, RuleStore
-from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome
+from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected, is_retryable
+from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome, counted_name
 from synergy_achievements.publisher import BatchPublisher, Record, key_partition
 from synergy_achievements.settings import AchievementsSettings, referral_awards_topic
 from synergy_achievements.state import UserState
@@ -37,10 +39,15 @@ from synergy_achievements.state import UserState
 log = structlog.get_logger("synergy_achievements")
 PERSIST_BATCH = 500
 RECOMPUTE_CHUNK = 500
+# A batch that failed (or was cancelled) half-way ends the process with this code, before faust can ack
+# it: the supervisor (honcho's restart loop locally, Kubernetes in production) starts a new worker, which
+# reads the batch again from the last committed offsets.
+EXIT_BATCH_UNFINISHED = 70
 
 
-async def ensure_topics(bootstrap: str, events_topic: str) -> int:
-    """Create the topics this worker writes when missing; returns the events topic's partition count."""
+async def ensure_topics(bootstrap: str, events_topic: str, settings: AchievementsSettings) -> int:
+    """Create the topics this worker writes when missing, with the configured replication factor and
+    min.insync.replicas; returns the events topic's partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -54,11 +61,13 @@ async def ensure_topics(bootstrap: str, events_topic: str) -> int:
             raise RuntimeError(f"topic {events_topic} does not exist")
         count = len(partitions)
         existing = set(await admin.list_topics())
+        replication = settings.topic_replication()
         wanted = [
-            NewTopic(referral_awards_topic(), count, 1),
-            NewTopic(LOYALTY.name, count, 1),
-            NewTopic(SNAPSHOTS.name, count, 1, topic_configs={"cleanup.policy": "compact"}),
-            NewTopic(DLQ.name, count, 1),
+            NewTopic(referral_awards_topic(), count, replication, topic_configs=settings.topic_configs()),
+            NewTopic(LOYALTY.name, count, replication, topic_configs=settings.topic_configs()),
+            NewTopic(SNAPSHOTS.name, count, replication,
+                     topic_configs=settings.topic_configs(**{"cleanup.policy": "compact"})),
+            NewTopic(DLQ.name, count, replication, topic_configs=settings.topic_configs()),
         ]
         missing = [topic for topic in wanted if topic.name not in existing]
         if missing:
@@ -88,6 +97,20 @@ class ChangelogEntry:
         return self.tp.partition
 
 
+class RejectedByPostgres(Exception):
+    """Postgres refused the data itself (it will refuse it on every retry)."""
+
+
+def exit_unacked(step: str, events: list[Any], exc: BaseException) -> NoReturn:
+    """Ends the process at once, so faust can neither ack nor commit the unfinished batch."""
+    offsets = sorted({(e.message.topic, e.message.partition, e.message.offset) for e in events})[:1]
+    log.critical("batch_unfinished_exiting", step=step, events=len(events), first=offsets,
+                 error=repr(exc), exc_info=exc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_BATCH_UNFINISHED)
+
+
 class QuietServer(uvicorn.Server):
     """uvicorn inside the faust worker: faust owns the signals."""
 
@@ -100,7 +123,7 @@ class AchievementsWorker:
     def __init__(self, settings: AchievementsSettings, partitions: int) -> None:
         self.settings = settings
         self.partitions = partitions
-        self.processor = LoyaltyProcessor(settings.thresholds)
+        self.processor = LoyaltyProcessor(settings.thresholds, settings.applied_ids_kept)
         self.rules = RuleStore(settings.seconds(settings.achievements_rules_poll_interval))
         self.pool: asyncpg.Pool | None = None
         self._rules_watch: asyncio.Future[None] | None = None
@@ -114,7 +137,7 @@ class AchievementsWorker:
             store=settings.achievements_store,
             datadir=settings.achievements_data_dir,
             topic_partitions=partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=settings.topic_replication(),
             table_standby_replicas=settings.achievements_standby_replicas,
             web_enabled=False,
             producer_acks=-1,
@@ -134,7 +157,7 @@ class AchievementsWorker:
         self.own_outputs = app.topic(LOYALTY.name, SNAPSHOTS.name, **raw)  # type: ignore[arg-type]
         self.table = app.Table(
             "user-state", partitions=partitions, key_type=bytes, value_type=bytes,
-            use_partitioner=True,
+            use_partitioner=True, extra_topic_configs=settings.topic_configs(),
         )
         self.changelog_topic = self.table.changelog_topic.get_topic_name()
         self.publisher = BatchPublisher(settings.kafka_bootstrap_servers,
@@ -158,12 +181,17 @@ class AchievementsWorker:
             async with asyncio.timeout(self.settings.seconds(self.settings.achievements_rules_wait)):
                 await self.rules.loaded.wait()
         await self.publisher.start()
-        # faust acks (and later commits) a batch's offsets only once this loop body is done with it.
+        # faust's take_events acks a batch in a `finally` when the loop body leaves it, whether the body
+        # finished or raised, and its default supervisor restarts the agent: a failed batch would be
+        # committed unapplied. So a batch the body did not finish ends the process before that can happen.
         async for events in stream.take_events(self.settings.achievements_batch_size,
                                                within=self.settings.achievements_batch_wait_seconds):
             started = time.perf_counter()
-            async with self.state_lock:
-                await self.apply_batch(events)
+            try:
+                async with self.state_lock:
+                    await self.apply_batch(events)
+            except BaseException as exc:  # a cancelled batch is unfinished too
+                exit_unacked("apply-events", events, exc)
             metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
 
     async def apply_batch(self, events: list[Any]) -> None:
@@ -181,9 +209,14 @@ class AchievementsWorker:
                 continue
             user_id = (envelope.get("identifiers") or {}).get("id")
             if not user_id:
-                metrics.EVENTS_PROCESSED.labels(envelope.get("name") or "", "anonymous_skipped").inc()
+                name = counted_name(envelope.get("name") or "")
+                metrics.EVENTS_PROCESSED.labels(name, "anonymous_skipped").inc()
                 continue
             key = partition_key(envelope["brand_id"], user_id).encode()
+            if message.partition != self.partition_of(key):
+                # Another partition holds (or will hold) this user's state: applying it here would split it.
+                outputs.append(self._dead_letter(message, "wrong_partition"))
+                continue
             by_user.setdefault(key, []).append(envelope)
         changed: list[tuple[bytes, UserState]] = []
         for key, envelopes in by_user.items():
@@ -274,8 +307,11 @@ class AchievementsWorker:
 
     @staticmethod
     def _dead_letter(message: Any, reason: str) -> Record:
-        metrics.INVALID_EVENTS.inc()
-        log.warning("invalid_event", topic=message.topic, partition=message.partition, offset=message.offset)
+        if reason == "invalid envelope":
+            metrics.INVALID_EVENTS.inc()
+        metrics.DEAD_LETTERS.labels(reason).inc()
+        log.warning("dead_letter", reason=reason, topic=message.topic, partition=message.partition,
+                    offset=message.offset)
         return Record(
             DLQ.name, message.key or b"", message.value or b"",
             [("reason", reason.encode()), ("source_topic", message.topic.encode()),
@@ -286,19 +322,52 @@ class AchievementsWorker:
     # --- Postgres read model -------------------------------------------------------------------------
 
     async def persist_loyalty(self, stream: Any) -> None:
-        async for values in stream.take(PERSIST_BATCH, within=0.5):
-            envelopes = [envelope for raw in values if (envelope := self._parse(raw)) is not None]
-            delay = 0.5
-            while True:
-                try:
-                    if self.pool is None:
-                        raise OSError("no Postgres pool yet")
-                    await LoyaltyWriter(self.pool).write(envelopes)
-                    break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("persist_failed", error=repr(exc), retry_in=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+        # As in apply_events: a batch not written (or dead-lettered) in full must never be acked.
+        async for events in stream.take_events(PERSIST_BATCH, within=0.5):
+            try:
+                await self.persist_batch(events)
+            except BaseException as exc:  # a cancelled batch is unfinished too
+                exit_unacked("persist-loyalty", events, exc)
+
+    async def persist_batch(self, events: list[Any]) -> None:
+        """Writes the batch; when Postgres refuses it for good, writes it record by record and sends
+        each record Postgres will never accept to the DLQ, so one bad record cannot wedge the rest."""
+        items = [(event.message, envelope) for event in events
+                 if (envelope := self._parse(event.message.value)) is not None]
+        try:
+            await self._write_retrying([envelope for _, envelope in items])
+            return
+        except RejectedByPostgres:
+            pass
+        rejected: list[Record] = []
+        for message, envelope in items:
+            try:
+                await self._write_retrying([envelope])
+            except RejectedByPostgres as exc:
+                rejected.append(self._dead_letter(message, "postgres_rejected"))
+                log.warning("persist_rejected", topic=message.topic, offset=message.offset, error=str(exc))
+        if rejected:
+            await self.publisher.publish(rejected)
+
+    async def _write_retrying(self, envelopes: list[dict[str, Any]]) -> None:
+        """Retries what can succeed later (connection lost, serialization failure, deadlock) with
+        backoff, raises RejectedByPostgres for data Postgres will never accept, and lets anything
+        else (a bug) propagate."""
+        delay = 0.5
+        while True:
+            try:
+                if self.pool is None:
+                    raise OSError("no Postgres pool yet")
+                await LoyaltyWriter(self.pool).write(envelopes)
+                return
+            except Exception as exc:
+                if is_data_rejected(exc):
+                    raise RejectedByPostgres(str(exc)) from exc
+                if not is_retryable(exc):
+                    raise
+                log.warning("persist_failed", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     # --- periodic work -------------------------------------------------------------------------------
 
