@@ -38,3 +38,6 @@ INVALID_EVENTS = Counter(
 DEAD_LETTERS = Counter(
     "synergy_achievements_dead_letters_total", "Records sent to the DLQ, by reason", ["reason"]
 )
+ASSIGNED_PARTITIONS = Gauge(
+    "synergy_achievements_assigned_partitions", "Partitions of the events topic this worker holds now"
+)

@@ -173,6 +173,7 @@ class AchievementsWorker:
         app.task(self.start_side_services)
         app.timer(settings.seconds(settings.achievements_recompute_interval))(self.recompute_snapshots)
         app.timer(5.0)(self.export_lag)
+        metrics.ASSIGNED_PARTITIONS.set_function(self._held_partitions)
 
     # --- the event loop of the state -------------------------------------------------------------------
 
@@ -373,6 +374,12 @@ class AchievementsWorker:
 
     def _active_partitions(self) -> set[int]:
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.events_topic}
+
+    def _held_partitions(self) -> int:
+        """For the assigned-partitions gauge: none while a rebalance is under way."""
+        if self.app.rebalancing:
+            return 0
+        return len(self._active_partitions())
 
     async def recompute_snapshots(self) -> None:
         """Daily: a fresh snapshot for each local user whose time-derived fields changed."""
