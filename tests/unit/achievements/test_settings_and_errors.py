@@ -1,0 +1,64 @@
+"""Achievements settings (dedupe window, topic durability) and how Postgres failures are sorted."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from pydantic import ValidationError
+from synergy_achievements.persistence import is_data_rejected, is_retryable
+from synergy_achievements.settings import AchievementsSettings
+
+
+def test_the_dedupe_window_defaults_to_ten_thousand_or_ten_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACHIEVEMENTS_APPLIED_IDS_KEPT", raising=False)
+    monkeypatch.setenv("ACHIEVEMENTS_BATCH_SIZE", "1000")
+    assert AchievementsSettings().applied_ids_kept == 10_000
+    monkeypatch.setenv("ACHIEVEMENTS_BATCH_SIZE", "2500")
+    assert AchievementsSettings().applied_ids_kept == 25_000
+
+
+def test_a_dedupe_window_smaller_than_ten_batches_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACHIEVEMENTS_BATCH_SIZE", "1000")
+    monkeypatch.setenv("ACHIEVEMENTS_APPLIED_IDS_KEPT", "9999")
+    with pytest.raises(ValidationError, match="ten times"):
+        AchievementsSettings()
+    monkeypatch.setenv("ACHIEVEMENTS_APPLIED_IDS_KEPT", "10000")
+    assert AchievementsSettings().applied_ids_kept == 10_000
+
+
+def test_topic_durability_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SYNERGY_TOPIC_REPLICATION", raising=False)
+    monkeypatch.delenv("SYNERGY_TOPIC_MIN_INSYNC", raising=False)
+    assert AchievementsSettings().topic_replication() == 1
+    assert AchievementsSettings().topic_configs() == {"min.insync.replicas": "1"}
+    monkeypatch.setenv("SYNERGY_TOPIC_REPLICATION", "3")
+    monkeypatch.setenv("SYNERGY_TOPIC_MIN_INSYNC", "2")
+    settings = AchievementsSettings()
+    assert settings.topic_replication() == 3
+    assert settings.topic_configs(**{"cleanup.policy": "compact"}) == {
+        "min.insync.replicas": "2", "cleanup.policy": "compact",
+    }
+    monkeypatch.setenv("SYNERGY_TOPIC_REPLICATION", "1")
+    with pytest.raises(ValueError, match="exceeds"):
+        AchievementsSettings().topic_configs()
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable", "rejected"),
+    [
+        (asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence 0x00"), False, True),
+        (asyncpg.exceptions.NumericValueOutOfRangeError("out of range"), False, True),
+        (asyncpg.exceptions.NotNullViolationError("null"), False, True),
+        (asyncpg.exceptions.SerializationError("could not serialize"), True, False),
+        (asyncpg.exceptions.DeadlockDetectedError("deadlock"), True, False),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed"), True, False),
+        (asyncpg.exceptions.AdminShutdownError("shutting down"), True, False),
+        (ConnectionRefusedError("refused"), True, False),
+        (asyncpg.exceptions.UndefinedTableError("no table"), False, False),  # a bug: neither, so it crashes
+        (RuntimeError("bug"), False, False),
+    ],
+)
+def test_postgres_failures_are_sorted_into_retry_dead_letter_or_crash(
+    error: BaseException, retryable: bool, rejected: bool
+) -> None:
+    assert (is_retryable(error), is_data_rejected(error)) == (retryable, rejected)
