@@ -1,0 +1,467 @@
+"""The consumer runtime: poll, hand records through the steps, settle, commit the done prefix.
+
+Three loops share the state on one event loop: the poll loop (never awaits anything but the broker),
+the prepare loop, and the dispatch loop that packs ready runs into batches and starts deliveries.
+A commit loop commits what is settled. A rebalance (eager, as aiokafka's) waits a bounded time for
+deliveries in flight, commits, and drops everything buffered: the next owner re-reads it from the
+committed offsets, and late answers of the old generation are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from synergy_common.db_errors import is_retryable_db_error
+
+from synergy_streaming import metrics
+from synergy_streaming.brake import DlqBrake
+from synergy_streaming.clock import Clock, MonotonicClock
+from synergy_streaming.consumer import Consumer
+from synergy_streaming.dlq import REPLAY_FOR, DeadLetterWriter
+from synergy_streaming.message import (
+    Delivered,
+    Failed,
+    ItemOutcome,
+    Partition,
+    Record,
+    Reject,
+    Retry,
+    Skip,
+    Source,
+    Work,
+)
+from synergy_streaming.offsets import OffsetTracker
+from synergy_streaming.rate_limit import RateLimits
+from synergy_streaming.retry import GiveUp, RetryPolicy
+from synergy_streaming.steps import (
+    BatchByTarget,
+    CommitOffsets,
+    DeadLetterPolicy,
+    Deliver,
+    DeliverFn,
+    ErrorClassifier,
+    OrderByKey,
+    Prepare,
+    PrepareFn,
+    decode_envelope,
+)
+
+log = structlog.get_logger()
+
+
+def is_retryable_error(exc: BaseException) -> bool:
+    """Connection-level trouble (and Postgres saying "try again") is retried; anything else is data."""
+    return is_retryable_db_error(exc)
+
+
+@dataclass
+class StreamConfig:
+    service: str
+    topics: Sequence[str]
+    max_buffered: int = 20_000  # records consumed and not yet committed; beyond this, consumption pauses
+    max_batch_items: int = 500
+    max_batch_bytes: int = 1_000_000  # in Work.size units
+    max_batch_wait: float = 0.05
+    max_run_per_key: int = 50
+    max_in_flight: int = 8
+    max_pending_per_key: int = 1_000
+    commit_interval: float = 1.0
+    poll_timeout: float = 0.1
+    max_poll_records: int = 2_000
+    revoke_grace: float = 10.0
+    brake: DlqBrake = field(default_factory=DlqBrake)
+
+
+class StreamProcessor:
+    """One consumer group member running `prepare` then `deliver` over its partitions."""
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        consumer: Consumer,
+        prepare: PrepareFn,
+        deliver: DeliverFn,
+        *,
+        dead_letters: DeadLetterWriter | None = None,
+        retry: RetryPolicy | None = None,
+        rate_limits: RateLimits | None = None,
+        decode: Callable[[Record], Any] = decode_envelope,
+        is_retryable: ErrorClassifier = is_retryable_error,
+        destination_of: Callable[[Hashable], str] = lambda target: "",
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.service = config.service
+        self.consumer = consumer
+        self.clock = clock or MonotonicClock()
+        self.retry = retry or RetryPolicy()
+        self.brake = config.brake
+        self.dead_letters = DeadLetterPolicy(self.service, dead_letters, self.brake, destination_of)
+        self.prepare = Prepare(self.service, decode, self._skip_foreign_replays(prepare), is_retryable,
+                               self.retry, self.clock)
+        self.order = OrderByKey(config.max_pending_per_key)
+        self.batching = BatchByTarget(config.max_batch_items, config.max_batch_bytes, config.max_batch_wait,
+                                      config.max_run_per_key)
+        self.deliver = Deliver(self.service, deliver, is_retryable, rate_limits, self.clock)
+        self.commits = CommitOffsets(OffsetTracker())
+        self.generation = 0
+        self.assigned: set[Partition] = set()
+        self.paused = False
+        self.held: list[Source] = []  # rejected while the brake is engaged
+        self._held_retry_at: float | None = None
+        self._linger_since: float | None = None
+        self._brake_reported = False
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._running = False
+        self._stopped = asyncio.Event()
+
+    def _skip_foreign_replays(self, prepare: PrepareFn) -> PrepareFn:
+        def prepare_own(source: Source) -> Any:
+            replay_for = source.record.header(REPLAY_FOR)
+            if replay_for is not None and replay_for.decode(errors="replace") != self.service:
+                return Skip("replay_for_another_service")
+            return prepare(source)
+
+        return prepare_own
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until stop(): consume, deliver, commit. Commits what is settled before returning."""
+        self._running = True
+        self.consumer.subscribe(list(self.config.topics), self._on_assigned, self._on_revoked)
+        loops = [
+            asyncio.create_task(self._poll_loop(), name=f"{self.service}-poll"),
+            asyncio.create_task(self.prepare.run(lambda: self.generation, self._accept, self._reject),
+                                name=f"{self.service}-prepare"),
+            asyncio.create_task(self._dispatch_loop(), name=f"{self.service}-dispatch"),
+            asyncio.create_task(self._commit_loop(), name=f"{self.service}-commit"),
+        ]
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
+            done, _ = await asyncio.wait([*loops, stopped], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopped:
+                    task.result()
+        finally:
+            self._running = False
+            for task in [*loops, stopped]:
+                task.cancel()
+            await asyncio.gather(*loops, stopped, return_exceptions=True)
+            await self._settle_in_flight(self.config.revoke_grace)
+            await self.commit()
+
+    def stop(self) -> None:
+        self._running = False
+        self._stopped.set()
+        self._wake.set()
+
+    def readiness(self) -> dict[str, bool]:
+        return {"dlq_brake_released": not self.brake.engaged}
+
+    async def _settle_in_flight(self, timeout: float) -> None:
+        pending = self._in_flight | self._writes
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def _on_revoked(self, revoked: list[Partition]) -> None:
+        await self._settle_in_flight(self.config.revoke_grace)
+        await self.commit()
+        self.generation += 1
+        self.prepare.drain()
+        self.order.queues.drain()
+        self.held.clear()
+        self.commits.tracker.forget(list(self.commits.tracker.partitions))
+        self.assigned -= set(revoked)
+        log.info("partitions revoked", service=self.service, partitions=len(revoked))
+
+    async def _on_assigned(self, assigned: list[Partition]) -> None:
+        self.assigned = set(assigned)
+        total = sum(self.consumer.partition_count(topic) for topic in self.config.topics)
+        share = len(assigned) / total if total else 1.0
+        if self.deliver.rate_limits is not None:
+            self.deliver.rate_limits.set_share(share)
+        self.paused = False
+        metrics.PAUSED.labels(self.service).set(0)
+        log.info("partitions assigned", service=self.service, partitions=len(assigned), of_total=total,
+                 rate_share=round(share, 3))
+
+    # --- poll ------------------------------------------------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        buffered = self.commits.tracker.outstanding
+        metrics.BUFFERED.labels(self.service).set(buffered)
+        full = buffered >= self.config.max_buffered or self.brake.engaged
+        if full and not self.paused:
+            self.consumer.pause(self.consumer.assignment())
+            self.paused = True
+            metrics.PAUSED.labels(self.service).set(1)
+        elif self.paused and not self.brake.engaged and buffered < self.config.max_buffered // 2:
+            self.consumer.resume(self.consumer.assignment())
+            self.paused = False
+            metrics.PAUSED.labels(self.service).set(0)
+
+    async def _poll_loop(self) -> None:
+        while self._running:
+            self._apply_backpressure()
+            records = await self.consumer.poll(self.config.poll_timeout, self.config.max_poll_records)
+            generation = self.generation
+            for record in records:
+                metrics.CONSUMED.labels(self.service, record.partition.topic).inc()
+                self.commits.track(record)
+                self.prepare.submit(Source(record, generation))
+            if not records and self.paused:
+                await self.clock.sleep(self.config.poll_timeout)
+
+    # --- prepare outcomes ------------------------------------------------------------------------
+
+    def _accept(self, source: Source, result: Any) -> None:
+        if isinstance(result, Skip):
+            self._settle_source(source, "skipped")
+            return
+        if isinstance(result, Reject):
+            self._reject(source, result.reason, result.detail)
+            return
+        items: Sequence[Work] = result
+        if not items:
+            self._settle_source(source, "skipped")
+            return
+        source.pending = len(items)
+        for work in items:
+            work.source = source
+            for parked in self.order.push(work):
+                self._dead_letter_work(parked, "hot_key_parked",
+                                       "the key's earlier message is still being retried")
+        self._wake.set()
+
+    def _reject(self, source: Source, reason: str, detail: str) -> None:
+        if not self.dead_letters.brake.may_dead_letter():
+            self.held.append(source)
+            self._note_brake()
+            return
+        letter = self.dead_letters.letter(source.record, reason, detail)
+        generation = self.generation
+
+        async def write() -> None:
+            await self.dead_letters.write([letter])
+            if generation == self.generation:
+                self._settle_source(source, "dead_lettered")
+
+        self._spawn_write(write())
+
+    def _settle_source(self, source: Source, outcome: str) -> None:
+        metrics.SETTLED.labels(self.service, outcome).inc()
+        if outcome != "dead_lettered":
+            self.brake.succeeded()
+        if source.generation == self.generation:
+            self.commits.settled(source.record)
+
+    def _settle_work(self, work: Work, outcome: str) -> None:
+        metrics.SETTLED.labels(self.service, outcome).inc()
+        if outcome != "dead_lettered":
+            self.brake.succeeded()
+        source = work.source
+        if source is None or source.generation != self.generation:
+            return
+        source.pending -= 1
+        if source.pending <= 0:
+            self.commits.settled(source.record)
+
+    def _dead_letter_work(self, work: Work, reason: str, detail: str) -> None:
+        assert work.source is not None
+        letter = self.dead_letters.letter(work.source.record, reason, detail, work)
+        generation = self.generation
+
+        async def write() -> None:
+            await self.dead_letters.write([letter])
+            if generation == self.generation:
+                self._settle_work(work, "dead_lettered")
+
+        self._spawn_write(write())
+
+    def _note_brake(self) -> None:
+        if not self.brake.engaged:
+            return
+        metrics.DLQ_BRAKE.labels(self.service).set(1)
+        self._brake_reported = True
+        if self._held_retry_at is None:
+            self._held_retry_at = self.clock.now() + self.brake.retry_interval
+            log.error("DLQ brake engaged: not dead-lettering, consumption paused", service=self.service)
+            self._wake.set()
+
+    def _spawn_write(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    # --- dispatch --------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while self._running:
+            now = self.clock.now()
+            self._retry_held(now)
+            if self._brake_reported and not self.brake.engaged:
+                self._brake_reported = False
+                self._held_retry_at = None
+                metrics.DLQ_BRAKE.labels(self.service).set(0)
+                log.warning("DLQ brake released", service=self.service)
+            free = self.config.max_in_flight - len(self._in_flight)
+            timeout = 0.5
+            if free > 0:
+                ready = self.order.queues.ready_count(now)
+                if ready:
+                    if self._linger_since is None:
+                        self._linger_since = now
+                    lingered = now - self._linger_since
+                    if ready >= self.config.max_batch_items or lingered >= self.config.max_batch_wait:
+                        self._linger_since = None
+                        self._start_batches(now, free)
+                        continue
+                    timeout = self.config.max_batch_wait - lingered
+            for at in (self.order.queues.next_wakeup(), self._held_retry_at):
+                if at is not None:
+                    timeout = min(timeout, max(0.001, at - now))
+            self._wake.clear()
+            await self.clock.wait(self._wake, timeout)
+
+    def _retry_held(self, now: float) -> None:
+        if self._held_retry_at is None or now < self._held_retry_at:
+            return
+        held, self.held = self.held, []
+        self._held_retry_at = None
+        self.brake.reset_streak()
+        for source in held:
+            self.prepare.submit(source)
+        if self.brake.engaged:
+            self._held_retry_at = now + self.brake.retry_interval
+
+    def _start_batches(self, now: float, free: int) -> None:
+        taken = self.order.queues.take_ready(now, limit=free * self.config.max_batch_items,
+                                             per_key=self.config.max_run_per_key)
+        batches = self.batching.pack(taken)
+        sent_keys: dict[str, int] = {}
+        for target, groups in batches[:free]:
+            for key, run in groups:
+                sent_keys[key] = len(run)
+            self._spawn_delivery(target, groups)
+        for key, _ in taken:
+            if key not in sent_keys:
+                self.order.queues.give_back(key)
+
+    def _spawn_delivery(self, target: Hashable, groups: list[tuple[str, list[Work]]]) -> None:
+        task = asyncio.ensure_future(self._deliver_batch(target, groups))
+        self._in_flight.add(task)
+
+        def finished(t: asyncio.Task[Any]) -> None:
+            self._in_flight.discard(t)
+            self._wake.set()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("delivery task failed", service=self.service, error=repr(t.exception()))
+
+        task.add_done_callback(finished)
+
+    async def _deliver_batch(self, target: Hashable, groups: list[tuple[str, list[Work]]]) -> None:
+        generation = self.generation
+        items = [work for _, run in groups for work in run]
+        now, wall = self.clock.now(), time.time()
+        for work in items:
+            work.attempts += 1
+            if work.first_attempt_at is None:
+                work.first_attempt_at, work.first_attempt_wall = now, wall
+        metrics.BATCH_SIZE.labels(self.service).observe(len(items))
+        outcomes = iter(await self.deliver.outcomes(target, items))
+        if generation != self.generation:
+            return
+        for key, run in groups:
+            self._apply_run(key, run, [next(outcomes) for _ in run])
+
+    def _apply_run(self, key: str, run: list[Work], outcomes: list[ItemOutcome]) -> None:
+        """Settle the run's done prefix; from its first retry on, the key waits, in order."""
+        settled = 0
+        for work, outcome in zip(run, outcomes, strict=True):
+            if isinstance(outcome, Delivered):
+                self._settle_work(work, "delivered")
+            elif isinstance(outcome, Failed):
+                if not self.brake.may_dead_letter():
+                    self._note_brake()
+                    self._hold_key(key, settled, run[settled])
+                    return
+                self._dead_letter_work(work, outcome.reason, outcome.detail)
+            else:
+                self._retry_key(key, settled, work, outcome)
+                return
+            settled += 1
+        self.order.queues.done(key, settled)
+
+    def _hold_key(self, key: str, settled: int, head: Work) -> None:
+        head.attempts -= 1
+        self.order.queues.retry_later(key, self.clock.now() + self.brake.retry_interval, park=False,
+                                      settled=settled)
+
+    def _retry_key(self, key: str, settled: int, head: Work, outcome: Retry) -> None:
+        now = self.clock.now()
+        metrics.RETRIED.labels(self.service, outcome.reason.split(":", 1)[0]).inc()
+        if not outcome.counts_attempt:
+            head.attempts -= 1
+            delay = outcome.retry_after if outcome.retry_after is not None else self.retry.backoff(1)
+            self.order.queues.retry_later(key, now + delay, park=False, settled=settled)
+            return
+        decision = self.retry.after_failure(head.attempts, head.first_attempt_at or now, now,
+                                            outcome.retry_after, outcome.reason)
+        if isinstance(decision, GiveUp):
+            if not self.brake.may_dead_letter():
+                self._note_brake()
+                self._hold_key(key, settled, head)
+                return
+            self._dead_letter_work(head, decision.reason, outcome.reason)
+            self.order.queues.retry_later(key, now, settled=settled + 1)
+            return
+        self.order.queues.retry_later(key, decision.at, settled=settled)
+
+    # --- commit ----------------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while self._running:
+            await self.clock.sleep(self.config.commit_interval)
+            await self.commit()
+            self._record_lag()
+
+    async def commit(self) -> None:
+        tracker = self.commits.tracker
+        moves = {tp: offset for tp, offset in tracker.to_commit().items() if Partition(*tp) in self.assigned}
+        if not moves:
+            return
+        try:
+            await self.consumer.commit({Partition(*tp): offset for tp, offset in moves.items()})
+        except Exception as exc:
+            metrics.COMMITS.labels(self.service, "failed").inc()
+            log.warning("offset commit failed; will retry", service=self.service, error=repr(exc))
+            return
+        metrics.COMMITS.labels(self.service, "ok").inc()
+        tracker.committed(moves)
+
+    def _record_lag(self) -> None:
+        for partition in list(self.assigned):
+            highwater = self.consumer.highwater(partition)
+            committed = self.commits.tracker.last_committed((partition.topic, partition.partition))
+            if highwater is None or committed is None:
+                continue
+            metrics.CONSUMER_LAG.labels(self.service, partition.topic, str(partition.partition)).set(
+                max(0, highwater - committed))
+
+
+@contextlib.asynccontextmanager
+async def started(consumer: Consumer) -> Any:
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()

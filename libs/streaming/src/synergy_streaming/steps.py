@@ -1,0 +1,276 @@
+"""The processing steps, each small and named for what it does; the runtime composes them.
+
+    Kafka -> DecodeEnvelope -> Prepare (the service's function) -> OrderByKey -> BatchByTarget
+          -> Deliver (the service's function) -> DeadLetterPolicy -> CommitOffsets
+
+Everything here runs on one event loop, so no locks. Nothing in a step waits on I/O inside the poll
+loop: a step that waits (Prepare retrying a database, Deliver calling a target) does it in a task of
+its own, and a full step pauses consumption instead of buffering without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import orjson
+import structlog
+
+from synergy_streaming import metrics
+from synergy_streaming.brake import DlqBrake
+from synergy_streaming.clock import Clock
+from synergy_streaming.dlq import DeadLetter, DeadLetterWriter, epoch_to_datetime, event_fields
+from synergy_streaming.message import (
+    BatchOutcome,
+    Failed,
+    ItemOutcome,
+    Record,
+    Reject,
+    Retry,
+    Skip,
+    Source,
+    SplitBatch,
+    Work,
+)
+from synergy_streaming.offsets import OffsetTracker
+from synergy_streaming.ordering import KeyedQueues
+from synergy_streaming.rate_limit import RateLimits
+from synergy_streaming.retry import RetryPolicy
+
+log = structlog.get_logger()
+
+PrepareResult: TypeAlias = Sequence[Work] | Skip | Reject
+PrepareFn = Callable[[Source], Awaitable[PrepareResult] | PrepareResult]
+DeliverFn = Callable[[Hashable, Sequence[Work]], Awaitable[BatchOutcome]]
+ErrorClassifier = Callable[[BaseException], bool]
+Runs = list[tuple[str, list[Work]]]  # (key, that key's run of work items, oldest first)
+
+
+class Undecodable(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def decode_envelope(record: Record) -> dict[str, Any]:
+    """The envelope as a dict, or Undecodable: not JSON, not an object, no event_id or brand_id."""
+    try:
+        envelope = orjson.loads(record.value)
+    except orjson.JSONDecodeError as exc:
+        raise Undecodable("malformed_message", f"not JSON: {exc}") from exc
+    if not isinstance(envelope, dict):
+        raise Undecodable("malformed_message", f"not a JSON object but {type(envelope).__name__}")
+    for name in ("event_id", "brand_id"):
+        if not isinstance(envelope.get(name), str | int) or envelope.get(name) in ("", None):
+            raise Undecodable("malformed_message", f"no {name}")
+    return envelope
+
+
+@dataclass
+class DeadLetterPolicy:
+    """Dead letters through the brake, written in the one format, durable before the offset commits."""
+
+    service: str
+    writer: DeadLetterWriter | None
+    brake: DlqBrake
+    destination_of: Callable[[Hashable], str] = lambda target: ""
+
+    def letter(self, record: Record, reason: str, detail: str, work: Work | None = None) -> DeadLetter:
+        brand_id, event_id = event_fields(record.value)
+        return DeadLetter(
+            reason=reason, detail=detail, service=self.service, source_topic=record.partition.topic,
+            source_partition=record.partition.partition, source_offset=record.offset, key=record.key,
+            value=record.value, headers=record.headers, attempts=work.attempts if work else 0,
+            first_attempt_at=epoch_to_datetime(work.first_attempt_wall) if work else None,
+            destination=self.destination_of(work.target) if work else "", brand_id=brand_id,
+            event_id=event_id,
+        )
+
+    async def write(self, letters: Sequence[DeadLetter]) -> None:
+        if self.writer is not None:
+            await self.writer.write_until_durable(letters)
+        else:
+            log.warning("dead-lettered (no writer)", reason=letters[0].reason, count=len(letters))
+
+
+class Prepare:
+    """Runs the service's prepare function over each record, in consumption order, off the poll loop.
+
+    A retryable failure (the database away) is retried with backoff at the head of the line, so
+    order holds and nothing is lost; the poll loop meanwhile keeps the group membership, paused.
+    """
+
+    def __init__(self, service: str, decode: Callable[[Record], Any], prepare: PrepareFn,
+                 is_retryable: ErrorClassifier, retry: RetryPolicy, clock: Clock) -> None:
+        self.service = service
+        self._decode, self._prepare, self._is_retryable = decode, prepare, is_retryable
+        self._retry, self._clock = retry, clock
+        self.queue: deque[Source] = deque()
+        self._wake = asyncio.Event()
+
+    def submit(self, source: Source) -> None:
+        self.queue.append(source)
+        self._wake.set()
+
+    def drain(self) -> None:
+        self.queue.clear()
+
+    async def run(self, current_generation: Callable[[], int], accept: Callable[[Source, Any], None],
+                  reject: Callable[[Source, str, str], None]) -> None:
+        failures = 0
+        while True:
+            if not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            source = self.queue[0]
+            if source.generation != current_generation():
+                self.queue.popleft()
+                continue
+            try:
+                source.payload = self._decode(source.record)
+                result = self._prepare(source)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Undecodable as exc:
+                self.queue.popleft()
+                reject(source, exc.reason, exc.detail)
+                continue
+            except Exception as exc:
+                if self._is_retryable(exc):
+                    failures += 1
+                    metrics.PREPARE_RETRIES.labels(self.service).inc()
+                    delay = self._retry.backoff(failures)
+                    log.warning("prepare failed; retrying", service=self.service, error=repr(exc),
+                                retry_in=round(delay, 2))
+                    await self._clock.sleep(delay)
+                    continue
+                self.queue.popleft()
+                reject(source, "prepare_failed", repr(exc)[:500])
+                continue
+            failures = 0
+            if self.queue and self.queue[0] is source:
+                self.queue.popleft()
+            if source.generation == current_generation():
+                accept(source, result)
+
+
+class OrderByKey:
+    """Per-key order with the hot-key escape (see ordering.KeyedQueues)."""
+
+    def __init__(self, max_pending_per_key: int) -> None:
+        self.queues: KeyedQueues[Work] = KeyedQueues(max_pending_per_key)
+
+    def push(self, work: Work) -> list[Work]:
+        return self.queues.push(work.key, work)
+
+
+@dataclass
+class BatchByTarget:
+    """Packs ready runs into batches by target, within a count and a byte budget; lingers for more."""
+
+    max_items: int = 500
+    max_bytes: int = 1_000_000
+    max_wait: float = 0.05
+    max_run_per_key: int = 50
+
+    def pack(self, taken: list[tuple[str, list[Work]]]) -> list[tuple[Hashable, Runs]]:
+        """Batches of (key, run); a run never spans two batches, and may be cut to fit."""
+        by_target: dict[Hashable, Runs] = {}
+        for key, run in taken:
+            by_target.setdefault(run[0].target, []).append((key, run))
+        batches: list[tuple[Hashable, Runs]] = []
+        for target, runs in by_target.items():
+            current: Runs = []
+            count = size = 0
+            for key, run in runs:
+                cut: list[Work] = []
+                for work in run:
+                    if cut and size + work.size > self.max_bytes:
+                        break
+                    if not cut and current and (size + work.size > self.max_bytes or count >= self.max_items):
+                        batches.append((target, current))
+                        current, count, size = [], 0, 0
+                    cut.append(work)
+                    size += work.size
+                    count += 1
+                current.append((key, cut))
+            if current:
+                batches.append((target, current))
+        return batches
+
+
+class Deliver:
+    """Calls the service's deliver function for one batch: rate-limited per target, split on a 400."""
+
+    def __init__(self, service: str, deliver: DeliverFn, is_retryable: ErrorClassifier,
+                 rate_limits: RateLimits | None, clock: Clock) -> None:
+        self.service = service
+        self._deliver, self._is_retryable = deliver, is_retryable
+        self.rate_limits, self._clock = rate_limits, clock
+
+    async def _wait_for_slot(self, target: Hashable) -> None:
+        if self.rate_limits is None:
+            return
+        limit = self.rate_limits.for_target(target)
+        delay = limit.reserve(self._clock.now()) - self._clock.now()
+        if delay > 0:
+            await self._clock.sleep(delay)
+        while (wait := limit.window_wait(self._clock.now())) > 0:
+            await self._clock.sleep(wait)
+        limit.sent(self._clock.now())
+
+    async def _call(self, target: Hashable, items: Sequence[Work]) -> BatchOutcome:
+        await self._wait_for_slot(target)
+        started = self._clock.now()
+        try:
+            outcome = await self._deliver(target, items)
+        except Exception as exc:
+            if self._is_retryable(exc):
+                outcome = Retry(f"error:{type(exc).__name__}")
+            else:
+                outcome = SplitBatch(f"error:{type(exc).__name__}", repr(exc)[:500])
+        metrics.DELIVER_SECONDS.labels(self.service).observe(max(0.0, self._clock.now() - started))
+        return outcome
+
+    async def outcomes(self, target: Hashable, items: Sequence[Work]) -> list[ItemOutcome]:
+        """One outcome per item, in order; a whole-batch refusal is bisected to the offending items."""
+        result = await self._call(target, items)
+        if isinstance(result, list):
+            if len(result) != len(items):
+                raise ValueError(f"deliver answered {len(result)} outcomes for {len(items)} items")
+            outcomes = result
+        elif isinstance(result, SplitBatch):
+            if len(items) == 1:
+                return [Failed(result.reason, result.detail)]
+            middle = len(items) // 2
+            first = await self.outcomes(target, items[:middle])
+            held = {work.key: outcome for work, outcome in zip(items[:middle], first, strict=True)
+                    if isinstance(outcome, Retry)}
+            rest = [work for work in items[middle:] if work.key not in held]
+            second = iter(await self.outcomes(target, rest) if rest else [])
+            return first + [held[work.key] if work.key in held else next(second) for work in items[middle:]]
+        else:
+            outcomes = [result] * len(items)
+        if self.rate_limits is not None:
+            throttled = [o for o in outcomes if isinstance(o, Retry) and o.throttled]
+            if throttled:
+                self.rate_limits.for_target(target).throttled(self._clock.now(), throttled[0].retry_after)
+        return outcomes
+
+
+@dataclass
+class CommitOffsets:
+    """Commits, per partition, the offset after the longest prefix of settled records; nothing later."""
+
+    tracker: OffsetTracker
+
+    def track(self, record: Record) -> None:
+        self.tracker.track(record.partition.topic, record.partition.partition, record.offset)
+
+    def settled(self, record: Record) -> None:
+        self.tracker.complete(record.partition.topic, record.partition.partition, record.offset)
