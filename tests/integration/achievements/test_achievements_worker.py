@@ -258,6 +258,18 @@ async def wait_for_postgres(
     return found
 
 
+async def dead_letter_rows(database_url: str, brand_id: str) -> list[dict[str, Any]]:
+    pool = await create_pool(database_url)
+    try:
+        rows = await pool.fetch(
+            "SELECT * FROM dlq_messages WHERE brand_id = $1 AND service = 'achievements' ORDER BY id",
+            int(brand_id),
+        )
+    finally:
+        await pool.close()
+    return [dict(row) for row in rows]
+
+
 async def worker_metric(port: int, name: str, **labels: str) -> float:
     """The sum of a metric's samples (those with these labels) on a worker's /metrics."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
@@ -452,13 +464,20 @@ async def test_a_user_id_postgres_refuses_goes_to_the_dlq_and_the_next_user_stil
         timeout=30,
         where=lambda r: r.json().get("brand_id") == brand_id,
     )
-    assert {(r.header("reason"), r.json()["name"], r.json()["identifiers"]["id"]) for r in dead} == {
+    assert {(r.header("dlq_reason"), r.json()["name"], r.json()["identifiers"]["id"]) for r in dead} == {
         ("postgres_rejected", "user_snapshot", "\u0000"),
         ("postgres_rejected", "achievement_unlocked", "\u0000"),
     }
-    assert {r.header("source_topic") for r in dead} == {
-        achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], achievements_topics["SYNERGY_TOPIC_LOYALTY"]
+    assert {(r.header("dlq_service"), r.header("dlq_source_topic")) for r in dead} == {
+        ("achievements", achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"]),
+        ("achievements", achievements_topics["SYNERGY_TOPIC_LOYALTY"]),
     }
+    rows = await dead_letter_rows(database_url, brand_id)  # what `synergy dlq list` shows
+    assert sorted((row["reason"], row["source_topic"], row["destination"]) for row in rows) == sorted([
+        ("postgres_rejected", achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], "postgres"),
+        ("postgres_rejected", achievements_topics["SYNERGY_TOPIC_LOYALTY"], "postgres"),
+    ])
+    assert all("0x00" in row["detail"] for row in rows)
 
 
 async def test_an_event_on_another_partition_than_its_users_goes_to_the_dlq_as_wrong_partition(
@@ -484,8 +503,12 @@ async def test_an_event_on_another_partition_than_its_users_goes_to_the_dlq_as_w
         achievements_topics["SYNERGY_TOPIC_DLQ"], 1, timeout=90,
         where=lambda r: r.json().get("event_id") == misplaced["event_id"],
     )
-    assert (dead.header("reason"), dead.header("source_topic"), dead.header("source_partition")) == (
+    assert (dead.header("dlq_reason"), dead.header("dlq_source_topic"), dead.header("dlq_source_partition")) == (
         "wrong_partition", events_topic, str(wrong)
+    )
+    [row] = await dead_letter_rows(database_url, brand_id)
+    assert (row["service"], row["reason"], row["event_id"], row["source_partition"]) == (
+        "achievements", "wrong_partition", misplaced["event_id"], wrong
     )
     latest = await final_snapshots(
         consume_all, achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], brand_id, {user: 1}

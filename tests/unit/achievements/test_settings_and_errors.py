@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncpg
 import pytest
 from pydantic import ValidationError
-from synergy_achievements.persistence import is_data_rejected, is_retryable
+from synergy_achievements.persistence import is_data_rejected
 from synergy_achievements.settings import AchievementsSettings
+from synergy_common.db_errors import is_retryable_db_error
 
 
 def test_the_dedupe_window_defaults_to_ten_thousand_or_ten_batches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,4 +62,4 @@ def test_topic_durability_comes_from_the_environment(monkeypatch: pytest.MonkeyP
 def test_postgres_failures_are_sorted_into_retry_dead_letter_or_crash(
     error: BaseException, retryable: bool, rejected: bool
 ) -> None:
-    assert (is_retryable(error), is_data_rejected(error)) == (retryable, rejected)
+    assert (is_retryable_db_error(error), is_data_rejected(error)) == (retryable, rejected)

@@ -16,21 +16,15 @@ from synergy_achievements.rules import RuleCatalog
 log = structlog.get_logger("synergy_achievements.persistence")
 RULES_CHANNEL = "synergy_achievement_rules"
 
-# SQLSTATE classes: 08 connection, 40 serialization failure / deadlock, 53 insufficient resources,
-# 57 operator intervention (shutdown); 22 data exception (e.g. 22021, a NUL in text), 23 constraint.
-RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
+# SQLSTATE classes of data Postgres refuses whatever the moment: 22 data exception (22021: a NUL in
+# text), 23 integrity constraint violation. What is worth retrying is synergy_common.db_errors' call.
 REJECTED_SQLSTATE_CLASSES = frozenset({"22", "23"})
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """A failure that may pass on a later try: the connection, a conflict, the server's resources."""
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
-        return True
-    return _sqlstate_class(exc) in RETRYABLE_SQLSTATE_CLASSES
-
-
 def is_data_rejected(exc: BaseException) -> bool:
-    """Postgres (or asyncpg's encoder) refuses the data itself: it will refuse it every time."""
+    """Postgres refuses the data itself: it will refuse it every time, so the record goes to the DLQ.
+    Other failures that are not retryable (a missing table, a bug) are not the record's fault: they
+    end the worker instead of dead-lettering every record."""
     if isinstance(exc, asyncpg.DataError):
         return True
     return _sqlstate_class(exc) in REJECTED_SQLSTATE_CLASSES

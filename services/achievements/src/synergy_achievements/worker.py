@@ -13,7 +13,9 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import asyncpg
@@ -24,13 +26,15 @@ import uvicorn
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 from synergy_common.db import create_pool
+from synergy_common.db_errors import is_retryable_db_error
 from synergy_schemas.envelope import kafka_headers
 from synergy_schemas.keys import partition_key
 from synergy_schemas.topics import DLQ, EVENTS, LOYALTY, SNAPSHOTS
+from synergy_streaming.dlq import REPLAY_FOR, DeadLetter, DeadLetterWriter, event_fields
 
 from synergy_achievements import metrics
 from synergy_achievements.api import create_api
-from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected, is_retryable
+from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected
 from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome, counted_name
 from synergy_achievements.publisher import BatchPublisher, Record, key_partition
 from synergy_achievements.settings import AchievementsSettings, referral_awards_topic
@@ -43,6 +47,7 @@ RECOMPUTE_CHUNK = 500
 # it: the supervisor (honcho's restart loop locally, Kubernetes in production) starts a new worker, which
 # reads the batch again from the last committed offsets.
 EXIT_BATCH_UNFINISHED = 70
+SERVICE = "achievements"  # the dead letters' service, and what a replay for this worker is marked with
 
 
 async def ensure_topics(bootstrap: str, events_topic: str, settings: AchievementsSettings) -> int:
@@ -201,12 +206,16 @@ class AchievementsWorker:
         only then may faust commit the batch's offsets."""
         by_user: dict[bytes, list[dict[str, Any]]] = {}
         outputs: list[Record] = []
+        letters: list[DeadLetter] = []
         for event in events:
             message = event.message
             self.last_offsets[(message.topic, message.partition)] = message.offset
+            if not self._is_for_this_service(message):
+                continue
             envelope = self._parse(message.value)
             if envelope is None:
-                outputs.append(self._dead_letter(message, "invalid envelope"))
+                letters.append(self._dead_letter(message, "invalid_envelope", "not a JSON envelope with "
+                                                 "event_id, brand_id and timestamp"))
                 continue
             user_id = (envelope.get("identifiers") or {}).get("id")
             if not user_id:
@@ -214,9 +223,10 @@ class AchievementsWorker:
                 metrics.EVENTS_PROCESSED.labels(name, "anonymous_skipped").inc()
                 continue
             key = partition_key(envelope["brand_id"], user_id).encode()
-            if message.partition != self.partition_of(key):
+            if message.partition != (owner := self.partition_of(key)):
                 # Another partition holds (or will hold) this user's state: applying it here would split it.
-                outputs.append(self._dead_letter(message, "wrong_partition"))
+                letters.append(self._dead_letter(
+                    message, "wrong_partition", f"key {key!r} belongs to partition {owner}"))
                 continue
             by_user.setdefault(key, []).append(envelope)
         changed: list[tuple[bytes, UserState]] = []
@@ -227,6 +237,7 @@ class AchievementsWorker:
                 changed.append((key, outcome.state))
                 outputs.extend(self._output(emit) for emit in outcome.emits)
             self._count(outcome)
+        await self._write_dead_letters(letters)
         if outputs:
             await self.publisher.publish(outputs)
         await self._write_states(changed)
@@ -307,18 +318,40 @@ class AchievementsWorker:
         return envelope
 
     @staticmethod
-    def _dead_letter(message: Any, reason: str) -> Record:
-        if reason == "invalid envelope":
+    def _headers(message: Any) -> list[tuple[str, bytes]]:
+        headers = message.headers or ()
+        return list(headers.items() if isinstance(headers, Mapping) else headers)
+
+    def _is_for_this_service(self, message: Any) -> bool:
+        """False for a dead letter another service replayed onto a topic this worker reads."""
+        for name, value in self._headers(message):
+            if name == REPLAY_FOR:
+                return bytes(value).decode(errors="replace") == SERVICE
+        return True
+
+    def _dead_letter(
+        self, message: Any, reason: str, detail: str, *, attempts: int = 0,
+        first_attempt_at: datetime | None = None, destination: str = "",
+    ) -> DeadLetter:
+        """The system's one dead-letter format (synergy_streaming.dlq): Postgres dlq_messages, then the DLQ
+        topic, so `synergy dlq list` shows it and `synergy dlq replay` brings it back to this worker."""
+        if reason == "invalid_envelope":
             metrics.INVALID_EVENTS.inc()
         metrics.DEAD_LETTERS.labels(reason).inc()
-        log.warning("dead_letter", reason=reason, topic=message.topic, partition=message.partition,
-                    offset=message.offset)
-        return Record(
-            DLQ.name, message.key or b"", message.value or b"",
-            [("reason", reason.encode()), ("source_topic", message.topic.encode()),
-             ("source_partition", str(message.partition).encode()),
-             ("source_offset", str(message.offset).encode()), ("attempts", b"1")],
+        value = message.value or b""
+        brand_id, event_id = event_fields(value)
+        return DeadLetter(
+            reason=reason, detail=detail, service=SERVICE, source_topic=message.topic,
+            source_partition=message.partition, source_offset=message.offset, key=message.key, value=value,
+            headers=self._headers(message), attempts=attempts, first_attempt_at=first_attempt_at,
+            destination=destination, brand_id=brand_id, event_id=event_id,
         )
+
+    async def _write_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Durable (retried until both writes succeed) before the batch may be acked."""
+        if letters:
+            producer = await self.publisher.start()
+            await DeadLetterWriter(producer, self.pool).write_until_durable(letters)
 
     # --- Postgres read model -------------------------------------------------------------------------
 
@@ -333,22 +366,23 @@ class AchievementsWorker:
     async def persist_batch(self, events: list[Any]) -> None:
         """Writes the batch; when Postgres refuses it for good, writes it record by record and sends
         each record Postgres will never accept to the DLQ, so one bad record cannot wedge the rest."""
-        items = [(event.message, envelope) for event in events
-                 if (envelope := self._parse(event.message.value)) is not None]
+        first_attempt_at = datetime.now(UTC)
+        items = [(event.message, envelope) for event in events if self._is_for_this_service(event.message)
+                 and (envelope := self._parse(event.message.value)) is not None]
         try:
             await self._write_retrying([envelope for _, envelope in items])
             return
         except RejectedByPostgres:
             pass
-        rejected: list[Record] = []
+        rejected: list[DeadLetter] = []
         for message, envelope in items:
             try:
                 await self._write_retrying([envelope])
             except RejectedByPostgres as exc:
-                rejected.append(self._dead_letter(message, "postgres_rejected"))
-                log.warning("persist_rejected", topic=message.topic, offset=message.offset, error=str(exc))
-        if rejected:
-            await self.publisher.publish(rejected)
+                rejected.append(self._dead_letter(
+                    message, "postgres_rejected", str(exc), attempts=2, first_attempt_at=first_attempt_at,
+                    destination="postgres"))
+        await self._write_dead_letters(rejected)
 
     async def _write_retrying(self, envelopes: list[dict[str, Any]]) -> None:
         """Retries what can succeed later (connection lost, serialization failure, deadlock) with
@@ -364,7 +398,7 @@ class AchievementsWorker:
             except Exception as exc:
                 if is_data_rejected(exc):
                     raise RejectedByPostgres(str(exc)) from exc
-                if not is_retryable(exc):
+                if not is_retryable_db_error(exc):
                     raise
                 log.warning("persist_failed", error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)
