@@ -283,10 +283,11 @@ async def worker_metric(port: int, name: str, **labels: str) -> float:
     return total
 
 
-async def wait_until_ready(port: int, timeout: float = 90) -> None:
+async def wait_until_ready(port: int, process: Any, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
         while time.monotonic() < deadline:
+            assert process.poll() is None, f"the worker on port {port} exited with {process.returncode}"
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get("/readyz")).status_code == 200:
                     return
@@ -393,8 +394,8 @@ async def test_two_workers_share_the_partitions_and_each_applies_its_own_users(
     events = user_events(brand_id, users, 6, 25)
     ports = [free_port(), free_port()]
     workers = [start_worker(port) for port in ports]
-    for port in ports:
-        await wait_until_ready(port)
+    for port, worker in zip(ports, workers, strict=True):
+        await wait_until_ready(port, worker)
     deadline = time.monotonic() + 90
     while True:  # both in the group, the 4 partitions split between them
         held = [await worker_metric(port, "synergy_achievements_assigned_partitions") for port in ports]
@@ -434,8 +435,7 @@ async def test_a_user_id_postgres_refuses_goes_to_the_dlq_and_the_next_user_stil
 ) -> None:
     brand_id, write_key = await new_brand(database_url)
     port = free_port()
-    start_worker(port)
-    await wait_until_ready(port)
+    await wait_until_ready(port, start_worker(port))
     example = json.loads((SEED_EXAMPLES / "000_1_product_scanned.json").read_text())
     auth = {"Authorization": f"Bearer {write_key}"}
 

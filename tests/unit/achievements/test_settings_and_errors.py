@@ -27,6 +27,15 @@ def test_a_dedupe_window_smaller_than_ten_batches_is_refused(monkeypatch: pytest
     assert AchievementsSettings().applied_ids_kept == 10_000
 
 
+def test_a_dedupe_window_that_would_outgrow_a_kafka_record_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACHIEVEMENTS_APPLIED_IDS_KEPT", raising=False)
+    monkeypatch.setenv("ACHIEVEMENTS_BATCH_SIZE", "3000")
+    assert AchievementsSettings().applied_ids_kept == 30_000
+    monkeypatch.setenv("ACHIEVEMENTS_BATCH_SIZE", "3001")
+    with pytest.raises(ValidationError, match="1 MB"):
+        AchievementsSettings()
+
+
 def test_topic_durability_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SYNERGY_TOPIC_REPLICATION", raising=False)
     monkeypatch.delenv("SYNERGY_TOPIC_MIN_INSYNC", raising=False)

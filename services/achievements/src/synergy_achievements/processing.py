@@ -416,16 +416,18 @@ class LoyaltyProcessor:
             state = UserState(brand_id=first["brand_id"], user_id=(first.get("identifiers") or {})["id"])
         outcome = Outcome(state)
         last: tuple[dict[str, Any], int] | None = None
-        applied = set(state.applied)
+        # A set pays off for many events; for a few, scanning the list (up to the whole window) is cheaper.
+        seen = set(state.applied) if len(events) > 8 else None
         for event in events:
             raw_name = event.get("name") or event.get("type") or ""
             name = counted_name(EVENT_ALIASES.get(raw_name, raw_name))
             event_id = event["event_id"]
-            if event_id in applied:
+            if event_id in seen if seen is not None else state.has_applied(event_id):
                 outcome.duplicates.append(name)
                 continue
             last = (event, self._apply_one(state, name, event, rules, outcome))
-            applied.add(event_id)
+            if seen is not None:
+                seen.add(event_id)
             outcome.applied.append(name)
         if last is not None:
             event, at = last

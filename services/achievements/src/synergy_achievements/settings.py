@@ -14,6 +14,7 @@ from synergy_achievements.snapshot import EngagementThresholds
 from synergy_achievements.state import APPLIED_IDS_KEPT
 
 REFERRAL_AWARDS_TOPIC_ENV = "SYNERGY_TOPIC_REFERRAL_AWARDS"
+MAX_APPLIED_IDS_KEPT = 30_000  # ~29 bytes of JSON per id: ~870 KB, under the broker's default 1 MB record
 
 
 def referral_awards_topic() -> str:
@@ -51,6 +52,12 @@ class AchievementsSettings(CommonSettings):
             raise ValueError(
                 f"ACHIEVEMENTS_APPLIED_IDS_KEPT={self.achievements_applied_ids_kept} is below ten times "
                 f"ACHIEVEMENTS_BATCH_SIZE ({floor}): a replayed batch could be applied twice"
+            )
+        if self.applied_ids_kept > MAX_APPLIED_IDS_KEPT:
+            raise ValueError(
+                f"a dedupe window of {self.applied_ids_kept} event ids (ACHIEVEMENTS_APPLIED_IDS_KEPT, at "
+                f"least 10 x ACHIEVEMENTS_BATCH_SIZE) exceeds {MAX_APPLIED_IDS_KEPT}: a busy user's state "
+                "would outgrow Kafka's 1 MB record limit on the changelog"
             )
         return self
 
