@@ -131,6 +131,7 @@ class AchievementsWorker:
         self.processor = LoyaltyProcessor(settings.thresholds, settings.applied_ids_kept)
         self.rules = RuleStore(settings.seconds(settings.achievements_rules_poll_interval))
         self.pool: asyncpg.Pool | None = None
+        self.pool_ready = asyncio.Event()
         self._rules_watch: asyncio.Future[None] | None = None
         self.last_offsets: dict[tuple[str, int], int] = {}
         self.events_topic = EVENTS.name
@@ -350,6 +351,8 @@ class AchievementsWorker:
     async def _write_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Durable (retried until both writes succeed) before the batch may be acked."""
         if letters:
+            if self.settings.achievements_persist:  # Postgres first: wait for the connection
+                await self.pool_ready.wait()
             producer = await self.publisher.start()
             await DeadLetterWriter(producer, self.pool).write_until_durable(letters)
 
@@ -461,6 +464,7 @@ class AchievementsWorker:
                 log.warning("postgres_unavailable", error=repr(exc))
                 await asyncio.sleep(2.0)
         pool = self.pool
+        self.pool_ready.set()
         self._rules_watch = asyncio.ensure_future(self.rules.watch(pool))
 
         async def kafka_ready() -> bool:
