@@ -172,13 +172,19 @@ async def faust_floor_rate(source: str, prefix: str) -> float:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP, "FLOOR_APP_ID": app_id,
            "FLOOR_SOURCE": source, "FLOOR_SINK": sink, "ACHIEVEMENTS_MAX_POLL_RECORDS": str(MAX_POLL_RECORDS)}
     with tempfile.TemporaryDirectory() as data_dir:
+        env["FLOOR_DATA_DIR"] = data_dir
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.bench.faust_floor", "worker", "--without-web", env=env, cwd=data_dir,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            sys.executable, "-m", "tests.bench.faust_floor", "worker", "--without-web", env=env,
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=asyncio.subprocess.DEVNULL, stderr=open(Path(data_dir) / "floor.log", "wb"))
         try:
             await wait_until_consumed(app_id, source, 100)
+        except RuntimeError:
+            print((Path(data_dir) / "floor.log").read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
-            process.terminate()
+            if process.returncode is None:
+                process.terminate()
             await asyncio.wait_for(process.wait(), 20)
     return await output_rate(sink, EVENTS, 60, lambda record: int(record.value))
 
@@ -227,7 +233,8 @@ def state_memory(users: int = 100_000) -> tuple[float, float]:
 async def main() -> None:
     prefix = f"bench.ach.{uuid.uuid4().hex[:6]}"
     source = f"{prefix}.events"
-    await create_topics([source, *(f"{prefix}.bare-out-{run}" for run in range(RUNS))])
+    await create_topics([source, *(f"{prefix}.bare-out-{run}" for run in range(RUNS)),
+                         *(f"{prefix}.run{run}.floor-out" for run in range(RUNS))])
     await fill(source)
     bare: list[float] = []
     floor: list[float] = []

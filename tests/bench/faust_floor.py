@@ -23,6 +23,7 @@ BATCH_SIZE = int(os.environ.get("ACHIEVEMENTS_BATCH_SIZE", "1000"))
 
 app = faust.App(
     os.environ["FLOOR_APP_ID"], broker=f"kafka://{BOOTSTRAP}", store="memory://", web_enabled=False,
+    datadir=os.environ.get("FLOOR_DATA_DIR", ".local/bench-faust-floor"),
     consumer_auto_offset_reset="earliest", broker_commit_interval=1.0,
     broker_max_poll_records=int(os.environ.get("ACHIEVEMENTS_MAX_POLL_RECORDS", "500")),
     producer_linger=0.005, producer_max_batch_size=512 * 1024,
