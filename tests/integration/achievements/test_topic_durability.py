@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from synergy_achievements.settings import AchievementsSettings
 from synergy_achievements.worker import ensure_topics
-from synergy_common.localinfra import InfraError, create_topic
 
 
 async def topic_config(bootstrap: str, topic: str, name: str) -> tuple[str, bool]:
@@ -28,12 +26,14 @@ async def topic_config(bootstrap: str, topic: str, name: str) -> tuple[str, bool
     return entries[name][1], entries[name][3] == 1
 
 
-async def test_a_replication_factor_above_the_brokers_is_asked_for_and_refused(
-    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+async def test_the_worker_asks_for_the_replication_factor_of_the_settings(
+    kafka_bootstrap: str, topic_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    events = await topic_factory(2, prefix="durability.events")
+    monkeypatch.setenv("SYNERGY_TOPIC_LOYALTY", f"durability.loyalty.{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("SYNERGY_TOPIC_REPLICATION", "2")
-    with pytest.raises(InfraError, match="error 38"):  # INVALID_REPLICATION_FACTOR: one broker
-        await create_topic(kafka_bootstrap, f"durability-{uuid.uuid4().hex[:8]}", 1)
+    with pytest.raises(RuntimeError, match="error 38"):  # INVALID_REPLICATION_FACTOR: one broker here
+        await ensure_topics(kafka_bootstrap, events)
 
 
 async def test_topics_the_worker_creates_carry_min_insync_replicas_from_the_settings(
@@ -50,7 +50,7 @@ async def test_topics_the_worker_creates_carry_min_insync_replicas_from_the_sett
         monkeypatch.setenv(name, value)
     created = [loyalty, f"{loyalty}.snapshots", f"{loyalty}.dlq", f"{loyalty}.awards"]
     try:
-        assert await ensure_topics(kafka_bootstrap, events, AchievementsSettings()) == 2
+        assert await ensure_topics(kafka_bootstrap, events) == 2
         assert await topic_config(kafka_bootstrap, loyalty, "min.insync.replicas") == ("1", True)
         assert await topic_config(kafka_bootstrap, f"{loyalty}.snapshots", "cleanup.policy") == (
             "compact", True

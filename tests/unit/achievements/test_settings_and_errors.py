@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 from synergy_achievements.persistence import is_data_rejected
 from synergy_achievements.settings import AchievementsSettings
+from synergy_achievements.worker import durability
 from synergy_common.db_errors import is_retryable_db_error
 
 
@@ -36,21 +37,13 @@ def test_a_dedupe_window_that_would_outgrow_a_kafka_record_is_refused(monkeypatc
         AchievementsSettings()
 
 
-def test_topic_durability_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_workers_topics_take_their_durability_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SYNERGY_TOPIC_REPLICATION", raising=False)
     monkeypatch.delenv("SYNERGY_TOPIC_MIN_INSYNC", raising=False)
-    assert AchievementsSettings().topic_replication() == 1
-    assert AchievementsSettings().topic_configs() == {"min.insync.replicas": "1"}
+    assert durability() == (1, {"min.insync.replicas": "1"})
     monkeypatch.setenv("SYNERGY_TOPIC_REPLICATION", "3")
     monkeypatch.setenv("SYNERGY_TOPIC_MIN_INSYNC", "2")
-    settings = AchievementsSettings()
-    assert settings.topic_replication() == 3
-    assert settings.topic_configs(**{"cleanup.policy": "compact"}) == {
-        "min.insync.replicas": "2", "cleanup.policy": "compact",
-    }
-    monkeypatch.setenv("SYNERGY_TOPIC_REPLICATION", "1")
-    with pytest.raises(ValueError, match="exceeds"):
-        AchievementsSettings().topic_configs()
+    assert durability() == (3, {"min.insync.replicas": "2"})
 
 
 @pytest.mark.parametrize(

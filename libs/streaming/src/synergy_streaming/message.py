@@ -36,7 +36,10 @@ class Source:
 
     record: Record
     generation: int
+    chunk: Any = None  # the offsets.Chunk of the poll that brought it
+    index: int = 0  # the record's place in its chunk
     pending: int = 0
+    held: bool = False  # held back once by the DLQ brake
     payload: Any = None  # the decoded value, once decoded
 
 
@@ -55,7 +58,7 @@ class Work:
     attempts: int = 0
     first_attempt_at: float | None = None  # on the runtime's clock
     first_attempt_wall: float | None = None  # epoch seconds, for the dead letter
-    last_reason: str = ""
+    held: bool = False  # held back once by the DLQ brake
 
 
 # --- what a prepare function answers for a record -----------------------------------------------

@@ -54,7 +54,7 @@ def main() -> None:
     # aiokafka builds a DEBUG record for every message it sends: ~10% of the worker's time when enabled.
     level = logging.getLevelName(settings.log_level.upper())
     logging.getLogger("aiokafka").setLevel(max(logging.INFO, level if isinstance(level, int) else 0))
-    partitions = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, EVENTS.name, settings))
+    partitions = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, EVENTS.name))
     worker = AchievementsWorker(settings, partitions)
     tune_garbage_collector()
     BoundedShutdownWorker(

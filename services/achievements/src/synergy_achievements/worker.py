@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 from synergy_common.db import create_pool
 from synergy_common.db_errors import is_retryable_db_error
+from synergy_common.localinfra import topic_durability
 from synergy_schemas.envelope import kafka_headers
 from synergy_schemas.keys import partition_key
 from synergy_schemas.topics import DLQ, EVENTS, LOYALTY, SNAPSHOTS
@@ -47,10 +48,18 @@ RECOMPUTE_CHUNK = 500
 # it: the supervisor (honcho's restart loop locally, Kubernetes in production) starts a new worker, which
 # reads the batch again from the last committed offsets.
 EXIT_BATCH_UNFINISHED = 70
+TOPIC_ALREADY_EXISTS = 36
 SERVICE = "achievements"  # the dead letters' service, and what a replay for this worker is marked with
 
 
-async def ensure_topics(bootstrap: str, events_topic: str, settings: AchievementsSettings) -> int:
+def durability() -> tuple[int, dict[str, str]]:
+    """Replication factor and configs of every topic the worker (or faust for it) creates, from
+    SYNERGY_TOPIC_REPLICATION / SYNERGY_TOPIC_MIN_INSYNC, as `synergy topics create` reads them."""
+    replication, min_insync = topic_durability()
+    return replication, {"min.insync.replicas": str(min_insync)}
+
+
+async def ensure_topics(bootstrap: str, events_topic: str) -> int:
     """Create the topics this worker writes when missing, with the configured replication factor and
     min.insync.replicas; returns the events topic's partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
@@ -66,18 +75,20 @@ async def ensure_topics(bootstrap: str, events_topic: str, settings: Achievement
             raise RuntimeError(f"topic {events_topic} does not exist")
         count = len(partitions)
         existing = set(await admin.list_topics())
-        replication = settings.topic_replication()
+        replication, configs = durability()
         wanted = [
-            NewTopic(referral_awards_topic(), count, replication, topic_configs=settings.topic_configs()),
-            NewTopic(LOYALTY.name, count, replication, topic_configs=settings.topic_configs()),
+            NewTopic(referral_awards_topic(), count, replication, topic_configs=configs),
+            NewTopic(LOYALTY.name, count, replication, topic_configs=configs),
             NewTopic(SNAPSHOTS.name, count, replication,
-                     topic_configs=settings.topic_configs(**{"cleanup.policy": "compact"})),
-            NewTopic(DLQ.name, count, replication, topic_configs=settings.topic_configs()),
+                     topic_configs={**configs, "cleanup.policy": "compact"}),
+            NewTopic(DLQ.name, count, replication, topic_configs=configs),
         ]
         missing = [topic for topic in wanted if topic.name not in existing]
         if missing:
-            with contextlib.suppress(Exception):  # another worker may create them at the same time
-                await admin.create_topics(missing)
+            response = await admin.create_topics(missing)
+            for topic, code, *message in response.topic_errors:
+                if code not in (0, TOPIC_ALREADY_EXISTS):  # exists: another worker created it meanwhile
+                    raise RuntimeError(f"cannot create topic {topic}: error {code}: {message}")
         return count
     finally:
         await admin.close()
@@ -129,6 +140,7 @@ class AchievementsWorker:
         self.settings = settings
         self.partitions = partitions
         self.processor = LoyaltyProcessor(settings.thresholds, settings.applied_ids_kept)
+        replication, topic_configs = durability()
         self.rules = RuleStore(settings.seconds(settings.achievements_rules_poll_interval))
         self.pool: asyncpg.Pool | None = None
         self.pool_ready = asyncio.Event()
@@ -143,7 +155,7 @@ class AchievementsWorker:
             store=settings.achievements_store,
             datadir=settings.achievements_data_dir,
             topic_partitions=partitions,
-            topic_replication_factor=settings.topic_replication(),
+            topic_replication_factor=replication,
             table_standby_replicas=settings.achievements_standby_replicas,
             web_enabled=False,
             producer_acks=-1,
@@ -163,7 +175,7 @@ class AchievementsWorker:
         self.own_outputs = app.topic(LOYALTY.name, SNAPSHOTS.name, **raw)  # type: ignore[arg-type]
         self.table = app.Table(
             "user-state", partitions=partitions, key_type=bytes, value_type=bytes,
-            use_partitioner=True, extra_topic_configs=settings.topic_configs(),
+            use_partitioner=True, extra_topic_configs=topic_configs,
         )
         self.changelog_topic = self.table.changelog_topic.get_topic_name()
         self.publisher = BatchPublisher(settings.kafka_bootstrap_servers,
