@@ -376,3 +376,17 @@ def _add_dead_letter_commands() -> None:
 
 
 _add_dead_letter_commands()
+
+
+def _add_destination_commands() -> None:
+    # The dispatcher owns the destinations. An image with only one service installed lacks it.
+    try:
+        from synergy_dispatcher.cli import destinations
+    except ModuleNotFoundError as exc:
+        if exc.name != "synergy_dispatcher":
+            raise
+        return
+    main.add_command(destinations, "destinations")
+
+
+_add_destination_commands()

@@ -92,10 +92,12 @@ DELIVERED = Delivered()
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """Final: this item is dead-lettered with the reason (subject to the DLQ brake)."""
+    """Final: this item is dead-lettered with the reason, subject to the DLQ brake unless
+    `counts_for_brake` is False (a destination the operator disabled: its backlog is expected)."""
 
     reason: str
     detail: str = ""
+    counts_for_brake: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from synergy_streaming import metrics
 from synergy_streaming.brake import DlqBrake
 from synergy_streaming.clock import Clock, MonotonicClock
 from synergy_streaming.consumer import Consumer
-from synergy_streaming.dlq import REPLAY_FOR, DeadLetterWriter
+from synergy_streaming.dlq import REPLAY_FOR, DeadLetter, DeadLetterWriter
 from synergy_streaming.message import (
     Delivered,
     Failed,
@@ -96,6 +96,7 @@ class StreamProcessor:
         decode: Callable[[Record], Any] = decode_envelope,
         is_retryable: ErrorClassifier = is_retryable_error,
         destination_of: Callable[[Hashable], str] = lambda target: "",
+        on_dead_letter: Callable[[Work | None, DeadLetter], None] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.config = config
@@ -105,6 +106,7 @@ class StreamProcessor:
         self.retry = retry or RetryPolicy()
         self.brake = config.brake
         self.dead_letters = DeadLetterPolicy(self.service, dead_letters, self.brake, destination_of)
+        self._on_dead_letter = on_dead_letter
         self.prepare = Prepare(self.service, decode, self._skip_foreign_replays(prepare), is_retryable,
                                self.retry, self.clock)
         self.order = OrderByKey(config.max_pending_per_key)
@@ -292,6 +294,8 @@ class StreamProcessor:
 
         async def write() -> None:
             await self.dead_letters.write([letter])
+            if self._on_dead_letter is not None:
+                self._on_dead_letter(None, letter)
             if generation == self.generation:
                 self._settle_source(source, "dead_lettered")
 
@@ -340,6 +344,8 @@ class StreamProcessor:
 
         async def write() -> None:
             await self.dead_letters.write([letter])
+            if self._on_dead_letter is not None:
+                self._on_dead_letter(work, letter)
             if generation == self.generation:
                 self._settle_work(work, "dead_lettered")
 
@@ -456,7 +462,7 @@ class StreamProcessor:
             if isinstance(outcome, Delivered):
                 self._settle_work(work, "delivered")
             elif isinstance(outcome, Failed):
-                if not self.brake.may_dead_letter():
+                if outcome.counts_for_brake and not self.brake.may_dead_letter():
                     self._note_brake()
                     self._hold_key(key, settled, run[settled])
                     return
