@@ -17,6 +17,7 @@ import pytest
 from tests.support import free_port, ingest_in_process
 
 PARTITIONS = 4
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -35,11 +36,20 @@ async def achievements_topics(topic_factory: Any) -> dict[str, str]:
 def start_worker(
     achievements_topics: dict[str, str], kafka_bootstrap: str, database_url: str, tmp_path: Path
 ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """`start_worker()` runs `python -m synergy_achievements` with this test's topics and app id."""
+    """`start_worker()` runs `python -m synergy_achievements` with this test's topics and app id;
+    `start_worker(faults="publish,persist", fault_dir=...)` runs it with those faults injected once
+    (tests/integration/achievements/faulty_worker.py)."""
     app_id = f"ach-test-{uuid.uuid4().hex[:8]}"
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(port: int | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        port: int | None = None, *, faults: str | None = None, fault_dir: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        module = "synergy_achievements"
+        fault_env: dict[str, str] = {}
+        if faults:
+            module = "tests.integration.achievements.faulty_worker"
+            fault_env = {"ACH_FAULTS": faults, "ACH_FAULT_DIR": str(fault_dir or tmp_path)}
         env = {
             **os.environ,
             **achievements_topics,
@@ -53,10 +63,11 @@ def start_worker(
             "ACHIEVEMENTS_SESSION_TIMEOUT": "6s",  # the broker's minimum: a killed worker's partitions move fast
             "ACHIEVEMENTS_RULES_POLL_INTERVAL": "2s",
             "ACHIEVEMENTS_SHUTDOWN_TIMEOUT": "5s",
+            **fault_env,
         }
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "synergy_achievements"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
         )
         started.append(process)
         return process

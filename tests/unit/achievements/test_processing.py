@@ -258,6 +258,13 @@ def test_a_batch_of_one_users_events_gives_the_same_state_and_loyalty_outputs_as
     assert batch.duplicates == ["product_scanned"] and len(batch.applied) == 12
     [snapshot] = [emit for emit in batch.emits if emit.channel == "snapshot"]
     assert snapshot == outcomes[-1].emits[-1]  # the snapshot one-by-one processing ends with
+    # By hand: 300 a scan at bronze, 375 at silver (1,000+), 600 at gold (5,000+); first_scan 100 at the
+    # 1st scan, scan_sprint 300 at the 5th, scan_streak_7 500 at the 7th (June 1-7), scans_10 250 at the 10th.
+    # 300+100, 700, 1000 (silver), 1375, 1750+300, 2425, 2800+500, 3675, 4050, 4425+250, 5050 (gold), 5650.
+    state = batch.state
+    assert (state.version, state.points_balance, state.lifetime_points, state.rank_key) == (12, 5650, 5650, "gold")
+    assert unlocked_ids([batch]) == ["first_scan", "scan_sprint", "scan_streak_7", "scans_10"]
+    assert [v["data"]["new_rank_key"] for v in emitted([batch], "rank_changed")] == ["silver", "gold"]
 
 
 def test_a_batch_replayed_onto_its_own_result_changes_nothing(scan: EventFactory) -> None:
@@ -266,6 +273,8 @@ def test_a_batch_replayed_onto_its_own_result_changes_nothing(scan: EventFactory
     first = processor.apply_many(None, events, RULES)
     again = processor.apply_many(first.state, events, RULES)
     assert again.duplicate and again.emits == [] and again.state == first.state
+    # 400+100, 900, 1300 (silver), 1800, 2300 + scan_sprint's 300
+    assert (first.state.version, first.state.lifetime_points) == (5, 2600)
 
 
 def test_applying_to_a_stored_state_equals_applying_to_the_state_and_leaves_the_bytes_alone(
@@ -282,4 +291,25 @@ def test_applying_to_a_stored_state_equals_applying_to_the_state_and_leaves_the_
 
     assert from_stored.state == from_state.state and from_stored.emits == from_state.emits
     assert from_stored.state.current_streak() == 8 and from_stored.state.longest_streak == 8
+    # 400+100, 900, 1300 (silver: 500 a scan), 1800 | 2300+300 (sprint), 3100, 3600+500 (7-day streak), 4600
+    assert (from_stored.state.version, from_stored.state.lifetime_points) == (8, 4600)
+    assert set(from_stored.state.achievements) == {"first_scan", "scan_sprint", "scan_streak_7"}
     assert UserState.from_bytes(stored) == earlier.state
+
+
+def test_an_event_name_outside_the_catalog_counts_under_other(scan: EventFactory) -> None:
+    free = [{**scan(f"01P{n:023d}"), "name": f"clicked banner {n}"} for n in range(3)]
+    outcome = LoyaltyProcessor().apply_many(None, [*free, scan("01P" + "9" * 23)], RULES)
+    assert outcome.state.counts == {"other": 3, "product_scanned": 1}
+    assert outcome.applied == ["other", "other", "other", "product_scanned"]
+
+
+def test_the_dedupe_window_recognises_the_last_n_event_ids_of_a_user(scan: EventFactory) -> None:
+    processor = LoyaltyProcessor(applied_ids_kept=3)
+    events = [scan(f"01Q{n:023d}", f"2024-06-0{1 + n}T10:00:00Z", points_award=10) for n in range(4)]
+    state = processor.apply_many(None, events, RULES).state
+    assert state.applied == [events[1]["event_id"], events[2]["event_id"], events[3]["event_id"]]
+    inside = processor.apply_many(state, [events[1]], RULES)
+    assert inside.duplicates == ["product_scanned"] and inside.applied == []
+    outside = processor.apply_many(state, [events[0]], RULES)  # fell out of the window: applied again
+    assert outside.applied == ["product_scanned"] and outside.state.version == 5

@@ -35,3 +35,9 @@ PERSISTED = Counter(
 INVALID_EVENTS = Counter(
     "synergy_achievements_invalid_events_total", "Events that could not be parsed, sent to the DLQ"
 )
+DEAD_LETTERS = Counter(
+    "synergy_achievements_dead_letters_total", "Records sent to the DLQ, by reason", ["reason"]
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "synergy_achievements_assigned_partitions", "Partitions of the events topic this worker holds now"
+)

@@ -16,6 +16,24 @@ from synergy_achievements.rules import RuleCatalog
 log = structlog.get_logger("synergy_achievements.persistence")
 RULES_CHANNEL = "synergy_achievement_rules"
 
+# SQLSTATE classes of data Postgres refuses whatever the moment: 22 data exception (22021: a NUL in
+# text), 23 integrity constraint violation. What is worth retrying is synergy_common.db_errors' call.
+REJECTED_SQLSTATE_CLASSES = frozenset({"22", "23"})
+
+
+def is_data_rejected(exc: BaseException) -> bool:
+    """Postgres refuses the data itself: it will refuse it every time, so the record goes to the DLQ.
+    Other failures that are not retryable (a missing table, a bug) are not the record's fault: they
+    end the worker instead of dead-lettering every record."""
+    if isinstance(exc, asyncpg.DataError):
+        return True
+    return _sqlstate_class(exc) in REJECTED_SQLSTATE_CLASSES
+
+
+def _sqlstate_class(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    return str(sqlstate or "")[:2]
+
 
 async def load_catalog(pool: asyncpg.Pool) -> RuleCatalog:
     configs = await pool.fetch(

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from synergy_schemas.envelope import SCHEMA_VERSION, derive_event_id
+from synergy_schemas.events import CLIENT_EVENTS
 from synergy_schemas.keys import partition_key
 
 from synergy_achievements.rules import (
@@ -27,13 +28,21 @@ from synergy_achievements.snapshot import (
     iso,
     user_snapshot,
 )
-from synergy_achievements.state import UserState, max_in_window
+from synergy_achievements.state import APPLIED_IDS_KEPT, UserState, max_in_window
 
 SOURCE = "achievements"
 REFERRAL_AWARD = "referral_award"  # the internal message that carries a referrer's points
 DEFAULT_REFERRAL_POINTS = 500
 EVENT_ALIASES = {"wishlist_added": "wishlist_item_added", "wishlist_removed": "wishlist_item_removed"}
 MAX_UNLOCK_ROUNDS = 10
+OTHER_EVENTS = "other"  # the one count (and metric label) of every event name outside the catalog
+COUNTED_NAMES = CLIENT_EVENTS | {REFERRAL_AWARD}
+
+
+def counted_name(name: str) -> str:
+    """The name an event is counted under: its own if the catalog has it, else `other`, so free-text
+    names cannot grow a user's state or the metrics' label sets."""
+    return name if name in COUNTED_NAMES else OTHER_EVENTS
 
 Channel = Literal["loyalty", "snapshot", "referral_award"]
 
@@ -363,8 +372,11 @@ class SnapshotPublisher:
 
 
 class LoyaltyProcessor:
-    def __init__(self, thresholds: EngagementThresholds | None = None) -> None:
+    def __init__(
+        self, thresholds: EngagementThresholds | None = None, applied_ids_kept: int = APPLIED_IDS_KEPT
+    ) -> None:
         self.thresholds = thresholds or EngagementThresholds()
+        self.applied_ids_kept = applied_ids_kept
         self.profiles = ProfileKeeper()
         self.economy = EconomyRules()
         self.ranks = RankKeeper()
@@ -404,12 +416,18 @@ class LoyaltyProcessor:
             state = UserState(brand_id=first["brand_id"], user_id=(first.get("identifiers") or {})["id"])
         outcome = Outcome(state)
         last: tuple[dict[str, Any], int] | None = None
+        # A set pays off for many events; for a few, scanning the list (up to the whole window) is cheaper.
+        seen = set(state.applied) if len(events) > 8 else None
         for event in events:
-            name = EVENT_ALIASES.get(event.get("name") or "", event.get("name") or event.get("type") or "")
-            if state.has_applied(event["event_id"]):
+            raw_name = event.get("name") or event.get("type") or ""
+            name = counted_name(EVENT_ALIASES.get(raw_name, raw_name))
+            event_id = event["event_id"]
+            if event_id in seen if seen is not None else state.has_applied(event_id):
                 outcome.duplicates.append(name)
                 continue
             last = (event, self._apply_one(state, name, event, rules, outcome))
+            if seen is not None:
+                seen.add(event_id)
             outcome.applied.append(name)
         if last is not None:
             event, at = last
@@ -434,7 +452,7 @@ class LoyaltyProcessor:
             self.economy.apply(state, name, event, at, rules, outcome, rules.timed_events)
         self.ranks.apply(state, event, rules, snapshot_of, outcome)
         self.judge.apply(state, event, at, rules, snapshot_of, self.ranks, outcome)
-        state.mark_applied(event["event_id"])
+        state.mark_applied(event["event_id"], self.applied_ids_kept)
         return at
 
     def recompute(self, state: UserState, rules: BrandRules, now: int) -> Outcome:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from functools import cached_property
 
+from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 from synergy_common.durations import parse_duration
 from synergy_common.settings import CommonSettings
 
 from synergy_achievements.snapshot import EngagementThresholds
+from synergy_achievements.state import APPLIED_IDS_KEPT
 
 REFERRAL_AWARDS_TOPIC_ENV = "SYNERGY_TOPIC_REFERRAL_AWARDS"
+MAX_APPLIED_IDS_KEPT = 30_000  # ~29 bytes of JSON per id: ~870 KB, under the broker's default 1 MB record
 
 
 def referral_awards_topic() -> str:
@@ -39,6 +42,30 @@ class AchievementsSettings(CommonSettings):
     achievements_max_poll_records: int = 500
     achievements_shutdown_timeout: str = "15s"  # SIGTERM: longest wait for a clean stop, then exit anyway
     achievements_persist: bool = True  # write users' points and user_achievements to Postgres
+    # Per user, how many applied event ids the state keeps to recognise a replay; at least 10 batches.
+    achievements_applied_ids_kept: int | None = None
+
+    @model_validator(mode="after")
+    def _dedupe_window_covers_ten_batches(self) -> AchievementsSettings:
+        floor = 10 * self.achievements_batch_size
+        if self.achievements_applied_ids_kept is not None and self.achievements_applied_ids_kept < floor:
+            raise ValueError(
+                f"ACHIEVEMENTS_APPLIED_IDS_KEPT={self.achievements_applied_ids_kept} is below ten times "
+                f"ACHIEVEMENTS_BATCH_SIZE ({floor}): a replayed batch could be applied twice"
+            )
+        if self.applied_ids_kept > MAX_APPLIED_IDS_KEPT:
+            raise ValueError(
+                f"a dedupe window of {self.applied_ids_kept} event ids (ACHIEVEMENTS_APPLIED_IDS_KEPT, at "
+                f"least 10 x ACHIEVEMENTS_BATCH_SIZE) exceeds {MAX_APPLIED_IDS_KEPT}: a busy user's state "
+                "would outgrow Kafka's 1 MB record limit on the changelog"
+            )
+        return self
+
+    @property
+    def applied_ids_kept(self) -> int:
+        if self.achievements_applied_ids_kept is not None:
+            return self.achievements_applied_ids_kept
+        return max(APPLIED_IDS_KEPT, 10 * self.achievements_batch_size)
 
     @cached_property
     def thresholds(self) -> EngagementThresholds:

@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 
-APPLIED_IDS_KEPT = 1000  # replays older than this many events of the same user are not recognised
+# The default dedupe window: the last this many applied event ids of each user (a replay of an older
+# event is not recognised). The worker keeps at least ten times its batch size.
+APPLIED_IDS_KEPT = 10_000
 SCAN_DAYS_KEPT = 400
 RECENT_TIMES_KEPT = 300
 RECENT_WINDOW_SECONDS = 90 * 86400  # timeframes and the power-user window must fit in this
@@ -50,10 +52,10 @@ class UserState:
     def has_applied(self, event_id: str) -> bool:
         return event_id in self.applied
 
-    def mark_applied(self, event_id: str) -> None:
+    def mark_applied(self, event_id: str, kept: int = APPLIED_IDS_KEPT) -> None:
         self.applied.append(event_id)
-        if len(self.applied) > APPLIED_IDS_KEPT:
-            del self.applied[: len(self.applied) - APPLIED_IDS_KEPT]
+        if len(self.applied) > kept:
+            del self.applied[: len(self.applied) - kept]
         self.version += 1
 
     # --- activity ----------------------------------------------------------------------------------

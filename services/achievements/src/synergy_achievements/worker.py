@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 import asyncpg
 import faust
@@ -22,14 +26,17 @@ import uvicorn
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 from synergy_common.db import create_pool
+from synergy_common.db_errors import is_retryable_db_error
+from synergy_common.localinfra import topic_durability
 from synergy_schemas.envelope import kafka_headers
 from synergy_schemas.keys import partition_key
 from synergy_schemas.topics import DLQ, EVENTS, LOYALTY, SNAPSHOTS
+from synergy_streaming.dlq import REPLAY_FOR, DeadLetter, DeadLetterWriter, event_fields
 
 from synergy_achievements import metrics
 from synergy_achievements.api import create_api
-from synergy_achievements.persistence import LoyaltyWriter, RuleStore
-from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome
+from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected
+from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome, counted_name
 from synergy_achievements.publisher import BatchPublisher, Record, key_partition
 from synergy_achievements.settings import AchievementsSettings, referral_awards_topic
 from synergy_achievements.state import UserState
@@ -37,10 +44,24 @@ from synergy_achievements.state import UserState
 log = structlog.get_logger("synergy_achievements")
 PERSIST_BATCH = 500
 RECOMPUTE_CHUNK = 500
+# A batch that failed (or was cancelled) half-way ends the process with this code, before faust can ack
+# it: the supervisor (honcho's restart loop locally, Kubernetes in production) starts a new worker, which
+# reads the batch again from the last committed offsets.
+EXIT_BATCH_UNFINISHED = 70
+TOPIC_ALREADY_EXISTS = 36
+SERVICE = "achievements"  # the dead letters' service, and what a replay for this worker is marked with
+
+
+def durability() -> tuple[int, dict[str, str]]:
+    """Replication factor and configs of every topic the worker (or faust for it) creates, from
+    SYNERGY_TOPIC_REPLICATION / SYNERGY_TOPIC_MIN_INSYNC, as `synergy topics create` reads them."""
+    replication, min_insync = topic_durability()
+    return replication, {"min.insync.replicas": str(min_insync)}
 
 
 async def ensure_topics(bootstrap: str, events_topic: str) -> int:
-    """Create the topics this worker writes when missing; returns the events topic's partition count."""
+    """Create the topics this worker writes when missing, with the configured replication factor and
+    min.insync.replicas; returns the events topic's partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -54,16 +75,20 @@ async def ensure_topics(bootstrap: str, events_topic: str) -> int:
             raise RuntimeError(f"topic {events_topic} does not exist")
         count = len(partitions)
         existing = set(await admin.list_topics())
+        replication, configs = durability()
         wanted = [
-            NewTopic(referral_awards_topic(), count, 1),
-            NewTopic(LOYALTY.name, count, 1),
-            NewTopic(SNAPSHOTS.name, count, 1, topic_configs={"cleanup.policy": "compact"}),
-            NewTopic(DLQ.name, count, 1),
+            NewTopic(referral_awards_topic(), count, replication, topic_configs=configs),
+            NewTopic(LOYALTY.name, count, replication, topic_configs=configs),
+            NewTopic(SNAPSHOTS.name, count, replication,
+                     topic_configs={**configs, "cleanup.policy": "compact"}),
+            NewTopic(DLQ.name, count, replication, topic_configs=configs),
         ]
         missing = [topic for topic in wanted if topic.name not in existing]
         if missing:
-            with contextlib.suppress(Exception):  # another worker may create them at the same time
-                await admin.create_topics(missing)
+            response = await admin.create_topics(missing)
+            for topic, code, *message in response.topic_errors:
+                if code not in (0, TOPIC_ALREADY_EXISTS):  # exists: another worker created it meanwhile
+                    raise RuntimeError(f"cannot create topic {topic}: error {code}: {message}")
         return count
     finally:
         await admin.close()
@@ -88,6 +113,20 @@ class ChangelogEntry:
         return self.tp.partition
 
 
+class RejectedByPostgres(Exception):
+    """Postgres refused the data itself (it will refuse it on every retry)."""
+
+
+def exit_unacked(step: str, events: list[Any], exc: BaseException) -> NoReturn:
+    """Ends the process at once, so faust can neither ack nor commit the unfinished batch."""
+    offsets = sorted({(e.message.topic, e.message.partition, e.message.offset) for e in events})[:1]
+    log.critical("batch_unfinished_exiting", step=step, events=len(events), first=offsets,
+                 error=repr(exc), exc_info=exc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_BATCH_UNFINISHED)
+
+
 class QuietServer(uvicorn.Server):
     """uvicorn inside the faust worker: faust owns the signals."""
 
@@ -100,9 +139,11 @@ class AchievementsWorker:
     def __init__(self, settings: AchievementsSettings, partitions: int) -> None:
         self.settings = settings
         self.partitions = partitions
-        self.processor = LoyaltyProcessor(settings.thresholds)
+        self.processor = LoyaltyProcessor(settings.thresholds, settings.applied_ids_kept)
+        replication, topic_configs = durability()
         self.rules = RuleStore(settings.seconds(settings.achievements_rules_poll_interval))
         self.pool: asyncpg.Pool | None = None
+        self.pool_ready = asyncio.Event()
         self._rules_watch: asyncio.Future[None] | None = None
         self.last_offsets: dict[tuple[str, int], int] = {}
         self.events_topic = EVENTS.name
@@ -114,7 +155,7 @@ class AchievementsWorker:
             store=settings.achievements_store,
             datadir=settings.achievements_data_dir,
             topic_partitions=partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=replication,
             table_standby_replicas=settings.achievements_standby_replicas,
             web_enabled=False,
             producer_acks=-1,
@@ -134,7 +175,7 @@ class AchievementsWorker:
         self.own_outputs = app.topic(LOYALTY.name, SNAPSHOTS.name, **raw)  # type: ignore[arg-type]
         self.table = app.Table(
             "user-state", partitions=partitions, key_type=bytes, value_type=bytes,
-            use_partitioner=True,
+            use_partitioner=True, extra_topic_configs=topic_configs,
         )
         self.changelog_topic = self.table.changelog_topic.get_topic_name()
         self.publisher = BatchPublisher(settings.kafka_bootstrap_servers,
@@ -150,6 +191,7 @@ class AchievementsWorker:
         app.task(self.start_side_services)
         app.timer(settings.seconds(settings.achievements_recompute_interval))(self.recompute_snapshots)
         app.timer(5.0)(self.export_lag)
+        metrics.ASSIGNED_PARTITIONS.set_function(self._held_partitions)
 
     # --- the event loop of the state -------------------------------------------------------------------
 
@@ -158,12 +200,17 @@ class AchievementsWorker:
             async with asyncio.timeout(self.settings.seconds(self.settings.achievements_rules_wait)):
                 await self.rules.loaded.wait()
         await self.publisher.start()
-        # faust acks (and later commits) a batch's offsets only once this loop body is done with it.
+        # faust's take_events acks a batch in a `finally` when the loop body leaves it, whether the body
+        # finished or raised, and its default supervisor restarts the agent: a failed batch would be
+        # committed unapplied. So a batch the body did not finish ends the process before that can happen.
         async for events in stream.take_events(self.settings.achievements_batch_size,
                                                within=self.settings.achievements_batch_wait_seconds):
             started = time.perf_counter()
-            async with self.state_lock:
-                await self.apply_batch(events)
+            try:
+                async with self.state_lock:
+                    await self.apply_batch(events)
+            except BaseException as exc:  # a cancelled batch is unfinished too
+                exit_unacked("apply-events", events, exc)
             metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
 
     async def apply_batch(self, events: list[Any]) -> None:
@@ -172,18 +219,28 @@ class AchievementsWorker:
         only then may faust commit the batch's offsets."""
         by_user: dict[bytes, list[dict[str, Any]]] = {}
         outputs: list[Record] = []
+        letters: list[DeadLetter] = []
         for event in events:
             message = event.message
             self.last_offsets[(message.topic, message.partition)] = message.offset
+            if not self._is_for_this_service(message):
+                continue
             envelope = self._parse(message.value)
             if envelope is None:
-                outputs.append(self._dead_letter(message, "invalid envelope"))
+                letters.append(self._dead_letter(message, "invalid_envelope", "not a JSON envelope with "
+                                                 "event_id, brand_id and timestamp"))
                 continue
             user_id = (envelope.get("identifiers") or {}).get("id")
             if not user_id:
-                metrics.EVENTS_PROCESSED.labels(envelope.get("name") or "", "anonymous_skipped").inc()
+                name = counted_name(envelope.get("name") or "")
+                metrics.EVENTS_PROCESSED.labels(name, "anonymous_skipped").inc()
                 continue
             key = partition_key(envelope["brand_id"], user_id).encode()
+            if message.partition != (owner := self.partition_of(key)):
+                # Another partition holds (or will hold) this user's state: applying it here would split it.
+                letters.append(self._dead_letter(
+                    message, "wrong_partition", f"key {key!r} belongs to partition {owner}"))
+                continue
             by_user.setdefault(key, []).append(envelope)
         changed: list[tuple[bytes, UserState]] = []
         for key, envelopes in by_user.items():
@@ -193,6 +250,7 @@ class AchievementsWorker:
                 changed.append((key, outcome.state))
                 outputs.extend(self._output(emit) for emit in outcome.emits)
             self._count(outcome)
+        await self._write_dead_letters(letters)
         if outputs:
             await self.publisher.publish(outputs)
         await self._write_states(changed)
@@ -273,37 +331,104 @@ class AchievementsWorker:
         return envelope
 
     @staticmethod
-    def _dead_letter(message: Any, reason: str) -> Record:
-        metrics.INVALID_EVENTS.inc()
-        log.warning("invalid_event", topic=message.topic, partition=message.partition, offset=message.offset)
-        return Record(
-            DLQ.name, message.key or b"", message.value or b"",
-            [("reason", reason.encode()), ("source_topic", message.topic.encode()),
-             ("source_partition", str(message.partition).encode()),
-             ("source_offset", str(message.offset).encode()), ("attempts", b"1")],
+    def _headers(message: Any) -> list[tuple[str, bytes]]:
+        headers = message.headers or ()
+        return list(headers.items() if isinstance(headers, Mapping) else headers)
+
+    def _is_for_this_service(self, message: Any) -> bool:
+        """False for a dead letter another service replayed onto a topic this worker reads."""
+        for name, value in self._headers(message):
+            if name == REPLAY_FOR:
+                return bytes(value).decode(errors="replace") == SERVICE
+        return True
+
+    def _dead_letter(
+        self, message: Any, reason: str, detail: str, *, attempts: int = 0,
+        first_attempt_at: datetime | None = None, destination: str = "",
+    ) -> DeadLetter:
+        """The system's one dead-letter format (synergy_streaming.dlq): Postgres dlq_messages, then the DLQ
+        topic, so `synergy dlq list` shows it and `synergy dlq replay` brings it back to this worker."""
+        if reason == "invalid_envelope":
+            metrics.INVALID_EVENTS.inc()
+        metrics.DEAD_LETTERS.labels(reason).inc()
+        value = message.value or b""
+        brand_id, event_id = event_fields(value)
+        return DeadLetter(
+            reason=reason, detail=detail, service=SERVICE, source_topic=message.topic,
+            source_partition=message.partition, source_offset=message.offset, key=message.key, value=value,
+            headers=self._headers(message), attempts=attempts, first_attempt_at=first_attempt_at,
+            destination=destination, brand_id=brand_id, event_id=event_id,
         )
+
+    async def _write_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Durable (retried until both writes succeed) before the batch may be acked."""
+        if letters:
+            if self.settings.achievements_persist:  # Postgres first: wait for the connection
+                await self.pool_ready.wait()
+            producer = await self.publisher.start()
+            await DeadLetterWriter(producer, self.pool).write_until_durable(letters)
 
     # --- Postgres read model -------------------------------------------------------------------------
 
     async def persist_loyalty(self, stream: Any) -> None:
-        async for values in stream.take(PERSIST_BATCH, within=0.5):
-            envelopes = [envelope for raw in values if (envelope := self._parse(raw)) is not None]
-            delay = 0.5
-            while True:
-                try:
-                    if self.pool is None:
-                        raise OSError("no Postgres pool yet")
-                    await LoyaltyWriter(self.pool).write(envelopes)
-                    break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("persist_failed", error=repr(exc), retry_in=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+        # As in apply_events: a batch not written (or dead-lettered) in full must never be acked.
+        async for events in stream.take_events(PERSIST_BATCH, within=0.5):
+            try:
+                await self.persist_batch(events)
+            except BaseException as exc:  # a cancelled batch is unfinished too
+                exit_unacked("persist-loyalty", events, exc)
+
+    async def persist_batch(self, events: list[Any]) -> None:
+        """Writes the batch; when Postgres refuses it for good, writes it record by record and sends
+        each record Postgres will never accept to the DLQ, so one bad record cannot wedge the rest."""
+        first_attempt_at = datetime.now(UTC)
+        items = [(event.message, envelope) for event in events if self._is_for_this_service(event.message)
+                 and (envelope := self._parse(event.message.value)) is not None]
+        try:
+            await self._write_retrying([envelope for _, envelope in items])
+            return
+        except RejectedByPostgres:
+            pass
+        rejected: list[DeadLetter] = []
+        for message, envelope in items:
+            try:
+                await self._write_retrying([envelope])
+            except RejectedByPostgres as exc:
+                rejected.append(self._dead_letter(
+                    message, "postgres_rejected", str(exc), attempts=2, first_attempt_at=first_attempt_at,
+                    destination="postgres"))
+        await self._write_dead_letters(rejected)
+
+    async def _write_retrying(self, envelopes: list[dict[str, Any]]) -> None:
+        """Retries what can succeed later (connection lost, serialization failure, deadlock) with
+        backoff, raises RejectedByPostgres for data Postgres will never accept, and lets anything
+        else (a bug) propagate."""
+        delay = 0.5
+        while True:
+            try:
+                if self.pool is None:
+                    raise OSError("no Postgres pool yet")
+                await LoyaltyWriter(self.pool).write(envelopes)
+                return
+            except Exception as exc:
+                if is_data_rejected(exc):
+                    raise RejectedByPostgres(str(exc)) from exc
+                if not is_retryable_db_error(exc):
+                    raise
+                log.warning("persist_failed", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     # --- periodic work -------------------------------------------------------------------------------
 
     def _active_partitions(self) -> set[int]:
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.events_topic}
+
+    def _held_partitions(self) -> int:
+        """For the assigned-partitions gauge: none while a rebalance is under way."""
+        if self.app.rebalancing:
+            return 0
+        return len(self._active_partitions())
 
     async def recompute_snapshots(self) -> None:
         """Daily: a fresh snapshot for each local user whose time-derived fields changed."""
@@ -351,6 +476,7 @@ class AchievementsWorker:
                 log.warning("postgres_unavailable", error=repr(exc))
                 await asyncio.sleep(2.0)
         pool = self.pool
+        self.pool_ready.set()
         self._rules_watch = asyncio.ensure_future(self.rules.watch(pool))
 
         async def kafka_ready() -> bool:

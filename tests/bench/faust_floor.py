@@ -1,0 +1,44 @@
+"""The faust ceiling of the achievements bench: a bare faust agent that only drains `take_events`.
+
+    python -m tests.bench.faust_floor   (env: KAFKA_BOOTSTRAP_SERVERS, FLOOR_APP_ID, FLOOR_SOURCE, FLOOR_SINK)
+
+Configured as the worker configures faust (poll size, batch size and wait, memory store, GC tuning), it
+does nothing with the events; per batch it writes one record holding the batch's size, so the bench
+measures it the way it measures the worker: on the broker timestamps of what it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import faust
+from synergy_achievements.publisher import PRODUCER_SETTINGS
+from synergy_common.gc_tuning import tune_garbage_collector
+from synergy_common.kafka import durable_producer
+
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+SOURCE, SINK = os.environ["FLOOR_SOURCE"], os.environ["FLOOR_SINK"]
+BATCH_SIZE = int(os.environ.get("ACHIEVEMENTS_BATCH_SIZE", "1000"))
+
+app = faust.App(
+    os.environ["FLOOR_APP_ID"], broker=f"kafka://{BOOTSTRAP}", store="memory://", web_enabled=False,
+    datadir=os.environ.get("FLOOR_DATA_DIR", ".local/bench-faust-floor"),
+    consumer_auto_offset_reset="earliest", broker_commit_interval=1.0,
+    broker_max_poll_records=int(os.environ.get("ACHIEVEMENTS_MAX_POLL_RECORDS", "500")),
+    producer_linger=0.005, producer_max_batch_size=512 * 1024,
+)
+source = app.topic(SOURCE, key_serializer="raw", value_serializer="raw")  # type: ignore[arg-type]
+
+
+@app.agent(source)
+async def drain(stream: Any) -> None:
+    producer = durable_producer(BOOTSTRAP, client_id="bench-faust-floor", **PRODUCER_SETTINGS)
+    await producer.start()
+    async for events in stream.take_events(BATCH_SIZE, within=0.05):
+        await producer.send_and_wait(SINK, str(len(events)).encode())
+
+
+if __name__ == "__main__":
+    tune_garbage_collector()
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
