@@ -49,7 +49,7 @@ test-unit: install
 lint: install
 	$(UV) run ruff check .
 	$(UV) run mypy libs/schemas/src libs/common/src services/ingest/src services/achievements/src \
-		services/cio-sink/src services/insights/src
+		services/cio-sink/src services/insights/src services/marketing/src
 
 bench: install
 	@set -e; for bench in tests/bench/bench_*.py; do \

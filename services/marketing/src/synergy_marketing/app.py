@@ -1,0 +1,73 @@
+"""The marketing service (port 8002): the trigger consumer and the timer scheduler in the background,
+the marketing queue, preference and tracking routes in front."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI
+from synergy_common.db import create_pool
+from synergy_common.http import WriteKeyAuthenticator, install_problem_handlers, ops_router
+from synergy_common.logging import configure_logging
+
+from synergy_marketing.context import MarketingContext
+from synergy_marketing.preferences_api import router as preferences_router
+from synergy_marketing.publisher import MarketingPublisher
+from synergy_marketing.settings import MarketingSettings
+
+# A background part of the service: started with the app's context, cancelled at shutdown.
+BackgroundPart = Callable[[MarketingContext], Awaitable[None]]
+
+
+def background_parts(settings: MarketingSettings) -> list[tuple[str, BackgroundPart]]:
+    return []
+
+
+def create_app(
+    settings: MarketingSettings | None = None,
+    publisher: MarketingPublisher | None = None,
+) -> FastAPI:
+    settings = settings or MarketingSettings()
+    logger = configure_logging("marketing", settings.log_level)
+    given_publisher = publisher
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # min_size=0: the service starts, and answers 503, while Postgres is down.
+        pool = await create_pool(
+            settings.database_url, min_size=0, max_size=settings.marketing_db_pool_size, command_timeout=10
+        )
+        publisher = given_publisher or MarketingPublisher(settings.kafka_bootstrap_servers)
+        context = MarketingContext(
+            settings=settings, pool=pool, publisher=publisher, authenticator=WriteKeyAuthenticator(pool)
+        )
+        app.state.marketing = context
+        tasks = [
+            asyncio.create_task(part(context), name=f"marketing-{name}")
+            for name, part in background_parts(settings)
+        ]
+        logger.info("marketing_started", topic=publisher.topic, parts=[task.get_name() for task in tasks])
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await publisher.stop()
+            await pool.close()
+
+    app = FastAPI(title="Synergy marketing", version="1.0.0", lifespan=lifespan)
+    install_problem_handlers(app)
+
+    async def postgres_ready() -> bool:
+        return bool(await app.state.marketing.pool.fetchval("SELECT 1", timeout=2) == 1)
+
+    async def kafka_ready() -> bool:
+        return bool(await app.state.marketing.publisher.ready())
+
+    app.include_router(ops_router({"postgres": postgres_ready, "kafka": kafka_ready}))
+    # Email preferences, unsubscribe, preference centre, open/click tracking, recommendations (issue 10).
+    app.include_router(preferences_router)
+    return app
