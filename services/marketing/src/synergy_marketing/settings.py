@@ -24,6 +24,12 @@ class MarketingSettings(BaseSettings):
     marketing_public_url: str = "http://127.0.0.1:8002"
     # Signs unsubscribe and preference tokens (synergy_marketing.tokens); `make run` generates one.
     marketing_token_secret: str | None = None
+    # Issue 10 (preferences): the secret being rotated out, still accepted; how long a link stays valid
+    # (CAN-SPAM: at least 30 days after sending; shorter values are raised to 30d); List-Unsubscribe mailto.
+    marketing_token_secret_previous: str | None = None
+    marketing_token_max_age: str = "60d"
+    marketing_unsubscribe_mailto: str | None = None
+    marketing_max_form_bytes: int = 16 * 1024
 
     # The timer scheduler: how often it looks for due timers, and how many it claims per transaction.
     marketing_scheduler_interval: str = "200ms"
