@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from fastapi import FastAPI
 from synergy_common.db import create_pool
@@ -18,7 +19,7 @@ from synergy_marketing.publisher import MarketingPublisher
 from synergy_marketing.settings import MarketingSettings
 
 # A background part of the service: started with the app's context, cancelled at shutdown.
-BackgroundPart = Callable[[MarketingContext], Awaitable[None]]
+BackgroundPart = Callable[[MarketingContext], Coroutine[Any, Any, None]]
 
 
 def background_parts(settings: MarketingSettings) -> list[tuple[str, BackgroundPart]]:
