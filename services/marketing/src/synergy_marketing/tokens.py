@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets as random_secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ MINIMUM_MAX_AGE_SECONDS = 30 * 86400
 # A token issued this far in the future (clock skew between replicas) is still accepted.
 CLOCK_SKEW_SECONDS = 300
 MAX_TOKEN_CHARS = 2048
+# How long a rendered preference form may be submitted.
+FORM_NONCE_MAX_AGE_SECONDS = 2 * 3600
 LIST_UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
 
 Purpose = Literal["unsubscribe", "preferences"]
@@ -127,6 +130,35 @@ class TokenSigner:
         if claims.purpose not in accept:
             raise TokenRejected("wrong_purpose", "this link cannot be used here")
         return claims
+
+    def form_nonce(self, token: str, now: float | None = None) -> str:
+        """A per-render nonce for the preference form, bound to the page's token (a CSRF defence that
+        needs no login or cookie: a forged form has no nonce for this token)."""
+        random_part = random_secrets.token_urlsafe(12)
+        issued = str(int(time.time() if now is None else now))
+        mac = _mac(self._secrets[0], _form_message(token, random_part, issued))
+        return f"{random_part}.{issued}.{_b64encode(mac)}"
+
+    def verify_form_nonce(self, token: str, nonce: str | None, now: float | None = None) -> bool:
+        if not nonce or len(nonce) > 200 or nonce.count(".") != 2:
+            return False
+        random_part, issued, encoded_mac = nonce.split(".")
+        if not issued.isdigit():
+            return False
+        try:
+            given_mac = _b64decode(encoded_mac)
+        except (ValueError, binascii.Error):
+            return False
+        message = _form_message(token, random_part, issued)
+        matched = False
+        for secret in self._secrets:
+            matched = hmac.compare_digest(_mac(secret, message), given_mac) or matched
+        age = (time.time() if now is None else now) - int(issued)
+        return matched and -CLOCK_SKEW_SECONDS <= age <= FORM_NONCE_MAX_AGE_SECONDS
+
+
+def _form_message(token: str, random_part: str, issued: str) -> bytes:
+    return b"form\x00" + token.encode() + b"\x00" + random_part.encode() + b"\x00" + issued.encode()
 
 
 def _parse_payload(payload: bytes, key_index: int) -> TokenClaims:
