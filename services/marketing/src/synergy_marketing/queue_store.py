@@ -63,9 +63,7 @@ async def mark_engagement(
     }
 
 
-async def sent_item_carries_url(
-    db: asyncpg.Pool | asyncpg.Connection, queue_id: str, url: str
-) -> bool:
+async def sent_item_carries_url(db: asyncpg.Pool | asyncpg.Connection, queue_id: str, url: str) -> bool:
     """Whether the queue item exists and its message carried `url` anywhere in its data (the
     click-tracking redirect goes only to such a URL)."""
     data = await db.fetchval(

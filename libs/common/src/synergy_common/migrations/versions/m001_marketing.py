@@ -7,7 +7,8 @@ plus the durable timers of the trigger windows and the consumer's idempotency by
   current browse cycle (the views since the product was last added to the cart or an order placed).
   Kept 90 days after the last view.
 - marketing_timers are the windows' deadlines, on event time. One pending timer per (brand, person,
-  trigger, subject); a later cart change moves it. The scheduler claims due ones FOR UPDATE SKIP LOCKED.
+  trigger, subject); a later cart change moves it (and re-arms it). A fired timer keeps fired_at, so an
+  unchanged cart does not fire twice. The scheduler claims due ones FOR UPDATE SKIP LOCKED.
 - marketing_queue keeps every decision (sent or suppressed with its reason), 30 days after sending.
 - email_preferences: seed 004's defaults, all true except unsubscribed.
 
@@ -140,10 +141,11 @@ CREATE TABLE marketing_timers (
   subject VARCHAR(200) NOT NULL DEFAULT '',
   due_at TIMESTAMPTZ NOT NULL,
   details JSONB NOT NULL DEFAULT '{}'::jsonb,
+  fired_at TIMESTAMPTZ,
   created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   UNIQUE (brand_id, person, trigger, subject)
 );
-CREATE INDEX idx_marketing_timers_due ON marketing_timers (due_at);
+CREATE INDEX idx_marketing_timers_due ON marketing_timers (due_at) WHERE fired_at IS NULL;
 
 CREATE TABLE marketing_queue (
   queue_id VARCHAR(64) PRIMARY KEY,

@@ -1,0 +1,135 @@
+"""The timer scheduler: claims due deadlines (FOR UPDATE SKIP LOCKED, so replicas share them),
+re-checks and decides them (decisions.py), publishes what is sent to synergy.marketing.v1, and only
+then records the queue items and marks the timers fired, in the same transaction. A crash before the
+commit leaves the timers due: they fire again with the same queue ids and event ids (Customer.io
+deduplicates on the event id; the queue keeps one row per queue id)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+
+from synergy_marketing import metrics, store, tokens
+from synergy_marketing.decisions import Links, SuppressionConfig, decide, recheck, trigger_envelope
+from synergy_marketing.publisher import MarketingPublisher
+from synergy_marketing.settings import MarketingSettings
+from synergy_marketing.state import WINDOW_TRIGGERS, WindowConfig
+
+log = structlog.get_logger()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: MarketingPublisher,
+        settings: MarketingSettings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.pool = pool
+        self.publisher = publisher
+        self.settings = settings
+        self.clock = clock
+        self.windows = WindowConfig(
+            cart_abandon_after=timedelta(seconds=settings.seconds("marketing_cart_abandon_after")),
+            browse_abandon_after=timedelta(seconds=settings.seconds("marketing_browse_abandon_after")),
+            browse_min_views=settings.marketing_browse_min_views,
+        )
+        self.suppression = SuppressionConfig(
+            frequency_cap=timedelta(seconds=settings.seconds("marketing_frequency_cap")),
+            smart_sending=timedelta(seconds=settings.seconds("marketing_smart_sending")),
+            stale_after=timedelta(seconds=settings.seconds("marketing_stale_after")),
+        )
+        self.batch = settings.marketing_scheduler_batch
+
+    def links(self, brand_id: str, user_id: str) -> Links:
+        issued_at = self.clock().timestamp()
+        return Links(
+            unsubscribe_url=tokens.unsubscribe_url(self.settings, brand_id, user_id, issued_at),
+            preferences_url=tokens.preferences_url(self.settings, brand_id, user_id, issued_at),
+            list_unsubscribe=tokens.list_unsubscribe(self.settings, brand_id, user_id, issued_at),
+        )
+
+    async def fire_due(self) -> int:
+        """One transaction: up to `batch` due timers decided, published and recorded. Answers how many."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = await store.claim_due_timers(conn, self.batch)
+            if not due:
+                return 0
+            now = self.clock()
+            timers = [d.timer for d in due]
+            persons = {(t.brand_id, t.person) for t in timers if t.trigger in WINDOW_TRIGGERS}
+            watch_keys = {
+                (t.brand_id, t.person, t.subject) for t in timers if t.trigger not in WINDOW_TRIGGERS
+            }
+            loaded = await store.load_persons(conn, persons)
+            watches = await store.load_watches(conn, watch_keys, ())
+            candidates = []
+            for timer in timers:
+                candidate = recheck(
+                    timer,
+                    loaded.get((timer.brand_id, timer.person)),
+                    watches.get((timer.brand_id, timer.person, timer.subject)),
+                    self.windows,
+                )
+                if candidate is None:
+                    metrics.TRIGGERS.labels(timer.brand_id, timer.trigger, "exited").inc()
+                else:
+                    candidates.append(candidate)
+            users = sorted({(c.timer.brand_id, c.timer.person) for c in candidates})
+            preferences = await store.load_preferences(conn, users)
+            longest = max(self.suppression.frequency_cap, self.suppression.smart_sending)
+            histories = await store.load_histories(conn, users, now - longest)
+            brands = await store.load_brands(conn, {c.timer.brand_id for c in candidates})
+            decisions = decide(candidates, preferences, histories, brands, self.links, now, self.suppression)
+            sent = [d for d in decisions if d.sent]
+            await self.publisher.publish_many([trigger_envelope(d, now) for d in sent])
+            await store.save_decisions(conn, decisions, [d.timer_id for d in due], now)
+        fired_at = time.time()
+        for d in due:
+            metrics.TIMER_LATENESS.observe(max(0.0, fired_at - d.timer.due_at.timestamp()))
+            metrics.TIMERS_FIRED.labels(d.timer.trigger).inc()
+        for decision in decisions:
+            outcome = "sent" if decision.sent else f"suppressed_{decision.reason}"
+            metrics.TRIGGERS.labels(decision.brand_id, decision.trigger, outcome).inc()
+        return len(due)
+
+    async def run_forever(self) -> None:
+        interval = self.settings.seconds("marketing_scheduler_interval")
+        failures = 0
+        while True:
+            try:
+                fired = await self.fire_due()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                log.warning("timer firing failed; will retry", error=repr(exc), failures=failures)
+                await asyncio.sleep(min(30.0, interval * 2**failures))
+                continue
+            if fired < self.batch:
+                await asyncio.sleep(interval)
+
+
+async def report_backlog_forever(pool: asyncpg.Pool, interval: float = 5.0) -> None:
+    """Timers pending and the oldest due timer's lateness, for /metrics; old rows purged hourly."""
+    last_purge = 0.0
+    while True:
+        try:
+            pending, lateness = await store.timer_backlog(pool)
+            metrics.TIMERS_PENDING.set(pending)
+            metrics.OLDEST_DUE_TIMER_LATENESS.set(lateness)
+            if time.monotonic() - last_purge > 3600:
+                await store.purge_expired(pool)
+                last_purge = time.monotonic()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("timer backlog report failed", error=repr(exc))
+        await asyncio.sleep(interval)
