@@ -308,7 +308,7 @@ async def get_email_preferences(
         async with context.pool.acquire(timeout=5) as connection:
             if not await user_known(connection, brand_id, user_id):
                 raise UNKNOWN_USER
-            prefs = await read_preferences(connection, brand_id, user_id) or EmailPreferences()
+            prefs = await read_preferences(connection, brand_id, user_id)
     except DATABASE_ERRORS as exc:
         raise ProblemError(503, "Postgres unavailable", "try again", headers={"Retry-After": "5"}) from exc
     return JSONResponse(await _api_preferences_body(context, runtime, brand_id, user_id, prefs))
@@ -474,7 +474,7 @@ async def preferences_page(
                 prefs = await read_preferences(connection, int(claims.brand_id), claims.user_id)
         except DATABASE_ERRORS as exc:
             raise _database_page_error(exc) from exc
-        return _preferences_page(runtime.signer, token, prefs or EmailPreferences(), saved == "1")
+        return _preferences_page(runtime.signer, token, prefs, saved == "1")
     except PageError as error:
         return error.response
     finally:
@@ -563,7 +563,6 @@ async def unsubscribe_confirmation(
                 prefs = await read_preferences(connection, int(claims.brand_id), claims.user_id)
         except DATABASE_ERRORS as exc:
             raise _database_page_error(exc) from exc
-        prefs = prefs or EmailPreferences()
         return _page(
             "unsubscribe_confirm.html",
             token=token,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,30 +65,20 @@ async def user_known(connection: asyncpg.Connection, brand_id: int, user_id: str
     )
 
 
-async def read_preferences(
-    connection: asyncpg.Connection, brand_id: int, user_id: str
-) -> EmailPreferences | None:
-    """The stored preferences, or None when there is no row (the defaults apply)."""
+async def read_preferences(connection: asyncpg.Connection, brand_id: int, user_id: str) -> EmailPreferences:
+    """The stored preferences, or the defaults when there is no row; the email falls back to the user's."""
     row = await connection.fetchrow(
         f"""SELECT {_COLUMNS} FROM email_preferences WHERE brand_id = $1 AND user_id = $2""",
         brand_id,
         user_id,
     )
-    if row is None:
-        return None
-    preferences = _row_to_preferences(row)
+    preferences = EmailPreferences() if row is None else _row_to_preferences(row)
     if preferences.email is None:
         email = await connection.fetchval(
             "SELECT email FROM users WHERE brand_id = $1 AND external_id = $2", brand_id, user_id
         )
         if email:
-            preferences = EmailPreferences(
-                preferences.flags,
-                email,
-                preferences.unsubscribed_at,
-                preferences.created_at,
-                preferences.updated_at,
-            )
+            preferences = replace(preferences, email=email)
     return preferences
 
 
