@@ -72,7 +72,7 @@ PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -220,13 +220,15 @@ async def _read_form(request: Request, limit: int) -> list[tuple[str, str]]:
 
 
 def _same_origin(request: Request) -> bool:
-    """A browser's cross-site form post is refused; a POST without Origin (mail providers) is not."""
-    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
-        return False
+    """A browser's form post from another site is refused (Fetch metadata first, then Origin); a POST
+    with neither header (a mail provider, a script) is let through: the signed token is the authority."""
+    fetch_site = request.headers.get("sec-fetch-site", "").lower()
+    if fetch_site:
+        return fetch_site in ("same-origin", "none")
     origin = request.headers.get("origin")
-    if not origin or origin == "null":
-        return origin != "null"
-    return urlsplit(origin).netloc.lower() == (request.headers.get("host") or "").lower()
+    if origin is None:
+        return True
+    return origin != "null" and urlsplit(origin).netloc.lower() == (request.headers.get("host") or "").lower()
 
 
 def _links(context: MarketingContext, signer: TokenSigner, brand_id: int, user_id: str) -> dict[str, str]:
