@@ -223,21 +223,21 @@ class MarketingConsumer:
             await store.save_batch(conn, state, self.windows)
             converted = await store.convert_orders(conn, state.orders, self.conversion_window)
         for row in converted:
-            brand, trigger_type = str(row["brand_id"]), row["trigger_type"]
-            metrics.QUEUE_ENGAGEMENT.labels(brand, trigger_type, "converted").inc()
+            brand, trigger = str(row["brand_id"]), row["event_name"]
+            metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "converted").inc()
             if row["conversion_revenue"] is not None:
-                metrics.RECOVERED_REVENUE.labels(brand, trigger_type).inc(float(row["conversion_revenue"]))
+                metrics.RECOVERED_REVENUE.labels(brand, trigger).inc(float(row["conversion_revenue"]))
         return outcomes
 
     async def _mark_engagements(self, items: Sequence[Work]) -> list[ItemOutcome]:
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await store.mark_engagements(conn, [item.payload for item in items])
         for row in rows:
-            brand, trigger_type = str(row["brand_id"]), row["trigger_type"]
+            brand, trigger = str(row["brand_id"]), row["event_name"]
             if row["first_open"]:
-                metrics.QUEUE_ENGAGEMENT.labels(brand, trigger_type, "opened").inc()
+                metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "opened").inc()
             if row["first_click"]:
-                metrics.QUEUE_ENGAGEMENT.labels(brand, trigger_type, "clicked").inc()
+                metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "clicked").inc()
         return [DELIVERED] * len(items)
 
 

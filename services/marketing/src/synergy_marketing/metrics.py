@@ -28,12 +28,12 @@ EVENTS_APPLIED = Counter(
 )
 QUEUE_ENGAGEMENT = Counter(
     "synergy_marketing_engagements_total",
-    "Queue items first opened, clicked or converted, by brand, trigger type and engagement",
+    "Queue items first opened, clicked or converted, by brand, trigger and engagement",
     ["brand", "trigger", "engagement"],
 )
 RECOVERED_REVENUE = Counter(
-    "synergy_marketing_recovered_revenue_cents_total",
-    "Order totals (in cents) of orders converted by a marketing message, by brand and trigger type",
+    "synergy_marketing_recovered_revenue_total",
+    "Totals (currency units, as sent) of orders a marketing message converted, by brand and trigger",
     ["brand", "trigger"],
 )
 KPI_RATE = Gauge(

@@ -17,13 +17,13 @@ _MARK = {
     "opened": """
         UPDATE marketing_queue SET opened = TRUE, opened_at = COALESCE(opened_at, $3)
         WHERE ($1::bigint IS NULL OR brand_id = $1) AND {match} AND status <> 'suppressed'
-        RETURNING queue_id, brand_id, trigger_type, opened_at = $3 AS first
+        RETURNING queue_id, brand_id, trigger_type, event_name, opened_at = $3 AS first
     """,
     "clicked": """
         UPDATE marketing_queue SET clicked = TRUE, clicked_at = COALESCE(clicked_at, $3),
                opened = TRUE, opened_at = COALESCE(opened_at, $3)
         WHERE ($1::bigint IS NULL OR brand_id = $1) AND {match} AND status <> 'suppressed'
-        RETURNING queue_id, brand_id, trigger_type, clicked_at = $3 AS first
+        RETURNING queue_id, brand_id, trigger_type, event_name, clicked_at = $3 AS first
     """,
 }
 
@@ -54,7 +54,7 @@ async def mark_engagement(
     if row is None:
         return None
     if row["first"]:
-        metrics.QUEUE_ENGAGEMENT.labels(str(row["brand_id"]), row["trigger_type"], engagement).inc()
+        metrics.QUEUE_ENGAGEMENT.labels(str(row["brand_id"]), row["event_name"], engagement).inc()
     return {
         "queue_id": row["queue_id"],
         "brand_id": str(row["brand_id"]),

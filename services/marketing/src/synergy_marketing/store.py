@@ -507,7 +507,7 @@ async def convert_orders(
             UPDATE marketing_queue m SET status = 'converted', converted = TRUE, converted_at = p.ordered_at,
                    conversion_order_id = p.order_id, conversion_revenue = p.total
             FROM picked p WHERE m.queue_id = p.queue_id AND NOT m.converted
-            RETURNING m.brand_id, m.trigger_type, m.conversion_revenue
+            RETURNING m.brand_id, m.event_name, m.conversion_revenue
             """,
             [int(o.brand_id) for o in orders],
             [o.user_id for o in orders],
@@ -552,7 +552,7 @@ async def mark_engagements(
                    clicked_at = CASE WHEN k.clicked THEN COALESCE(m.clicked_at, k.at) ELSE m.clicked_at END
             FROM marks k, before b
             WHERE m.brand_id = k.brand_id AND m.event_id = k.event_id AND b.queue_id = m.queue_id
-            RETURNING m.brand_id, m.trigger_type, NOT b.opened AS first_open,
+            RETURNING m.brand_id, m.event_name, NOT b.opened AS first_open,
                       (k.clicked AND NOT b.clicked) AS first_click
             """,
             [int(m[0]) for m in marks],
