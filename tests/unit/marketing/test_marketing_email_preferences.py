@@ -106,3 +106,51 @@ def test_applying_the_same_change_twice_gives_the_same_result() -> None:
     first = apply_change(None, {"newsletter": False, "unsubscribed": True}, T0)
     second = apply_change(first.after, {"newsletter": False, "unsubscribed": True}, T1)
     assert second.after == first.after
+
+
+def insight(object_type: str, metric: str, **overrides):
+    envelope = {
+        "event_id": "01JABCDEFGHJKMNPQRSTVWXYZ0",
+        "type": "track",
+        "name": f"{object_type}_{metric}",
+        "brand_id": "7",
+        "identifiers": {"id": "user_123"},
+        "data": {"object_type": object_type, "metric": metric, "cio_event_id": "x"},
+        "timestamp": "2026-01-15T10:00:00Z",
+        "source": "insights",
+    }
+    envelope.update(overrides)
+    return envelope
+
+
+def test_customer_io_unsubscribes_and_resubscribes_become_subscription_changes() -> None:
+    from synergy_marketing.email_preferences import SubscriptionChange, subscription_change_from_insight
+
+    assert subscription_change_from_insight(insight("customer", "unsubscribed")) == SubscriptionChange(
+        7, "user_123", True, T0
+    )
+    assert subscription_change_from_insight(insight("email", "unsubscribed")) == SubscriptionChange(
+        7, "user_123", True, T0
+    )
+    assert subscription_change_from_insight(insight("customer", "subscribed")) == SubscriptionChange(
+        7, "user_123", False, T0
+    )
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        insight("email", "opened"),
+        insight("email", "subscribed"),
+        insight("customer", "unsubscribed", identifiers={"anonymous_id": "cio:abc"}),
+        insight("customer", "unsubscribed", brand_id="acme"),
+        insight("customer", "unsubscribed", timestamp="yesterday"),
+        insight("customer", "unsubscribed", timestamp="2026-01-15T10:00:00"),
+        insight("customer", "unsubscribed", data="junk"),
+        {"name": "predictions_updated", "data": {"predictions": {}}},
+    ],
+)
+def test_other_insights_are_not_subscription_changes(envelope) -> None:
+    from synergy_marketing.email_preferences import subscription_change_from_insight
+
+    assert subscription_change_from_insight(envelope) is None

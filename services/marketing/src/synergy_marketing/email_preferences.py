@@ -133,3 +133,47 @@ def as_api_body(preferences: EmailPreferences, user_id: str) -> dict[str, Any]:
         value: datetime | None = getattr(preferences, name)
         body[name] = value.isoformat().replace("+00:00", "Z") if value else None
     return body
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    """Customer.io reported that a person unsubscribed (or subscribed again)."""
+
+    brand_id: int
+    user_id: str
+    unsubscribed: bool
+    occurred_at: datetime
+
+
+def subscription_change_from_insight(envelope: Mapping[str, Any]) -> SubscriptionChange | None:
+    """A synergy.insights.v1 envelope as a subscription change, or None when it is not one.
+
+    Insights names reporting webhooks `<object_type>_<metric>` and keeps both in `data`: a `customer`
+    or `email` `unsubscribed` unsubscribes; a `customer` `subscribed` resubscribes. People Customer.io
+    knows only by email or cio_id (anonymous here) cannot be matched to a user and are left out.
+    """
+    data = envelope.get("data")
+    if not isinstance(data, Mapping):
+        return None
+    object_type, metric = data.get("object_type"), data.get("metric")
+    if metric == "unsubscribed" and object_type in ("customer", "email"):
+        unsubscribed = True
+    elif metric == "subscribed" and object_type == "customer":
+        unsubscribed = False
+    else:
+        return None
+    identifiers = envelope.get("identifiers")
+    user_id = identifiers.get("id") if isinstance(identifiers, Mapping) else None
+    brand_id = str(envelope.get("brand_id", ""))
+    if not isinstance(user_id, str) or not user_id or len(user_id) > 150 or not brand_id.isdigit():
+        return None
+    timestamp = envelope.get("timestamp")
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        occurred_at = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if occurred_at.tzinfo is None:
+        return None
+    return SubscriptionChange(int(brand_id), user_id, unsubscribed, occurred_at)

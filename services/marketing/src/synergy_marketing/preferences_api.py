@@ -51,6 +51,7 @@ from synergy_marketing.preferences_store import (
 )
 from synergy_marketing.queue_store import mark_engagement, sent_item_carries_url
 from synergy_marketing.recommendations import CategoryProduct, ViewedCategory, rank_products, top_category
+from synergy_marketing.subscription_consumer import run_subscription_consumer
 from synergy_marketing.tokens import (
     LIST_UNSUBSCRIBE_POST,
     Purpose,
@@ -104,12 +105,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         signer = None
     relay = PreferenceChangeRelay(context.pool, context.publisher)
     app.state.preferences = PreferencesRuntime(signer, relay)
-    task = asyncio.create_task(relay.run_forever(), name="marketing-preference-relay")
+    tasks = [asyncio.create_task(relay.run_forever(), name="marketing-preference-relay")]
+    if context.settings.marketing_run_consumer:
+        tasks.append(
+            asyncio.create_task(
+                run_subscription_consumer(context.pool, context.settings, relay),
+                name="marketing-subscription-consumer",
+            )
+        )
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 router = APIRouter(lifespan=_lifespan)

@@ -25,6 +25,7 @@ from synergy_marketing.email_preferences import (
     AppliedChange,
     ChangeSource,
     EmailPreferences,
+    SubscriptionChange,
     apply_change,
     customer_io_attributes,
 )
@@ -109,9 +110,14 @@ async def change_preferences(
     change: Mapping[str, Any],
     source: ChangeSource,
     now: datetime | None = None,
+    *,
+    unless_changed_since: bool = False,
 ) -> AppliedChange:
     """Apply a partial change under a row lock; when anything changed, store it with its outbox row in the
-    same transaction. Publishing is the relay's job (`PreferenceChangeRelay.wake`)."""
+    same transaction. Publishing is the relay's job (`PreferenceChangeRelay.wake`).
+
+    `unless_changed_since`: `now` is when the change happened elsewhere (Customer.io); a field changed
+    here at or after that time is left as it is, so a late webhook never undoes a newer choice."""
     now = now or datetime.now(UTC)
     async with pool.acquire(timeout=5) as connection, connection.transaction():
         await connection.execute(
@@ -127,6 +133,15 @@ async def change_preferences(
             user_id,
         )
         assert row is not None
+        if unless_changed_since:
+            newer = await connection.fetch(
+                """SELECT DISTINCT jsonb_object_keys(changes) AS field FROM email_preference_changes
+                   WHERE brand_id = $1 AND user_id = $2 AND changed_at >= $3""",
+                brand_id,
+                user_id,
+                now,
+            )
+            change = {k: v for k, v in change.items() if k not in {r["field"] for r in newer}}
         applied = apply_change(_row_to_preferences(row), change, now)
         if not applied.any:
             return applied
@@ -218,3 +233,16 @@ class PreferenceChangeRelay:
             except Exception as exc:  # Kafka or Postgres away: the rows wait for the next pass
                 logger.warning("preference_changes_not_published", error=repr(exc))
                 await asyncio.sleep(min(self._interval, 1.0))
+
+
+async def apply_subscription_change(pool: asyncpg.Pool, change: SubscriptionChange) -> AppliedChange:
+    """Customer.io's report that the person unsubscribed (or subscribed again), as of when it happened."""
+    return await change_preferences(
+        pool,
+        change.brand_id,
+        change.user_id,
+        {"unsubscribed": change.unsubscribed},
+        "customer_io",
+        change.occurred_at,
+        unless_changed_since=True,
+    )

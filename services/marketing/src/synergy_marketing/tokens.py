@@ -91,7 +91,7 @@ class TokenSigner:
         if not self._secrets:
             raise TokenSecretMissing(
                 "MARKETING_TOKEN_SECRET is not set: unsubscribe and preference links cannot be signed "
-                "(`make run` generates one in .local/run/marketing-token.secret)"
+                "(`make run` generates one in .local/run/marketing-token.key)"
             )
         self.max_age_seconds = max(float(max_age_seconds), MINIMUM_MAX_AGE_SECONDS)
 
