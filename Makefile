@@ -48,7 +48,7 @@ test-unit: install
 
 lint: install
 	$(UV) run ruff check .
-	$(UV) run mypy libs/schemas/src libs/common/src services/ingest/src services/achievements/src \
+	$(UV) run mypy libs/schemas/src libs/common/src libs/streaming/src services/ingest/src services/achievements/src \
 		services/cio-sink/src services/insights/src services/marketing/src
 
 bench: install

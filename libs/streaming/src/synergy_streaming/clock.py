@@ -46,7 +46,8 @@ class FakeClock:
             await asyncio.sleep(0)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
+        # never less than a microsecond of fake time, so a loop of tiny sleeps always moves on
+        heapq.heappush(self._sleepers, (self._now + max(seconds, 1e-6), next(self._order), future))
         await future
 
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:

@@ -28,6 +28,7 @@ class LocalBroker:
         self.topics: dict[str, list[list[Record]]] = {}
         self.groups: dict[str, _Group] = {}
         self._appended = asyncio.Event()
+        self.foreign_commits: list[dict[Partition, int]] = []  # commits by a member that lost the partition
 
     def create_topic(self, name: str, partitions: int) -> None:
         self.topics[name] = [[] for _ in range(partitions)]
@@ -155,6 +156,7 @@ class LocalConsumer:
         group = self.broker.groups[self.group_id]
         foreign = set(offsets) - self._assigned
         if foreign:
+            self.broker.foreign_commits.append(dict(offsets))
             raise RuntimeError(f"commit for partitions not assigned: {sorted(foreign)}")
         group.committed.update(offsets)
         group.commits.append(dict(offsets))

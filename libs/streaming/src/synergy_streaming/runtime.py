@@ -292,6 +292,7 @@ class StreamProcessor:
             return
         metrics.DLQ_BRAKE.labels(self.service).set(1)
         self._brake_reported = True
+        self._apply_backpressure()
         if self._held_retry_at is None:
             self._held_retry_at = self.clock.now() + self.brake.retry_interval
             log.error("DLQ brake engaged: not dead-lettering, consumption paused", service=self.service)
@@ -321,11 +322,11 @@ class StreamProcessor:
                     if self._linger_since is None:
                         self._linger_since = now
                     lingered = now - self._linger_since
-                    if ready >= self.config.max_batch_items or lingered >= self.config.max_batch_wait:
+                    if ready >= self.config.max_batch_items or lingered >= self.config.max_batch_wait - 1e-6:
                         self._linger_since = None
                         self._start_batches(now, free)
                         continue
-                    timeout = self.config.max_batch_wait - lingered
+                    timeout = max(0.001, self.config.max_batch_wait - lingered)
             for at in (self.order.queues.next_wakeup(), self._held_retry_at):
                 if at is not None:
                     timeout = min(timeout, max(0.001, at - now))

@@ -188,13 +188,14 @@ class BatchByTarget:
             current: Runs = []
             count = size = 0
             for key, run in runs:
+                run_size = sum(work.size for work in run)
+                if current and (count + len(run) > self.max_items or size + run_size > self.max_bytes):
+                    batches.append((target, current))
+                    current, count, size = [], 0, 0
                 cut: list[Work] = []
                 for work in run:
-                    if cut and size + work.size > self.max_bytes:
+                    if cut and (count >= self.max_items or size + work.size > self.max_bytes):
                         break
-                    if not cut and current and (size + work.size > self.max_bytes or count >= self.max_items):
-                        batches.append((target, current))
-                        current, count, size = [], 0, 0
                     cut.append(work)
                     size += work.size
                     count += 1
