@@ -85,6 +85,7 @@ def create_app(
             await pool.close()
 
     app = FastAPI(title="Synergy marketing", version="1.0.0", lifespan=lifespan)
+    app.state.insights_topic = insights_topic  # also read by the preference router's subscription consumer
     install_problem_handlers(app)
 
     async def postgres_ready() -> bool:

@@ -109,7 +109,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if context.settings.marketing_run_consumer:
         tasks.append(
             asyncio.create_task(
-                run_subscription_consumer(context.pool, context.settings, relay),
+                run_subscription_consumer(
+                    context.pool,
+                    context.settings,
+                    relay,
+                    insights_topic=getattr(app.state, "insights_topic", None),
+                ),
                 name="marketing-subscription-consumer",
             )
         )
