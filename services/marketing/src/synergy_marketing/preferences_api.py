@@ -265,6 +265,16 @@ def _record_change(runtime: PreferencesRuntime, applied: AppliedChange, source: 
     runtime.relay.wake()
 
 
+async def _brand_of(context: MarketingContext, authorization: str | None) -> int:
+    """The brand of the key; a key store that is away is a 503 that names no internals."""
+    try:
+        return int(await authenticate_brand(context.authenticator, authorization))
+    except ProblemError as problem:
+        if problem.status != 503:
+            raise
+        raise ProblemError(503, "Key store unavailable", "try again", headers={"Retry-After": "5"}) from None
+
+
 def _parse_update(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise ProblemError(400, "Empty body", "send a JSON object of the fields to change", field="body")
@@ -319,7 +329,7 @@ async def get_email_preferences(
     """Seed 004's EmailPreferences of the user (defaults when none are stored), with the user's
     `unsubscribe_url` and `preferences_url`."""
     runtime = _runtime(request)
-    brand_id = int(await authenticate_brand(context.authenticator, authorization))
+    brand_id = await _brand_of(context, authorization)
     try:
         async with context.pool.acquire(timeout=5) as connection:
             if not await user_known(connection, brand_id, user_id):
@@ -355,7 +365,7 @@ async def put_email_preferences(
     """Change only the fields the body names; each change is published as `email_preferences_changed`.
     A user the brand has not seen yet is created with the defaults first (sign-up opt-ins)."""
     runtime = _runtime(request)
-    brand_id = int(await authenticate_brand(context.authenticator, authorization))
+    brand_id = await _brand_of(context, authorization)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_JSON_BODY_BYTES:
         raise ProblemError(
@@ -390,7 +400,7 @@ async def get_recommendations(
     context: MarketingContext = Depends(marketing_context),
 ) -> JSONResponse:
     """Seed 004's recommendations: the popular products of the category the user viewed most."""
-    brand_id = int(await authenticate_brand(context.authenticator, authorization))
+    brand_id = await _brand_of(context, authorization)
     try:
         async with context.pool.acquire(timeout=5) as connection:
             if not await user_known(connection, brand_id, user_id):
