@@ -9,6 +9,7 @@ clicks into the queue.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -205,9 +206,11 @@ class MarketingConsumer:
             await store.lock_persons(conn, persons)
             fresh = await store.record_new_events(conn, [(e.brand_id, e.event_id) for e in events])
             state.persons.update(await store.load_persons(conn, persons))
+            state.window_timers = await store.load_window_timers(conn, persons)
             state.watches.update(await store.load_watches(conn, watch_keys, catalog))
             state.products.update(await store.load_products(conn, product_keys))
             outcomes: list[ItemOutcome] = []
+            applied: Counter[str] = Counter()
             for event in events:
                 if (event.brand_id, event.event_id) not in fresh:
                     outcomes.append(DELIVERED)  # a redelivery: applied before, changes nothing
@@ -218,10 +221,12 @@ class MarketingConsumer:
                 except InvalidEvent as exc:
                     outcomes.append(Failed("invalid_event", str(exc)))
                     continue
-                metrics.EVENTS_APPLIED.labels(event.name or event.type).inc()
+                applied[event.name or event.type] += 1
                 outcomes.append(DELIVERED)
             await store.save_batch(conn, state, self.windows)
             converted = await store.convert_orders(conn, state.orders, self.conversion_window)
+        for name, applied_count in applied.items():
+            metrics.EVENTS_APPLIED.labels(name).inc(applied_count)
         for row in converted:
             brand, trigger = str(row["brand_id"]), row["event_name"]
             metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "converted").inc()

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from synergy_schemas.envelope import Envelope, Identifiers, derive_event_id
 
 from synergy_marketing.state import (
@@ -418,14 +419,12 @@ def trigger_envelope(decision: Decision, now: datetime) -> Envelope:
     )
 
 
-def jsonable(value: Any) -> Any:
-    """Decimals and datetimes as JSON numbers and ISO strings, for Postgres jsonb columns."""
+def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, Mapping):
-        return {key: jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
-    return value
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def jsonable(value: Any) -> Any:
+    """Decimals and datetimes as JSON numbers and ISO strings (Z), for Postgres jsonb columns."""
+    return orjson.loads(orjson.dumps(value, default=_json_default, option=orjson.OPT_UTC_Z))

@@ -49,16 +49,24 @@ class Scheduler:
 
     def links(self, brand_id: str, user_id: str) -> Links:
         issued_at = self.clock().timestamp()
+        # The List-Unsubscribe header starts with <the one-click URL>: signed once, used for both.
+        header = tokens.list_unsubscribe(self.settings, brand_id, user_id, issued_at)
         return Links(
-            unsubscribe_url=tokens.unsubscribe_url(self.settings, brand_id, user_id, issued_at),
+            unsubscribe_url=header[1 : header.index(">")],
             preferences_url=tokens.preferences_url(self.settings, brand_id, user_id, issued_at),
-            list_unsubscribe=tokens.list_unsubscribe(self.settings, brand_id, user_id, issued_at),
+            list_unsubscribe=header,
         )
 
     async def fire_due(self) -> int:
         """One transaction: up to `batch` due timers decided, published and recorded. Answers how many."""
         async with self.pool.acquire() as conn, conn.transaction():
             due = await store.claim_due_timers(conn, self.batch)
+            if not due:
+                return 0
+            # One decision at a time per person, across workers and replicas, so the frequency cap and
+            # Smart Sending see every earlier send; timers of a person locked elsewhere wait a round.
+            locked = await store.try_lock_persons(conn, {(d.timer.brand_id, d.timer.person) for d in due})
+            due = [d for d in due if (d.timer.brand_id, d.timer.person) in locked]
             if not due:
                 return 0
             now = self.clock()
@@ -100,6 +108,11 @@ class Scheduler:
         return len(due)
 
     async def run_forever(self) -> None:
+        """`marketing_scheduler_workers` concurrent firing loops (SKIP LOCKED keeps them apart)."""
+        workers = max(1, self.settings.marketing_scheduler_workers)
+        await asyncio.gather(*(self._fire_forever() for _ in range(workers)))
+
+    async def _fire_forever(self) -> None:
         interval = self.settings.seconds("marketing_scheduler_interval")
         failures = 0
         while True:

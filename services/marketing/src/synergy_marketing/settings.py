@@ -34,6 +34,7 @@ class MarketingSettings(BaseSettings):
     # The timer scheduler: how often it looks for due timers, and how many it claims per transaction.
     marketing_scheduler_interval: str = "200ms"
     marketing_scheduler_batch: int = 500
+    marketing_scheduler_workers: int = 2
     marketing_consumer_group: str = "synergy-marketing"
     marketing_db_pool_size: int = 10
     # Off in tests that drive the consumer or the scheduler themselves.

@@ -215,6 +215,8 @@ class BatchState:
     # (brand, person, product) whose pending watch timers are dropped (the watch was removed)
     dropped_watch_timers: set[tuple[str, str, str]] = field(default_factory=set)
     orders: list[Order] = field(default_factory=list)
+    # The touched persons' cart and browse timers as stored: identity -> (timer_id, due_at).
+    window_timers: dict[tuple[str, str, str, str], tuple[int, datetime]] = field(default_factory=dict)
 
     def person(self, brand_id: str, person: str) -> Person:
         key = (brand_id, person)

@@ -20,7 +20,6 @@ from synergy_marketing.decisions import (
 )
 from synergy_marketing.state import (
     PRICE_DROPPED,
-    WINDOW_TRIGGERS,
     BatchState,
     Cart,
     CartItem,
@@ -149,6 +148,24 @@ async def lock_persons(conn: asyncpg.Connection, persons: Iterable[tuple[str, st
         )
 
 
+async def try_lock_persons(
+    conn: asyncpg.Connection, persons: Iterable[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """The persons whose lock this transaction got without waiting (the scheduler never waits, so it
+    cannot deadlock with a consumer batch that waits on a timer row it holds)."""
+    keys = sorted({f"{brand}:{person}" for brand, person in persons})
+    if not keys:
+        return set()
+    rows = await conn.fetch(
+        "SELECT k FROM unnest($1::text[]) k WHERE pg_try_advisory_xact_lock(hashtextextended(k, 0))", keys
+    )
+    locked = set()
+    for row in rows:
+        brand, _, person = row["k"].partition(":")
+        locked.add((brand, person))
+    return locked
+
+
 async def record_new_events(
     conn: asyncpg.Connection, events: Sequence[tuple[str, str]]
 ) -> set[tuple[str, str]]:
@@ -189,11 +206,15 @@ async def load_persons(
         return persons
     brands = [int(brand) for brand, _ in wanted]
     names = [person for _, person in wanted]
-    join = " JOIN unnest($1::bigint[], $2::text[]) AS k(brand_id, person) USING (brand_id, person)"
-    for row in await conn.fetch(f"SELECT v.* FROM product_views v{join}", brands, names):
+    # LATERAL: one index lookup per person, whatever plan a generic prepared statement would pick.
+    each = "unnest($1::bigint[], $2::text[]) AS k(brand_id, person) CROSS JOIN LATERAL"
+    match = "WHERE x.brand_id = k.brand_id AND x.person = k.person"
+    for row in await conn.fetch(
+        f"SELECT x.* FROM {each} (SELECT * FROM product_views x {match}) x", brands, names
+    ):
         person = persons[(str(row["brand_id"]), row["person"])]
         person.views[row["product_id"]] = ProductView(**{name: row[name] for name in VIEW_COLUMNS})
-    for row in await conn.fetch(f"SELECT c.* FROM carts c{join}", brands, names):
+    for row in await conn.fetch(f"SELECT x.* FROM {each} (SELECT * FROM carts x {match}) x", brands, names):
         person = persons[(str(row["brand_id"]), row["person"])]
         person.cart = Cart(
             cart_id=row["cart_id"],
@@ -201,10 +222,36 @@ async def load_persons(
             last_changed_at=row["last_changed_at"],
             last_order_at=row["last_order_at"],
         )
-    for row in await conn.fetch(f"SELECT i.* FROM cart_items i{join}", brands, names):
+    for row in await conn.fetch(
+        f"SELECT x.* FROM {each} (SELECT * FROM cart_items x {match}) x", brands, names
+    ):
         person = persons[(str(row["brand_id"]), row["person"])]
         person.cart.items[row["product_id"]] = CartItem(**{name: row[name] for name in ITEM_COLUMNS})
     return persons
+
+
+async def load_window_timers(
+    conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str, str, str], tuple[int, datetime]]:
+    """The persons' cart and browse timers (fired or not): identity -> (timer_id, due_at)."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        "SELECT x.timer_id, x.brand_id, x.person, x.trigger, x.subject, x.due_at"
+        " FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, person) CROSS JOIN LATERAL"
+        " (SELECT * FROM marketing_timers x WHERE x.brand_id = k.brand_id AND x.person = k.person"
+        "  AND x.trigger IN ('cart_abandoned', 'browse_abandoned') AND x.subject = '') x",
+        [int(b) for b, _ in wanted],
+        [p for _, p in wanted],
+    )
+    return {
+        (str(row["brand_id"]), row["person"], row["trigger"], row["subject"]): (
+            row["timer_id"],
+            row["due_at"],
+        )
+        for row in rows
+    }
 
 
 def _watch_from_row(row: asyncpg.Record) -> Watch:
@@ -422,21 +469,11 @@ async def _save_timers(conn: asyncpg.Connection, state: BatchState, config: Wind
         if person is not None:
             desired.extend(window_timers(person, config))
     wanted = {timer.identity for timer in desired}
-    unwanted = [
-        (brand, person, trigger)
-        for brand, person in touched
-        for trigger in WINDOW_TRIGGERS
-        if (brand, person, trigger, "") not in wanted
-    ]
+    existing = state.window_timers
+    unwanted = [timer_id for identity, (timer_id, _) in existing.items() if identity not in wanted]
     if unwanted:
-        await conn.execute(
-            "DELETE FROM marketing_timers t USING unnest($1::bigint[], $2::text[], $3::text[])"
-            " AS k(brand_id, person, trigger) WHERE t.brand_id = k.brand_id AND t.person = k.person"
-            " AND t.trigger = k.trigger AND t.subject = ''",
-            [int(s[0]) for s in unwanted],
-            [s[1] for s in unwanted],
-            [s[2] for s in unwanted],
-        )
+        await conn.execute("DELETE FROM marketing_timers WHERE timer_id = ANY($1::bigint[])", unwanted)
+    changed = [t for t in desired if t.identity not in existing or existing[t.identity][1] != t.due_at]
     dropped = sorted(state.dropped_watch_timers)
     if dropped:
         await conn.execute(
@@ -448,7 +485,7 @@ async def _save_timers(conn: asyncpg.Connection, state: BatchState, config: Wind
             [d[1] for d in dropped],
             [d[2] for d in dropped],
         )
-    timers = desired + state.catalog_timers
+    timers = changed + state.catalog_timers
     if timers:
         await upsert_timers(conn, timers)
 
