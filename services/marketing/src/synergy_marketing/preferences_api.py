@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import asyncpg
 import orjson
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import ConfigDict, ValidationError
@@ -45,7 +45,7 @@ from synergy_marketing.email_preferences import (
 )
 from synergy_marketing.preferences_store import (
     PreferenceChangeRelay,
-    change_preferences,
+    PreferenceWriter,
     read_preferences,
     user_known,
 )
@@ -84,6 +84,7 @@ _TEMPLATES = Environment(
     loader=PackageLoader("synergy_marketing", "templates"),
     autoescape=select_autoescape(["html"]),
     enable_async=False,
+    auto_reload=False,
 )
 _STYLESHEET = (PackageLoader("synergy_marketing", "templates").get_source(_TEMPLATES, "preferences.css"))[0]
 UNKNOWN_USER = ProblemError(404, "Unknown user", "this brand has no such user", field="user_id")
@@ -93,6 +94,7 @@ UNKNOWN_USER = ProblemError(404, "Unknown user", "this brand has no such user", 
 class PreferencesRuntime:
     signer: TokenSigner | None
     relay: PreferenceChangeRelay
+    writer: PreferenceWriter
 
 
 @contextlib.asynccontextmanager
@@ -104,8 +106,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.warning("no_token_secret", detail=str(exc))
         signer = None
     relay = PreferenceChangeRelay(context.pool, context.publisher)
-    app.state.preferences = PreferencesRuntime(signer, relay)
-    tasks = [asyncio.create_task(relay.run_forever(), name="marketing-preference-relay")]
+    writer = PreferenceWriter(context.pool)
+    app.state.preferences = PreferencesRuntime(signer, relay, writer)
+    tasks = [
+        asyncio.create_task(relay.run_forever(), name="marketing-preference-relay"),
+        asyncio.create_task(writer.run_forever(), name="marketing-preference-writer"),
+    ]
     if context.settings.marketing_run_consumer:
         tasks.append(
             asyncio.create_task(
@@ -127,6 +133,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 router = APIRouter(lifespan=_lifespan)
+
+
+def _context(request: Request) -> MarketingContext:
+    """The service's context (a plain call: FastAPI would run the sync dependency in a thread)."""
+    return marketing_context(request)
 
 
 def _runtime(request: Request) -> PreferencesRuntime:
@@ -324,10 +335,10 @@ async def get_email_preferences(
     request: Request,
     user_id: str = Path(min_length=1, max_length=150),
     authorization: str | None = Header(default=None),
-    context: MarketingContext = Depends(marketing_context),
 ) -> JSONResponse:
     """Seed 004's EmailPreferences of the user (defaults when none are stored), with the user's
     `unsubscribe_url` and `preferences_url`."""
+    context = _context(request)
     runtime = _runtime(request)
     brand_id = await _brand_of(context, authorization)
     try:
@@ -360,10 +371,10 @@ async def put_email_preferences(
     request: Request,
     user_id: str = Path(min_length=1, max_length=150),
     authorization: str | None = Header(default=None),
-    context: MarketingContext = Depends(marketing_context),
 ) -> JSONResponse:
     """Change only the fields the body names; each change is published as `email_preferences_changed`.
     A user the brand has not seen yet is created with the defaults first (sign-up opt-ins)."""
+    context = _context(request)
     runtime = _runtime(request)
     brand_id = await _brand_of(context, authorization)
     declared = request.headers.get("content-length", "")
@@ -380,7 +391,7 @@ async def put_email_preferences(
             )
     change = _parse_update(bytes(body))
     try:
-        applied = await change_preferences(context.pool, brand_id, user_id, change, "api")
+        applied = await runtime.writer.change(brand_id, user_id, change, "api")
     except DATABASE_ERRORS as exc:
         raise ProblemError(
             503, "Postgres unavailable", "nothing was changed", headers={"Retry-After": "5"}
@@ -395,11 +406,12 @@ async def put_email_preferences(
     tags=["recommendations"],
 )
 async def get_recommendations(
+    request: Request,
     user_id: str = Path(min_length=1, max_length=150),
     authorization: str | None = Header(default=None),
-    context: MarketingContext = Depends(marketing_context),
 ) -> JSONResponse:
     """Seed 004's recommendations: the popular products of the category the user viewed most."""
+    context = _context(request)
     brand_id = await _brand_of(context, authorization)
     try:
         async with context.pool.acquire(timeout=5) as connection:
@@ -487,9 +499,9 @@ async def preferences_page(
     request: Request,
     token: str | None = _TOKEN_QUERY,
     saved: str | None = Query(default=None, description="1 right after a save"),
-    context: MarketingContext = Depends(marketing_context),
 ) -> HTMLResponse:
     """The preference centre: seed 004's checkboxes, the master switch and unsubscribe-from-all."""
+    context = _context(request)
     started = time.perf_counter()
     try:
         runtime = _runtime(request)
@@ -529,9 +541,9 @@ def _preferences_page(signer: TokenSigner, token: str, prefs: EmailPreferences, 
 async def save_preferences(
     request: Request,
     token: str | None = _TOKEN_QUERY,
-    context: MarketingContext = Depends(marketing_context),
 ) -> Response:
     """The preference centre's form: every box (ticked or not), with the nonce of the page it came from."""
+    context = _context(request)
     started = time.perf_counter()
     try:
         runtime = _runtime(request)
@@ -551,8 +563,8 @@ async def save_preferences(
             )
         change = change_from_form(name for name, value in fields if value)
         try:
-            applied = await change_preferences(
-                context.pool, int(claims.brand_id), claims.user_id, change, "preference_centre"
+            applied = await runtime.writer.change(
+                int(claims.brand_id), claims.user_id, change, "preference_centre"
             )
         except DATABASE_ERRORS as exc:
             raise _database_page_error(exc) from exc
@@ -576,9 +588,9 @@ def _preferences_link(context: MarketingContext, signer: TokenSigner, claims: To
 async def unsubscribe_confirmation(
     request: Request,
     token: str | None = _TOKEN_QUERY,
-    context: MarketingContext = Depends(marketing_context),
 ) -> HTMLResponse:
     """A confirmation page with a form that POSTs; it changes nothing (mail scanners follow GETs)."""
+    context = _context(request)
     started = time.perf_counter()
     try:
         runtime = _runtime(request)
@@ -625,10 +637,10 @@ async def unsubscribe_confirmation(
 async def one_click_unsubscribe(
     request: Request,
     token: str | None = _TOKEN_QUERY,
-    context: MarketingContext = Depends(marketing_context),
 ) -> HTMLResponse:
     """RFC 8058: the body `List-Unsubscribe=One-Click`, form-encoded or multipart; no cookie, no login.
     Answers 200 with a short page, never a redirect."""
+    context = _context(request)
     started = time.perf_counter()
     try:
         runtime = _runtime(request)
@@ -643,8 +655,8 @@ async def one_click_unsubscribe(
                 f"The request must carry {LIST_UNSUBSCRIBE_POST}. Nothing was changed.",
             )
         try:
-            applied = await change_preferences(
-                context.pool, int(claims.brand_id), claims.user_id, {"unsubscribed": True}, "one_click"
+            applied = await runtime.writer.change(
+                int(claims.brand_id), claims.user_id, {"unsubscribed": True}, "one_click"
             )
         except DATABASE_ERRORS as exc:
             raise _database_page_error(exc) from exc

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -171,6 +171,159 @@ async def change_preferences(
             now,
         )
     return applied
+
+
+_UPDATE = (
+    "UPDATE email_preferences SET "
+    + ", ".join(f"{name} = ${index + 3}" for index, name in enumerate(FLAGS))
+    + f", email = ${len(FLAGS) + 3}, unsubscribed_at = ${len(FLAGS) + 4} WHERE brand_id = $1 AND user_id = $2"
+)
+_INSERT_CHANGE = """
+    INSERT INTO email_preference_changes (brand_id, user_id, source, changes, envelope, changed_at)
+    VALUES ($1, $2, $3, $4, $5, $6)"""
+
+
+@dataclass
+class PendingChange:
+    brand_id: int
+    user_id: str
+    change: Mapping[str, Any]
+    source: ChangeSource
+    now: datetime
+    future: asyncio.Future[AppliedChange]
+
+
+_FLAG_ARRAYS = ", ".join(f"${index + 3}::boolean[]" for index in range(len(FLAGS)))
+_FLAG_COLUMNS = ", ".join(FLAGS)
+# One statement: the changed rows' new values, and their audit/outbox rows (arrays, so one round trip).
+_SAVE_BATCH = f"""
+    WITH v AS (
+        SELECT * FROM unnest($1::bigint[], $2::text[], {_FLAG_ARRAYS},
+                             ${len(FLAGS) + 3}::text[], ${len(FLAGS) + 4}::timestamptz[])
+            AS v(brand_id, user_id, {_FLAG_COLUMNS}, email, unsubscribed_at)
+    ), saved AS (
+        UPDATE email_preferences e SET {", ".join(f"{name} = v.{name}" for name in FLAGS)},
+               email = v.email, unsubscribed_at = v.unsubscribed_at
+        FROM v WHERE e.brand_id = v.brand_id AND e.user_id = v.user_id
+    )
+    INSERT INTO email_preference_changes (brand_id, user_id, source, changes, envelope, changed_at)
+    SELECT a.brand_id, a.user_id, a.source, a.changes::jsonb, a.envelope::jsonb, a.changed_at
+    FROM unnest(${len(FLAGS) + 5}::bigint[], ${len(FLAGS) + 6}::text[], ${len(FLAGS) + 7}::text[],
+                ${len(FLAGS) + 8}::text[], ${len(FLAGS) + 9}::text[], ${len(FLAGS) + 10}::timestamptz[])
+        AS a(brand_id, user_id, source, changes, envelope, changed_at)
+"""  # a data-modifying WITH runs whether or not the INSERT reads it
+
+
+async def change_preferences_batch(
+    connection: asyncpg.Connection, batch: Sequence[PendingChange]
+) -> list[AppliedChange]:
+    """Many users' changes in one transaction (group commit): rows locked in key order (no deadlock
+    between replicas), each change applied in arrival order on top of the one before it. New users'
+    rows come back locked from their insert; only the others are read FOR UPDATE."""
+    keys = sorted({(item.brand_id, item.user_id) for item in batch})
+    inserted = await connection.fetch(
+        f"""INSERT INTO email_preferences (brand_id, user_id)
+            SELECT * FROM unnest($1::bigint[], $2::text[]) ORDER BY 1, 2
+            ON CONFLICT (brand_id, user_id) DO NOTHING
+            RETURNING brand_id, user_id, {_COLUMNS}""",
+        [key[0] for key in keys],
+        [key[1] for key in keys],
+    )
+    current = {(row["brand_id"], row["user_id"]): _row_to_preferences(row) for row in inserted}
+    existing = [key for key in keys if key not in current]
+    if existing:
+        rows = await connection.fetch(
+            f"""SELECT brand_id, user_id, {_COLUMNS} FROM email_preferences
+                WHERE (brand_id, user_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))
+                ORDER BY brand_id, user_id FOR UPDATE""",
+            [key[0] for key in existing],
+            [key[1] for key in existing],
+        )
+        current.update({(row["brand_id"], row["user_id"]): _row_to_preferences(row) for row in rows})
+    results: list[AppliedChange] = []
+    changed: dict[tuple[int, str], EmailPreferences] = {}
+    audit: list[tuple[Any, ...]] = []
+    for item in batch:
+        key = (item.brand_id, item.user_id)
+        applied = apply_change(current[key], item.change, item.now)
+        results.append(applied)
+        if not applied.any:
+            continue
+        current[key] = changed[key] = applied.after
+        envelope = preferences_changed_envelope(item.brand_id, item.user_id, applied, item.source, item.now)
+        changes = {name: [_jsonable(old), _jsonable(new)] for name, (old, new) in applied.changed.items()}
+        audit.append(
+            (
+                item.brand_id,
+                item.user_id,
+                item.source,
+                orjson.dumps(changes).decode(),
+                envelope.to_json_bytes().decode(),
+                item.now,
+            )
+        )
+    if changed:
+        rows_out = sorted(changed.items())
+        await connection.execute(
+            _SAVE_BATCH,
+            [brand for (brand, _), _ in rows_out],
+            [user for (_, user), _ in rows_out],
+            *([prefs.flag(name) for _, prefs in rows_out] for name in FLAGS),
+            [prefs.email for _, prefs in rows_out],
+            [prefs.unsubscribed_at for _, prefs in rows_out],
+            *([row[column] for row in audit] for column in range(6)),
+        )
+    return results
+
+
+class PreferenceWriter:
+    """Queues changes from concurrent requests and writes them in batches, one transaction each, so
+    many one-click unsubscribes share a commit. The queue is bounded: when it is full, callers wait
+    (backpressure) instead of piling up."""
+
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 200, writers: int = 4, max_queued: int = 5_000):
+        self._pool = pool
+        self._max_batch = max_batch
+        self._writers = writers
+        self._queue: asyncio.Queue[PendingChange] = asyncio.Queue(maxsize=max_queued)
+
+    async def change(
+        self,
+        brand_id: int,
+        user_id: str,
+        change: Mapping[str, Any],
+        source: ChangeSource,
+        now: datetime | None = None,
+    ) -> AppliedChange:
+        now = now or datetime.now(UTC)
+        apply_change(None, change, now)  # refuses unknown fields here, before they reach a batch
+        future: asyncio.Future[AppliedChange] = asyncio.get_running_loop().create_future()
+        await self._queue.put(PendingChange(brand_id, user_id, change, source, now, future))
+        return await future
+
+    async def _write_forever(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                async with self._pool.acquire(timeout=5) as connection, connection.transaction():
+                    results = await change_preferences_batch(connection, batch)
+            except asyncio.CancelledError:
+                for item in batch:
+                    item.future.cancel()
+                raise
+            except Exception as exc:  # Postgres away, a bad row: every caller of the batch is told
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, applied in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(applied)
+
+    async def run_forever(self) -> None:
+        await asyncio.gather(*(self._write_forever() for _ in range(self._writers)))
 
 
 def _jsonable(value: Any) -> Any:
