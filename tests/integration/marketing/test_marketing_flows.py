@@ -67,6 +67,15 @@ async def test_an_abandoned_cart_fires_once_with_every_field(marketing, kafka_pr
     # Nothing fires a second time: the timer is fired and the cart has not changed.
     await asyncio.sleep(1.5)
     assert len(await queue_rows(marketing.db, marketing.brand, user)) == 1
+    metrics = (await marketing.client.get("/metrics")).text
+    sent_line = f'synergy_marketing_triggers_total{{brand="{marketing.brand.brand_id}",outcome="sent",trigger="cart_abandoned"}}'
+    assert any(line.startswith(sent_line) and float(line.split()[-1]) >= 1 for line in metrics.splitlines())
+    assert any(line.startswith("synergy_marketing_timer_lateness_seconds_count") and float(line.split()[-1]) >= 1
+               for line in metrics.splitlines())
+    assert "synergy_marketing_timers_pending " in metrics
+    assert "synergy_marketing_oldest_due_timer_lateness_seconds " in metrics
+    assert any(line.startswith("synergy_streaming_consumer_lag{") and 'service="marketing"' in line
+               and marketing.events in line for line in metrics.splitlines())
 
 
 async def test_an_order_exits_the_cart_flow_and_an_emptied_cart_does_not_fire(marketing, kafka_producer) -> None:

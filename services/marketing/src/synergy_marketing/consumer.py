@@ -260,9 +260,10 @@ def build_processor(
         StreamConfig(
             service="marketing",
             topics=[events_topic or EVENTS.name, consumer.insights_topic],
-            max_batch_items=500,
+            max_batch_items=settings.marketing_consumer_batch,
             max_batch_wait=0.02,
-            max_in_flight=4,
+            max_in_flight=settings.marketing_consumer_in_flight,
+            max_run_per_key=200,
         ),
         KafkaConsumer(
             settings.kafka_bootstrap_servers,

@@ -38,6 +38,16 @@ RECOVERED_REVENUE = Counter(
 )
 KPI_RATE = Gauge(
     "synergy_marketing_kpi_ratio",
-    "Seed 004's rates per brand and trigger type over the retained queue: open, click, conversion",
+    "Seed 004's rates per brand and trigger over the retained queue (Postgres): open, click, conversion",
     ["brand", "trigger", "kpi"],
+)
+KPI_MESSAGES = Gauge(
+    "synergy_marketing_kpi_messages",
+    "Queue items per brand and trigger over the retained queue (Postgres): sent, opened, clicked, converted",
+    ["brand", "trigger", "state"],
+)
+KPI_RECOVERED_REVENUE = Gauge(
+    "synergy_marketing_kpi_recovered_revenue",
+    "Recovered revenue per brand and trigger over the retained queue (Postgres), in order currency units",
+    ["brand", "trigger"],
 )

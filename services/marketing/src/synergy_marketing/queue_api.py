@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
 from synergy_common.http import ProblemError, authenticate_brand
 
-from synergy_marketing import metrics
 from synergy_marketing.context import MarketingContext, marketing_context
 from synergy_marketing.decisions import TRIGGER_TYPES, jsonable
 
@@ -140,8 +139,6 @@ async def marketing_summary(
         clicked = int(row["clicked"]) if row else 0
         converted = int(row["converted"]) if row else 0
         revenue = row["recovered_revenue"] if row else Decimal(0)
-        for kpi, value in (("open", opened), ("click", clicked), ("conversion", converted)):
-            metrics.KPI_RATE.labels(str(brand_id), trigger, kpi).set(_rate(value, sent))
         triggers.append(
             {
                 "trigger": trigger,

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import structlog
@@ -130,14 +131,25 @@ class Scheduler:
                 await asyncio.sleep(interval)
 
 
+def publish_kpis(rows: list[Any]) -> None:
+    for row in rows:
+        brand, trigger, sent = str(row["brand_id"]), row["event_name"], int(row["sent"])
+        for state in ("sent", "opened", "clicked", "converted"):
+            metrics.KPI_MESSAGES.labels(brand, trigger, state).set(int(row[state]))
+        for kpi, state in (("open", "opened"), ("click", "clicked"), ("conversion", "converted")):
+            metrics.KPI_RATE.labels(brand, trigger, kpi).set(int(row[state]) / sent if sent else 0.0)
+        metrics.KPI_RECOVERED_REVENUE.labels(brand, trigger).set(float(row["revenue"]))
+
+
 async def report_backlog_forever(pool: asyncpg.Pool, interval: float = 5.0) -> None:
-    """Timers pending and the oldest due timer's lateness, for /metrics; old rows purged hourly."""
+    """Timers pending, the oldest due timer's lateness and the KPIs, for /metrics; old rows purged hourly."""
     last_purge = 0.0
     while True:
         try:
             pending, lateness = await store.timer_backlog(pool)
             metrics.TIMERS_PENDING.set(pending)
             metrics.OLDEST_DUE_TIMER_LATENESS.set(lateness)
+            publish_kpis(await store.kpis(pool))
             if time.monotonic() - last_purge > 3600:
                 await store.purge_expired(pool)
                 last_purge = time.monotonic()

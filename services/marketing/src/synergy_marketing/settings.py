@@ -36,6 +36,9 @@ class MarketingSettings(BaseSettings):
     marketing_scheduler_batch: int = 500
     marketing_scheduler_workers: int = 2
     marketing_consumer_group: str = "synergy-marketing"
+    # Events per consumer batch (one transaction, one statement per table) and batches in flight at once.
+    marketing_consumer_batch: int = 1000
+    marketing_consumer_in_flight: int = 4
     marketing_db_pool_size: int = 10
     # Off in tests that drive the consumer or the scheduler themselves.
     marketing_run_consumer: bool = True

@@ -765,3 +765,17 @@ async def purge_expired(pool: asyncpg.Pool) -> None:
         await conn.execute(
             "DELETE FROM marketing_applied_events WHERE applied_at < now() - interval '90 days'"
         )
+
+
+async def kpis(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Seed 004's KPI counts per brand and trigger over the retained queue."""
+    return list(
+        await pool.fetch(
+            "SELECT brand_id, event_name, count(*) FILTER (WHERE sent) AS sent,"
+            " count(*) FILTER (WHERE sent AND opened) AS opened,"
+            " count(*) FILTER (WHERE sent AND clicked) AS clicked,"
+            " count(*) FILTER (WHERE converted) AS converted,"
+            " COALESCE(sum(conversion_revenue) FILTER (WHERE converted), 0) AS revenue"
+            " FROM marketing_queue GROUP BY brand_id, event_name"
+        )
+    )
