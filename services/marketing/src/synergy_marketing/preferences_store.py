@@ -339,8 +339,14 @@ class PreferenceChangeRelay:
     """
 
     def __init__(
-        self, pool: asyncpg.Pool, publisher: MarketingPublisher, interval: float = 2.0, batch: int = 500
+        self,
+        pool: asyncpg.Pool,
+        publisher: MarketingPublisher,
+        interval: float = 2.0,
+        batch: int = 500,
+        gather: float = 0.02,
     ) -> None:
+        self._gather = gather
         self._pool = pool
         self._publisher = publisher
         self._interval = interval
@@ -378,6 +384,8 @@ class PreferenceChangeRelay:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+                # let the changes of concurrent requests gather: one pass (one transaction) for all
+                await asyncio.sleep(self._gather)
             self._wake.clear()
             try:
                 await self.publish_pending()
