@@ -123,10 +123,13 @@ async def test_users_who_unsubscribed_or_unticked_carts_get_no_cart_mail_and_oth
     )
     assert response.status_code == 200 and "location" not in response.headers
     assert (await stored_preferences(service.db, service.brand, mailed))["unsubscribed"] is True
-    changes = [orjson.loads(r.value) for r in await consume_all(service.topic)]
-    assert any(
-        c.get("name") == "email_preferences_changed"
-        and c["identifiers"]["id"] == mailed
-        and c["data"]["unsubscribed"]
-        for c in changes
-    )
+
+    def unsubscribe_published(records) -> bool:
+        return any(
+            (c := orjson.loads(r.value)).get("name") == "email_preferences_changed"
+            and c["identifiers"]["id"] == mailed
+            and c["data"]["unsubscribed"] is True
+            for r in records
+        )
+
+    await consume_all(service.topic, until=unsubscribe_published, timeout=20)
