@@ -63,7 +63,7 @@ def headless_chromium(window: tuple[int, int] = PHONE) -> Iterator[Any]:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
         try:
-            driver.set_page_load_timeout(30)
+            driver.set_page_load_timeout(60)
             yield driver
         finally:
             driver.quit()

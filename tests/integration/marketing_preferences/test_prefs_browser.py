@@ -65,12 +65,16 @@ def click(driver: Any, element_id: str) -> None:
 
 
 def save_and_wait(driver: Any) -> None:
+    """Submit, then wait for the new page: the old one goes stale first (after an earlier save it already
+    shows the saved notice, so waiting for the notice alone could read the old page)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
+    old_form = driver.find_element(By.ID, "preferences-form")
     click(driver, "save")
-    WebDriverWait(driver, 15).until(expected_conditions.presence_of_element_located((By.ID, "saved")))
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old_form))
+    WebDriverWait(driver, 30).until(expected_conditions.presence_of_element_located((By.ID, "saved")))
 
 
 def drive_the_preference_centre(url: str) -> dict[str, Any]:
