@@ -5,7 +5,7 @@ Every POST unsubscribes a different user for real: token check, form parse, row 
 audit/outbox row, and the relay's publish to Kafka. Afterwards every change is checked to be in Postgres
 and published, by id.
 
-    uv run python -m tests.bench.bench_marketing_unsubscribe [--posts 3000] [--concurrency 16]
+    uv run python -m tests.bench.bench_marketing_unsubscribe [--posts 4000] [--concurrency 32]
 
 Both servers run as separate processes (uvicorn, one worker each); this process is the load generator,
 a raw asyncio HTTP/1.1 keep-alive client (httpx would be the bottleneck), and its CPU share is printed.
@@ -159,8 +159,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--posts", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--posts", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=32)
     options = parser.parse_args()
 
     kafka, database = await infrastructure()

@@ -281,7 +281,7 @@ class PreferenceWriter:
     many one-click unsubscribes share a commit. The queue is bounded: when it is full, callers wait
     (backpressure) instead of piling up."""
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 200, writers: int = 4, max_queued: int = 5_000):
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 200, writers: int = 2, max_queued: int = 5_000):
         self._pool = pool
         self._max_batch = max_batch
         self._writers = writers
