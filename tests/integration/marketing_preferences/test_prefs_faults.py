@@ -4,6 +4,7 @@ away (clear errors, a GIF still for the pixel, nothing half-done)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from synergy_common.db import create_pool
 from synergy_marketing.preferences_store import PreferenceChangeRelay
@@ -83,8 +84,10 @@ async def test_with_postgres_away_the_routes_answer_clearly_and_the_pixel_is_sti
     dead_postgres = f"postgresql://synergy:synergy@127.0.0.1:{free_port()}/synergy"
     settings = settings_for(dead_postgres, kafka_bootstrap)
     async with running_marketing(settings, topic) as app, client_for(app) as client:
+        started = time.perf_counter()
         pixel = await client.get("/track/email-open?queue_id=queue_123")
         assert pixel.status_code == 200 and pixel.content == PIXEL_GIF
+        assert time.perf_counter() - started < 1.5  # bounded by the tracking timeout, whatever Postgres does
         click = await client.get("/track/email-click?queue_id=queue_123&redirect=https://shop.example.com/")
         assert click.status_code == 503 and "location" not in click.headers
         for answer in (
