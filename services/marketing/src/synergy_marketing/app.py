@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from synergy_common.db import create_pool
+from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import WriteKeyAuthenticator, install_problem_handlers, ops_router
 from synergy_common.logging import configure_logging
 
@@ -70,6 +71,7 @@ def create_app(
             settings=settings, pool=pool, publisher=publisher, authenticator=WriteKeyAuthenticator(pool)
         )
         app.state.marketing = context
+        tune_garbage_collector()
         tasks = [
             asyncio.create_task(part(context), name=f"marketing-{name}")
             for name, part in background_parts(settings, events_topic, insights_topic)

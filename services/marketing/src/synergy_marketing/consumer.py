@@ -261,7 +261,7 @@ def build_processor(
             service="marketing",
             topics=[events_topic or EVENTS.name, consumer.insights_topic],
             max_batch_items=settings.marketing_consumer_batch,
-            max_batch_wait=0.02,
+            max_batch_wait=settings.seconds("marketing_consumer_batch_wait"),
             max_in_flight=settings.marketing_consumer_in_flight,
             max_run_per_key=200,
         ),

@@ -39,6 +39,9 @@ class MarketingSettings(BaseSettings):
     # Events per consumer batch (one transaction, one statement per table) and batches in flight at once.
     marketing_consumer_batch: int = 1000
     marketing_consumer_in_flight: int = 4
+    # How long a batch may wait to fill: fewer, larger transactions at moderate rates; adds at most this
+    # to a deadline's arming (the windows are hours).
+    marketing_consumer_batch_wait: str = "250ms"
     marketing_db_pool_size: int = 10
     # Off in tests that drive the consumer or the scheduler themselves.
     marketing_run_consumer: bool = True
