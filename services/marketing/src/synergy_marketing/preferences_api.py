@@ -209,16 +209,24 @@ def _database_page_error(exc: BaseException) -> PageError:
     return PageError(error_page(503, "Temporarily unavailable", "Nothing was changed. Please try again."))
 
 
-async def _read_body_within(request: Request, limit: int) -> bytes:
+async def _body_within(request: Request, limit: int) -> bytes | None:
+    """The raw body, or None as soon as it grows past `limit` (whatever Content-Length said)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise PageError(error_page(413, "Too large", "The form is too large."))
+        return None
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise PageError(error_page(413, "Too large", "The form is too large."))
+            return None
     return bytes(body)
+
+
+async def _read_body_within(request: Request, limit: int) -> bytes:
+    body = await _body_within(request, limit)
+    if body is None:
+        raise PageError(error_page(413, "Too large", "The form is too large."))
+    return body
 
 
 async def _read_form(request: Request, limit: int) -> list[tuple[str, str]]:
@@ -234,9 +242,17 @@ async def _read_form(request: Request, limit: int) -> list[tuple[str, str]]:
             return parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=64)
         except (UnicodeDecodeError, ValueError):
             raise PageError(error_page(400, "Bad form", "The form could not be read.")) from None
-    request._body = body  # starlette's multipart parser reads the already-received body
+    received = False
+
+    async def replay_body() -> dict[str, Any]:  # the body already read, for starlette's multipart parser
+        nonlocal received
+        if received:
+            return {"type": "http.disconnect"}
+        received = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
     try:
-        form = await request.form(max_files=0, max_fields=64, max_part_size=limit)
+        form = await Request(request.scope, replay_body).form(max_files=0, max_fields=64, max_part_size=limit)
     except Exception:  # python-multipart raises several kinds for broken bodies
         raise PageError(error_page(400, "Bad form", "The form could not be read.")) from None
     fields = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
@@ -377,19 +393,12 @@ async def put_email_preferences(
     context = _context(request)
     runtime = _runtime(request)
     brand_id = await _brand_of(context, authorization)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_JSON_BODY_BYTES:
+    body = await _body_within(request, MAX_JSON_BODY_BYTES)
+    if body is None:
         raise ProblemError(
             413, "Body too large", f"the body is over {MAX_JSON_BODY_BYTES} bytes", field="body"
         )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY_BYTES:
-            raise ProblemError(
-                413, "Body too large", f"the body is over {MAX_JSON_BODY_BYTES} bytes", field="body"
-            )
-    change = _parse_update(bytes(body))
+    change = _parse_update(body)
     try:
         applied = await runtime.writer.change(brand_id, user_id, change, "api")
     except DATABASE_ERRORS as exc:
