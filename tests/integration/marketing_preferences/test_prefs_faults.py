@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from prometheus_client import REGISTRY
 from synergy_common.db import create_pool
 from synergy_marketing.preferences_store import PreferenceChangeRelay
 from synergy_marketing.publisher import MarketingPublisher
@@ -14,6 +15,7 @@ from synergy_marketing.tracking import PIXEL_GIF
 from tests.integration.marketing_preferences.harness import (
     client_for,
     envelope_of,
+    eventually,
     make_brand,
     make_user,
     running_marketing,
@@ -58,6 +60,11 @@ async def test_changes_made_while_kafka_is_away_are_published_once_it_is_back(
                 )
             }
             assert len(stored_ids) == 6
+
+            async def backlog_reported() -> bool:
+                return REGISTRY.get_sample_value("synergy_marketing_preference_changes_unpublished") == 6
+
+            assert await eventually(backlog_reported, timeout=10)
         # Kafka is back (a relay with a working publisher, as after a restart)
         publisher = MarketingPublisher(kafka_bootstrap, topic=topic)
         try:

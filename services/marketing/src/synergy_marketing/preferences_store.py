@@ -20,6 +20,7 @@ import structlog
 from synergy_schemas.envelope import Envelope, Identifiers
 from ulid import ULID
 
+from synergy_marketing import preference_metrics as pm
 from synergy_marketing.email_preferences import (
     FLAGS,
     AppliedChange,
@@ -389,10 +390,18 @@ class PreferenceChangeRelay:
             self._wake.clear()
             try:
                 await self.publish_pending()
+                pm.CHANGES_UNPUBLISHED.set(0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Kafka or Postgres away: the rows wait for the next pass
                 logger.warning("preference_changes_not_published", error=repr(exc))
+                with contextlib.suppress(Exception):
+                    pm.CHANGES_UNPUBLISHED.set(
+                        await self._pool.fetchval(
+                            "SELECT count(*) FROM email_preference_changes WHERE published_at IS NULL",
+                            timeout=2,
+                        )
+                    )
                 await asyncio.sleep(min(self._interval, 1.0))
 
 
