@@ -385,3 +385,30 @@ async def test_brand_settings_set_the_discount_code(marketing, kafka_producer) -
     (row,) = await eventually(read, what="the cart")
     assert (row["discount_code"], row["discount_amount"], row["message_data"]["discount_code"]) == (
         "SAVE15", 15, "SAVE15")
+
+
+async def test_retention_drops_views_after_90_days_and_sent_items_30_days_after_sending(marketing) -> None:
+    from synergy_marketing.store import purge_expired
+
+    old, recent = new_user(), new_user()
+    for person, days in ((old, 91), (recent, 89)):
+        await marketing.db.execute(
+            "INSERT INTO product_views (brand_id, person, product_id, first_viewed_at, last_viewed_at)"
+            " VALUES ($1, $2, 'p', now() - make_interval(days => $3), now() - make_interval(days => $3))",
+            marketing.brand.pk, person, days)
+    for person, days in ((old, 31), (recent, 29)):
+        await marketing.db.execute(
+            "INSERT INTO marketing_queue (queue_id, brand_id, user_id, trigger_type, event_name, event_id,"
+            " trigger_data, scheduled_send_time, status, sent, sent_at)"
+            " VALUES ($1, $2, $3, 'abandoned_cart', 'cart_abandoned', $4, '{}', now(), 'sent', TRUE,"
+            " now() - make_interval(days => $5))",
+            f"queue_retention_{person}", marketing.brand.pk, person, f"{person:0<26}"[:26].upper(), days)
+    await purge_expired(marketing.db)
+    views = await marketing.db.fetch(
+        "SELECT person FROM product_views WHERE brand_id = $1 AND person = ANY($2::text[])",
+        marketing.brand.pk, [old, recent])
+    queue = await marketing.db.fetch(
+        "SELECT user_id FROM marketing_queue WHERE brand_id = $1 AND user_id = ANY($2::text[])",
+        marketing.brand.pk, [old, recent])
+    assert [r["person"] for r in views] == [recent]
+    assert [r["user_id"] for r in queue] == [recent]
