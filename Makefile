@@ -10,7 +10,7 @@ STATE := .local/run
 # Trust the machine's certificate store (a registry behind a TLS-inspecting proxy stays reachable).
 export UV_SYSTEM_CERTS := 1
 
-.PHONY: help install run down test test-unit lint bench schemas clean
+.PHONY: help install tools run down test test-unit test-faults lint bench schemas k8s-render prometheusrule clean
 
 help:
 	@echo "make run    - start Kafka, Postgres and the services locally (no Docker needed)"
@@ -18,6 +18,8 @@ help:
 	@echo "make test   - the whole suite against real Kafka and Postgres"
 	@echo "make bench  - the benchmarks, each against a ceiling measured in the same run"
 	@echo "make lint   - ruff and mypy"
+	@echo "make test-faults     - the three-broker fault test (SIGKILL one broker under load)"
+	@echo "make k8s-render OUT=DIR - the Kubernetes manifests of both overlays, rendered into DIR"
 
 .local/tools/bin/uv:
 	python3 -m venv .local/tools
@@ -40,8 +42,17 @@ down:
 	-bash deploy/local/run-services.sh stop
 	$(UV) run synergy infra down --name run
 
-test: install
+# kustomize (go install) and promtool (Debian's prometheus package), for the offline ops checks.
+tools:
+	@bash deploy/tools/ensure-tools.sh
+
+test: install tools
 	$(UV) run pytest -q -p no:cacheprovider
+
+# The fault tests alone: a three-node KRaft cluster, ingest under 200 events/s, one broker SIGKILLed
+# (about two minutes; `make test` runs them too).
+test-faults: install
+	$(UV) run pytest -q -p no:cacheprovider -m faults
 
 test-unit: install
 	$(UV) run pytest -q tests/unit
@@ -49,11 +60,22 @@ test-unit: install
 lint: install
 	$(UV) run ruff check .
 	$(UV) run mypy libs/schemas/src libs/common/src libs/streaming/src services/ingest/src services/achievements/src \
-		services/cio-sink/src services/insights/src services/marketing/src
+		services/cio-sink/src services/insights/src services/marketing/src deploy/tools
 
 bench: install
 	@set -e; for bench in tests/bench/bench_*.py; do \
 		module=$$(basename $$bench .py); echo "== $$module"; $(UV) run python -m tests.bench.$$module; done
+
+OUT ?= .local/k8s
+k8s-render: install
+	@bash deploy/tools/ensure-tools.sh kustomize
+	@mkdir -p $(OUT)
+	@for overlay in local production; do \
+		.local/tools/go/bin/kustomize build deploy/k8s/overlays/$$overlay > $(OUT)/$$overlay.yaml || exit 1; \
+		echo "$(OUT)/$$overlay.yaml"; done
+
+prometheusrule: install
+	$(UV) run python deploy/tools/prometheusrule.py
 
 schemas: install
 	$(UV) run synergy schemas export libs/schemas/jsonschema

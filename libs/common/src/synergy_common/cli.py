@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,31 @@ def db_migrate(database_url: str | None) -> None:
     url = database_url or common_settings().database_url
     migrate_sync(url)
     click.echo("database is up to date")
+
+
+@db.command("wait")
+@click.option("--database-url", envvar="DATABASE_URL", default=None, help="defaults to DATABASE_URL")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait before giving up")
+def db_wait(database_url: str | None, timeout: float) -> None:
+    """Wait until every migration is applied (a pod's init container, while the migration Job runs)."""
+    import asyncpg
+
+    from synergy_common.db import pending_migrations
+
+    url = database_url or common_settings().database_url
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pending = asyncio.run(pending_migrations(url))
+        except (OSError, asyncpg.PostgresError) as exc:
+            pending = [f"database not reachable: {exc}"]
+        if not pending:
+            click.echo("database schema is current")
+            return
+        if time.monotonic() > deadline:
+            click.echo(f"schema not current after {timeout:.0f}s: {', '.join(pending)}", err=True)
+            sys.exit(1)
+        time.sleep(2)
 
 
 @main.group()

@@ -58,3 +58,34 @@ def migrate_sync(database_url: str, revision: str = "heads") -> None:
 
 async def migrate(database_url: str, revision: str = "heads") -> None:
     await asyncio.to_thread(migrate_sync, database_url, revision)
+
+
+async def pending_migrations(database_url: str) -> list[str]:
+    """The migration heads the database has not reached yet (empty when its schema is current)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config(database_url))
+    heads = set(script.get_heads())
+    connection = await asyncpg.connect(database_url)
+    try:
+        exists = await connection.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
+        applied = (
+            {row["version_num"] for row in await connection.fetch("SELECT version_num FROM alembic_version")}
+            if exists
+            else set()
+        )
+    finally:
+        await connection.close()
+    if any(not _known(script, a) for a in applied):
+        return []  # a newer image already migrated past every head this one knows
+    reached: set[str] = set()
+    for revision in applied:
+        reached.update(r.revision for r in script.iterate_revisions(revision, "base"))
+    return sorted(heads - reached)
+
+
+def _known(script: Any, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:
+        return False

@@ -42,22 +42,24 @@ class PublishError(Exception):
 async def publish_all(
     producer: AIOKafkaProducer, messages: Iterable[OutgoingMessage], timeout: float = 10.0
 ) -> None:
-    """Send all messages in one go and wait until the broker has acknowledged every one.
+    """Send all messages in one go and wait until the broker has acknowledged every one, `timeout` at most.
 
-    The sends are enqueued together so the producer batches them; no per-message round trip.
+    The sends are enqueued together so the producer batches them; no per-message round trip. The timeout
+    covers the enqueueing too: while a partition has no leader (a broker just died), `send` itself waits
+    for metadata, for up to the producer's request timeout.
     """
     futures = []
     try:
-        for message in messages:
-            futures.append(
-                await producer.send(
-                    message.topic,
-                    value=message.value,
-                    key=message.key.encode(),
-                    headers=list(message.headers),
-                )
-            )
         async with asyncio.timeout(timeout):
+            for message in messages:
+                futures.append(
+                    await producer.send(
+                        message.topic,
+                        value=message.value,
+                        key=message.key.encode(),
+                        headers=list(message.headers),
+                    )
+                )
             await asyncio.gather(*futures)
     except (KafkaError, TimeoutError) as exc:
         for future in futures:

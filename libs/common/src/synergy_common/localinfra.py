@@ -12,7 +12,12 @@ Maven Central (deploy/local/pom.xml); PostgreSQL runs from the machine's binarie
     pg-superuser.pw          password of the `postgres` database superuser
     logs/kafka.log, logs/postgres.log
 
+With `--brokers 3` the instance runs a KRaft cluster of three nodes, each broker and controller (a
+quorum of three): node N listens on kafka-port + N - 1 and controller-port + N - 1, keeps its files in
+kafka/node-N/ and logs to logs/kafka-node-N.log. Internal topics get replication 3 and min.insync 2.
+
     python -m synergy_common.localinfra up|down|status [--name run] [--kafka-port 9092] [--pg-port 5432]
+        [--brokers 1|3]
 """
 
 from __future__ import annotations
@@ -337,8 +342,8 @@ def _run_blocking(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 # --------------------------------------------------------------------------------------- Kafka client
 
 
-async def kafka_ready(bootstrap: str, timeout: float = 10.0) -> bool:
-    """True when the broker answers metadata and every partition of every topic has a leader."""
+async def kafka_ready(bootstrap: str, timeout: float = 10.0, brokers: int = 1) -> bool:
+    """True when `brokers` brokers answer metadata and every partition of every topic has a leader."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
@@ -346,7 +351,7 @@ async def kafka_ready(bootstrap: str, timeout: float = 10.0) -> bool:
         async with asyncio.timeout(timeout):
             await admin.start()
             cluster = await admin.describe_cluster()
-            if not cluster.get("brokers"):
+            if len(cluster.get("brokers") or ()) < brokers:
                 return False
             topics = await admin.list_topics()
             if topics:
@@ -371,7 +376,10 @@ async def wait_for_kafka(bootstrap: str, timeout: float = 60.0) -> None:
 
 
 async def _create(
-    bootstrap: str, topics: Sequence[tuple[str, int, dict[str, str]]], timeout: float
+    bootstrap: str,
+    topics: Sequence[tuple[str, int, dict[str, str]]],
+    timeout: float,
+    replication: int = 1,
 ) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -379,7 +387,7 @@ async def _create(
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, p, 1, topic_configs=c) for n, p, c in topics if n not in existing]
+        new = [NewTopic(n, p, replication, topic_configs=c) for n, p, c in topics if n not in existing]
         created: list[str] = []
         if new:
             resp = await admin.create_topics(new, timeout_ms=int(timeout * 1000))
@@ -404,24 +412,44 @@ async def _create(
         await admin.close()
 
 
+def topic_durability(replication: int | None = None, min_insync: int | None = None) -> tuple[int, int]:
+    """Replication factor and min.insync.replicas of new topics: the arguments, else
+    SYNERGY_TOPIC_REPLICATION and SYNERGY_TOPIC_MIN_INSYNC, else 1 and 1."""
+    if replication is None:
+        replication = int(os.environ.get("SYNERGY_TOPIC_REPLICATION") or 1)
+    if min_insync is None:
+        min_insync = int(os.environ.get("SYNERGY_TOPIC_MIN_INSYNC") or 1)
+    if not 1 <= min_insync <= replication:
+        raise InfraError(f"min.insync.replicas {min_insync} must lie between 1 and replication {replication}")
+    return replication, min_insync
+
+
 async def create_topics(
     bootstrap: str,
     partitions: int = DEFAULT_PARTITIONS,
     *,
     specs: Iterable[Any] | None = None,
     timeout: float = 30.0,
+    replication: int | None = None,
+    min_insync: int | None = None,
 ) -> list[str]:
     """Create every topic of synergy_schemas.topics.ALL_TOPICS (or `specs`) that is missing.
 
-    Compacted topics get cleanup.policy=compact. Returns the names it created; existing ones are left as
-    they are.
+    Compacted topics get cleanup.policy=compact; every topic gets `replication` replicas and
+    min.insync.replicas `min_insync` (see topic_durability). Returns the names it created; existing ones
+    are left as they are.
     """
     if specs is None:
         from synergy_schemas.topics import ALL_TOPICS
 
         specs = ALL_TOPICS
-    wanted = [(s.name, partitions, {"cleanup.policy": "compact"} if s.compacted else {}) for s in specs]
-    return await _create(bootstrap, wanted, timeout)
+    replication, min_insync = topic_durability(replication, min_insync)
+    durability = {"min.insync.replicas": str(min_insync)}
+    wanted = [
+        (s.name, partitions, {**durability, **({"cleanup.policy": "compact"} if s.compacted else {})})
+        for s in specs
+    ]
+    return await _create(bootstrap, wanted, timeout, replication)
 
 
 async def create_topic(
@@ -431,12 +459,30 @@ async def create_topic(
     *,
     config: dict[str, str] | None = None,
     timeout: float = 30.0,
+    replication: int = 1,
 ) -> bool:
     """Create one topic if it is missing and wait until it has leaders; True when it was created."""
-    return bool(await _create(bootstrap, [(name, partitions, dict(config or {}))], timeout))
+    return bool(await _create(bootstrap, [(name, partitions, dict(config or {}))], timeout, replication))
 
 
 # ------------------------------------------------------------------------------------------ instances
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node (broker and controller) of an instance, and where its files live."""
+
+    node_id: int
+    kafka_port: int
+    controller_port: int
+    config: Path
+    data_dir: Path
+    pid_file: Path
+    log: Path
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
 
 
 @dataclass(frozen=True)
@@ -498,10 +544,14 @@ class LocalInfra:
         controller_port: int = DEFAULT_CONTROLLER_PORT,
         pg_port: int = DEFAULT_PG_PORT,
         root: Path | None = None,
+        brokers: int = 1,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"invalid instance name {name!r}")
+        if brokers < 1:
+            raise ValueError(f"brokers must be 1 or more, not {brokers}")
         self.name = name
+        self.brokers = brokers
         self.kafka_port = kafka_port
         self.controller_port = controller_port
         self.pg_port = pg_port
@@ -514,6 +564,24 @@ class LocalInfra:
         self.kafka_data_dir = self.dir / "kafka" / "data"
         self.kafka_pid_file = self.dir / "kafka.pid"
         self._pg_data_dir: Path | None = None
+        if brokers == 1:
+            self.nodes = [
+                KafkaNode(1, kafka_port, controller_port, self.kafka_config, self.kafka_data_dir,
+                          self.kafka_pid_file, self.kafka_log)
+            ]  # fmt: skip
+        else:
+            self.nodes = [
+                KafkaNode(
+                    n,
+                    kafka_port + n - 1,
+                    controller_port + n - 1,
+                    self.dir / "kafka" / f"node-{n}" / "server.properties",
+                    self.dir / "kafka" / f"node-{n}" / "data",
+                    self.dir / f"kafka-node-{n}.pid",
+                    self.logs_dir / f"kafka-node-{n}.log",
+                )
+                for n in range(1, brokers + 1)
+            ]
 
     @classmethod
     def load(
@@ -524,8 +592,9 @@ class LocalInfra:
         kafka_port: int | None = None,
         controller_port: int | None = None,
         pg_port: int | None = None,
+        brokers: int | None = None,
     ) -> LocalInfra:
-        """An instance with the ports it was last started with, unless given here."""
+        """An instance with the ports (and broker count) it was last started with, unless given here."""
         root = root or repo_root()
         saved: dict[str, int] = {}
         with contextlib.suppress(OSError, ValueError):
@@ -536,17 +605,21 @@ class LocalInfra:
             controller_port or saved.get("controller_port", DEFAULT_CONTROLLER_PORT),
             pg_port or saved.get("pg_port", DEFAULT_PG_PORT),
             root,
+            brokers or saved.get("brokers", 1),
         )
 
     def __repr__(self) -> str:
         return (
             f"LocalInfra({self.name!r}, kafka_port={self.kafka_port}, "
-            f"controller_port={self.controller_port}, pg_port={self.pg_port})"
+            f"controller_port={self.controller_port}, pg_port={self.pg_port}, brokers={self.brokers})"
         )
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaNode:
+        return self.nodes[node_id - 1]
 
     def database_url(self, database: str = PG_DATABASE) -> str:
         return f"postgresql://{PG_ROLE}:{PG_PASSWORD}@127.0.0.1:{self.pg_port}/{database}"
@@ -568,6 +641,7 @@ class LocalInfra:
             "kafka_port": self.kafka_port,
             "controller_port": self.controller_port,
             "pg_port": self.pg_port,
+            "brokers": self.brokers,
         }
         (self.dir / "instance.json").write_text(json.dumps(data, indent=2) + "\n")
 
@@ -590,25 +664,35 @@ class LocalInfra:
 
     # ----------------------------------------------------------------------------------------- Kafka
 
-    def kafka_pid(self) -> int | None:
+    def kafka_pid(self, node: int = 1) -> int | None:
+        """The pid of node `node` (1 unless the instance runs a cluster), None when it is not running."""
+        kafka = self.node(node)
         try:
-            pid = int(self.kafka_pid_file.read_text().strip())
+            pid = int(kafka.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
         if not _pid_alive(pid):
             return None
         cmd = _cmdline(pid)
-        if cmd is not None and ("kafka.Kafka" not in cmd or str(self.kafka_config) not in cmd):
+        if cmd is not None and ("kafka.Kafka" not in cmd or str(kafka.config) not in cmd):
             return None
         return pid
 
-    def _render_kafka_config(self) -> None:
+    def _render_kafka_config(self, kafka: KafkaNode) -> None:
         template = self.root / "deploy" / "local" / "kafka" / "server.properties.template"
+        # A cluster of three or more keeps internal topics (offsets, transactions) writable with a node down.
+        replication = min(3, self.brokers)
         text = string.Template(template.read_text()).substitute(
-            kafka_port=self.kafka_port, controller_port=self.controller_port, data_dir=self.kafka_data_dir
+            node_id=kafka.node_id,
+            quorum_voters=",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes),
+            kafka_port=kafka.kafka_port,
+            controller_port=kafka.controller_port,
+            data_dir=kafka.data_dir,
+            replication=replication,
+            min_insync=max(1, replication - 1),
         )
-        self.kafka_config.parent.mkdir(parents=True, exist_ok=True)
-        self.kafka_config.write_text(text)
+        kafka.config.parent.mkdir(parents=True, exist_ok=True)
+        kafka.config.write_text(text)
 
     def _java_cmd(self, java: str, libs: Path, main: str, *args: str, heap: str) -> list[str]:
         return [
@@ -617,65 +701,74 @@ class LocalInfra:
             f"-Dkafka.logs.dir={self.logs_dir}", "-cp", f"{libs}/*", main, *args,
         ]  # fmt: skip
 
-    def _format_kafka_storage(self, java: str, libs: Path) -> None:
+    def _cluster_id(self) -> str:
         id_file = self.dir / "kafka" / "cluster-id"
         try:
-            cluster_id = id_file.read_text().strip()
+            return id_file.read_text().strip()
         except OSError:
             cluster_id = "-"
             while cluster_id.startswith("-"):
                 cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(cluster_id + "\n")
+            return cluster_id
+
+    def _format_kafka_storage(self, java: str, libs: Path, kafka: KafkaNode) -> None:
         cmd = self._java_cmd(
             java, libs, "kafka.tools.StorageTool",
-            "format", "--ignore-formatted", "-t", cluster_id, "-c", str(self.kafka_config), heap="-Xmx256m",
+            "format", "--ignore-formatted", "-t", self._cluster_id(), "-c", str(kafka.config),
+            heap="-Xmx256m",
         )  # fmt: skip
-        with self.kafka_log.open("ab") as out:
+        with kafka.log.open("ab") as out:
             out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
             out.flush()
             r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False)
         if r.returncode != 0:
-            raise InfraError(
-                f"formatting Kafka storage failed; see {self.kafka_log}:\n{_tail(self.kafka_log)}"
-            )
+            raise InfraError(f"formatting Kafka storage failed; see {kafka.log}:\n{_tail(kafka.log)}")
 
-    def start_kafka(self, timeout: float = 120.0) -> None:
-        """Start the broker (or find it running) and wait until it serves metadata."""
+    def start_kafka(self, timeout: float = 120.0, *, node: int | None = None) -> None:
+        """Start the broker, every node of a cluster, or only `node` (or find them running), and wait until
+        the cluster serves metadata with all its brokers."""
         with self.lock("kafka"):
-            self._start_kafka(timeout)
+            self._start_kafka(timeout, node)
 
-    def _start_kafka(self, timeout: float = 120.0) -> None:
+    def _start_kafka(self, timeout: float = 120.0, only: int | None = None) -> None:
         deadline = time.monotonic() + timeout
-        pid = self.kafka_pid()
-        attempts, offset = 0, 0
+        nodes = [self.node(only)] if only else self.nodes
+        pids: dict[int, int | None] = {n.node_id: self.kafka_pid(n.node_id) for n in nodes}
+        attempts = dict.fromkeys(pids, 0)
+        offsets = dict.fromkeys(pids, 0)
         while True:
-            if pid is None:
-                attempts += 1
-                pid, offset = self._spawn_kafka()
-            if not _pid_alive(pid):
-                self.kafka_pid_file.unlink(missing_ok=True)
-                if attempts and attempts < 5 and _bind_conflict(self.kafka_log, offset):
-                    log.warning(
-                        "Kafka could not bind its port (a client connected to itself on it); retrying"
-                    )
-                    pid = None
-                    time.sleep(1)
-                    continue
-                raise InfraError(
-                    f"Kafka exited during startup; see {self.kafka_log}:\n{_tail(self.kafka_log)}"
-                )
-            if _port_open(self.kafka_port) and _run_blocking(
-                lambda: kafka_ready(self.bootstrap_servers, 5.0)
+            for kafka in nodes:
+                pid = pids[kafka.node_id]
+                if pid is None:
+                    attempts[kafka.node_id] += 1
+                    pid, offsets[kafka.node_id] = self._spawn_kafka(kafka)
+                    pids[kafka.node_id] = pid
+                if not _pid_alive(pid):
+                    kafka.pid_file.unlink(missing_ok=True)
+                    tries = attempts[kafka.node_id]
+                    if tries and tries < 5 and _bind_conflict(kafka.log, offsets[kafka.node_id]):
+                        log.warning(
+                            "Kafka could not bind its port (a client connected to itself on it); retrying"
+                        )
+                        pids[kafka.node_id] = None
+                        time.sleep(1)
+                        continue
+                    raise InfraError(f"Kafka exited during startup; see {kafka.log}:\n{_tail(kafka.log)}")
+            if all(_port_open(n.kafka_port) for n in nodes) and _run_blocking(
+                lambda: kafka_ready(self.bootstrap_servers, 5.0, brokers=self.brokers)
             ):
                 return
             if time.monotonic() > deadline:
                 raise InfraError(
-                    f"Kafka (pid {pid}) did not become ready within {timeout:.0f}s; see {self.kafka_log}"
+                    f"Kafka did not become ready within {timeout:.0f}s; "
+                    f"see {', '.join(str(n.log) for n in nodes)}"
                 )
             time.sleep(0.2)
 
-    def _spawn_kafka(self) -> tuple[int, int]:
-        for port in (self.kafka_port, self.controller_port):
+    def _spawn_kafka(self, kafka: KafkaNode) -> tuple[int, int]:
+        for port in (kafka.kafka_port, kafka.controller_port):
             if _port_open(port):
                 raise InfraError(
                     f"port {port} is in use by another process; stop it or pick other ports "
@@ -684,33 +777,43 @@ class LocalInfra:
         libs = ensure_kafka_jars(self.root)
         java = find_java()
         self._save()
-        self._render_kafka_config()
-        self.kafka_data_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.kafka_data_dir / "meta.properties").exists():
-            self._format_kafka_storage(java, libs)
+        self._render_kafka_config(kafka)
+        kafka.data_dir.mkdir(parents=True, exist_ok=True)
+        if not (kafka.data_dir / "meta.properties").exists():
+            self._format_kafka_storage(java, libs, kafka)
         heap = os.environ.get("SYNERGY_KAFKA_HEAP_OPTS", KAFKA_HEAP_OPTS)
         pid, offset = self._spawn(
-            self._java_cmd(java, libs, "kafka.Kafka", str(self.kafka_config), heap=heap), self.kafka_log
+            self._java_cmd(java, libs, "kafka.Kafka", str(kafka.config), heap=heap), kafka.log
         )
-        self.kafka_pid_file.write_text(f"{pid}\n")
-        log.info("Kafka starting (pid %d, log %s)", pid, self.kafka_log)
+        kafka.pid_file.write_text(f"{pid}\n")
+        log.info("Kafka node %d starting (pid %d, log %s)", kafka.node_id, pid, kafka.log)
         return pid, offset
 
-    def stop_kafka(self, timeout: float = 60.0, *, kill: bool = False) -> None:
-        """SIGTERM (controlled shutdown) and wait, with a SIGKILL fallback; `kill=True` crashes it at once."""
+    def stop_kafka(self, timeout: float = 60.0, *, kill: bool = False, node: int | None = None) -> None:
+        """SIGTERM (controlled shutdown) and wait, with a SIGKILL fallback; `kill=True` crashes it at once.
+        `node` stops that node of a cluster only."""
         with self.lock("kafka"):
-            self._stop_kafka(timeout, kill=kill)
+            self._stop_kafka(timeout, kill=kill, only=node)
 
-    def _stop_kafka(self, timeout: float = 60.0, *, kill: bool = False) -> None:
-        pid = self.kafka_pid()
-        if pid is not None:
-            log.info("Kafka stopping (pid %d)", pid)
-            _terminate(pid, signal.SIGKILL if kill else signal.SIGTERM, timeout, "Kafka", self.kafka_log)
-        self.kafka_pid_file.unlink(missing_ok=True)
+    def _stop_kafka(self, timeout: float = 60.0, *, kill: bool = False, only: int | None = None) -> None:
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+
+        def stop(kafka: KafkaNode) -> None:
+            pid = self.kafka_pid(kafka.node_id)
+            if pid is not None:
+                log.info("Kafka node %d stopping (pid %d)", kafka.node_id, pid)
+                _terminate(pid, sig, timeout, "Kafka", kafka.log)
+            kafka.pid_file.unlink(missing_ok=True)
+
+        nodes = [self.node(only)] if only else self.nodes
+        # A cluster stops all at once: a node stopped after its peers would wait for a quorum that is gone.
+        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as ex:
+            for future in [ex.submit(stop, kafka) for kafka in nodes]:
+                future.result()
 
     def kafka_running_version(self) -> str | None:
-        """The Kafka version of the running broker (from its class path), None when it is not running."""
-        pid = self.kafka_pid()
+        """The Kafka version of a running node (from its class path), None when none is running."""
+        pid = next((p for n in self.nodes if (p := self.kafka_pid(n.node_id))), None)
         m = re.search(r"/kafka-([^/\s]+)/libs/", _cmdline(pid) or "") if pid else None
         return m.group(1) if m else None
 
@@ -911,7 +1014,8 @@ class LocalInfra:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
-        kafka_pid, pg_pid = self.kafka_pid(), self.postgres_pid()
+        node_pids = {n.node_id: self.kafka_pid(n.node_id) for n in self.nodes}
+        kafka_pid, pg_pid = node_pids[1], self.postgres_pid()
         return {
             "name": self.name,
             "dir": str(self.dir),
@@ -922,6 +1026,18 @@ class LocalInfra:
                 "bootstrap_servers": self.bootstrap_servers,
                 "controller_port": self.controller_port,
                 "log": str(self.kafka_log),
+                "brokers": self.brokers,
+                "nodes": [
+                    {
+                        "node_id": n.node_id,
+                        "running": node_pids[n.node_id] is not None,
+                        "pid": node_pids[n.node_id],
+                        "bootstrap_servers": n.bootstrap_servers,
+                        "controller_port": n.controller_port,
+                        "log": str(n.log),
+                    }
+                    for n in self.nodes
+                ],
             },
             "postgres": {
                 "running": pg_pid is not None,
@@ -932,11 +1048,13 @@ class LocalInfra:
             },
         }
 
-    async def astart_kafka(self, timeout: float = 120.0) -> None:
-        await asyncio.to_thread(self.start_kafka, timeout)
+    async def astart_kafka(self, timeout: float = 120.0, *, node: int | None = None) -> None:
+        await asyncio.to_thread(self.start_kafka, timeout, node=node)
 
-    async def astop_kafka(self, timeout: float = 60.0, *, kill: bool = False) -> None:
-        await asyncio.to_thread(self.stop_kafka, timeout, kill=kill)
+    async def astop_kafka(
+        self, timeout: float = 60.0, *, kill: bool = False, node: int | None = None
+    ) -> None:
+        await asyncio.to_thread(self.stop_kafka, timeout, kill=kill, node=node)
 
     async def astart_postgres(self, timeout: float = 90.0) -> None:
         await asyncio.to_thread(self.start_postgres, timeout)
@@ -969,6 +1087,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions per topic (up)"
     )
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        choices=[1, 3],
+        help="Kafka nodes (KRaft, each broker and controller); default 1",
+    )
     parser.add_argument("--only", choices=["kafka", "postgres"], help="act on one of the two only")
     parser.add_argument("--purge", action="store_true", help="down: also delete the instance's data")
     parser.add_argument("--json", action="store_true", help="status: print JSON")
@@ -978,7 +1102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         infra = LocalInfra.load(
-            args.name, kafka_port=args.kafka_port, controller_port=args.controller_port, pg_port=args.pg_port
+            args.name,
+            kafka_port=args.kafka_port,
+            controller_port=args.controller_port,
+            pg_port=args.pg_port,
+            brokers=args.brokers,
         )
         if args.command == "up":
             for what in ("kafka", "postgres"):
@@ -991,11 +1119,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 infra.start()
             if args.only != "postgres":
-                created = asyncio.run(create_topics(infra.bootstrap_servers, args.partitions))
+                # A cluster replicates the topics three times with min.insync.replicas 2 unless
+                # SYNERGY_TOPIC_REPLICATION / SYNERGY_TOPIC_MIN_INSYNC say otherwise.
+                cluster = infra.brokers >= 3
+                replication, min_insync = topic_durability(
+                    None if os.environ.get("SYNERGY_TOPIC_REPLICATION") or not cluster else 3,
+                    None if os.environ.get("SYNERGY_TOPIC_MIN_INSYNC") or not cluster else 2,
+                )
+                created = asyncio.run(
+                    create_topics(
+                        infra.bootstrap_servers,
+                        args.partitions,
+                        replication=replication,
+                        min_insync=min_insync,
+                    )
+                )
                 if created:
                     log.info("created topics: %s", ", ".join(created))
                 version = infra.kafka_running_version()
-                print(f"Kafka {version} on {infra.bootstrap_servers} (log {infra.kafka_log})")
+                logs = ", ".join(str(n.log) for n in infra.nodes)
+                print(f"Kafka {version} on {infra.bootstrap_servers}, {infra.brokers} node(s) (log {logs})")
             if args.only != "kafka":
                 print(f"PostgreSQL on 127.0.0.1:{infra.pg_port} (log {infra.postgres_log})")
             print(f"KAFKA_BOOTSTRAP_SERVERS={infra.bootstrap_servers}")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
+from cachetools import TTLCache
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -18,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synergy_common.db import create_pool
 from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import (
+    PROBLEM_JSON,
     ProblemError,
     WriteKeyAuthenticator,
     authenticate_brand,
@@ -27,13 +35,23 @@ from synergy_common.http import (
 from synergy_common.logging import configure_logging
 from synergy_common.settings import CommonSettings
 
-from synergy_ingest.client_events import ClientEvent, Envelope, EventRejected, build_envelope
-from synergy_ingest.metrics import BATCH_SIZE, EVENTS_ACCEPTED, EVENTS_REJECTED, REQUESTS
+from synergy_ingest.answers import batch_answer, unwritten_problem
+from synergy_ingest.brand_settings import brand_settings
+from synergy_ingest.client_events import (
+    AcceptedEvent,
+    ClientEvent,
+    EventRejected,
+    accept_event,
+    parse_client_event,
+)
+from synergy_ingest.metrics import BATCH_SIZE, EVENTS_ACCEPTED, EVENTS_REJECTED, EVENTS_THROTTLED, REQUESTS
+from synergy_ingest.publish_outcome import PublishOutcome
 from synergy_ingest.publisher import EventPublisher, KafkaUnavailable
-from synergy_ingest.request_body import read_json_body
+from synergy_ingest.quotas import Quota, QuotaBook, quota_from_settings, retry_after_header
+from synergy_ingest.request_body import parse_json, read_body
 from synergy_ingest.request_context import RequestContext
 from synergy_ingest.segment import segment_to_client_event
-from synergy_ingest.settings import IngestSettings
+from synergy_ingest.settings import IngestSettings, default_quota
 
 MAX_CORRELATION_ID_LENGTH = 128
 
@@ -53,9 +71,18 @@ class BatchError(BaseModel):
     message: str
 
 
+class BatchUnwritten(BaseModel):
+    """A valid event Kafka did not acknowledge: `not_written` for certain, or `unknown`."""
+
+    index: int
+    event_id: str
+    outcome: Literal["not_written", "unknown"]
+
+
 class BatchAnswer(BaseModel):
     accepted: list[BatchAccepted]
     errors: list[BatchError]
+    unwritten: list[BatchUnwritten] = []
 
 
 class EventBatch(BaseModel):
@@ -68,6 +95,9 @@ class IngestState:
     authenticator: WriteKeyAuthenticator
     publisher: EventPublisher
     pool: asyncpg.Pool
+    quotas: QuotaBook
+    default_quota: Quota | None
+    brand_settings: TTLCache[str, dict[str, Any]]
 
 
 class RequestMetrics:
@@ -121,20 +151,72 @@ async def _request_context(request: Request, body_write_key: str | None = None) 
     )
 
 
-async def _publish(request: Request, envelopes: list[Envelope]) -> None:
+async def _brand_settings(state: IngestState, brand_id: str) -> dict[str, Any]:
+    cached = state.brand_settings.get(brand_id)
+    if cached is not None:
+        return cached
     try:
-        await _state(request).publisher.publish(envelopes)
+        settings = await brand_settings(state.pool, brand_id)
+    except (OSError, asyncpg.PostgresError):
+        return {}  # the default quota applies until Postgres answers again
+    state.brand_settings[brand_id] = settings
+    return settings
+
+
+async def _admit(request: Request, brand_id: str, events: int) -> None:
+    """429 with Retry-After when the brand is over its quota; other brands have their own buckets."""
+    state = _state(request)
+    if events == 0:
+        return
+    quota = quota_from_settings(await _brand_settings(state, brand_id), state.default_quota)
+    wait = state.quotas.admit(brand_id, quota, events, time.monotonic())
+    if wait > 0:
+        EVENTS_THROTTLED.labels(brand_id).inc(events)
+        raise ProblemError(
+            429,
+            "Too many events",
+            f"this brand is over its quota of {quota.events_per_second:g} events/s" if quota else None,
+            headers={"Retry-After": retry_after_header(wait)},
+        )
+
+
+async def _publish(request: Request, accepted: list[AcceptedEvent]) -> PublishOutcome:
+    """What Kafka did with each event. Raises a 503 when nothing could be handed to the producer."""
+    state = _state(request)
+    try:
+        outcome = await state.publisher.publish([event.record for event in accepted])
     except KafkaUnavailable as exc:
-        EVENTS_REJECTED.labels("kafka_unavailable").inc(len(envelopes))
-        retry_after = str(_state(request).settings.retry_after_seconds)
+        EVENTS_REJECTED.labels("kafka_unavailable").inc(len(accepted))
         raise ProblemError(
             503,
             "Kafka unavailable",
             f"nothing was accepted; retry later ({exc})",
-            headers={"Retry-After": retry_after},
+            headers={"Retry-After": str(state.settings.retry_after_seconds)},
         ) from exc
-    for envelope in envelopes:
-        EVENTS_ACCEPTED.labels(envelope.type).inc()
+    for index in outcome.written:
+        EVENTS_ACCEPTED.labels(accepted[index].type).inc()
+    if outcome.refused:
+        EVENTS_REJECTED.labels("kafka_unavailable").inc(len(outcome.refused))
+    if outcome.unknown:
+        EVENTS_REJECTED.labels("kafka_outcome_unknown").inc(len(outcome.unknown))
+    return outcome
+
+
+def _retry_after(request: Request) -> dict[str, str]:
+    return {"Retry-After": str(_state(request).settings.retry_after_seconds)}
+
+
+async def _publish_one(request: Request, event: AcceptedEvent) -> None:
+    outcome = await _publish(request, [event])
+    if not outcome.all_written:
+        problem = unwritten_problem(outcome, [event.event_id])
+        raise ProblemError(
+            503,
+            problem.pop("title"),
+            problem.pop("detail"),
+            headers=_retry_after(request),
+            **{k: v for k, v in problem.items() if k not in ("type", "status")},
+        )
 
 
 def _rejection_problem(rejected: EventRejected) -> ProblemError:
@@ -145,16 +227,16 @@ def _rejection_problem(rejected: EventRejected) -> ProblemError:
 
 @dataclass
 class BatchOutcome:
-    envelopes: list[tuple[int, Envelope]]
+    events: list[tuple[int, AcceptedEvent]]
     errors: list[BatchError]
     forbidden: int = 0
 
 
-def _build_batch(items: list[Any], build: Callable[[Any], Envelope]) -> BatchOutcome:
+def _build_batch(items: Sequence[Any], accept: Callable[[Any], AcceptedEvent]) -> BatchOutcome:
     outcome = BatchOutcome([], [])
     for index, item in enumerate(items):
         try:
-            outcome.envelopes.append((index, build(item)))
+            outcome.events.append((index, accept(item)))
         except EventRejected as rejected:
             EVENTS_REJECTED.labels(rejected.reason).inc()
             outcome.forbidden += rejected.status == 403
@@ -162,33 +244,25 @@ def _build_batch(items: list[Any], build: Callable[[Any], Envelope]) -> BatchOut
     return outcome
 
 
-async def _answer_batch(request: Request, outcome: BatchOutcome, all_ok_status: int) -> JSONResponse:
-    BATCH_SIZE.observe(len(outcome.envelopes) + len(outcome.errors))
-    if outcome.envelopes:
-        await _publish(request, [envelope for _, envelope in outcome.envelopes])
-    answer = BatchAnswer(
-        accepted=[BatchAccepted(index=i, event_id=e.event_id) for i, e in outcome.envelopes],
-        errors=outcome.errors,
+async def _answer_batch(
+    request: Request, brand_id: str, batch: BatchOutcome, all_ok_status: int
+) -> JSONResponse:
+    BATCH_SIZE.observe(len(batch.events) + len(batch.errors))
+    published: PublishOutcome | None = None
+    if batch.events:
+        await _admit(request, brand_id, len(batch.events))
+        published = await _publish(request, [event for _, event in batch.events])
+    status, body = batch_answer(
+        [(index, event.event_id) for index, event in batch.events],
+        [error.model_dump() for error in batch.errors],
+        batch.forbidden,
+        published,
+        all_ok_status,
     )
-    if not outcome.errors:
-        status = all_ok_status
-    elif outcome.envelopes:
-        status = 207
-    else:
-        status = 403 if outcome.forbidden == len(outcome.errors) else 422
-    headers = {"content-type": "application/problem+json"} if status >= 400 else None
-    body = answer.model_dump()
     if status >= 400:
-        first = outcome.errors[0]
-        body = {
-            "type": "about:blank",
-            "title": "No event accepted",
-            "status": status,
-            "detail": f"batch[{first.index}].{first.field}: {first.message}",
-            "field": f"batch[{first.index}].{first.field}",
-            **body,
-        }
-    return JSONResponse(body, status_code=status, headers=headers)
+        headers = _retry_after(request) if status == 503 else None
+        return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return JSONResponse(body, status_code=status)
 
 
 def _batch_items(body: Any, max_events: int) -> list[Any]:
@@ -209,10 +283,28 @@ def _body_write_key(body: Any) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def _segment_builder(
+SEGMENT_FIELD_NAMES = {
+    "identifiers.id": "userId",
+    "identifiers.anonymous_id": "anonymousId",
+    "event_id": "messageId",
+}
+
+
+def _segment_field(field: str, message_type: str | None) -> str:
+    """Our field name in a rejection, as the Segment message spells it."""
+    if field in SEGMENT_FIELD_NAMES:
+        return SEGMENT_FIELD_NAMES[field]
+    if field == "name" and message_type == "track":
+        return "event"
+    if field == "data" or field.startswith("data."):
+        return ("traits" if message_type == "identify" else "properties") + field[len("data") :]
+    return field
+
+
+def _segment_acceptor(
     context: RequestContext, max_event_bytes: int, route_type: str | None
-) -> Callable[[Any], Envelope]:
-    def build(message: Any) -> Envelope:
+) -> Callable[[Any], AcceptedEvent]:
+    def accept(message: Any) -> AcceptedEvent:
         mapped = segment_to_client_event(message, route_type)
         message_context = RequestContext(
             brand_id=context.brand_id,
@@ -222,9 +314,13 @@ def _segment_builder(
             client_ip=mapped.client_ip or context.client_ip,
             source="segment",
         )
-        return build_envelope(mapped.client_event, message_context, max_event_bytes)
+        try:
+            return accept_event(parse_client_event(mapped.client_event), message_context, max_event_bytes)
+        except EventRejected as rejected:
+            rejected.field = _segment_field(rejected.field, mapped.client_event.get("type"))
+            raise
 
-    return build
+    return accept
 
 
 def create_app(settings: IngestSettings | None = None, common: CommonSettings | None = None) -> FastAPI:
@@ -239,7 +335,15 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
             common.kafka_bootstrap_servers, settings.publish_timeout_seconds, settings.producer_linger_ms
         )
         publisher.start()
-        app.state.ingest = IngestState(settings, WriteKeyAuthenticator(pool), publisher, pool)
+        app.state.ingest = IngestState(
+            settings,
+            WriteKeyAuthenticator(pool),
+            publisher,
+            pool,
+            QuotaBook(settings.workers),
+            default_quota(settings),
+            TTLCache(maxsize=10_000, ttl=settings.brand_settings_ttl_seconds),
+        )
         if not await publisher.wait_started(timeout=10):
             log.warning("kafka_not_reachable_yet", bootstrap=common.kafka_bootstrap_servers)
         log.info("ingest_started", topic=publisher.topic, port=settings.port)
@@ -255,6 +359,8 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         version="1",
         description="Authenticate, validate and durably publish behavioural events.",
         lifespan=lifespan,
+        # Metrics are Prometheus'; FastAPI's OpenTelemetry hooks cost a provider lookup per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_problem_handlers(app)
     app.add_middleware(RequestMetrics)
@@ -291,15 +397,16 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings) -> None:
     )
     async def post_event(request: Request) -> JSONResponse:
         context = await _request_context(request)
-        body = await read_json_body(request, settings.max_event_bytes)
+        body = parse_json(await read_body(request, settings.max_event_bytes))
         BATCH_SIZE.observe(1)
         try:
-            envelope = build_envelope(body, context, settings.max_event_bytes)
+            event = accept_event(parse_client_event(body), context, settings.max_event_bytes)
         except EventRejected as rejected:
             raise _rejection_problem(rejected) from rejected
-        await _publish(request, [envelope])
+        await _admit(request, context.brand_id, 1)
+        await _publish_one(request, event)
         return JSONResponse(
-            {"event_id": envelope.event_id},
+            {"event_id": event.event_id},
             status_code=202,
             headers={"X-Correlation-ID": context.correlation_id},
         )
@@ -314,25 +421,29 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings) -> None:
     )
     async def post_batch(request: Request) -> JSONResponse:
         context = await _request_context(request)
-        body = await read_json_body(request, settings.max_batch_bytes)
-        items = _batch_items(body, settings.max_batch_events)
-        outcome = _build_batch(items, lambda item: build_envelope(item, context, settings.max_event_bytes))
-        return await _answer_batch(request, outcome, 202)
+        items = _batch_items(
+            parse_json(await read_body(request, settings.max_batch_bytes)), settings.max_batch_events
+        )
+        outcome = _build_batch(
+            items, lambda item: accept_event(parse_client_event(item), context, settings.max_event_bytes)
+        )
+        return await _answer_batch(request, context.brand_id, outcome, 202)
 
 
 def _add_segment_routes(app: FastAPI, settings: IngestSettings) -> None:
     async def segment_single(request: Request, route_type: str) -> JSONResponse:
-        body = await read_json_body(request, settings.max_event_bytes, also_text_plain=True)
+        body = parse_json(await read_body(request, settings.max_event_bytes, any_content_type=True))
         context = await _request_context(request, _body_write_key(body))
         if isinstance(body, dict):
             body = {k: v for k, v in body.items() if k not in ("writeKey", "sentAt")}
         try:
-            envelope = _segment_builder(context, settings.max_event_bytes, route_type)(body)
+            event = _segment_acceptor(context, settings.max_event_bytes, route_type)(body)
         except EventRejected as rejected:
             raise _rejection_problem(rejected) from rejected
         BATCH_SIZE.observe(1)
-        await _publish(request, [envelope])
-        return JSONResponse({"success": True, "event_id": envelope.event_id}, status_code=200)
+        await _admit(request, context.brand_id, 1)
+        await _publish_one(request, event)
+        return JSONResponse({"success": True, "event_id": event.event_id}, status_code=200)
 
     def register(route_type: str) -> None:
         async def handler(request: Request) -> JSONResponse:
@@ -353,11 +464,11 @@ def _add_segment_routes(app: FastAPI, settings: IngestSettings) -> None:
 
     @app.post("/v1/batch", tags=["segment"], summary="Segment-compatible batch", response_model=BatchAnswer)
     async def segment_batch(request: Request) -> JSONResponse:
-        body = await read_json_body(request, settings.max_batch_bytes, also_text_plain=True)
+        body = parse_json(await read_body(request, settings.max_batch_bytes, any_content_type=True))
         context = await _request_context(request, _body_write_key(body))
         items = _batch_items(body, settings.max_segment_batch_events)
-        outcome = _build_batch(items, _segment_builder(context, settings.max_event_bytes, None))
-        return await _answer_batch(request, outcome, 200)
+        outcome = _build_batch(items, _segment_acceptor(context, settings.max_event_bytes, None))
+        return await _answer_batch(request, context.brand_id, outcome, 200)
 
 
 def _document_request_bodies(app: FastAPI) -> None:
@@ -378,23 +489,72 @@ def _document_request_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def main() -> None:
+def _listening_socket(port: int) -> socket.socket:
+    """A socket on `port` that other ingest processes bind too (SO_REUSEPORT): the kernel spreads the
+    connections over the processes, instead of waking them all on a shared socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("0.0.0.0", port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: IngestSettings, sock: socket.socket | None = None) -> None:
+    """One ingest process: its own producer, key cache and share of each brand's quota."""
     import uvicorn
 
-    settings = IngestSettings()
-    if settings.workers > 1:
-        # Ingest is stateless: each process has its own producer and key cache.
-        uvicorn.run(
-            "synergy_ingest.app:create_app", factory=True, workers=settings.workers, host="0.0.0.0",
-            port=settings.port, log_level="warning", timeout_graceful_shutdown=10,
-        )
-        return
     app = create_app(settings)
     tune_garbage_collector()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host="0.0.0.0",
         port=settings.port,
         log_level="warning",
+        access_log=False,
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock] if sock is not None else None)
+
+
+def _serve_on_shared_port(port: int) -> None:
+    os.setpgrp()  # a signal to the parent's group reaches a worker once, forwarded by the parent
+    serve(IngestSettings(), _listening_socket(port))
+
+
+def main() -> None:
+    settings = IngestSettings()
+    if settings.workers <= 1:
+        serve(settings)
+        return
+    processes = [
+        multiprocessing.get_context("spawn").Process(
+            target=_serve_on_shared_port, args=(settings.port,), name=f"ingest-{i}"
+        )
+        for i in range(settings.workers)
+    ]
+    for process in processes:
+        process.start()
+
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while any(process.is_alive() for process in processes):
+        for process in processes:
+            process.join(0.5)
+            if not process.is_alive() and not stopping:
+                stop(signal.SIGTERM, None)  # one worker died: stop all, so the supervisor restarts ingest
+    # uvicorn re-raises the stop signal after its graceful shutdown: a worker ended by it ended cleanly.
+    clean = {0, -signal.SIGTERM, -signal.SIGINT} if stopping else {0}
+    crashed = [p for p in processes if p.exitcode not in clean]
+    sys.exit(1 if crashed or not stopping else 0)

@@ -6,22 +6,29 @@ stamp the request's facts, and fill what the request tells about the device and 
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from synergy_schemas.envelope import SCHEMA_VERSION, EventType, Identifiers, derive_event_id, kafka_headers
 from synergy_schemas.envelope import Envelope as Envelope
-from synergy_schemas.envelope import EventType, Identifiers, derive_event_id
+from synergy_schemas.envelope import _json_default as envelope_json_default
 from synergy_schemas.events import (
     ReservedEventError,
     UnknownEventError,
     check_event_data,
 )
+from synergy_schemas.keys import partition_key
 
 from synergy_ingest.device import device_from_user_agent
+from synergy_ingest.publish_outcome import OutgoingRecord
 from synergy_ingest.request_context import RequestContext
 
 MAX_FREE_FORM_KEYS = 300
+# C0 and C1 control characters (NUL included) and the Unicode line and paragraph separators.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ClientEvent(BaseModel):
@@ -65,9 +72,23 @@ def parse_client_event(raw: Any) -> ClientEvent:
     if not isinstance(raw, dict):
         raise EventRejected("body", "an event must be a JSON object", reason="malformed")
     try:
-        return ClientEvent.model_validate(raw)
+        event = ClientEvent.model_validate(raw)
     except ValidationError as exc:
         raise _first_error(exc) from exc
+    return event
+
+
+def refuse_control_characters(event: ClientEvent) -> None:
+    """Ids and names end up in partition keys, URLs and Customer.io ids: they must be printable."""
+    for field, value in (
+        ("identifiers.id", event.identifiers.id),
+        ("identifiers.anonymous_id", event.identifiers.anonymous_id),
+        ("event_id", event.event_id),
+        ("name", event.name),
+        ("brand_id", event.brand_id),
+    ):
+        if value is not None and CONTROL_CHARACTERS.search(value):
+            raise EventRejected(field, "must not contain control characters", reason="invalid")
 
 
 def validated_data(event: ClientEvent) -> tuple[str | None, dict[str, Any]]:
@@ -105,26 +126,76 @@ def with_request_facts(data: dict[str, Any], user_agent: str | None, client_ip: 
     return {**data, "event_context": context}
 
 
+@dataclass(frozen=True, slots=True)
+class AcceptedEvent:
+    """A validated event: its id, type and Kafka record, serialised once. `envelope` builds the model
+    on demand (tests, tools); the request path needs only the record."""
+
+    event_id: str
+    type: str
+    record: OutgoingRecord
+    fields: dict[str, Any]
+
+    @property
+    def envelope(self) -> Envelope:
+        # Every part was validated, so the envelope is assembled without validating it again.
+        return Envelope.model_construct(**self.fields)
+
+
 def build_envelope(raw: Any, request: RequestContext, max_event_bytes: int) -> Envelope:
-    if len(orjson.dumps(raw)) > max_event_bytes:
-        raise EventRejected("body", f"an event may be at most {max_event_bytes} bytes", reason="too_large")
-    event = parse_client_event(raw)
+    """parse_client_event, then accept_event: the whole path of one event already parsed from JSON."""
+    return accept_event(parse_client_event(raw), request, max_event_bytes).envelope
+
+
+def accept_event(event: ClientEvent, request: RequestContext, max_event_bytes: int) -> AcceptedEvent:
+    """Checks what the model alone cannot (brand, event data, size) and builds the record."""
+    refuse_control_characters(event)
     if event.brand_id is not None and event.brand_id != request.brand_id:
         raise EventRejected("brand_id", "this write key does not act for that brand", "forbidden", 403)
     name, data = validated_data(event)
     if event.type == "track":
         data = with_request_facts(data, request.user_agent, request.client_ip)
-    timestamp = event.timestamp or request.received_at
-    # Every part was validated above, so the envelope is assembled without validating it again.
-    return Envelope.model_construct(
-        event_id=derive_event_id(request.brand_id, event.event_id, at=request.received_at),
-        type=event.type,
-        name=name,
-        brand_id=request.brand_id,
-        identifiers=event.identifiers,
-        data=data,
-        timestamp=timestamp,
-        received_at=request.received_at,
-        source=request.source,
-        correlation_id=request.correlation_id,
+    fields: dict[str, Any] = {
+        "event_id": derive_event_id(request.brand_id, event.event_id, at=request.received_at),
+        "type": event.type,
+        "name": name,
+        "brand_id": request.brand_id,
+        "identifiers": event.identifiers,
+        "data": data,
+        "timestamp": event.timestamp or request.received_at,
+        "received_at": request.received_at,
+        "source": request.source,
+        "correlation_id": request.correlation_id,
+    }
+    value = envelope_json_bytes(fields)
+    if len(value) > max_event_bytes:
+        raise EventRejected("body", f"an event may be at most {max_event_bytes} bytes", reason="too_large")
+    identifiers = event.identifiers
+    record = OutgoingRecord(
+        partition_key(request.brand_id, identifiers.id, identifiers.anonymous_id).encode(),
+        value,
+        kafka_headers(name or event.type, SCHEMA_VERSION, request.correlation_id),
     )
+    return AcceptedEvent(fields["event_id"], event.type, record, fields)
+
+
+def envelope_json_bytes(fields: dict[str, Any]) -> bytes:
+    """Byte for byte what Envelope.to_json_bytes writes for these fields, without building the model."""
+    identifiers: Identifiers = fields["identifiers"]
+    body: dict[str, Any] = {"event_id": fields["event_id"], "type": fields["type"]}
+    if fields["name"] is not None:
+        body["name"] = fields["name"]
+    body["brand_id"] = fields["brand_id"]
+    ids: dict[str, str] = {}
+    if identifiers.id is not None:
+        ids["id"] = identifiers.id
+    if identifiers.anonymous_id is not None:
+        ids["anonymous_id"] = identifiers.anonymous_id
+    body["identifiers"] = ids
+    body["data"] = fields["data"]
+    body["timestamp"] = fields["timestamp"]
+    body["received_at"] = fields["received_at"]
+    body["schema_version"] = SCHEMA_VERSION
+    body["source"] = fields["source"]
+    body["correlation_id"] = fields["correlation_id"]
+    return orjson.dumps(body, default=envelope_json_default, option=orjson.OPT_UTC_Z)

@@ -17,3 +17,8 @@ BATCH_SIZE = Histogram(
     "Events per request",
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
 )
+EVENTS_THROTTLED = Counter(
+    "synergy_ingest_events_throttled_total",
+    "Events refused with 429: the brand is over its quota",
+    ["brand_id"],
+)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from synergy_ingest.quotas import Quota
+
 
 class IngestSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
@@ -17,3 +19,15 @@ class IngestSettings(BaseSettings):
     publish_timeout_seconds: float = 10.0
     retry_after_seconds: int = 5
     producer_linger_ms: int = 5
+    # Events per second per brand, 0 = off; a brand's settings may override it (see the README).
+    rate_limit_per_brand: float = 0.0
+    # Events a brand may send at once above its rate; 0 = one second's worth.
+    rate_limit_burst: float = 0.0
+    brand_settings_ttl_seconds: float = 30.0
+
+
+def default_quota(settings: IngestSettings) -> Quota | None:
+    if settings.rate_limit_per_brand <= 0:
+        return None
+    burst = settings.rate_limit_burst or settings.rate_limit_per_brand
+    return Quota(settings.rate_limit_per_brand, burst)
