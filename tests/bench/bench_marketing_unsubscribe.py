@@ -161,6 +161,7 @@ async def main() -> None:
     )
     parser.add_argument("--posts", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
 
     kafka, database = await infrastructure()
@@ -170,7 +171,7 @@ async def main() -> None:
     await create_topic(kafka, topic, partitions=3)
     signer = TokenSigner([SECRET])
     run = uuid.uuid4().hex[:6]
-    users = [f"bench-{run}-{i}" for i in range(options.posts)]
+    users = [f"bench-{run}-{i}" for i in range(options.posts * options.rounds)]
     requests = [post(f"/unsubscribe?token={signer.sign('unsubscribe', brand.brand_id, u)}") for u in users]
 
     port, bare_port = free_port(), free_port()
@@ -195,11 +196,17 @@ async def main() -> None:
         "warning",
     ]
     bare_requests = [post("/unsubscribe?token=x")] * options.posts
-    # The ceiling is measured before and after, on a machine whose load drifts; the ratio uses their mean.
+    # Rounds alternate ceiling and marketing on a machine whose load drifts: each round's ratio is against the
+    # mean of the ceilings measured just before and just after it, and the median round is reported.
+    rounds: list[tuple[dict[str, float], dict[str, float], float]] = []
     async with server(["-m", "synergy_marketing"], env, port) as pid, server(bare, {}, bare_port) as bare_pid:
-        before = await load(bare_port, bare_pid, bare_requests, options.concurrency)
-        marketing = await load(port, pid, requests, options.concurrency)
-        after = await load(bare_port, bare_pid, bare_requests, options.concurrency)
+        ceilings = [await load(bare_port, bare_pid, bare_requests, options.concurrency)]
+        for index in range(options.rounds):
+            chunk = requests[index * options.posts : (index + 1) * options.posts]
+            marketing = await load(port, pid, chunk, options.concurrency)
+            ceilings.append(await load(bare_port, bare_pid, bare_requests, options.concurrency))
+            rate = (ceilings[-2]["rate"] + ceilings[-1]["rate"]) / 2
+            rounds.append((marketing, ceilings[-1], marketing["rate"] / rate))
         # every one-click POST is stored and published (by the relay), each once
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -218,17 +225,20 @@ async def main() -> None:
         int(brand.brand_id),
     )
     await pool.close()
-    ceiling = {key: (before[key] + after[key]) / 2 for key in before}
-
-    show("marketing POST /unsubscribe (one click)", marketing)
-    show("bare FastAPI 200 handler, before", before)
-    show("bare FastAPI 200 handler, after", after)
+    for index, (marketing, ceiling, ratio) in enumerate(rounds):
+        show(f"round {index + 1}: marketing POST /unsubscribe", marketing)
+        show(f"round {index + 1}: bare FastAPI 200 handler after", ceiling)
+        print(f"round {index + 1}: ratio {ratio:.2f}")
+    show("bare FastAPI 200 handler, first", ceilings[0])
     print()
-    print(f"stored unsubscribed: {stored} of {options.posts} POSTs; published changes: {published}")
-    ratio = marketing["rate"] / ceiling["rate"]
+    total = options.posts * options.rounds
+    print(f"stored unsubscribed: {stored} of {total} POSTs; published changes: {published}")
+    marketing, ceiling, ratio = sorted(rounds, key=lambda r: r[2])[len(rounds) // 2]
+    worst_p99 = max(r[0]["p99"] for r in rounds)
     print(
-        f"one click: {marketing['rate']:,.0f} / {ceiling['rate']:,.0f} POST/s = {ratio:.2f} of the bare handler "
-        f"(target >= 0.3); p99 {marketing['p99'] * 1000:.1f} ms (target < 100 ms)"
+        f"one click (median round): {marketing['rate']:,.0f} POST/s = {ratio:.2f} of the bare handler "
+        f"(target >= 0.3); p99 {marketing['p99'] * 1000:.1f} ms, worst round {worst_p99 * 1000:.1f} ms "
+        "(target < 100 ms)"
     )
 
 
