@@ -635,6 +635,9 @@ def envelope(name: str, data: dict[str, Any], **identifiers: str) -> dict[str, A
         ({"product_id": "p", "price": "abc"}, "data.price must be a number"),
         ({"product_id": "p", "quantity": -1}, "data.quantity must be a non-negative integer"),
         ({"product_id": "p", "cart_items": "all"}, "data.cart_items must be a list"),
+        ({"product_id": "p", "price": True}, "data.price must be a number"),
+        ({"product_id": "p", "price": -0.01}, "data.price must be a non-negative number"),
+        ({"product_id": ["p"]}, "data.product_id must be a string"),
     ],
 )
 def test_events_marketing_cannot_read_are_rejected_with_a_reason(data: dict[str, Any], detail: str) -> None:

@@ -72,7 +72,7 @@ def _timestamp(value: Any) -> datetime:
 def parse_event(envelope: Mapping[str, Any]) -> Event:
     """The envelope's marketing-relevant part; InvalidEvent when it cannot be read."""
     identifiers = envelope.get("identifiers")
-    if not isinstance(identifiers, Mapping):
+    if type(identifiers) is not dict and not isinstance(identifiers, Mapping):
         raise InvalidEvent("identifiers must be an object")
     user_id = identifiers.get("id")
     anonymous_id = identifiers.get("anonymous_id")
@@ -80,7 +80,7 @@ def parse_event(envelope: Mapping[str, Any]) -> Event:
         if value is not None and (not isinstance(value, str) or not value or len(value) > 150):
             raise InvalidEvent(f"identifiers.{field} must be a string of 1 to 150 characters")
     data = envelope.get("data", {})
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise InvalidEvent("data must be an object")
     name = envelope.get("name")
     if name is not None and not isinstance(name, str):

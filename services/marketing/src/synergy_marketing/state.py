@@ -7,10 +7,12 @@ Everything runs on event time (the events' `timestamp`). A person is `identifier
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import Any
 
 ANONYMOUS_PREFIX = "anon:"
@@ -240,6 +242,11 @@ class BatchState:
 def money(value: Any, name: str) -> Decimal | None:
     if value is None:
         return None
+    kind = type(value)
+    if kind is int and value >= 0:
+        return Decimal(value)
+    if kind is float and 0 <= value < math.inf:
+        return Decimal(str(value))
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise InvalidEvent(f"{name} must be a number")
     try:
@@ -253,6 +260,8 @@ def money(value: Any, name: str) -> Decimal | None:
 
 def text(data: Mapping[str, Any], name: str, required: bool = False) -> str | None:
     value = data.get(name)
+    if type(value) is str and value:  # the common case first: this runs for every field of every event
+        return value
     if value is None or value == "":
         if required:
             raise InvalidEvent(f"data.{name} is required")
@@ -282,9 +291,14 @@ def count(data: Mapping[str, Any], name: str, default: int) -> int:
     return value
 
 
+_NO_SNAPSHOT: Mapping[str, Any] = MappingProxyType({})
+
+
 def _snapshot(data: Mapping[str, Any]) -> Mapping[str, Any]:
     snapshot = data.get("product_snapshot")
-    return snapshot if isinstance(snapshot, Mapping) else {}
+    if snapshot is None:
+        return _NO_SNAPSHOT
+    return snapshot if isinstance(snapshot, Mapping) else _NO_SNAPSHOT
 
 
 def _product_name(data: Mapping[str, Any]) -> str | None:
