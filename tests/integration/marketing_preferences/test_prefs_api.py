@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -219,3 +221,41 @@ async def test_every_change_reaches_kafka_with_the_id_the_audit_row_holds(market
         return all(a["published_at"] is not None for a in rows)
 
     assert await eventually(all_published)
+
+
+SEED_EXAMPLE = (
+    Path(__file__).parents[2] / "fixtures" / "seed_examples" / "004_3_email_preferences_table_schema.json"
+)
+
+
+async def test_seed_004s_example_row_can_be_put_as_it_is(marketing) -> None:
+    example = orjson.loads(SEED_EXAMPLE.read_bytes())
+    example["newsletter"] = False
+    response = await marketing.client.put(URL.format("user_123"), headers=marketing.brand.auth, json=example)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["email"] == "customer@example.com"
+    assert {k: body[k] for k in DEFAULTS} == {**DEFAULTS, "newsletter": False}
+    # the read-only fields changed nothing: not the token, not the timestamps
+    assert body["unsubscribe_token"] != "token_abc123"
+    assert body["created_at"] != "2025-01-01T00:00:00Z"
+    stored = await stored_preferences(marketing.db, marketing.brand, "user_123")
+    assert stored["unsubscribe_token"] is None and stored["newsletter"] is False
+
+
+async def test_a_get_answer_put_back_changes_nothing(marketing) -> None:
+    user = await make_user(marketing.db, marketing.brand)
+    await marketing.client.put(URL.format(user), headers=marketing.brand.auth, json={"newsletter": False})
+    answer = (await marketing.client.get(URL.format(user), headers=marketing.brand.auth)).json()
+    again = await marketing.client.put(URL.format(user), headers=marketing.brand.auth, json=answer)
+    assert again.status_code == 200
+    assert len(await changes_of(marketing.db, marketing.brand, user)) == 1
+
+
+async def test_a_body_naming_another_user_is_refused(marketing) -> None:
+    user = await make_user(marketing.db, marketing.brand)
+    response = await marketing.client.put(
+        URL.format(user), headers=marketing.brand.auth, json={"user_id": "someone-else", "newsletter": False}
+    )
+    assert response.status_code == 422 and response.json()["field"] == "user_id"
+    assert await stored_preferences(marketing.db, marketing.brand, user) is None

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import asyncpg
@@ -27,9 +27,9 @@ import structlog
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
-from pydantic import ConfigDict, ValidationError
+from pydantic import ConfigDict, StringConstraints, ValidationError
 from synergy_common.http import ProblemError, authenticate_brand
-from synergy_schemas.fields import Email, Flag, StrictModel
+from synergy_schemas.fields import Email, Flag, Key, StrictModel, Timestamp
 
 from synergy_marketing import preference_metrics as pm
 from synergy_marketing.context import MarketingContext, marketing_context
@@ -54,6 +54,7 @@ from synergy_marketing.recommendations import CategoryProduct, ViewedCategory, r
 from synergy_marketing.subscription_consumer import run_subscription_consumer
 from synergy_marketing.tokens import (
     LIST_UNSUBSCRIBE_POST,
+    MAX_TOKEN_CHARS,
     Purpose,
     TokenClaims,
     TokenRejected,
@@ -162,6 +163,15 @@ class EmailPreferencesUpdate(StrictModel):
     newsletter: Flag | None = None
     promotional_emails: Flag | None = None
     unsubscribed: Flag | None = None
+    # Read-only fields of seed 004's row and of the GET answer, accepted so that the seed's example and a
+    # GET's answer can be PUT back as they are; they change nothing (user_id must be the path's).
+    user_id: Key | None = None
+    unsubscribe_token: Annotated[str, StringConstraints(max_length=MAX_TOKEN_CHARS)] | None = None
+    unsubscribe_url: Annotated[str, StringConstraints(max_length=MAX_TOKEN_CHARS + 200)] | None = None
+    preferences_url: Annotated[str, StringConstraints(max_length=MAX_TOKEN_CHARS + 200)] | None = None
+    unsubscribed_at: Timestamp | None = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -302,7 +312,20 @@ async def _brand_of(context: MarketingContext, authorization: str | None) -> int
         raise ProblemError(503, "Key store unavailable", "try again", headers={"Retry-After": "5"}) from None
 
 
-def _parse_update(body: bytes) -> dict[str, Any]:
+READ_ONLY_FIELDS = frozenset(
+    {
+        "user_id",
+        "unsubscribe_token",
+        "unsubscribe_url",
+        "preferences_url",
+        "unsubscribed_at",
+        "created_at",
+        "updated_at",
+    }
+)
+
+
+def _parse_update(body: bytes, user_id: str) -> dict[str, Any]:
     if not body.strip():
         raise ProblemError(400, "Empty body", "send a JSON object of the fields to change", field="body")
     try:
@@ -320,7 +343,9 @@ def _parse_update(body: bytes) -> dict[str, Any]:
         raise ProblemError(
             422, "Validation failed", f"{first['field']}: {first['message']}", first["field"], errors=errors
         ) from None
-    return update.model_dump(exclude_none=True)
+    if update.user_id is not None and update.user_id != user_id:
+        raise ProblemError(422, "Validation failed", "user_id: is not the user of the path", "user_id")
+    return {k: v for k, v in update.model_dump(exclude_none=True).items() if k not in READ_ONLY_FIELDS}
 
 
 # --- API (brand key) ---------------------------------------------------------------------------
@@ -398,7 +423,7 @@ async def put_email_preferences(
         raise ProblemError(
             413, "Body too large", f"the body is over {MAX_JSON_BODY_BYTES} bytes", field="body"
         )
-    change = _parse_update(body)
+    change = _parse_update(body, user_id)
     try:
         applied = await runtime.writer.change(brand_id, user_id, change, "api")
     except DATABASE_ERRORS as exc:
