@@ -115,3 +115,31 @@ async def test_with_postgres_away_the_routes_answer_clearly_and_the_pixel_is_sti
         assert api.status_code == 503
         assert api.headers["content-type"] == "application/problem+json"
         assert "asyncpg" not in api.text and "Connect call failed" not in api.text
+
+
+async def test_one_bad_change_in_a_batch_does_not_fail_the_others(database_factory) -> None:
+    import asyncpg
+    from synergy_marketing.preferences_store import PreferenceWriter
+
+    database_url = await database_factory("prefsbatch")
+    db = await create_pool(database_url, min_size=1, max_size=2)
+    writer = PreferenceWriter(db, writers=1)
+    task = asyncio.create_task(writer.run_forever())
+    try:
+        brand = await make_brand(db)
+        good = [await make_user(db, brand) for _ in range(3)]
+        results = await asyncio.gather(
+            writer.change(brand.pk, good[0], {"unsubscribed": True}, "one_click"),
+            writer.change(10**20, "overflowing-brand", {"unsubscribed": True}, "one_click"),
+            writer.change(brand.pk, good[1], {"newsletter": False}, "api"),
+            writer.change(brand.pk, good[2], {"unsubscribed": True}, "one_click"),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], asyncpg.DataError)
+        assert [r.any for i, r in enumerate(results) if i != 1] == [True, True, True]
+        assert [(await stored_preferences(db, brand, u))["unsubscribed"] for u in good] == [True, False, True]
+        assert await db.fetchval("SELECT count(*) FROM email_preference_changes") == 3
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await db.close()

@@ -208,7 +208,7 @@ def _verify_token(runtime: PreferencesRuntime, token: str | None, accept: tuple[
             else "This link is not valid. Nothing was changed."
         )
         raise PageError(error_page(_TOKEN_ERROR_STATUS[rejected.reason], "Link not valid", detail)) from None
-    if not claims.brand_id.isdigit():
+    if not claims.brand_id.isdigit() or len(claims.brand_id) > 18:
         pm.TOKENS_REJECTED.labels("malformed").inc()
         raise PageError(error_page(400, "Link not valid", "This link is not valid. Nothing was changed."))
     return claims

@@ -302,26 +302,36 @@ class PreferenceWriter:
         await self._queue.put(PendingChange(brand_id, user_id, change, source, now, future))
         return await future
 
+    async def _write(self, batch: list[PendingChange]) -> None:
+        try:
+            async with self._pool.acquire(timeout=5) as connection, connection.transaction():
+                results = await change_preferences_batch(connection, batch)
+        except asyncio.CancelledError:
+            for item in batch:
+                item.future.cancel()
+            raise
+        except asyncpg.DataError as exc:
+            if len(batch) > 1:  # one bad change must not fail the others: each alone
+                for item in batch:
+                    await self._write([item])
+                return
+            batch[0].future.set_exception(exc)
+            return
+        except Exception as exc:  # Postgres away: every caller of the batch is told
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, applied in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(applied)
+
     async def _write_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                async with self._pool.acquire(timeout=5) as connection, connection.transaction():
-                    results = await change_preferences_batch(connection, batch)
-            except asyncio.CancelledError:
-                for item in batch:
-                    item.future.cancel()
-                raise
-            except Exception as exc:  # Postgres away, a bad row: every caller of the batch is told
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            for item, applied in zip(batch, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result(applied)
+            await self._write(batch)
 
     async def run_forever(self) -> None:
         await asyncio.gather(*(self._write_forever() for _ in range(self._writers)))
