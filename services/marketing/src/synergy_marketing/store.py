@@ -130,6 +130,20 @@ def _unnest(columns: Sequence[str], types: Sequence[str], first: int = 1) -> str
     return f"unnest({args}) AS u({', '.join(columns)})"
 
 
+def _delete_each(table: str, match: str, with_subject: bool = False) -> str:
+    """A DELETE of the rows that one index lookup per key finds (by ctid), so the plan never turns into
+    a scan of the table however a generic prepared statement is planned."""
+    keys = (
+        "unnest($1::bigint[], $2::text[], $3::text[]) AS k(brand_id, person, subject)"
+        if with_subject
+        else ("unnest($1::bigint[], $2::text[]) AS k(brand_id, person)")
+    )
+    return (
+        f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+        f"SELECT x.ctid FROM {keys} CROSS JOIN LATERAL (SELECT ctid FROM {table} x WHERE {match}) x))"
+    )
+
+
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return [[row[index] for row in rows] for index in range(width)]
 
@@ -188,9 +202,10 @@ async def load_identities(
     if not keys:
         return {}
     rows = await conn.fetch(
-        "SELECT i.brand_id, i.anonymous_id, i.user_id FROM marketing_identities i"
-        " JOIN unnest($1::bigint[], $2::text[]) AS k(brand_id, anonymous_id)"
-        " USING (brand_id, anonymous_id)",
+        "SELECT x.brand_id, x.anonymous_id, x.user_id"
+        " FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, anonymous_id) CROSS JOIN LATERAL"
+        " (SELECT * FROM marketing_identities x"
+        "  WHERE x.brand_id = k.brand_id AND x.anonymous_id = k.anonymous_id) x",
         [int(brand) for brand, _ in keys],
         [anon for _, anon in keys],
     )
@@ -271,8 +286,9 @@ async def load_watches(
     wanted = sorted(set(keys))
     if wanted:
         rows = await conn.fetch(
-            "SELECT w.* FROM watch_list w JOIN unnest($1::bigint[], $2::text[], $3::text[])"
-            " AS k(brand_id, user_id, product_id) USING (brand_id, user_id, product_id)",
+            "SELECT x.* FROM unnest($1::bigint[], $2::text[], $3::text[]) AS k(brand_id, user_id, product_id)"
+            " CROSS JOIN LATERAL (SELECT * FROM watch_list x WHERE x.brand_id = k.brand_id"
+            "  AND x.user_id = k.user_id AND x.product_id = k.product_id) x",
             [int(k[0]) for k in wanted],
             [k[1] for k in wanted],
             [k[2] for k in wanted],
@@ -282,8 +298,8 @@ async def load_watches(
     by_product = sorted(set(products))
     if by_product:
         rows = await conn.fetch(
-            "SELECT w.* FROM watch_list w JOIN unnest($1::bigint[], $2::text[]) AS k(brand_id, product_id)"
-            " USING (brand_id, product_id)",
+            "SELECT x.* FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, product_id) CROSS JOIN LATERAL"
+            " (SELECT * FROM watch_list x WHERE x.brand_id = k.brand_id AND x.product_id = k.product_id) x",
             [int(k[0]) for k in by_product],
             [k[1] for k in by_product],
         )
@@ -299,8 +315,9 @@ async def load_products(
     if not wanted:
         return {}
     rows = await conn.fetch(
-        "SELECT p.* FROM marketing_products p"
-        " JOIN unnest($1::bigint[], $2::text[]) AS k(brand_id, product_id) USING (brand_id, product_id)",
+        "SELECT x.* FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, product_id) CROSS JOIN LATERAL"
+        " (SELECT * FROM marketing_products x"
+        "  WHERE x.brand_id = k.brand_id AND x.product_id = k.product_id) x",
         [int(k[0]) for k in wanted],
         [k[1] for k in wanted],
     )
@@ -329,8 +346,7 @@ async def _save_views(
     if not touched:
         return
     await conn.execute(
-        "DELETE FROM product_views v USING unnest($1::bigint[], $2::text[]) AS k(brand_id, person)"
-        " WHERE v.brand_id = k.brand_id AND v.person = k.person",
+        _delete_each("product_views", "x.brand_id = k.brand_id AND x.person = k.person"),
         [int(b) for b, _ in touched],
         [p for _, p in touched],
     )
@@ -364,8 +380,7 @@ async def _save_carts(
     if not touched:
         return
     await conn.execute(
-        "DELETE FROM carts c USING unnest($1::bigint[], $2::text[]) AS k(brand_id, person)"
-        " WHERE c.brand_id = k.brand_id AND c.person = k.person",
+        _delete_each("carts", "x.brand_id = k.brand_id AND x.person = k.person"),
         [int(b) for b, _ in touched],
         [p for _, p in touched],
     )
@@ -405,9 +420,11 @@ async def _save_watches(conn: asyncpg.Connection, state: BatchState) -> None:
     if not changed:
         return
     await conn.execute(
-        "DELETE FROM watch_list w USING unnest($1::bigint[], $2::text[], $3::text[])"
-        " AS k(brand_id, user_id, product_id)"
-        " WHERE w.brand_id = k.brand_id AND w.user_id = k.user_id AND w.product_id = k.product_id",
+        _delete_each(
+            "watch_list",
+            "x.brand_id = k.brand_id AND x.user_id = k.person AND x.product_id = k.subject",
+            with_subject=True,
+        ),
         [int(k[0]) for k in changed],
         [k[1] for k in changed],
         [k[2] for k in changed],
@@ -477,10 +494,12 @@ async def _save_timers(conn: asyncpg.Connection, state: BatchState, config: Wind
     dropped = sorted(state.dropped_watch_timers)
     if dropped:
         await conn.execute(
-            "DELETE FROM marketing_timers t USING unnest($1::bigint[], $2::text[], $3::text[])"
-            " AS k(brand_id, person, subject) WHERE t.brand_id = k.brand_id AND t.person = k.person"
-            " AND t.trigger IN ('price_dropped', 'back_in_stock') AND t.subject = k.subject"
-            " AND t.fired_at IS NULL",
+            _delete_each(
+                "marketing_timers",
+                "x.brand_id = k.brand_id AND x.person = k.person AND x.subject = k.subject"
+                " AND x.trigger IN ('price_dropped', 'back_in_stock') AND x.fired_at IS NULL",
+                with_subject=True,
+            ),
             [int(d[0]) for d in dropped],
             [d[1] for d in dropped],
             [d[2] for d in dropped],
@@ -649,9 +668,14 @@ async def load_preferences(
     if not users:
         return {}
     rows = await conn.fetch(
-        "SELECT p.*, u.email AS user_email FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, user_id)"
-        " LEFT JOIN email_preferences p USING (brand_id, user_id)"
-        " LEFT JOIN users u ON u.brand_id = k.brand_id AND u.external_id = k.user_id",
+        "SELECT k.brand_id, k.user_id, p.email, p.marketing_emails, p.abandoned_cart_emails,"
+        " p.browse_abandonment_emails, p.price_drop_alerts, p.back_in_stock_alerts, p.unsubscribed,"
+        " u.email AS user_email"
+        " FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, user_id)"
+        " LEFT JOIN LATERAL (SELECT * FROM email_preferences x"
+        "  WHERE x.brand_id = k.brand_id AND x.user_id = k.user_id) p ON TRUE"
+        " LEFT JOIN LATERAL (SELECT y.email FROM users y"
+        "  WHERE y.brand_id = k.brand_id AND y.external_id = k.user_id LIMIT 1) u ON TRUE",
         [int(b) for b, _ in users],
         [u for _, u in users],
     )
@@ -679,9 +703,11 @@ async def load_histories(
     if not users:
         return {}
     rows = await conn.fetch(
-        "SELECT m.brand_id, m.user_id, m.event_name, max(m.sent_at) AS last_sent FROM marketing_queue m"
-        " JOIN unnest($1::bigint[], $2::text[]) AS k(brand_id, user_id) USING (brand_id, user_id)"
-        " WHERE m.sent AND m.sent_at >= $3 GROUP BY 1, 2, 3",
+        "SELECT k.brand_id, k.user_id, m.event_name, m.last_sent"
+        " FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, user_id) CROSS JOIN LATERAL"
+        " (SELECT q.event_name, max(q.sent_at) AS last_sent FROM marketing_queue q"
+        "  WHERE q.brand_id = k.brand_id AND q.user_id = k.user_id AND q.sent AND q.sent_at >= $3"
+        "  GROUP BY q.event_name) m",
         [int(b) for b, _ in users],
         [u for _, u in users],
         since,
