@@ -143,3 +143,60 @@ async def test_one_bad_change_in_a_batch_does_not_fail_the_others(database_facto
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await db.close()
+
+
+async def test_a_batch_mixes_new_and_stored_users_and_one_users_changes_apply_in_order(
+    database_factory,
+) -> None:
+    from datetime import UTC, datetime
+
+    from synergy_marketing.preferences_store import PendingChange, change_preferences_batch
+
+    database_url = await database_factory("prefsmix")
+    db = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        brand = await make_brand(db)
+        await db.execute(
+            "INSERT INTO email_preferences (brand_id, user_id, price_drop_alerts) VALUES ($1, 'stored', FALSE)",
+            brand.pk,
+        )
+        loop = asyncio.get_running_loop()
+        now = datetime.now(UTC)
+
+        def item(user: str, change: dict) -> PendingChange:
+            return PendingChange(brand.pk, user, change, "api", now, loop.create_future())
+
+        batch = [
+            item("fresh", {"unsubscribed": True}),
+            item("stored", {"newsletter": False}),
+            item("fresh", {"unsubscribed": False, "newsletter": False}),
+            item("stored", {"newsletter": False}),  # the same again: no change
+            item("fresh-untouched", {}),
+        ]
+        async with db.acquire() as connection, connection.transaction():
+            results = await change_preferences_batch(connection, batch)
+        assert [sorted(r.changed) for r in results] == [
+            ["unsubscribed", "unsubscribed_at"],
+            ["newsletter"],
+            ["newsletter", "unsubscribed", "unsubscribed_at"],
+            [],
+            [],
+        ]
+        fresh = await stored_preferences(db, brand, "fresh")
+        assert (fresh["unsubscribed"], fresh["unsubscribed_at"], fresh["newsletter"]) == (False, None, False)
+        stored = await stored_preferences(db, brand, "stored")
+        assert (stored["newsletter"], stored["price_drop_alerts"], stored["marketing_emails"]) == (
+            False,
+            False,
+            True,
+        )
+        untouched = await stored_preferences(db, brand, "fresh-untouched")
+        assert untouched["newsletter"] is True and untouched["unsubscribed"] is False
+        audit = await db.fetch("SELECT user_id, changes FROM email_preference_changes ORDER BY change_id")
+        assert [(a["user_id"], sorted(a["changes"])) for a in audit] == [
+            ("fresh", ["unsubscribed", "unsubscribed_at"]),
+            ("stored", ["newsletter"]),
+            ("fresh", ["newsletter", "unsubscribed", "unsubscribed_at"]),
+        ]
+    finally:
+        await db.close()

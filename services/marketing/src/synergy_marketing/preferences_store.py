@@ -215,23 +215,47 @@ _SAVE_BATCH = f"""
 """  # a data-modifying WITH runs whether or not the INSERT reads it
 
 
+def _apply_in_order(
+    batch: Sequence[PendingChange], current: dict[tuple[int, str], EmailPreferences]
+) -> list[AppliedChange]:
+    """Each change on top of the one before it for the same user (updates `current`)."""
+    results = []
+    for item in batch:
+        key = (item.brand_id, item.user_id)
+        applied = apply_change(current[key], item.change, item.now)
+        current[key] = applied.after
+        results.append(applied)
+    return results
+
+
 async def change_preferences_batch(
     connection: asyncpg.Connection, batch: Sequence[PendingChange]
 ) -> list[AppliedChange]:
-    """Many users' changes in one transaction (group commit): rows locked in key order (no deadlock
-    between replicas), each change applied in arrival order on top of the one before it. New users'
-    rows come back locked from their insert; only the others are read FOR UPDATE."""
+    """Many users' changes in one transaction (group commit), each change applied in arrival order on top
+    of the one before it.
+
+    Users without a row (most one-click unsubscribes) are inserted with their final values at once; the
+    insert's RETURNING tells which keys were new. The others are read FOR UPDATE in key order (no deadlock
+    between replicas), their changes applied to what is stored, and updated."""
     keys = sorted({(item.brand_id, item.user_id) for item in batch})
+    speculative = {key: EmailPreferences() for key in keys}
+    assumed_new = _apply_in_order(batch, speculative)
     inserted = await connection.fetch(
-        f"""INSERT INTO email_preferences (brand_id, user_id)
-            SELECT * FROM unnest($1::bigint[], $2::text[]) ORDER BY 1, 2
+        f"""INSERT INTO email_preferences (brand_id, user_id, {_FLAG_COLUMNS}, email, unsubscribed_at)
+            SELECT * FROM unnest($1::bigint[], $2::text[], {_FLAG_ARRAYS},
+                                 ${len(FLAGS) + 3}::text[], ${len(FLAGS) + 4}::timestamptz[])
+            ORDER BY 1, 2
             ON CONFLICT (brand_id, user_id) DO NOTHING
-            RETURNING brand_id, user_id, {_COLUMNS}""",
+            RETURNING brand_id, user_id""",
         [key[0] for key in keys],
         [key[1] for key in keys],
+        *([speculative[key].flag(name) for key in keys] for name in FLAGS),
+        [speculative[key].email for key in keys],
+        [speculative[key].unsubscribed_at for key in keys],
     )
-    current = {(row["brand_id"], row["user_id"]): _row_to_preferences(row) for row in inserted}
-    existing = [key for key in keys if key not in current]
+    new_keys = {(row["brand_id"], row["user_id"]) for row in inserted}
+    existing = [key for key in keys if key not in new_keys]
+    stored: dict[tuple[int, str], EmailPreferences] = {}
     if existing:
         rows = await connection.fetch(
             f"""SELECT brand_id, user_id, {_COLUMNS} FROM email_preferences
@@ -240,17 +264,17 @@ async def change_preferences_batch(
             [key[0] for key in existing],
             [key[1] for key in existing],
         )
-        current.update({(row["brand_id"], row["user_id"]): _row_to_preferences(row) for row in rows})
-    results: list[AppliedChange] = []
-    changed: dict[tuple[int, str], EmailPreferences] = {}
+        stored = {(row["brand_id"], row["user_id"]): _row_to_preferences(row) for row in rows}
+    on_stored = _apply_in_order([item for item in batch if (item.brand_id, item.user_id) in stored], stored)
+    stored_results = iter(on_stored)
+    results = [
+        next(stored_results) if (item.brand_id, item.user_id) in stored else applied
+        for item, applied in zip(batch, assumed_new, strict=True)
+    ]
     audit: list[tuple[Any, ...]] = []
-    for item in batch:
-        key = (item.brand_id, item.user_id)
-        applied = apply_change(current[key], item.change, item.now)
-        results.append(applied)
+    for item, applied in zip(batch, results, strict=True):
         if not applied.any:
             continue
-        current[key] = changed[key] = applied.after
         envelope = preferences_changed_envelope(item.brand_id, item.user_id, applied, item.source, item.now)
         changes = {name: [_jsonable(old), _jsonable(new)] for name, (old, new) in applied.changed.items()}
         audit.append(
@@ -263,15 +287,16 @@ async def change_preferences_batch(
                 item.now,
             )
         )
-    if changed:
-        rows_out = sorted(changed.items())
+    if audit:
+        changed_keys = {(i.brand_id, i.user_id) for i, r in zip(batch, results, strict=True) if r.any}
+        changed_rows = sorted((key, prefs) for key, prefs in stored.items() if key in changed_keys)
         await connection.execute(
             _SAVE_BATCH,
-            [brand for (brand, _), _ in rows_out],
-            [user for (_, user), _ in rows_out],
-            *([prefs.flag(name) for _, prefs in rows_out] for name in FLAGS),
-            [prefs.email for _, prefs in rows_out],
-            [prefs.unsubscribed_at for _, prefs in rows_out],
+            [brand for (brand, _), _ in changed_rows],
+            [user for (_, user), _ in changed_rows],
+            *([prefs.flag(name) for _, prefs in changed_rows] for name in FLAGS),
+            [prefs.email for _, prefs in changed_rows],
+            [prefs.unsubscribed_at for _, prefs in changed_rows],
             *([row[column] for row in audit] for column in range(6)),
         )
     return results
