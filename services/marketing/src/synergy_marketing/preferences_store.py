@@ -366,6 +366,13 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _stored_envelope(stored: Mapping[str, Any]) -> Envelope:
+    """An envelope this service validated when it stored it: rebuilt without validating it again."""
+    return Envelope.model_construct(
+        **{**stored, "identifiers": Identifiers.model_construct(**stored["identifiers"])}
+    )
+
+
 class PreferenceChangeRelay:
     """Publishes unpublished preference changes in id order, then stamps them published.
 
@@ -406,7 +413,7 @@ class PreferenceChangeRelay:
                 )
                 if not rows:
                     return published
-                envelopes = [Envelope.model_validate(row["envelope"]) for row in rows]
+                envelopes = [_stored_envelope(row["envelope"]) for row in rows]
                 await self._publisher.publish_many(envelopes)
                 await connection.execute(
                     "UPDATE email_preference_changes SET published_at = now() WHERE change_id = ANY($1)",
