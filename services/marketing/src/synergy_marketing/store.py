@@ -131,8 +131,8 @@ def _unnest(columns: Sequence[str], types: Sequence[str], first: int = 1) -> str
 
 
 def _delete_each(table: str, match: str, with_subject: bool = False) -> str:
-    """A DELETE of the rows that one index lookup per key finds (by ctid), so the plan never turns into
-    a scan of the table however a generic prepared statement is planned."""
+    """A DELETE of the rows that one index lookup per key finds (by ctid; OFFSET 0 keeps the lookup from
+    being flattened into a join the planner may turn into scans on stale statistics)."""
     keys = (
         "unnest($1::bigint[], $2::text[], $3::text[]) AS k(brand_id, person, subject)"
         if with_subject
@@ -140,7 +140,8 @@ def _delete_each(table: str, match: str, with_subject: bool = False) -> str:
     )
     return (
         f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-        f"SELECT x.ctid FROM {keys} CROSS JOIN LATERAL (SELECT ctid FROM {table} x WHERE {match}) x))"
+        f"SELECT x.ctid FROM {keys} CROSS JOIN LATERAL"
+        f" (SELECT ctid FROM {table} x WHERE {match} OFFSET 0) x))"
     )
 
 
@@ -205,7 +206,7 @@ async def load_identities(
         "SELECT x.brand_id, x.anonymous_id, x.user_id"
         " FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, anonymous_id) CROSS JOIN LATERAL"
         " (SELECT * FROM marketing_identities x"
-        "  WHERE x.brand_id = k.brand_id AND x.anonymous_id = k.anonymous_id) x",
+        "  WHERE x.brand_id = k.brand_id AND x.anonymous_id = k.anonymous_id OFFSET 0) x",
         [int(brand) for brand, _ in keys],
         [anon for _, anon in keys],
     )
@@ -221,15 +222,19 @@ async def load_persons(
         return persons
     brands = [int(brand) for brand, _ in wanted]
     names = [person for _, person in wanted]
-    # LATERAL: one index lookup per person, whatever plan a generic prepared statement would pick.
+    # LATERAL ... OFFSET 0 (a fence the planner cannot flatten): one index lookup per key, whatever the
+    # table's statistics say (a table that grew since it was last analyzed would otherwise be scanned
+    # once per key).
     each = "unnest($1::bigint[], $2::text[]) AS k(brand_id, person) CROSS JOIN LATERAL"
     match = "WHERE x.brand_id = k.brand_id AND x.person = k.person"
     for row in await conn.fetch(
-        f"SELECT x.* FROM {each} (SELECT * FROM product_views x {match}) x", brands, names
+        f"SELECT x.* FROM {each} (SELECT * FROM product_views x {match} OFFSET 0) x", brands, names
     ):
         person = persons[(str(row["brand_id"]), row["person"])]
         person.views[row["product_id"]] = ProductView(**{name: row[name] for name in VIEW_COLUMNS})
-    for row in await conn.fetch(f"SELECT x.* FROM {each} (SELECT * FROM carts x {match}) x", brands, names):
+    for row in await conn.fetch(
+        f"SELECT x.* FROM {each} (SELECT * FROM carts x {match} OFFSET 0) x", brands, names
+    ):
         person = persons[(str(row["brand_id"]), row["person"])]
         person.cart = Cart(
             cart_id=row["cart_id"],
@@ -238,7 +243,7 @@ async def load_persons(
             last_order_at=row["last_order_at"],
         )
     for row in await conn.fetch(
-        f"SELECT x.* FROM {each} (SELECT * FROM cart_items x {match}) x", brands, names
+        f"SELECT x.* FROM {each} (SELECT * FROM cart_items x {match} OFFSET 0) x", brands, names
     ):
         person = persons[(str(row["brand_id"]), row["person"])]
         person.cart.items[row["product_id"]] = CartItem(**{name: row[name] for name in ITEM_COLUMNS})
@@ -256,7 +261,7 @@ async def load_window_timers(
         "SELECT x.timer_id, x.brand_id, x.person, x.trigger, x.subject, x.due_at"
         " FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, person) CROSS JOIN LATERAL"
         " (SELECT * FROM marketing_timers x WHERE x.brand_id = k.brand_id AND x.person = k.person"
-        "  AND x.trigger IN ('cart_abandoned', 'browse_abandoned') AND x.subject = '') x",
+        "  AND x.trigger IN ('cart_abandoned', 'browse_abandoned') AND x.subject = '' OFFSET 0) x",
         [int(b) for b, _ in wanted],
         [p for _, p in wanted],
     )
@@ -288,7 +293,7 @@ async def load_watches(
         rows = await conn.fetch(
             "SELECT x.* FROM unnest($1::bigint[], $2::text[], $3::text[]) AS k(brand_id, user_id, product_id)"
             " CROSS JOIN LATERAL (SELECT * FROM watch_list x WHERE x.brand_id = k.brand_id"
-            "  AND x.user_id = k.user_id AND x.product_id = k.product_id) x",
+            "  AND x.user_id = k.user_id AND x.product_id = k.product_id OFFSET 0) x",
             [int(k[0]) for k in wanted],
             [k[1] for k in wanted],
             [k[2] for k in wanted],
@@ -299,7 +304,8 @@ async def load_watches(
     if by_product:
         rows = await conn.fetch(
             "SELECT x.* FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, product_id) CROSS JOIN LATERAL"
-            " (SELECT * FROM watch_list x WHERE x.brand_id = k.brand_id AND x.product_id = k.product_id) x",
+            " (SELECT * FROM watch_list x WHERE x.brand_id = k.brand_id AND x.product_id = k.product_id"
+            "  OFFSET 0) x",
             [int(k[0]) for k in by_product],
             [k[1] for k in by_product],
         )
@@ -317,7 +323,7 @@ async def load_products(
     rows = await conn.fetch(
         "SELECT x.* FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, product_id) CROSS JOIN LATERAL"
         " (SELECT * FROM marketing_products x"
-        "  WHERE x.brand_id = k.brand_id AND x.product_id = k.product_id) x",
+        "  WHERE x.brand_id = k.brand_id AND x.product_id = k.product_id OFFSET 0) x",
         [int(k[0]) for k in wanted],
         [k[1] for k in wanted],
     )
@@ -599,9 +605,11 @@ async def mark_engagements(
                    AS u(brand_id, event_id, kind, at)
               GROUP BY brand_id, event_id
             ), before AS (
-              SELECT m.queue_id, m.opened, m.clicked FROM marketing_queue m
-              JOIN marks k ON m.brand_id = k.brand_id AND m.event_id = k.event_id
-              WHERE m.status <> 'suppressed' FOR UPDATE OF m
+              SELECT m.queue_id, m.opened, m.clicked FROM marks k CROSS JOIN LATERAL (
+                SELECT q.queue_id, q.opened, q.clicked FROM marketing_queue q
+                WHERE q.brand_id = k.brand_id AND q.event_id = k.event_id AND q.status <> 'suppressed'
+                OFFSET 0 FOR UPDATE
+              ) m
             )
             UPDATE marketing_queue m SET opened = TRUE, opened_at = COALESCE(m.opened_at, k.at),
                    clicked = m.clicked OR k.clicked,
@@ -673,7 +681,7 @@ async def load_preferences(
         " u.email AS user_email"
         " FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, user_id)"
         " LEFT JOIN LATERAL (SELECT * FROM email_preferences x"
-        "  WHERE x.brand_id = k.brand_id AND x.user_id = k.user_id) p ON TRUE"
+        "  WHERE x.brand_id = k.brand_id AND x.user_id = k.user_id OFFSET 0) p ON TRUE"
         " LEFT JOIN LATERAL (SELECT y.email FROM users y"
         "  WHERE y.brand_id = k.brand_id AND y.external_id = k.user_id LIMIT 1) u ON TRUE",
         [int(b) for b, _ in users],
