@@ -181,6 +181,7 @@ class MarketingConsumer:
     async def apply_batch(self, items: Sequence[Work]) -> list[ItemOutcome]:
         events: list[Event] = [item.payload for item in items]
         async with self.pool.acquire() as conn, conn.transaction():
+            await store.keyed_access_only(conn)
             anonymous = {(e.brand_id, e.anonymous_id) for e in events if e.anonymous_id}
             identities = await store.load_identities(conn, anonymous)
             state = BatchState(identities=dict(identities))
@@ -236,6 +237,7 @@ class MarketingConsumer:
 
     async def _mark_engagements(self, items: Sequence[Work]) -> list[ItemOutcome]:
         async with self.pool.acquire() as conn, conn.transaction():
+            await store.keyed_access_only(conn)
             rows = await store.mark_engagements(conn, [item.payload for item in items])
         for row in rows:
             brand, trigger = str(row["brand_id"]), row["event_name"]

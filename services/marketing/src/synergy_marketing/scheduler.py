@@ -61,6 +61,7 @@ class Scheduler:
     async def fire_due(self) -> int:
         """One transaction: up to `batch` due timers decided, published and recorded. Answers how many."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await store.keyed_access_only(conn)
             due = await store.claim_due_timers(conn, self.batch)
             if not due:
                 return 0

@@ -152,6 +152,14 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 # --- the consumer's batch --------------------------------------------------------------------------
 
 
+async def keyed_access_only(conn: asyncpg.Connection) -> None:
+    """Every statement of the consumer's and the scheduler's transactions reads or writes rows by key.
+    Marketing tables grow in bursts (a campaign, a replay) far faster than autovacuum re-analyzes them,
+    and a plan made on "this table is empty" scans it once per key: index lookups only, whatever the
+    statistics say."""
+    await conn.execute("SET LOCAL enable_seqscan = off")
+
+
 async def lock_persons(conn: asyncpg.Connection, persons: Iterable[tuple[str, str]]) -> None:
     """Serialises batches (of any replica) that touch the same person, e.g. through an identify."""
     keys = sorted({f"{brand}:{person}" for brand, person in persons})
