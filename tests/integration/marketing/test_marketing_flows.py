@@ -293,6 +293,15 @@ async def test_a_redelivered_event_changes_nothing(marketing, kafka_producer) ->
     await asyncio.sleep(1.0)
     assert await marketing.db.fetchval(
         "SELECT view_count FROM product_views WHERE brand_id = $1 AND person = $2", marketing.brand.pk, user) == 2
+    # A redelivered cart change leaves its pending deadline alone: the cart still fires, once.
+    cart = envelope(marketing.brand, "cart_item_added", GUIDE, user=user)
+    await send(kafka_producer, marketing.events, cart)
+    await eventually(lambda: marketing.db.fetchval(
+        "SELECT count(*) = 1 FROM marketing_timers WHERE brand_id = $1 AND person = $2 AND fired_at IS NULL",
+        marketing.brand.pk, user), what="the pending cart deadline")
+    await send(kafka_producer, marketing.events, cart)
+    (row,) = await eventually(rows_of(marketing, user), what="the cart message")
+    assert (row["event_name"], row["status"]) == ("cart_abandoned", "sent")
 
 
 async def test_orders_convert_and_customer_io_opens_and_clicks_are_counted(marketing, kafka_producer) -> None:

@@ -501,7 +501,13 @@ async def _save_timers(conn: asyncpg.Connection, state: BatchState, config: Wind
             desired.extend(window_timers(person, config))
     wanted = {timer.identity for timer in desired}
     existing = state.window_timers
-    unwanted = [timer_id for identity, (timer_id, _) in existing.items() if identity not in wanted]
+    # Only the persons this batch changed: a redelivered event's person keeps its deadlines as they are.
+    touched_set = set(touched)
+    unwanted = [
+        timer_id
+        for identity, (timer_id, _) in existing.items()
+        if identity not in wanted and (identity[0], identity[1]) in touched_set
+    ]
     if unwanted:
         await conn.execute("DELETE FROM marketing_timers WHERE timer_id = ANY($1::bigint[])", unwanted)
     changed = [t for t in desired if t.identity not in existing or existing[t.identity][1] != t.due_at]
