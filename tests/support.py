@@ -46,3 +46,19 @@ async def ingest_in_process(
         server.should_exit = True
         await task
         monkeypatch.undo()
+
+
+def metric_label_sets(prefix: str) -> set[tuple[str, frozenset[tuple[str, str]]]]:
+    """Every (sample name, labels) this process' Prometheus registry holds for metrics named `prefix...`."""
+    from prometheus_client import REGISTRY
+
+    return {
+        (sample.name, frozenset(sample.labels.items()))
+        for metric in REGISTRY.collect()
+        if metric.name.startswith(prefix)
+        for sample in metric.samples
+    }
+
+
+def label_values(prefix: str) -> set[str]:
+    return {value for _, labels in metric_label_sets(prefix) for _, value in labels}

@@ -40,7 +40,7 @@ stop_services
 setsid nohup "$UV" run honcho -f deploy/local/Procfile -d . start > "$STATE/logs/services.log" 2>&1 &
 echo $! > "$PIDFILE"
 
-declare -A PORTS=([ingest]=8000 [insights]=8001 [marketing]=8002 [cio-sink]=8003 [achievements]=8004)
+declare -A PORTS=([ingest]=8000 [insights]=8001 [marketing]=8002 [cio-sink]=8003 [achievements]=8004 [dispatcher]=8005)
 for service in $(cut -d: -f1 deploy/local/Procfile); do
   port=${PORTS[$service]:-}
   [ -n "$port" ] || continue

@@ -1,4 +1,5 @@
-"""`synergy dlq list|replay` against real Postgres and Kafka, replaying to the Customer.io fake."""
+"""`synergy dlq list|replay` against real Postgres and Kafka: a replay goes back to the source topic and a
+running cio-sink delivers it through its ordered path to the Customer.io fake."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from click.testing import CliRunner, Result
-from synergy_cio_sink.dlq import DeadLetter, DeadLetterWriter
 from synergy_cio_sink.fake import CustomerIoFake, serve_fake
 from synergy_common.brands import CredentialCipher
 from synergy_common.cli import main as synergy
 from synergy_common.db import create_pool
+from synergy_streaming import DeadLetter, DeadLetterWriter
 
-from tests.integration.cio_sink.conftest import fresh_topics, new_brand
-from tests.integration.cio_sink.harness import API_KEY, SITE_ID, make_envelope
+from tests.integration.cio_sink.conftest import fresh_topics, new_brand, quick_settings
+from tests.integration.cio_sink.harness import API_KEY, SITE_ID, SinkHarness, make_envelope
 
 
 @dataclass
@@ -28,6 +29,7 @@ class DeadLetters:
     database_url: str
     env: dict[str, str | None]
     by_reason: dict[str, list[str]]  # reason -> event ids, in the order they were dead-lettered
+    sink: SinkHarness  # a cio-sink on the letters' source topics, started by the tests that replay
 
     async def invoke(self, *args: str) -> Result:
         """`synergy <args>` in a thread, so the fake keeps answering on this loop; stdout is not a TTY."""
@@ -40,6 +42,15 @@ class DeadLetters:
         finally:
             await pool.close()
         return {row["event_id"] for row in rows}
+
+    async def letters(self) -> list[dict[str, object]]:
+        pool = await create_pool(self.database_url)
+        try:
+            rows = await pool.fetch("SELECT id, service, reason, event_id, source_topic, replayed_at, headers "
+                                    "FROM dlq_messages ORDER BY id")
+        finally:
+            await pool.close()
+        return [dict(row) for row in rows]
 
 
 @pytest.fixture
@@ -61,9 +72,10 @@ async def dead_letters(
     for offset, (reason, user) in enumerate(plan):
         name = "x" * 101 if reason == "event_name_too_long" else "reward_redeemed"
         envelope = make_envelope(brand_id, user, name, {"n": offset})
-        letters.append(DeadLetter(reason, "test", topics["events"], 0, offset, f"{brand_id}:{user}".encode(),
-                                  orjson.dumps(envelope), [("name", name.encode())], 10, brand_id,
-                                  envelope["event_id"]))
+        letters.append(DeadLetter(reason, "test", "cio-sink", topics["events"], 0, offset,
+                                  f"{brand_id}:{user}".encode(), orjson.dumps(envelope),
+                                  [("name", name.encode())], 10, destination=f"customer.io/{SITE_ID}",
+                                  brand_id=brand_id, event_id=envelope["event_id"]))
         by_reason.setdefault(reason, []).append(envelope["event_id"])
     pool = await create_pool(database_url)
     try:
@@ -78,7 +90,12 @@ async def dead_letters(
             "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "CIO_TRACK_URL": url,
             "SYNERGY_ENCRYPTION_KEY": key, "CIO_SITE_ID": None, "CIO_API_KEY": None, "CIO_API": None,
         }
-        yield DeadLetters(fake, database_url, env, by_reason)
+        sink = SinkHarness(fake, kafka_producer, brand_id, topics, quick_settings(kafka_bootstrap, database_url,
+                                                                                  key, url))
+        try:
+            yield DeadLetters(fake, database_url, env, by_reason, sink)
+        finally:
+            await sink.stop_all()
 
 
 def lines_with(output: str, text: str) -> list[str]:
@@ -105,14 +122,36 @@ async def test_dlq_list_shows_each_dead_letter_with_its_reason(dead_letters: Dea
     assert dead_letters.by_reason["retries_exhausted"][2] not in recent.output
 
 
+async def test_dlq_list_filters_by_service(dead_letters: DeadLetters, kafka_producer: AIOKafkaProducer) -> None:
+    envelope = make_envelope("1", "ach-user", "product_scanned")
+    pool = await create_pool(dead_letters.database_url)
+    try:
+        await DeadLetterWriter(None, pool).write([DeadLetter(
+            "malformed_message", "test", "achievements", "synergy.events.v1", 2, 77, b"1:ach-user",
+            orjson.dumps(envelope), event_id=envelope["event_id"])])
+    finally:
+        await pool.close()
+
+    everyone = await dead_letters.invoke("dlq", "list")
+    achievements = await dead_letters.invoke("dlq", "list", "--service", "achievements")
+    sink = await dead_letters.invoke("dlq", "list", "--service", "cio-sink")
+
+    assert "7 dead letter(s)" in everyone.output
+    assert "1 dead letter(s)" in achievements.output
+    assert lines_with(achievements.output, envelope["event_id"])[0].split("\t")[8] == "achievements"
+    assert "6 dead letter(s)" in sink.output and envelope["event_id"] not in sink.output
+
+
 async def test_replay_by_reason_delivers_exactly_those_once(dead_letters: DeadLetters) -> None:
     fake, exhausted = dead_letters.fake, dead_letters.by_reason["retries_exhausted"]
+    await dead_letters.sink.start_sink()
 
     recent = await dead_letters.invoke("dlq", "replay", "--since", "24h", "--reason", "retries_exhausted")
 
     assert recent.exit_code == 0, recent.output
     assert "replayed 2, failed 0" in recent.output
     assert "\x1b" not in recent.output
+    await dead_letters.sink.delivered(exhausted[:2])
     assert set(fake.events) == set(exhausted[:2])
     assert [e.event_id for e in fake.events_for("id:dlq-a")] == [exhausted[0]]
     assert fake.events[exhausted[0]].name == "reward_redeemed"
@@ -122,10 +161,12 @@ async def test_replay_by_reason_delivers_exactly_those_once(dead_letters: DeadLe
     again = await dead_letters.invoke("dlq", "replay", "--since", "24h", "--reason", "retries_exhausted")
     assert again.exit_code == 0, again.output
     assert "replayed 0, failed 0" in again.output
+    await asyncio.sleep(1.0)  # a sink that got something would have sent it by now
     assert fake.requests == requests_so_far and sum(fake.duplicates.values()) == 0
 
     older = await dead_letters.invoke("dlq", "replay", "--reason", "retries_exhausted")
     assert "replayed 1, failed 0" in older.output
+    await dead_letters.sink.delivered(exhausted)
     assert set(fake.events) == set(exhausted)
 
     left = await dead_letters.invoke("dlq", "list")
@@ -135,20 +176,38 @@ async def test_replay_by_reason_delivers_exactly_those_once(dead_letters: DeadLe
     assert "6 dead letter(s)" in with_replayed.output
 
 
-async def test_a_still_unsendable_dead_letter_fails_its_replay_and_stays_listed(dead_letters: DeadLetters) -> None:
+async def test_a_still_unsendable_dead_letter_is_dead_lettered_again_and_stays_listed(
+    dead_letters: DeadLetters,
+) -> None:
     (poison,) = dead_letters.by_reason["event_name_too_long"]
+    await dead_letters.sink.start_sink()
 
     result = await dead_letters.invoke("dlq", "replay", "--reason", "event_name_too_long")
 
-    assert result.exit_code == 1
-    assert "replayed 0, failed 1" in result.output
+    assert result.exit_code == 0, result.output
+    assert "replayed 1, failed 0" in result.output
+
+    async def poison_letters() -> list[dict[str, object]]:
+        return [row for row in await dead_letters.letters() if row["event_id"] == poison]
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while len(rows := await poison_letters()) < 2:
+        assert asyncio.get_running_loop().time() < deadline, rows
+        await asyncio.sleep(0.2)
+    original, again = rows
+    assert original["replayed_at"] is not None and again["replayed_at"] is None
+    assert (again["service"], again["reason"], again["source_topic"]) == (
+        "cio-sink", "event_name_too_long", dead_letters.sink.topics["events"])
     assert dead_letters.fake.requests == 0
-    assert poison not in await dead_letters.replayed()
-    assert poison in (await dead_letters.invoke("dlq", "list", "--reason", "event_name_too_long")).output
+    listed = await dead_letters.invoke("dlq", "list", "--reason", "event_name_too_long")
+    # (the running sink's own log lines may land in the captured stdout too: count table rows only)
+    rows_listed = [line for line in lines_with(listed.output, poison) if len(line.split("\t")) == 10]
+    assert len(rows_listed) == 1 and "1 dead letter(s)" in listed.output
 
 
 async def test_replay_from_the_console_script_with_stdout_piped(dead_letters: DeadLetters) -> None:
     """The real `synergy` entry point, output to a pipe (no TTY): the progress bar must not garble it."""
+    await dead_letters.sink.start_sink()
     env = {k: v for k, v in os.environ.items() if k not in dead_letters.env}
     env.update({k: v for k, v in dead_letters.env.items() if v is not None})
     script = os.path.join(os.path.dirname(sys.executable), "synergy")
@@ -163,4 +222,5 @@ async def test_replay_from_the_console_script_with_stdout_piped(dead_letters: De
     assert output.strip().splitlines()[-1] == "replayed 2, failed 0"
     assert "\x1b" not in output + stderr.decode()
     parked = dead_letters.by_reason["hot_user_parked"]
+    await dead_letters.sink.delivered(parked)
     assert [e.event_id for e in dead_letters.fake.events_for("id:dlq-b")] == parked

@@ -51,7 +51,8 @@ async def test_healthz_and_readyz_with_kafka_and_postgres_up(harness: SinkHarnes
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"kafka": True, "postgres": True}}
+    assert ready.json() == {"status": "ready",
+                            "checks": {"kafka": True, "postgres": True, "dlq_brake_released": True}}
 
 
 async def test_metrics_after_a_delivery(harness: SinkHarness) -> None:
@@ -114,6 +115,7 @@ async def test_readyz_is_503_while_the_broker_is_unreachable(harness: SinkHarnes
 
         async with kafka_control.kafka_outage():
             down = await asyncio.wait_for(readiness_becomes(503), 10)
-            assert down == {"status": "unavailable", "checks": {"kafka": False, "postgres": True}}
+            assert down == {"status": "unavailable",
+                            "checks": {"kafka": False, "postgres": True, "dlq_brake_released": True}}
             assert (await client.get("/healthz")).status_code == 200
         await asyncio.wait_for(readiness_becomes(200), 60)

@@ -41,11 +41,12 @@ async def test_brands_create_prints_the_key_once_and_stores_only_its_hash(
             "--cio-site-id",
             "site-9",
             "--cio-api-key",
-            "secret-9",
+            "-",
             "--cio-region",
             "eu",
             "--json",
         ],
+        input="secret-9\n",
     )
     common_settings.cache_clear()
     assert result.exit_code == 0, result.output
@@ -82,7 +83,8 @@ async def test_events_send_posts_a_file_to_ingest(
     result = await asyncio.to_thread(
         CliRunner().invoke,
         main,
-        ["events", "send", str(path), "--url", ingest.url, "--write-key", brand.write_key],
+        ["events", "send", str(path), "--url", ingest.url, "--write-key", "-"],
+        input=brand.write_key + "\n",
     )
     assert result.exit_code == 1, result.output  # one event was refused
     accepted = [line.split()[-1] for line in result.output.splitlines() if "accepted as" in line]

@@ -30,6 +30,7 @@ from tests.integration.insights.insights_harness import (
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration
+JSON_TYPES = (dict, list, str, int, float, bool, type(None))
 
 
 @dataclass
@@ -106,12 +107,14 @@ def test_no_request_gets_a_server_error(served: Served):
             if case.path.endswith("/insights"):
                 case.headers = {**(case.headers or {}), "Authorization": f"Bearer {served.brand.write_key}"}
             case.call_and_validate(base_url=served.url, checks=[not_a_server_error])
-            if case.method.upper() == "POST" and isinstance(case.body, dict | list):
-                # the same body, correctly signed, reaches parsing and storage
+            if case.method.upper() == "POST" and isinstance(case.body, JSON_TYPES):
+                # the same body (any JSON, null included), correctly signed and posted to a brand that
+                # exists, reaches parsing and storage
                 raw, headers = signed(json.dumps(case.body).encode())
-                answer = requests.post(
-                    served.url + case.formatted_path, data=raw, headers=headers, timeout=10
-                )
+                path = case.operation.path.replace("{brand}", served.brand.slug)
+                answer = requests.post(served.url + path, data=raw, headers=headers, timeout=10)
                 assert answer.status_code < 500, answer.text
+                if not isinstance(case.body, dict):
+                    assert answer.status_code == 422, answer.text
 
         no_server_error()

@@ -120,3 +120,19 @@ async def test_control_api_and_inspection_over_http(fake: CustomerIoFake) -> Non
         assert received["events"][0]["event_id"] == ULID_1
         await client.post("/_fake/reset")
         assert (await client.get("/_fake/received")).json()["unique_events"] == 0
+
+
+async def test_a_malformed_request_is_refused_whole_and_nothing_of_it_stored(
+    client: httpx.AsyncClient, fake: CustomerIoFake,
+) -> None:
+    fake.faults.malformed_marker = "spoiled"
+    spoiled = await client.post("/api/v2/batch", json={"batch": [event(ULID_1), event(ULID_2, note="spoiled")]})
+    clean = await client.post("/api/v2/batch", json={"batch": [event(ULID_1)]})
+    fake.faults.malformed_all = True
+    misconfigured = await client.post("/api/v1/customers/u2/events", json={"name": "x", "id": ULID_2})
+
+    assert spoiled.status_code == 400
+    assert spoiled.json()["errors"][0]["field"] == "body"
+    assert clean.status_code == 200
+    assert misconfigured.status_code == 400
+    assert set(fake.events) == {ULID_1}

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from synergy_cio_sink.batching import batch_body, pack_batches
-from synergy_cio_sink.coalesce import SnapshotCoalescer
-from synergy_cio_sink.offsets import OffsetTracker
-from synergy_cio_sink.ordering import UserQueues
-from synergy_cio_sink.rate_limit import JITTER_HEADROOM, AdaptiveRateLimit
-from synergy_cio_sink.retry import DeadLetter, RetryAt, RetryPolicy, is_retryable_status, parse_retry_after
+from synergy_cio_sink.coalesce import SEND, SUPERSEDED, SnapshotCoalescer, Wait
+from synergy_streaming.offsets import OffsetTracker
+from synergy_streaming.ordering import KeyedQueues
+from synergy_streaming.rate_limit import JITTER_HEADROOM, AdaptiveRateLimit
+from synergy_streaming.retry import GiveUp, RetryAt, RetryPolicy, is_retryable_status, parse_retry_after
 
 
 def _sent_per_second(limit: AdaptiveRateLimit, requests: int, start: float = 0.0) -> list[float]:
@@ -60,7 +61,7 @@ def test_dead_letter_only_after_both_attempts_and_window() -> None:
     too_few = policy.after_failure(2, first_attempt_at=0, now=100, retry_after=None, reason="503")
     assert isinstance(too_soon, RetryAt) and isinstance(too_few, RetryAt)
     dead = policy.after_failure(3, first_attempt_at=0, now=61, retry_after=None, reason="503")
-    assert dead == DeadLetter("retries_exhausted:503")
+    assert dead == GiveUp("retries_exhausted:503")
     honoured = policy.after_failure(1, first_attempt_at=0, now=0, retry_after=7.0, reason="429")
     assert isinstance(honoured, RetryAt) and honoured.at >= 7.0
 
@@ -75,15 +76,30 @@ def test_batches_stay_under_request_and_item_limits() -> None:
 
 
 def test_snapshots_are_coalesced_per_user_per_interval() -> None:
-    coalescer: SnapshotCoalescer[str] = SnapshotCoalescer(interval=10)
-    assert coalescer.offer("u1", "s1", now=0).release == "s1"
-    assert coalescer.offer("u1", "s2", now=1).release is None
-    assert coalescer.offer("u1", "s3", now=2).superseded == "s2"
-    assert coalescer.offer("u2", "t1", now=2).release == "t1"
-    assert coalescer.due(now=9) == []
-    assert coalescer.due(now=10) == ["s3"]
-    assert coalescer.offer("u1", "s4", now=11).release is None
-    assert coalescer.due(now=20) == ["s4"]
+    coalescer = SnapshotCoalescer(interval=10)
+    s1, s2, s3, s4 = (1, 0.0, 1), (2, 0.0, 2), (3, 0.0, 3), (4, 0.0, 4)
+    assert coalescer.admit("u1", s1) and coalescer.decide("u1", s1, now=0) == SEND
+    coalescer.sent("u1", s1, now=0)
+    assert coalescer.admit("u1", s2) and coalescer.decide("u1", s2, now=1) == Wait(9)
+    assert coalescer.admit("u1", s3)
+    assert coalescer.decide("u1", s2, now=2) is SUPERSEDED
+    assert coalescer.admit("u2", (1, 0.0, 5)) and coalescer.decide("u2", (1, 0.0, 5), now=2) == SEND
+    assert coalescer.decide("u1", s3, now=9) == Wait(1)
+    assert coalescer.decide("u1", s3, now=10) == SEND
+    coalescer.sent("u1", s3, now=10)
+    assert coalescer.admit("u1", s4) and coalescer.decide("u1", s4, now=11) == Wait(9)
+    assert coalescer.decide("u1", s4, now=20) == SEND
+
+
+def test_a_snapshot_older_than_one_seen_or_sent_is_refused() -> None:
+    coalescer = SnapshotCoalescer(interval=10, memory=2)
+    newer, older_replayed = (5, 100.0, 7), (4, 90.0, 99)  # the replay sits at a later offset
+    assert coalescer.admit("u1", newer)
+    coalescer.sent("u1", newer, now=0)
+    assert coalescer.admit("u1", older_replayed) is False
+    assert coalescer.admit("u1", newer) is True  # the same snapshot read again is no older
+    assert coalescer.admit("u2", (1, 0.0, 1)) and coalescer.admit("u3", (1, 0.0, 1))
+    assert coalescer.admit("u1", older_replayed) is True  # u1 was forgotten: the memory holds 2 people
 
 
 def test_offsets_commit_only_the_done_prefix() -> None:
@@ -101,40 +117,40 @@ def test_offsets_commit_only_the_done_prefix() -> None:
 
 
 def test_a_retrying_user_waits_while_others_flow() -> None:
-    queues: UserQueues[str] = UserQueues()
+    queues: KeyedQueues[str] = KeyedQueues()
     for key, item in (("a", "a1"), ("a", "a2"), ("b", "b1"), ("b", "b2")):
         queues.push(key, item)
     assert queues.take_ready(0, 10) == [("a", ["a1"]), ("b", ["b1"])]
     queues.retry_later("a", at=5)
-    queues.done("b")
+    queues.done("b", 1)
     assert queues.take_ready(1, 10) == [("b", ["b2"])]
-    queues.done("b")
+    queues.done("b", 1)
     assert queues.take_ready(4, 10) == []
     assert queues.take_ready(5, 10) == [("a", ["a1"])]
-    queues.done("a")
+    queues.done("a", 1)
     assert queues.take_ready(5, 10) == [("a", ["a2"])]
 
 
 def test_a_users_run_goes_together_and_retries_together() -> None:
-    queues: UserQueues[int] = UserQueues()
+    queues: KeyedQueues[int] = KeyedQueues()
     for i in range(5):
         queues.push("u", i)
-    assert queues.take_ready(0, limit=10, per_user=3) == [("u", [0, 1, 2])]
+    assert queues.take_ready(0, limit=10, per_key=3) == [("u", [0, 1, 2])]
     queues.retry_later("u", at=1)
-    assert queues.take_ready(1, limit=10, per_user=10) == [("u", [0, 1, 2, 3, 4])]
+    assert queues.take_ready(1, limit=10, per_key=10) == [("u", [0, 1, 2, 3, 4])]
     queues.done("u", 5)
     assert len(queues) == 0
 
 
 def test_hot_user_backlog_is_parked_not_stalling_the_partition() -> None:
-    queues: UserQueues[int] = UserQueues(max_pending_per_user=3)
+    queues: KeyedQueues[int] = KeyedQueues(max_pending_per_key=3)
     queues.push("hot", 0)
     queues.take_ready(0, 1)
     queues.retry_later("hot", at=100)
     parked = [p for i in range(1, 6) for p in queues.push("hot", i)]
     assert parked == [1, 2, 3, 4, 5]
     assert len(queues) == 1
-    queues.done("hot")
+    queues.done("hot", 1)
     assert queues.push("hot", 6) == []
 
 
@@ -148,3 +164,13 @@ def test_the_sliding_window_holds_back_a_burst_of_late_senders() -> None:
     assert sends == int(10 * JITTER_HEADROOM)
     assert limit.window_wait(5.5) == 0.5
     assert limit.window_wait(6.0) == 0
+
+
+def test_a_burst_of_429s_cuts_the_rate_once_not_to_the_floor() -> None:
+    limit = AdaptiveRateLimit(fleet_limit=100, recovery_seconds=10)
+    limit.reserve(0.0)
+    for _ in range(8):  # the requests in flight when Customer.io started throttling
+        limit.throttled(now=0.1, retry_after=None)
+    assert limit.rate == 100 * JITTER_HEADROOM / 2
+    limit.throttled(now=1.2, retry_after=None)  # still throttled a second later: cut again
+    assert limit.rate == pytest.approx((47.5 + 9.5 * 1.1) / 2)  # after 1.1 s of recovery at 9.5/s per s

@@ -292,3 +292,22 @@ async def test_a_record_fans_out_and_commits_once_every_item_is_settled(broker: 
 
 def test_envelope_fixture_is_json() -> None:
     assert orjson.loads(envelope("e", "u"))["identifiers"] == {"id": "u"}
+
+
+async def test_a_failure_exempt_from_the_brake_is_dead_lettered_and_reported(broker: LocalBroker, clock,
+                                                                            processor_factory) -> None:
+    def answer(ids):
+        return [Failed("destination_disabled", "410 Gone", counts_for_brake=False)] * len(ids)
+
+    writer = RecordingWriter()
+    reported: list[tuple[str | None, str]] = []
+    for n in range(12):
+        broker.produce(TOPIC, 0, envelope(f"e{n}", f"u{n}"))
+    brake = DlqBrake(max_consecutive=3)
+    async with processor_factory(Recorder(answer=answer), writer=writer, brake=brake) as processor:
+        processor._on_dead_letter = lambda work, letter: reported.append(  # the hook a service passes
+            (work.payload if work else None, letter.reason))
+        await until(lambda: broker.committed("g").get(P0) == 12, clock)
+    assert not brake.engaged
+    assert len(writer.letters) == 12
+    assert sorted(reported) == sorted((f"e{n}", "destination_disabled") for n in range(12))

@@ -30,13 +30,16 @@ def test_pack_cuts_a_run_at_the_byte_budget() -> None:
     assert [[w.payload for _, run in groups for w in run] for _, groups in batches] == [["a0", "a1"]]
 
 
-def test_brake_engages_on_a_run_of_dead_letters_and_releases_on_a_success() -> None:
+def test_brake_engages_on_a_run_of_dead_letters_and_releases_when_a_held_item_succeeds() -> None:
     brake = DlqBrake(max_share=0.5, window=10, max_consecutive=3)
     assert [brake.may_dead_letter() for _ in range(3)] == [True, True, False]
     assert brake.engaged
     assert brake.may_dead_letter() is False
-    brake.succeeded()
+    brake.succeeded()  # another key's item: the cause may still be there
+    assert brake.engaged
+    brake.succeeded(was_held=True)  # a held item went through on its retry
     assert not brake.engaged
+    assert brake.may_dead_letter() is True  # counting starts afresh
 
 
 def test_brake_engages_on_the_share_of_a_full_window() -> None:

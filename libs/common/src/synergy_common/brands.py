@@ -6,12 +6,16 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import asyncpg
 from cryptography.fernet import Fernet, InvalidToken
 
 WRITE_KEY_PREFIX = "swk_"
+# What new_write_key makes: anything else is refused without asking Postgres.
+WRITE_KEY_SHAPE = re.compile(r"swk_[A-Za-z0-9_-]{43}")
+KEY_PREFIX_LENGTH = 10  # stored beside the hash, so a key can be named (revoked) without its secret
 Region = Literal["us", "eu"]
 
 
@@ -111,18 +115,157 @@ async def create_brand(
             "INSERT INTO brand_write_keys (brand_id, key_hash, key_prefix) VALUES ($1, $2, $3)",
             brand_id,
             hash_write_key(write_key),
-            write_key[:10],
+            write_key[:KEY_PREFIX_LENGTH],
         )
     return CreatedBrand(brand_id=str(brand_id), slug=slug, write_key=write_key)
 
 
-async def brand_id_for_write_key(pool: asyncpg.Pool, write_key: str) -> str | None:
-    brand_id = await pool.fetchval(
-        """SELECT k.brand_id FROM brand_write_keys k JOIN brands b ON b.id = k.brand_id
-           WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND b.is_active""",
-        hash_write_key(write_key),
+@dataclass(frozen=True)
+class WriteKeyStatus:
+    brand_id: str
+    revoked: bool
+    brand_active: bool
+
+
+async def write_key_status(pool: asyncpg.Pool, key_hash: str) -> WriteKeyStatus | None:
+    """What Postgres knows of the key with this hash; None when no brand ever had it."""
+    row = await pool.fetchrow(
+        """SELECT k.brand_id, k.revoked_at IS NOT NULL AS revoked, b.is_active
+           FROM brand_write_keys k JOIN brands b ON b.id = k.brand_id WHERE k.key_hash = $1""",
+        key_hash,
     )
-    return None if brand_id is None else str(brand_id)
+    if row is None:
+        return None
+    return WriteKeyStatus(str(row["brand_id"]), bool(row["revoked"]), bool(row["is_active"]))
+
+
+async def brand_id_for_write_key(pool: asyncpg.Pool, write_key: str) -> str | None:
+    status = await write_key_status(pool, hash_write_key(write_key))
+    if status is None or status.revoked or not status.brand_active:
+        return None
+    return status.brand_id
+
+
+class BrandNotFound(LookupError):
+    def __init__(self, brand: str) -> None:
+        super().__init__(f"no brand {brand!r} (give its id or slug)")
+
+
+async def resolve_brand(connection: asyncpg.Pool | asyncpg.Connection, brand: str) -> int:
+    """A brand's id from its id or slug. Raises BrandNotFound."""
+    brand_id = await connection.fetchval(
+        "SELECT id FROM brands WHERE slug = $1 OR id::text = $1 ORDER BY slug = $1 DESC LIMIT 1", brand
+    )
+    if brand_id is None:
+        raise BrandNotFound(brand)
+    return int(brand_id)
+
+
+@dataclass(frozen=True)
+class WriteKeyInfo:
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def rotate_write_key(pool: asyncpg.Pool, brand: str) -> str:
+    """A new write key for the brand, returned once; its other keys keep working until revoked."""
+    write_key = new_write_key()
+    async with pool.acquire() as connection:
+        brand_id = await resolve_brand(connection, brand)
+        await connection.execute(
+            "INSERT INTO brand_write_keys (brand_id, key_hash, key_prefix) VALUES ($1, $2, $3)",
+            brand_id,
+            hash_write_key(write_key),
+            write_key[:KEY_PREFIX_LENGTH],
+        )
+    return write_key
+
+
+async def list_write_keys(pool: asyncpg.Pool, brand: str) -> list[WriteKeyInfo]:
+    async with pool.acquire() as connection:
+        brand_id = await resolve_brand(connection, brand)
+        rows = await connection.fetch(
+            """SELECT key_prefix, created_at, revoked_at FROM brand_write_keys
+               WHERE brand_id = $1 ORDER BY created_at, id""",
+            brand_id,
+        )
+    return [WriteKeyInfo(row["key_prefix"], row["created_at"], row["revoked_at"]) for row in rows]
+
+
+async def revoke_write_key(pool: asyncpg.Pool, brand: str, prefix: str) -> WriteKeyInfo:
+    """Revoke the one active key of the brand that starts with `prefix`. Raises ValueError when
+    none or several do. Every replica refuses it once its key cache entry expires (seconds)."""
+    prefix = prefix.strip()[:KEY_PREFIX_LENGTH]
+    if len(prefix) <= len(WRITE_KEY_PREFIX):
+        raise ValueError(f"give more of the key than {WRITE_KEY_PREFIX!r}: its prefix, e.g. swk_AbC123")
+    async with pool.acquire() as connection, connection.transaction():
+        brand_id = await resolve_brand(connection, brand)
+        matching = await connection.fetch(
+            """SELECT id FROM brand_write_keys
+               WHERE brand_id = $1 AND revoked_at IS NULL AND starts_with(key_prefix, $2)
+               FOR UPDATE""",
+            brand_id,
+            prefix,
+        )
+        if not matching:
+            raise ValueError(f"brand {brand!r} has no active write key starting with {prefix!r}")
+        if len(matching) > 1:
+            raise ValueError(f"{len(matching)} active keys start with {prefix!r}: give more of the prefix")
+        row = await connection.fetchrow(
+            """UPDATE brand_write_keys SET revoked_at = now() WHERE id = $1
+               RETURNING key_prefix, created_at, revoked_at""",
+            matching[0]["id"],
+        )
+    assert row is not None
+    return WriteKeyInfo(row["key_prefix"], row["created_at"], row["revoked_at"])
+
+
+async def set_webhook_signing_key(pool: asyncpg.Pool, brand: str, key: str, cipher: CredentialCipher) -> int:
+    """Make `key` the brand's Customer.io webhook signing key, stored encrypted. The key it replaces
+    stays accepted beside it (a rotation) until drop_previous_webhook_signing_key."""
+    if not key.strip():
+        raise ValueError("the webhook signing key is empty")
+    encrypted = cipher.encrypt(key.strip())
+    async with pool.acquire() as connection, connection.transaction():
+        brand_id = await resolve_brand(connection, brand)
+        current = await connection.fetchval(
+            "SELECT cio_webhook_signing_key FROM brands WHERE id = $1 FOR UPDATE", brand_id
+        )
+        if current is not None and cipher.decrypt(current) == key.strip():
+            return brand_id
+        await connection.execute(
+            """UPDATE brands SET cio_webhook_signing_key_previous = cio_webhook_signing_key,
+                                 cio_webhook_signing_key = $2
+               WHERE id = $1""",
+            brand_id,
+            encrypted,
+        )
+    return brand_id
+
+
+async def drop_previous_webhook_signing_key(pool: asyncpg.Pool, brand: str) -> int:
+    """End a rotation: only the current signing key is accepted from now on."""
+    async with pool.acquire() as connection:
+        brand_id = await resolve_brand(connection, brand)
+        await connection.execute(
+            "UPDATE brands SET cio_webhook_signing_key_previous = NULL WHERE id = $1", brand_id
+        )
+    return brand_id
+
+
+async def webhook_signing_keys(
+    pool: asyncpg.Pool | asyncpg.Connection, brand_id: int, cipher: CredentialCipher
+) -> list[str]:
+    """The brand's own webhook signing keys, current first; empty when it has none (the
+    deployment's CIO_WEBHOOK_SIGNING_KEY then serves it)."""
+    row = await pool.fetchrow(
+        "SELECT cio_webhook_signing_key, cio_webhook_signing_key_previous FROM brands WHERE id = $1",
+        brand_id,
+    )
+    if row is None:
+        return []
+    return [cipher.decrypt(value) for value in row.values() if value is not None]
 
 
 async def customer_io_credentials(

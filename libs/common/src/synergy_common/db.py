@@ -11,6 +11,16 @@ import orjson
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
+# Postgres is down, restarting or out of connections: a caller should retry later (503).
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
     for type_name in ("json", "jsonb"):

@@ -1,21 +1,36 @@
-"""HTTP pieces every FastAPI service shares: problem+json errors, brand-key auth, ops endpoints."""
+"""HTTP pieces every FastAPI service shares: problem+json errors, correlation ids, brand-key auth,
+ops endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import enum
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import structlog
+from cachetools import LRUCache, TTLCache
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from synergy_common.brands import brand_id_for_write_key
+from synergy_common.brands import WRITE_KEY_SHAPE, hash_write_key, write_key_status
+from synergy_common.db import DATABASE_UNAVAILABLE
+
+
+def _log() -> Any:
+    # Looked up when used (errors only), so the logging configuration in force then applies.
+    return structlog.get_logger(component="http")
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -68,7 +83,109 @@ def field_path(location: tuple[Any, ...] | list[Any]) -> str:
     return path or "body"
 
 
+CORRELATION_HEADER = "X-Correlation-ID"
+MAX_CORRELATION_ID_LENGTH = 128
+_correlation_id: ContextVar[str | None] = ContextVar("synergy_correlation_id", default=None)
+
+
+def correlation_id_from(given: str | None) -> str:
+    """The client's correlation id when it is short and printable, else a new one."""
+    given = (given or "").strip()
+    if given and len(given) <= MAX_CORRELATION_ID_LENGTH and given.isprintable():
+        return given
+    return str(uuid.uuid4())
+
+
+def current_correlation_id() -> str:
+    """The correlation id of the request being handled (RequestSafetyNet sets it)."""
+    value = _correlation_id.get()
+    if value is None:
+        value = str(uuid.uuid4())
+        _correlation_id.set(value)
+    return value
+
+
+def service_unavailable(what: str, exc: BaseException, retry_after_seconds: int = 5) -> ProblemError:
+    """A 503 that tells the caller to retry and which correlation id to quote; the exception text
+    goes to the log only."""
+    correlation_id = current_correlation_id()
+    event = f"{what.lower().replace(' ', '_')}_unavailable"
+    _log().warning(event, correlation_id=correlation_id, error=repr(exc))
+    return ProblemError(
+        503,
+        f"{what} unavailable",
+        f"{what} cannot be reached right now; retry later (correlation id {correlation_id})",
+        headers={"Retry-After": str(retry_after_seconds)},
+        correlation_id=correlation_id,
+    )
+
+
+def _unhandled_problem(exc: BaseException, correlation_id: str) -> JSONResponse:
+    if isinstance(exc, DATABASE_UNAVAILABLE):  # connection-level failures: worth retrying
+        return problem_response(
+            503,
+            "Service unavailable",
+            f"a backing service cannot be reached right now; retry later (correlation id {correlation_id})",
+            headers={"Retry-After": "5"},
+            correlation_id=correlation_id,
+        )
+    return problem_response(
+        500,
+        "Internal error",
+        f"the error was logged under correlation id {correlation_id}",
+        correlation_id=correlation_id,
+    )
+
+
+class RequestSafetyNet:
+    """Gives each request a correlation id (the client's X-Correlation-ID, or a new one; echoed in the
+    answer) and answers any unhandled exception with a problem+json that carries no exception text.
+    The exception, with its traceback, goes to the log under that correlation id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", ())
+        given = next((v.decode("latin-1") for k, v in headers if k == b"x-correlation-id"), None)
+        correlation_id = correlation_id_from(given)
+        token = _correlation_id.set(correlation_id)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"x-correlation-id" for name, _ in headers):
+                    headers.append((b"x-correlation-id", correlation_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            _log().error(
+                "unhandled_error",
+                correlation_id=correlation_id,
+                method=scope.get("method"),
+                path=scope.get("path"),
+                exc_info=exc,
+            )
+            if started:
+                raise
+            await _unhandled_problem(exc, correlation_id)(scope, receive, send_with_id)
+        finally:
+            _correlation_id.reset(token)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
+    """problem+json for every error, and the RequestSafetyNet (correlation ids, no internals)."""
+    app.add_middleware(RequestSafetyNet)
+
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(exc.status, exc.title, exc.detail, exc.field, exc.headers, **exc.extra)
@@ -89,26 +206,172 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-class WriteKeyAuthenticator:
-    """Resolves a brand write key to its brand through Postgres, caching answers briefly."""
+class AuthFailure(enum.StrEnum):
+    """Why a request was not authenticated: the `reason` label of `synergy_<service>_auth_failures_total`."""
 
-    def __init__(self, pool: asyncpg.Pool, ttl_seconds: float = 60.0, negative_ttl_seconds: float = 5.0):
+    MISSING_KEY = "missing_key"
+    MALFORMED_KEY = "malformed_key"
+    UNKNOWN_KEY = "unknown_key"
+    REVOKED_KEY = "revoked_key"
+    INACTIVE_BRAND = "inactive_brand"
+    LOOKUP_THROTTLED = "lookup_throttled"
+    KEY_STORE_UNAVAILABLE = "key_store_unavailable"
+
+
+_AUTH_FAILURES: dict[str, Counter] = {}
+_KEY_LOOKUPS: dict[str, Counter] = {}
+
+
+def auth_failures_counter(service: str) -> Counter:
+    """`synergy_<service>_auth_failures_total{reason}`, one per service name in this process."""
+    if service not in _AUTH_FAILURES:
+        _AUTH_FAILURES[service] = Counter(
+            f"synergy_{service}_auth_failures_total", "Requests refused authentication, by reason", ["reason"]
+        )
+    return _AUTH_FAILURES[service]
+
+
+def key_lookups_counter(service: str) -> Counter:
+    if service not in _KEY_LOOKUPS:
+        _KEY_LOOKUPS[service] = Counter(
+            f"synergy_{service}_write_key_lookups_total",
+            "Write keys looked up in Postgres (not answered from the cache), by result",
+            ["result"],
+        )
+    return _KEY_LOOKUPS[service]
+
+
+class KeyLookupThrottled(Exception):
+    """Too many never-seen keys were looked up lately; this one was not checked."""
+
+
+class KeyStoreUnavailable(Exception):
+    """Postgres could not be asked about the key."""
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    brand_id: str | None
+    failure: AuthFailure | None = None
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up. Pure: the clock is injected."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._clock = clock
+        self._updated = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+class WriteKeyAuthenticator:
+    """Resolves a brand write key to its brand through Postgres, behind bounded caches.
+
+    - Valid keys: an LRU of at most `max_keys` entries, each trusted for `ttl_seconds`, so a revoked
+      key (or a deactivated brand) is refused within that time on every replica.
+    - Unknown, revoked and inactive keys: a separate LRU of at most `max_unknown_keys` entries for
+      `negative_ttl_seconds`. A flood of random keys fills this one, never the valid keys' cache.
+    - Postgres is asked about a never-seen key only while the `unknown_lookups_per_second` budget
+      allows; past it the key is answered 503 unchecked. Keys that were valid before, and are due
+      for a re-check, never wait on that budget. Concurrent checks of one key share one query.
+    - While Postgres cannot be reached, a key confirmed valid within `stale_if_error_seconds` is still
+      accepted (keys are revoked through Postgres, so none can be revoked meanwhile), so events keep
+      flowing through a database outage; never-seen keys get 503.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        service: str,
+        *,
+        ttl_seconds: float = 5.0,
+        negative_ttl_seconds: float = 10.0,
+        max_keys: int = 50_000,
+        max_unknown_keys: int = 10_000,
+        unknown_lookups_per_second: float = 50.0,
+        unknown_lookup_burst: int = 100,
+        stale_if_error_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._pool = pool
-        self._ttl = ttl_seconds
-        self._negative_ttl = negative_ttl_seconds
-        self._cache: dict[str, tuple[float, str | None]] = {}
+        self._clock = clock
+        self._stale_if_error = stale_if_error_seconds
+        self._valid: TTLCache[str, str] = TTLCache(max_keys, ttl_seconds, timer=clock)
+        # keys once found valid: brand and when Postgres last confirmed it
+        self._once_valid: LRUCache[str, tuple[str, float]] = LRUCache(max_keys)
+        self._refused: TTLCache[str, AuthFailure] = TTLCache(
+            max_unknown_keys, negative_ttl_seconds, timer=clock
+        )
+        self._budget = TokenBucket(unknown_lookups_per_second, unknown_lookup_burst, clock)
+        self._in_flight: dict[str, asyncio.Future[KeyCheck]] = {}
+        self.service = service
+        self.failures = auth_failures_counter(service)
+        self._lookups = key_lookups_counter(service)
+
+    async def check(self, write_key: str) -> KeyCheck:
+        """The key's brand, or why it is refused. Raises KeyLookupThrottled, KeyStoreUnavailable."""
+        if not WRITE_KEY_SHAPE.fullmatch(write_key):
+            return KeyCheck(None, AuthFailure.MALFORMED_KEY)
+        key_hash = hash_write_key(write_key)
+        brand_id = self._valid.get(key_hash)
+        if brand_id is not None:
+            return KeyCheck(brand_id)
+        refused = self._refused.get(key_hash)
+        if refused is not None:
+            return KeyCheck(None, refused)
+        pending = self._in_flight.get(key_hash)
+        if pending is None:
+            if key_hash not in self._once_valid and not self._budget.take():
+                raise KeyLookupThrottled()
+            pending = asyncio.ensure_future(self._look_up(key_hash))
+            self._in_flight[key_hash] = pending
+            pending.add_done_callback(lambda _: self._in_flight.pop(key_hash, None))
+        try:
+            return await asyncio.shield(pending)
+        except KeyStoreUnavailable:
+            known = self._once_valid.get(key_hash)
+            if known is None or self._clock() - known[1] > self._stale_if_error:
+                raise
+            self._valid[key_hash] = known[0]  # asked again after the TTL, not on every request
+            return KeyCheck(known[0])
 
     async def brand_for(self, write_key: str) -> str | None:
-        now = time.monotonic()
-        cached = self._cache.get(write_key)
-        if cached and cached[0] > now:
-            return cached[1]
-        brand_id = await brand_id_for_write_key(self._pool, write_key)
-        ttl = self._ttl if brand_id else self._negative_ttl
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[write_key] = (now + ttl, brand_id)
-        return brand_id
+        return (await self.check(write_key)).brand_id
+
+    async def _look_up(self, key_hash: str) -> KeyCheck:
+        try:
+            status = await write_key_status(self._pool, key_hash)
+        except DATABASE_UNAVAILABLE as exc:
+            self._lookups.labels("error").inc()
+            raise KeyStoreUnavailable() from exc
+        if status is None:
+            check = KeyCheck(None, AuthFailure.UNKNOWN_KEY)
+        elif status.revoked:
+            check = KeyCheck(None, AuthFailure.REVOKED_KEY)
+        elif not status.brand_active:
+            check = KeyCheck(None, AuthFailure.INACTIVE_BRAND)
+        else:
+            check = KeyCheck(status.brand_id)
+        self._lookups.labels("valid" if check.failure is None else check.failure.value).inc()
+        if check.brand_id is not None:
+            self._valid[key_hash] = check.brand_id
+            self._once_valid[key_hash] = (check.brand_id, self._clock())
+        else:
+            assert check.failure is not None
+            self._refused[key_hash] = check.failure
+            self._once_valid.pop(key_hash, None)
+        return check
 
 
 def write_key_from_headers(authorization: str | None) -> str | None:
@@ -130,31 +393,48 @@ def write_key_from_headers(authorization: str | None) -> str | None:
     return None
 
 
+_UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="synergy"'}
+
+
 async def authenticate_brand(
     authenticator: WriteKeyAuthenticator, authorization: str | None, body_write_key: str | None = None
 ) -> str:
+    """The brand the request's write key acts for; a problem+json ProblemError otherwise."""
     write_key = write_key_from_headers(authorization) or body_write_key
     if not write_key:
+        authenticator.failures.labels(AuthFailure.MISSING_KEY.value).inc()
         raise ProblemError(
             401,
             "Missing write key",
             "send Authorization: Bearer <write key>",
             field="Authorization",
-            headers={"WWW-Authenticate": 'Bearer realm="synergy"'},
+            headers=_UNAUTHENTICATED,
         )
     try:
-        brand_id = await authenticator.brand_for(write_key)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise ProblemError(503, "Key store unavailable", str(exc), headers={"Retry-After": "5"}) from exc
-    if brand_id is None:
+        check = await authenticator.check(write_key)
+    except KeyLookupThrottled as exc:
+        authenticator.failures.labels(AuthFailure.LOOKUP_THROTTLED.value).inc()
+        raise ProblemError(
+            503,
+            "Write key not checked",
+            "too many unknown write keys were presented lately; retry in a second",
+            headers={"Retry-After": "1"},
+        ) from exc
+    except KeyStoreUnavailable as exc:
+        authenticator.failures.labels(AuthFailure.KEY_STORE_UNAVAILABLE.value).inc()
+        raise service_unavailable("Key store", exc.__cause__ or exc) from exc
+    if check.brand_id is None:
+        assert check.failure is not None
+        authenticator.failures.labels(check.failure.value).inc()
+        # Unknown, revoked and deactivated keys are answered alike: the caller can only get a new key.
         raise ProblemError(
             401,
             "Unknown write key",
             "the write key is not valid",
             field="Authorization",
-            headers={"WWW-Authenticate": 'Bearer realm="synergy"'},
+            headers=_UNAUTHENTICATED,
         )
-    return brand_id
+    return check.brand_id
 
 
 ReadinessCheck = Callable[[], Awaitable[bool]]

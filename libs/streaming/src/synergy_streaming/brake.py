@@ -3,9 +3,8 @@
 Each settled item records whether it was dead-lettered. When more than `max_share` of the last
 `window` items, or `max_consecutive` in a row, would be dead-lettered, the brake engages: the runtime
 stops dead-lettering, holds those items (their offsets stay uncommitted), pauses consumption, reports
-not ready, and retries the held items every `retry_interval` seconds. The brake releases once
-retried items succeed and the recent share falls back under the limit; what still fails then is
-dead-lettered as usual.
+not ready, and retries the held items every `retry_interval` seconds. The brake releases when a held item
+succeeds on its retry (counting starts afresh); what still fails then is dead-lettered as usual.
 """
 
 from __future__ import annotations
@@ -37,10 +36,19 @@ class DlqBrake:
             return True
         return len(self._recent) >= self.window and self._dead_in_window > self.max_share * self.window
 
-    def succeeded(self) -> None:
-        self._record(False)
-        if self.engaged and not self._over_limit():
+    def succeeded(self, count: int = 1, was_held: bool = False) -> None:
+        """`count` items settled without a dead letter. A held item that now succeeds releases the
+        brake, with a fresh window: what held it back is gone."""
+        if count == 1:
+            self._record(False)
+        else:
+            for _ in range(min(count, self.window)):
+                self._record(False)
+        if self.engaged and was_held:
             self.engaged = False
+            self._recent.clear()
+            self._dead_in_window = 0
+            self._consecutive = 0
 
     def may_dead_letter(self) -> bool:
         """Record one more item to dead-letter; False when the brake holds it back instead."""

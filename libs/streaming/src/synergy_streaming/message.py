@@ -36,7 +36,10 @@ class Source:
 
     record: Record
     generation: int
+    chunk: Any = None  # the offsets.Chunk of the poll that brought it
+    index: int = 0  # the record's place in its chunk
     pending: int = 0
+    held: bool = False  # held back once by the DLQ brake
     payload: Any = None  # the decoded value, once decoded
 
 
@@ -55,7 +58,7 @@ class Work:
     attempts: int = 0
     first_attempt_at: float | None = None  # on the runtime's clock
     first_attempt_wall: float | None = None  # epoch seconds, for the dead letter
-    last_reason: str = ""
+    held: bool = False  # held back once by the DLQ brake
 
 
 # --- what a prepare function answers for a record -----------------------------------------------
@@ -89,10 +92,12 @@ DELIVERED = Delivered()
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """Final: this item is dead-lettered with the reason (subject to the DLQ brake)."""
+    """Final: this item is dead-lettered with the reason, subject to the DLQ brake unless
+    `counts_for_brake` is False (a destination the operator disabled: its backlog is expected)."""
 
     reason: str
     detail: str = ""
+    counts_for_brake: bool = True
 
 
 @dataclass(frozen=True, slots=True)

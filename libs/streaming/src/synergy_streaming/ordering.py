@@ -12,9 +12,10 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+_NONE: list[Any] = []  # returned, never changed: nothing parked
 
 
 @dataclass
@@ -33,11 +34,14 @@ class KeyedQueues(Generic[T]):
         """Queue `item` behind the key's earlier messages. Returns the messages parked instead."""
         if key in self._parked:
             return [item]
-        queue = self._queues.setdefault(key, deque())
-        queue.append(item)
         self._size += 1
-        if len(queue) == 1 and key not in self._busy and key not in self._blocked_until:
-            self._ready[key] = None
+        queue = self._queues.get(key)
+        if queue is None:
+            self._queues[key] = deque((item,))
+            if key not in self._busy and key not in self._blocked_until:
+                self._ready[key] = None
+            return _NONE
+        queue.append(item)
         if key in self._may_park and len(queue) > self.max_pending_per_key:
             parked = [queue.pop() for _ in range(len(queue) - 1)][::-1]
             self._size -= len(parked)

@@ -22,11 +22,14 @@ class AdaptiveRateLimit:
     minimum: float = 1.0
     decrease_factor: float = 0.5
     recovery_seconds: float = 10.0  # from minimum to the ceiling, when nothing is throttled
+    # 429s answered together are one sign of congestion: the rate is cut once per this many seconds.
+    decrease_cooldown: float = 1.0
     share: float = 1.0
     rate: float = field(init=False)
     _next_slot: float = field(default=0.0, init=False)
     _paused_until: float = field(default=0.0, init=False)
     _updated_at: float | None = field(default=None, init=False)
+    _decreased_at: float | None = field(default=None, init=False)
     _sent: deque[float] = field(default_factory=deque, init=False)
 
     def __post_init__(self) -> None:
@@ -72,7 +75,12 @@ class AdaptiveRateLimit:
     def throttled(self, now: float, retry_after: float | None) -> None:
         """The target answered 429: slow down, and wait out its Retry-After."""
         self._recover(now)
-        self.rate = max(min(self.minimum, self.ceiling), self.rate * self.decrease_factor)
+        if self._decreased_at is None or now - self._decreased_at >= self.decrease_cooldown:
+            # Requests already in flight when the first 429 came back answer 429 too: cutting the
+            # rate for each of them would take it to the floor, and the slots they book with it
+            # would stall the target long after it recovered.
+            self.rate = max(min(self.minimum, self.ceiling), self.rate * self.decrease_factor)
+            self._decreased_at = now
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)
             self._next_slot = max(self._next_slot, self._paused_until)

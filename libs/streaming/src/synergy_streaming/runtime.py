@@ -23,7 +23,7 @@ from synergy_streaming import metrics
 from synergy_streaming.brake import DlqBrake
 from synergy_streaming.clock import Clock, MonotonicClock
 from synergy_streaming.consumer import Consumer
-from synergy_streaming.dlq import REPLAY_FOR, DeadLetterWriter
+from synergy_streaming.dlq import REPLAY_FOR, DeadLetter, DeadLetterWriter
 from synergy_streaming.message import (
     Delivered,
     Failed,
@@ -53,6 +53,8 @@ from synergy_streaming.steps import (
 )
 
 log = structlog.get_logger()
+
+PARKED_DETAIL = "the key's earlier message is still being retried"
 
 
 def is_retryable_error(exc: BaseException) -> bool:
@@ -94,6 +96,7 @@ class StreamProcessor:
         decode: Callable[[Record], Any] = decode_envelope,
         is_retryable: ErrorClassifier = is_retryable_error,
         destination_of: Callable[[Hashable], str] = lambda target: "",
+        on_dead_letter: Callable[[Work | None, DeadLetter], None] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.config = config
@@ -103,6 +106,7 @@ class StreamProcessor:
         self.retry = retry or RetryPolicy()
         self.brake = config.brake
         self.dead_letters = DeadLetterPolicy(self.service, dead_letters, self.brake, destination_of)
+        self._on_dead_letter = on_dead_letter
         self.prepare = Prepare(self.service, decode, self._skip_foreign_replays(prepare), is_retryable,
                                self.retry, self.clock)
         self.order = OrderByKey(config.max_pending_per_key)
@@ -111,6 +115,8 @@ class StreamProcessor:
         self.deliver = Deliver(self.service, deliver, is_retryable, rate_limits, self.clock)
         self.commits = CommitOffsets(OffsetTracker())
         self.generation = 0
+        self.assignments = 0  # rebalances this member went through (1 = none since it joined)
+        self.lag: dict[Partition, int] = {}  # committed offset behind the high watermark, per partition
         self.assigned: set[Partition] = set()
         self.paused = False
         self.held: list[Source] = []  # rejected while the brake is engaged
@@ -122,12 +128,14 @@ class StreamProcessor:
         self._writes: set[asyncio.Task[Any]] = set()
         self._running = False
         self._stopped = asyncio.Event()
+        self._settled_counters: dict[str, Any] = {}
 
     def _skip_foreign_replays(self, prepare: PrepareFn) -> PrepareFn:
         def prepare_own(source: Source) -> Any:
-            replay_for = source.record.header(REPLAY_FOR)
-            if replay_for is not None and replay_for.decode(errors="replace") != self.service:
-                return Skip("replay_for_another_service")
+            if source.record.headers:
+                replay_for = source.record.header(REPLAY_FOR)
+                if replay_for is not None and replay_for.decode(errors="replace") != self.service:
+                    return Skip("replay_for_another_service")
             return prepare(source)
 
         return prepare_own
@@ -158,6 +166,13 @@ class StreamProcessor:
             await asyncio.gather(*loops, stopped, return_exceptions=True)
             await self._settle_in_flight(self.config.revoke_grace)
             await self.commit()
+            # What is still in flight after the grace must not settle (or be dead-lettered because the
+            # service closed its clients behind us): it stays uncommitted, and the next owner re-reads it.
+            self.generation += 1
+            leftover = self._in_flight | self._writes
+            for task in leftover:
+                task.cancel()
+            await asyncio.gather(*leftover, return_exceptions=True)
 
     def stop(self) -> None:
         self._running = False
@@ -184,7 +199,9 @@ class StreamProcessor:
         log.info("partitions revoked", service=self.service, partitions=len(revoked))
 
     async def _on_assigned(self, assigned: list[Partition]) -> None:
+        self.assignments += 1
         self.assigned = set(assigned)
+        self.lag = {p: lag for p, lag in self.lag.items() if p in self.assigned}
         total = sum(self.consumer.partition_count(topic) for topic in self.config.topics)
         share = len(assigned) / total if total else 1.0
         if self.deliver.rate_limits is not None:
@@ -213,17 +230,39 @@ class StreamProcessor:
         while self._running:
             self._apply_backpressure()
             records = await self.consumer.poll(self.config.poll_timeout, self.config.max_poll_records)
-            generation = self.generation
-            for record in records:
-                metrics.CONSUMED.labels(self.service, record.partition.topic).inc()
-                self.commits.track(record)
-                self.prepare.submit(Source(record, generation))
-            if not records and self.paused:
+            if records:
+                self._track(records)
+            elif self.paused:
                 await self.clock.sleep(self.config.poll_timeout)
+
+    def _track(self, records: list[Record]) -> None:
+        """One chunk per partition of the poll (records come grouped by partition), then prepare."""
+        generation, tracker = self.generation, self.commits.tracker
+        sources: list[Source] = []
+        start = 0
+        for end in range(1, len(records) + 1):
+            if end < len(records) and records[end].partition == records[start].partition:
+                continue
+            partition = records[start].partition
+            polled = records[start:end]
+            chunk = tracker.track_chunk(partition.topic, partition.partition, [r.offset for r in polled])
+            sources.extend([Source(record, generation, chunk, index) for index, record in enumerate(polled)])
+            metrics.CONSUMED.labels(self.service, partition.topic).inc(end - start)
+            start = end
+        self.prepare.submit_many(sources)
 
     # --- prepare outcomes ------------------------------------------------------------------------
 
     def _accept(self, source: Source, result: Any) -> None:
+        if type(result) is list and len(result) == 1:
+            work = result[0]
+            work.source = source
+            source.pending = 1
+            parked = self.order.queues.push(work.key, work)
+            for item in parked:
+                self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
+            self._wake.set()
+            return
         if isinstance(result, Skip):
             self._settle_source(source, "skipped")
             return
@@ -235,15 +274,18 @@ class StreamProcessor:
             self._settle_source(source, "skipped")
             return
         source.pending = len(items)
+        push = self.order.queues.push
         for work in items:
             work.source = source
-            for parked in self.order.push(work):
-                self._dead_letter_work(parked, "hot_key_parked",
-                                       "the key's earlier message is still being retried")
+            parked = push(work.key, work)
+            if parked:
+                for item in parked:
+                    self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
         self._wake.set()
 
     def _reject(self, source: Source, reason: str, detail: str) -> None:
         if not self.dead_letters.brake.may_dead_letter():
+            source.held = True
             self.held.append(source)
             self._note_brake()
             return
@@ -252,28 +294,48 @@ class StreamProcessor:
 
         async def write() -> None:
             await self.dead_letters.write([letter])
+            if self._on_dead_letter is not None:
+                self._on_dead_letter(None, letter)
             if generation == self.generation:
                 self._settle_source(source, "dead_lettered")
 
         self._spawn_write(write())
 
+    def _settled_counter(self, outcome: str) -> Any:
+        counter = self._settled_counters.get(outcome)
+        if counter is None:
+            counter = self._settled_counters[outcome] = metrics.SETTLED.labels(self.service, outcome)
+        return counter
+
     def _settle_source(self, source: Source, outcome: str) -> None:
-        metrics.SETTLED.labels(self.service, outcome).inc()
+        self._settled_counter(outcome).inc()
         if outcome != "dead_lettered":
-            self.brake.succeeded()
+            self.brake.succeeded(was_held=source.held)
         if source.generation == self.generation:
-            self.commits.settled(source.record)
+            self.commits.settled(source)
 
     def _settle_work(self, work: Work, outcome: str) -> None:
-        metrics.SETTLED.labels(self.service, outcome).inc()
+        self._settled_counter(outcome).inc()
         if outcome != "dead_lettered":
-            self.brake.succeeded()
+            self.brake.succeeded(was_held=work.held)
         source = work.source
         if source is None or source.generation != self.generation:
             return
         source.pending -= 1
         if source.pending <= 0:
-            self.commits.settled(source.record)
+            self.commits.settled(source)
+
+    def _settle_delivered(self, items: list[Work]) -> None:
+        """The common case, a whole batch delivered: settled in one pass."""
+        self._settled_counter("delivered").inc(len(items))
+        self.brake.succeeded(len(items), was_held=any(work.held for work in items))
+        generation, settled = self.generation, self.commits.settled
+        for work in items:
+            source = work.source
+            if source is not None and source.generation == generation:
+                source.pending -= 1
+                if source.pending <= 0:
+                    settled(source)
 
     def _dead_letter_work(self, work: Work, reason: str, detail: str) -> None:
         assert work.source is not None
@@ -282,6 +344,8 @@ class StreamProcessor:
 
         async def write() -> None:
             await self.dead_letters.write([letter])
+            if self._on_dead_letter is not None:
+                self._on_dead_letter(work, letter)
             if generation == self.generation:
                 self._settle_work(work, "dead_lettered")
 
@@ -378,9 +442,16 @@ class StreamProcessor:
             if work.first_attempt_at is None:
                 work.first_attempt_at, work.first_attempt_wall = now, wall
         metrics.BATCH_SIZE.labels(self.service).observe(len(items))
-        outcomes = iter(await self.deliver.outcomes(target, items))
+        answered = await self.deliver.outcomes(target, items)
         if generation != self.generation:
             return
+        if all(type(outcome) is Delivered for outcome in answered):
+            self._settle_delivered(items)
+            done = self.order.queues.done
+            for key, run in groups:
+                done(key, len(run))
+            return
+        outcomes = iter(answered)
         for key, run in groups:
             self._apply_run(key, run, [next(outcomes) for _ in run])
 
@@ -391,7 +462,7 @@ class StreamProcessor:
             if isinstance(outcome, Delivered):
                 self._settle_work(work, "delivered")
             elif isinstance(outcome, Failed):
-                if not self.brake.may_dead_letter():
+                if outcome.counts_for_brake and not self.brake.may_dead_letter():
                     self._note_brake()
                     self._hold_key(key, settled, run[settled])
                     return
@@ -404,6 +475,7 @@ class StreamProcessor:
 
     def _hold_key(self, key: str, settled: int, head: Work) -> None:
         head.attempts -= 1
+        head.held = True
         self.order.queues.retry_later(key, self.clock.now() + self.brake.retry_interval, park=False,
                                       settled=settled)
 
@@ -455,8 +527,9 @@ class StreamProcessor:
             committed = self.commits.tracker.last_committed((partition.topic, partition.partition))
             if highwater is None or committed is None:
                 continue
+            self.lag[partition] = max(0, highwater - committed)
             metrics.CONSUMER_LAG.labels(self.service, partition.topic, str(partition.partition)).set(
-                max(0, highwater - committed))
+                self.lag[partition])
 
 
 @contextlib.asynccontextmanager

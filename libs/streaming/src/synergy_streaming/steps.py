@@ -56,16 +56,20 @@ class Undecodable(Exception):
         self.reason, self.detail = reason, detail
 
 
+_ID_TYPES = (str, int)
+
+
 def decode_envelope(record: Record) -> dict[str, Any]:
     """The envelope as a dict, or Undecodable: not JSON, not an object, no event_id or brand_id."""
     try:
         envelope = orjson.loads(record.value)
     except orjson.JSONDecodeError as exc:
         raise Undecodable("malformed_message", f"not JSON: {exc}") from exc
-    if not isinstance(envelope, dict):
+    if type(envelope) is not dict:
         raise Undecodable("malformed_message", f"not a JSON object but {type(envelope).__name__}")
     for name in ("event_id", "brand_id"):
-        if not isinstance(envelope.get(name), str | int) or envelope.get(name) in ("", None):
+        value = envelope.get(name)
+        if not value or type(value) not in _ID_TYPES:
             raise Undecodable("malformed_message", f"no {name}")
     return envelope
 
@@ -97,6 +101,9 @@ class DeadLetterPolicy:
             log.warning("dead-lettered (no writer)", reason=letters[0].reason, count=len(letters))
 
 
+YIELD_EVERY = 256  # records prepared between two turns given to the other tasks of the loop
+
+
 class Prepare:
     """Runs the service's prepare function over each record, in consumption order, off the poll loop.
 
@@ -116,17 +123,28 @@ class Prepare:
         self.queue.append(source)
         self._wake.set()
 
+    def submit_many(self, sources: list[Source]) -> None:
+        self.queue.extend(sources)
+        self._wake.set()
+
     def drain(self) -> None:
         self.queue.clear()
 
     async def run(self, current_generation: Callable[[], int], accept: Callable[[Source, Any], None],
                   reject: Callable[[Source, str, str], None]) -> None:
         failures = 0
+        since_yield = 0
         while True:
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            since_yield += 1
+            if since_yield >= YIELD_EVERY:
+                # A prepare that never really suspends (cached lookups) would otherwise run the whole
+                # queue in one go and starve the poll loop and the heartbeat: the group would evict us.
+                since_yield = 0
+                await asyncio.sleep(0)
             source = self.queue[0]
             if source.generation != current_generation():
                 self.queue.popleft()
@@ -134,7 +152,7 @@ class Prepare:
             try:
                 source.payload = self._decode(source.record)
                 result = self._prepare(source)
-                if inspect.isawaitable(result):
+                if type(result) is not list and inspect.isawaitable(result):
                     result = await result
             except Undecodable as exc:
                 self.queue.popleft()
@@ -270,8 +288,6 @@ class CommitOffsets:
 
     tracker: OffsetTracker
 
-    def track(self, record: Record) -> None:
-        self.tracker.track(record.partition.topic, record.partition.partition, record.offset)
-
-    def settled(self, record: Record) -> None:
-        self.tracker.complete(record.partition.topic, record.partition.partition, record.offset)
+    def settled(self, source: Source) -> None:
+        partition = source.record.partition
+        self.tracker.settle(partition.topic, partition.partition, source.chunk, source.index)

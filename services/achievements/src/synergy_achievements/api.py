@@ -86,7 +86,7 @@ def create_api(
     app = FastAPI(title="synergy achievements", docs_url=None, redoc_url=None)
     install_problem_handlers(app)
     app.include_router(ops_router(readiness))
-    authenticator = WriteKeyAuthenticator(pool)
+    authenticator = WriteKeyAuthenticator(pool, "achievements")
 
     @app.get("/v1/users/{user_id}/loyalty")
     async def loyalty(user_id: str, authorization: str | None = Header(default=None)) -> dict[str, Any]:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import asyncpg
+import structlog
 from synergy_common.brands import CredentialCipher
+from synergy_common.db_errors import is_retryable_db_error
 
 from synergy_cio_sink.config import SinkSettings
 from synergy_cio_sink.mapping import PrivacySettings
 from synergy_cio_sink.transport import Workspace
+
+log = structlog.get_logger(service="cio-sink")
 
 
 @dataclass(frozen=True)
@@ -22,11 +27,12 @@ class BrandDelivery:
 class BrandDirectory:
     """Brand -> where and how to deliver. A brand's own credentials win; the environment's are the default."""
 
-    def __init__(self, pool: asyncpg.Pool | None, settings: SinkSettings, ttl_seconds: float = 60.0) -> None:
+    def __init__(self, pool: asyncpg.Pool | None, settings: SinkSettings,
+                 ttl_seconds: float | None = None) -> None:
         self._pool = pool
         self._settings = settings
         self._cipher = CredentialCipher(settings.synergy_encryption_key)
-        self._ttl = ttl_seconds
+        self._ttl = settings.cio_brand_cache_ttl if ttl_seconds is None else ttl_seconds
         self._cache: dict[str, tuple[float, BrandDelivery]] = {}
 
     @property
@@ -49,13 +55,30 @@ class BrandDirectory:
         return self._pool is not None and await self._pool.fetchval("SELECT 1") == 1
 
     async def delivery_for(self, brand_id: str) -> BrandDelivery:
+        """Cached for the TTL. When Postgres is away, a brand seen before keeps its last known settings
+        (so delivery goes on); a brand never seen raises, and the caller retries."""
         now = time.monotonic()
         cached = self._cache.get(brand_id)
         if cached and cached[0] > now:
             return cached[1]
-        delivery = await self._load(brand_id)
+        try:
+            delivery = await self._load(brand_id)
+        except Exception as exc:
+            if cached is None or not is_retryable_db_error(exc):
+                raise
+            log.warning("brand lookup failed; using the last known settings", brand_id=brand_id,
+                        error=repr(exc))
+            return cached[1]
         self._cache[brand_id] = (now + self._ttl, delivery)
         return delivery
+
+    def forget(self, brand_ids: Iterable[str]) -> None:
+        """Re-read these brands from Postgres on their next lookup (their credentials were refused).
+        The last known settings stay as the fallback while Postgres is away."""
+        for brand_id in brand_ids:
+            cached = self._cache.get(brand_id)
+            if cached is not None:
+                self._cache[brand_id] = (0.0, cached[1])
 
     async def _load(self, brand_id: str) -> BrandDelivery:
         row = None

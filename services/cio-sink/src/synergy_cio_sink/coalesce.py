@@ -1,55 +1,99 @@
-"""Snapshots of one user go out at most once per interval; newer ones replace held ones. Pure."""
+"""Snapshots of one person: at most one sent per interval, the newest wins, an older one never. Pure.
+
+Snapshots travel in a lane of their own per person (their key is `<person>#snapshot`), so a held
+snapshot never blocks that person's events. At delivery each snapshot is decided:
+- `SUPERSEDED` when a newer snapshot of the person has been seen: it is settled without sending
+  (the newer one, behind it in the lane, carries the state);
+- `Wait(seconds)` when the person's last snapshot went out less than `interval` ago;
+- `SEND` otherwise.
+`admit()` runs when a snapshot is consumed: one older than the newest seen or sent for its person
+(a replayed dead letter, say) is refused, so it can never overwrite a newer one at Customer.io.
+The memory is bounded: the last `memory` people seen, least recently used forgotten first.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from datetime import datetime
+from typing import Any
 
-T = TypeVar("T")
+from cachetools import LRUCache
+
+# (achievements' state_version, the envelope's timestamp in seconds, the Kafka offset as tie-break)
+Version = tuple[int, float, int]
+
+
+def snapshot_version(envelope: Mapping[str, Any], offset: int) -> Version:
+    data = envelope.get("data") if isinstance(envelope.get("data"), Mapping) else {}
+    loyalty = data.get("loyalty") if isinstance(data, Mapping) else None
+    state_version = loyalty.get("state_version") if isinstance(loyalty, Mapping) else None
+    if not isinstance(state_version, int) or isinstance(state_version, bool):
+        state_version = 0
+    timestamp = envelope.get("timestamp")
+    seconds = 0.0
+    if isinstance(timestamp, str):
+        try:
+            seconds = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            seconds = 0.0
+    return (state_version, seconds, offset)
+
+
+@dataclass(frozen=True)
+class Superseded:
+    pass
+
+
+@dataclass(frozen=True)
+class Send:
+    pass
+
+
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+
+
+SUPERSEDED, SEND = Superseded(), Send()
+Decision = Superseded | Send | Wait
 
 
 @dataclass
-class Offer(Generic[T]):
-    release: T | None = None  # send this now
-    superseded: T | None = None  # never needs sending: a newer snapshot replaced it
-
-
-@dataclass
-class SnapshotCoalescer(Generic[T]):
+class SnapshotCoalescer:
     interval: float
-    _last_sent: dict[str, float] = field(default_factory=dict)
-    _held: dict[str, T] = field(default_factory=dict)
+    memory: int = 200_000
+    _newest: LRUCache[str, Version] = field(init=False)
+    _sent_at: LRUCache[str, float] = field(init=False)
 
-    def offer(self, person_key: str, item: T, now: float) -> Offer[T]:
-        last = self._last_sent.get(person_key)
-        if person_key not in self._held and (last is None or now - last >= self.interval):
-            self._last_sent[person_key] = now
-            return Offer(release=item)
-        superseded = self._held.get(person_key)
-        self._held[person_key] = item
-        return Offer(superseded=superseded)
+    def __post_init__(self) -> None:
+        self._newest = LRUCache(self.memory)
+        self._sent_at = LRUCache(self.memory)
 
-    def due(self, now: float) -> list[T]:
-        """Held snapshots whose interval has passed; they are sent now."""
-        released = []
-        for person_key in [k for k in self._held if now - self._last_sent.get(k, 0.0) >= self.interval]:
-            released.append(self._held.pop(person_key))
-            self._last_sent[person_key] = now
-        for person_key in [k for k, t in self._last_sent.items() if now - t >= self.interval]:
-            if person_key not in self._held:
-                del self._last_sent[person_key]
-        return released
+    def admit(self, person: str, version: Version) -> bool:
+        """A snapshot was consumed: False when a newer one of the person was already seen or sent."""
+        newest = self._newest.get(person)
+        if newest is not None and _older(version, newest):
+            return False
+        self._newest[person] = version
+        return True
 
-    def next_due(self) -> float | None:
-        if not self._held:
-            return None
-        return min(self._last_sent.get(k, 0.0) for k in self._held) + self.interval
+    def decide(self, person: str, version: Version, now: float) -> Decision:
+        newest = self._newest.get(person)
+        if newest is not None and _older(version, newest):
+            return SUPERSEDED
+        last = self._sent_at.get(person)
+        if last is not None and now - last < self.interval:
+            return Wait(last + self.interval - now)
+        return SEND
 
-    def drain(self) -> list[T]:
-        """Every held snapshot (shutdown, rebalance)."""
-        held = list(self._held.values())
-        self._held.clear()
-        return held
+    def sent(self, person: str, version: Version, now: float) -> None:
+        self._sent_at[person] = now
+        newest = self._newest.get(person)
+        if newest is None or _older(newest, version):
+            self._newest[person] = version
 
-    def __len__(self) -> int:
-        return len(self._held)
+
+def _older(version: Version, than: Version) -> bool:
+    """Older by content (state version, then timestamp); the offset only orders equal content."""
+    return version < than

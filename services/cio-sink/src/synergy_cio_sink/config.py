@@ -48,8 +48,26 @@ class SinkSettings(BaseSettings):
     cio_batch_max_items: int = 500
     cio_batch_linger: float = 0.05
 
-    # Snapshots: a user's attributes go out at most once per interval.
+    # Snapshots: a user's attributes go out at most once per interval; a snapshot older than the newest
+    # one seen or sent for its person (remembered for the last `cio_snapshot_memory` people) is dropped.
     cio_snapshot_interval: float = 60.0
+    cio_snapshot_memory: int = 200_000
+
+    # Brand credentials are re-read from Postgres after this long; a paused workspace (401/403) is
+    # probed every `cio_auth_probe_interval`, each probe with credentials re-read from Postgres.
+    cio_brand_cache_ttl: float = 60.0
+    cio_auth_probe_interval: float = 10.0
+
+    # The DLQ brake (libs/streaming): more than this share of the last `window` items, or this many
+    # in a row, would be dead-lettered -> stop, pause, not ready, retry every `retry_interval`.
+    cio_dlq_brake_max_share: float = 0.5
+    cio_dlq_brake_window: int = 100
+    cio_dlq_brake_consecutive: int = 50
+    cio_dlq_brake_retry_interval: float = 30.0
+
+    # /dry-run: served only when the sink runs dry, on 127.0.0.1 only, to a Bearer of this token.
+    cio_sink_operator_token: str | None = None
+    cio_sink_dry_run_port: int = 8013
 
     # Flow control and the hot-user escape hatch (README, "A hot user").
     cio_max_buffered: int = 20_000
@@ -61,7 +79,8 @@ class SinkSettings(BaseSettings):
 
     @field_validator(
         "cio_max_retry_window", "cio_snapshot_interval", "cio_backoff_base", "cio_backoff_max",
-        "cio_batch_linger", "cio_request_timeout", "commit_interval", mode="before",
+        "cio_batch_linger", "cio_request_timeout", "commit_interval", "cio_brand_cache_ttl",
+        "cio_auth_probe_interval", "cio_dlq_brake_retry_interval", mode="before",
     )
     @classmethod
     def _durations(cls, value: object) -> object:

@@ -11,6 +11,10 @@ DEAD_LETTERED = Counter("synergy_cio_sink_dead_lettered_total", "Messages sent t
 REQUESTS = Counter("synergy_cio_sink_requests_total", "HTTP requests to Customer.io", ["api", "status"])
 SKIPPED = Counter("synergy_cio_sink_skipped_total", "Messages with nothing to send", ["reason"])
 COALESCED = Counter("synergy_cio_sink_snapshots_coalesced_total", "Snapshots replaced by a newer one")
+STALE_SNAPSHOTS = Counter("synergy_cio_sink_stale_snapshots_dropped_total",
+                          "Snapshots older than one already seen or sent for the person (a replay, say)")
+WORKSPACE_PAUSED = Gauge("synergy_cio_sink_workspace_paused",
+                         "1 while Customer.io refuses the workspace's credentials (401/403)", ["workspace"])
 DRY_RUN = Counter("synergy_cio_sink_dry_run_total", "Operations recorded, not sent (no credentials)")
 BATCH_SIZE = Histogram(
     "synergy_cio_sink_batch_size_items", "Operations per v2 batch request",

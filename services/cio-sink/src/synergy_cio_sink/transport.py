@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import httpx
 import orjson
+from synergy_streaming.retry import is_retryable_status, parse_retry_after
 
 from synergy_cio_sink.mapping import V1Call
-from synergy_cio_sink.retry import is_retryable_status, parse_retry_after
 
 
 @dataclass(frozen=True)

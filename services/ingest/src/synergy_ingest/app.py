@@ -8,7 +8,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,8 +28,10 @@ from synergy_common.http import (
     ProblemError,
     WriteKeyAuthenticator,
     authenticate_brand,
+    current_correlation_id,
     install_problem_handlers,
     ops_router,
+    service_unavailable,
 )
 from synergy_common.logging import configure_logging
 from synergy_common.settings import CommonSettings
@@ -52,8 +53,6 @@ from synergy_ingest.request_body import parse_json, read_body
 from synergy_ingest.request_context import RequestContext
 from synergy_ingest.segment import segment_to_client_event
 from synergy_ingest.settings import IngestSettings, default_quota
-
-MAX_CORRELATION_ID_LENGTH = 128
 
 
 class EventAccepted(BaseModel):
@@ -125,13 +124,6 @@ class RequestMetrics:
             REQUESTS.labels(getattr(route, "path", "unmatched"), str(status)).inc()
 
 
-def _correlation_id(request: Request) -> str:
-    given = request.headers.get("x-correlation-id", "").strip()
-    if given and len(given) <= MAX_CORRELATION_ID_LENGTH and given.isprintable():
-        return given
-    return str(uuid.uuid4())
-
-
 def _state(request: Request) -> IngestState:
     state: IngestState = request.app.state.ingest
     return state
@@ -145,7 +137,7 @@ async def _request_context(request: Request, body_write_key: str | None = None) 
     return RequestContext(
         brand_id=brand_id,
         received_at=datetime.now(UTC),
-        correlation_id=_correlation_id(request),
+        correlation_id=current_correlation_id(),
         user_agent=request.headers.get("user-agent"),
         client_ip=request.client.host if request.client else None,
     )
@@ -187,12 +179,9 @@ async def _publish(request: Request, accepted: list[AcceptedEvent]) -> PublishOu
         outcome = await state.publisher.publish([event.record for event in accepted])
     except KafkaUnavailable as exc:
         EVENTS_REJECTED.labels("kafka_unavailable").inc(len(accepted))
-        raise ProblemError(
-            503,
-            "Kafka unavailable",
-            f"nothing was accepted; retry later ({exc})",
-            headers={"Retry-After": str(state.settings.retry_after_seconds)},
-        ) from exc
+        problem = service_unavailable("Kafka", exc, state.settings.retry_after_seconds)
+        problem.detail = f"nothing was accepted; {problem.detail}"
+        raise problem from exc
     for index in outcome.written:
         EVENTS_ACCEPTED.labels(accepted[index].type).inc()
     if outcome.refused:
@@ -337,7 +326,7 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         publisher.start()
         app.state.ingest = IngestState(
             settings,
-            WriteKeyAuthenticator(pool),
+            WriteKeyAuthenticator(pool, "ingest"),
             publisher,
             pool,
             QuotaBook(settings.workers),

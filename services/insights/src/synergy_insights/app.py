@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 from fastapi import FastAPI, Header, Path, Request
 from fastapi.responses import JSONResponse
+from synergy_common.brands import CredentialCipher, EncryptionKeyMissing
 from synergy_common.db import create_pool
 from synergy_common.http import (
     ProblemError,
@@ -21,6 +22,7 @@ from synergy_common.http import (
     authenticate_brand,
     install_problem_handlers,
     ops_router,
+    service_unavailable,
 )
 from synergy_common.logging import configure_logging
 
@@ -43,6 +45,7 @@ from synergy_insights.signature import SignatureRejected, SignatureVerifier
 from synergy_insights.store import (
     DATABASE_UNAVAILABLE,
     BrandDirectory,
+    KnownBrand,
     ProfileStore,
     ReplayedSignature,
     WebhookLog,
@@ -69,7 +72,7 @@ class Runtime:
 
 
 def _unavailable(what: str, exc: BaseException) -> ProblemError:
-    return ProblemError(503, f"{what} unavailable", repr(exc), headers={"Retry-After": "5"})
+    return service_unavailable(what, exc)
 
 
 async def read_body_within(request: Request, limit: int) -> bytes:
@@ -122,7 +125,11 @@ def create_app(
             publisher,
             on_user_updated=lambda brand, user: cache.invalidate((brand, user)),
         )
-        brands = BrandDirectory(pool)
+        brands = BrandDirectory(
+            pool,
+            CredentialCipher(settings.synergy_encryption_key),
+            ttl_seconds=settings.seconds("insights_brand_refresh_interval"),
+        )
         brand_resolver = BrandResolver(brands, settings.insights_default_brand_id)
         retry_loop = RetryLoop(
             webhook_log,
@@ -145,7 +152,7 @@ def create_app(
             processor=processor,
             retry_loop=retry_loop,
             cache=cache,
-            authenticator=WriteKeyAuthenticator(pool),
+            authenticator=WriteKeyAuthenticator(pool, "insights"),
         )
         tasks = [
             asyncio.create_task(retry_loop.run_forever(), name="insights-retry-loop"),
@@ -156,7 +163,7 @@ def create_app(
         if not verifier.configured:
             logger.warning(
                 "no_webhook_signing_key",
-                detail="CIO_WEBHOOK_SIGNING_KEY is not set: every webhook is refused",
+                detail="CIO_WEBHOOK_SIGNING_KEY is not set: only brands with their own key take webhooks",
             )
         logger.info(
             "insights_started", topic=publisher.topic, default_brand=settings.insights_default_brand_id
@@ -204,8 +211,9 @@ def create_app(
         x_cio_signature: str | None = Header(default=None, alias="X-CIO-Signature"),
         x_cio_timestamp: str | None = Header(default=None, alias="X-CIO-Timestamp"),
     ) -> JSONResponse:
-        """A Customer.io webhook: INSIGHTS_DEFAULT_BRAND_ID's, else the brand that knows its user, else
-        the only brand; while that is ambiguous it is logged and answered 202 `waiting_for_brand`."""
+        """A Customer.io webhook: INSIGHTS_DEFAULT_BRAND_ID's, else (a single-tenant convenience) the
+        brand without its own signing key that knows its user, else the only such brand; while that is
+        ambiguous it is logged and answered 202 `waiting_for_brand`."""
         return await receive_webhook(request, None)
 
     async def brand_path(
@@ -214,7 +222,8 @@ def create_app(
         x_cio_signature: str | None = Header(default=None, alias="X-CIO-Signature"),
         x_cio_timestamp: str | None = Header(default=None, alias="X-CIO-Timestamp"),
     ) -> JSONResponse:
-        """A Customer.io webhook for the brand named in the path."""
+        """A Customer.io webhook for the brand named in the path, verified with that brand's own signing
+        keys once it has any, else with the deployment's."""
         return await receive_webhook(request, brand)
 
     for index, path in enumerate(WEBHOOK_PATHS):
@@ -261,36 +270,91 @@ def create_app(
     return app
 
 
+def _signature_refused(detail: str, field: str, reason: str) -> ProblemError:
+    metrics.SIGNATURE_FAILURES.labels(reason).inc()
+    metrics.WEBHOOKS.labels("unknown", "refused").inc()
+    return ProblemError(401, "Webhook signature refused", detail, field=field, reason=reason)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+async def _signing_brand(rt: Runtime, brand: str | None) -> KnownBrand | None:
+    """The brand whose keys verify this webhook: the path's, else INSIGHTS_DEFAULT_BRAND_ID's; None
+    when neither names an active brand (the deployment's key verifies it then)."""
+    wanted = brand or rt.settings.insights_default_brand_id
+    if not wanted:
+        return None
+    try:
+        return await rt.brands.brand(wanted)
+    except DATABASE_UNAVAILABLE as exc:
+        raise _unavailable("Postgres", exc) from exc
+
+
+def _verifier_for(rt: Runtime, target: KnownBrand | None) -> SignatureVerifier:
+    if target is None or not target.encrypted_signing_keys:
+        return rt.verifier
+    try:
+        keys = rt.brands.signing_keys(target)
+    except EncryptionKeyMissing as exc:
+        raise _unavailable("Brand signing keys", exc) from exc
+    return SignatureVerifier(keys, rt.verifier.tolerance_seconds)
+
+
 async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> JSONResponse:
-    if not rt.verifier.configured:
-        metrics.SIGNATURE_FAILURES.labels("no_signing_key").inc()
-        metrics.WEBHOOKS.labels("unknown", "refused").inc()
-        raise ProblemError(
-            401,
-            "Webhook signature refused",
-            "no signing key is configured (CIO_WEBHOOK_SIGNING_KEY): every webhook is refused",
-            field="X-CIO-Signature",
-            reason="no_signing_key",
-        )
     require_json_content_type(request.headers.get("content-type"))
+    target = await _signing_brand(rt, brand)
+    verifier = _verifier_for(rt, target)
+    if not verifier.configured:
+        raise _signature_refused(
+            "no signing key is configured for this brand (synergy brands update BRAND "
+            "--cio-webhook-signing-key -) nor for the deployment (CIO_WEBHOOK_SIGNING_KEY)",
+            "X-CIO-Signature",
+            "no_signing_key",
+        )
     body = await read_body_within(request, rt.settings.insights_max_body_bytes)
     try:
-        verified = rt.verifier.verify(
+        verified = verifier.verify(
             request.headers.get("x-cio-timestamp"), request.headers.get("x-cio-signature"), body, time.time()
         )
     except SignatureRejected as exc:
-        metrics.SIGNATURE_FAILURES.labels(exc.reason).inc()
-        metrics.WEBHOOKS.labels("unknown", "refused").inc()
+        raise _signature_refused(exc.detail, exc.field, exc.reason) from exc
+    # Only a correctly signed request learns whether the brand it names exists.
+    if brand and target is None:
+        raise ProblemError(404, "Unknown brand", f"no active brand {brand!r}", field="brand")
+    if not brand and target is None and rt.settings.insights_default_brand_id:
         raise ProblemError(
-            401, "Webhook signature refused", exc.detail, field=exc.field, reason=exc.reason
-        ) from exc
+            404,
+            "Unknown brand",
+            f"INSIGHTS_DEFAULT_BRAND_ID {rt.settings.insights_default_brand_id!r} is no active brand",
+            field="brand",
+        )
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         metrics.WEBHOOKS.labels("unknown", "refused").inc()
-        raise ProblemError(400, "Body is not JSON", str(exc), field="body") from exc
+        raise ProblemError(
+            400, "Body is not JSON", f"the body is not valid JSON ({exc.msg})", field="body"
+        ) from exc
+    if not isinstance(payload, dict):
+        metrics.WEBHOOKS.labels("unrecognised", "rejected").inc()
+        raise ProblemError(
+            422,
+            "Unrecognised webhook",
+            f"the body must be a JSON object, not {_json_kind(payload)}",
+            field="body",
+        )
 
-    path_brand = await _path_brand(rt, brand) if brand else None
+    path_brand = target.brand_id if target is not None else None
     signed_at = datetime.fromtimestamp(verified.signed_at, UTC)
     grace = rt.settings.seconds("insights_inline_processing_timeout") + 30
     if b"\\u0000" in body:
@@ -303,7 +367,7 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
         webhook = parse_webhook(payload, signed_at)
     except PayloadRejected as exc:
         # Logged (not retried) so what Customer.io sent stays visible; answered 422.
-        brand_id = path_brand if brand else await _contract_brand(rt, None)
+        brand_id = path_brand if path_brand is not None else await _contract_brand(rt, None)
         try:
             await rt.webhook_log.record(
                 brand_id, "unrecognised", payload, None, None, verified, grace, str(exc)
@@ -316,7 +380,7 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
         raise ProblemError(422, "Unrecognised webhook", exc.message, field=exc.field) from exc
 
     label = type_label(webhook)
-    brand_id = path_brand if brand else await _contract_brand(rt, webhook.user_id)
+    brand_id = path_brand if path_brand is not None else await _contract_brand(rt, webhook.user_id)
     if brand_id is None:  # not processed inline: the retry loop's from its next round
         grace = rt.settings.seconds("insights_retry_interval")
     try:
@@ -362,17 +426,6 @@ async def _receive_webhook(rt: Runtime, request: Request, brand: str | None) -> 
     metrics.WEBHOOKS.labels(label, outcome.value).inc()
     answer = {"status": outcome.value, "log_id": recorded.log_id, "event_id": webhook.event_id}
     return JSONResponse(answer, status_code=200 if outcome is Outcome.PROCESSED else 202)
-
-
-async def _path_brand(rt: Runtime, brand: str) -> int:
-    """The brand named in the webhook path (slug or id); 404 when there is none such."""
-    try:
-        brand_id = await rt.brands.brand_id(brand)
-    except DATABASE_UNAVAILABLE as exc:
-        raise _unavailable("Postgres", exc) from exc
-    if brand_id is None:
-        raise ProblemError(404, "Unknown brand", f"no active brand {brand!r}", field="brand")
-    return brand_id
 
 
 async def _contract_brand(rt: Runtime, external_user_id: str | None) -> int | None:

@@ -1,9 +1,12 @@
 """Which brand a webhook posted to a contract path belongs to. Pure: no I/O.
 
-Customer.io's webhooks carry no brand. The rule, first match wins:
+Customer.io's webhooks carry no brand. Guessing it is a single-tenant convenience, for the contract
+paths only (a multi-brand deployment points each workspace at its `/{brand}` path). The candidates are
+the active brands without a signing key of their own (BrandDirectory's queries), so the deployment's
+key never writes to a brand that has its own. The rule, first match wins:
 1. `INSIGHTS_DEFAULT_BRAND_ID` when it is configured;
-2. the one active brand that has a user with the webhook's external user id;
-3. the only active brand, when no brand knows that user and just one brand exists.
+2. the one candidate brand that has a user with the webhook's external user id;
+3. the only candidate brand, when none knows that user and just one exists.
 Otherwise (several brands know the user, or several brands exist and none knows it) the webhook is
 logged without a brand and stays pending; the retry loop applies the rule again until it resolves.
 """

@@ -13,10 +13,16 @@ class InsightsSettings(BaseSettings):
     database_url: str = "postgresql://synergy:synergy@127.0.0.1:5432/synergy"
     log_level: str = "INFO"
 
-    # The current key and, during a rotation, the one it replaces. With neither, webhooks are refused.
+    # The deployment's key: it serves the unbranded paths and brands without a key of their own
+    # (`synergy brands update BRAND --cio-webhook-signing-key -`). Current key and, during a rotation,
+    # the one it replaces. With neither, webhooks to those are refused.
     cio_webhook_signing_key: str | None = None
     cio_webhook_signing_key_previous: str | None = None
     insights_signature_tolerance: str = "5m"
+    # Decrypts brands' own signing keys (the Fernet key of `synergy keys generate`).
+    synergy_encryption_key: str | None = None
+    # How often brands and their signing keys are read again: a key change applies within this.
+    insights_brand_refresh_interval: str = "5s"
     # The brand (id or slug) of webhooks posted to the path without a brand slug; unset, the brand is
     # chosen per webhook (synergy_insights.brand_choice).
     insights_default_brand_id: str | None = None

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+from cachetools import LRUCache
+from synergy_common.brands import CredentialCipher
+from synergy_common.db import DATABASE_UNAVAILABLE as DATABASE_UNAVAILABLE
 
 from synergy_insights.merge import OBSERVED_AT_KEY, PredictionMerger, predictions_view, profile_columns
 from synergy_insights.payloads import PredictionWebhook
@@ -22,15 +28,6 @@ from synergy_insights.summary import (
 
 INVALIDATION_CHANNEL = "synergy_insights_updated"
 DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-# Postgres is down, restarting or out of connections: answer 503 so the sender retries later.
-DATABASE_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-)
 
 
 class ReplayedSignature(Exception):
@@ -352,32 +349,69 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-class BrandDirectory:
-    """Brand id from the webhook path's slug (or id), cached briefly; and what choose_brand needs."""
+@dataclass(frozen=True)
+class KnownBrand:
+    brand_id: int
+    encrypted_signing_keys: tuple[str, ...]  # the brand's own, current first; empty: the global key serves it
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+
+class BrandDirectory:
+    """Active brands by slug and id, with their own webhook signing keys, read from Postgres at most
+    every `ttl_seconds` (one query for all brands, however many webhooks arrive), so a new key or a
+    deactivated brand reaches every replica within that time. Keys are decrypted once per ciphertext."""
+
+    def __init__(self, pool: asyncpg.Pool, cipher: CredentialCipher, ttl_seconds: float = 5.0) -> None:
         self._pool = pool
-        self._known: dict[str, int | None] = {}
+        self._cipher = cipher
+        self._ttl = ttl_seconds
+        self._by_name: dict[str, KnownBrand] = {}
+        self._loaded_at = -math.inf
+        self._refresh_lock = asyncio.Lock()
+        self._plaintexts: LRUCache[str, str] = LRUCache(10_000)
+
+    async def _brands(self) -> dict[str, KnownBrand]:
+        if time.monotonic() - self._loaded_at < self._ttl:
+            return self._by_name
+        async with self._refresh_lock:
+            if time.monotonic() - self._loaded_at >= self._ttl:
+                rows = await self._pool.fetch(
+                    """SELECT id, slug, cio_webhook_signing_key, cio_webhook_signing_key_previous
+                       FROM brands WHERE is_active"""
+                )
+                by_name: dict[str, KnownBrand] = {}
+                for row in rows:
+                    keys = (row["cio_webhook_signing_key"], row["cio_webhook_signing_key_previous"])
+                    brand = KnownBrand(int(row["id"]), tuple(key for key in keys if key))
+                    by_name[str(row["id"])] = brand
+                    by_name.setdefault(row["slug"], brand)
+                self._by_name = by_name
+                self._loaded_at = time.monotonic()
+        return self._by_name
+
+    async def brand(self, slug_or_id: str) -> KnownBrand | None:
+        return (await self._brands()).get(slug_or_id)
 
     async def brand_id(self, slug_or_id: str) -> int | None:
-        if slug_or_id in self._known:
-            return self._known[slug_or_id]
-        value = await self._pool.fetchval(
-            "SELECT id FROM brands WHERE (slug = $1 OR id::text = $1) AND is_active", slug_or_id
-        )
-        brand_id = None if value is None else int(value)
-        if brand_id is not None:
-            if len(self._known) > 10_000:
-                self._known.clear()
-            self._known[slug_or_id] = brand_id
-        return brand_id
+        found = await self.brand(slug_or_id)
+        return None if found is None else found.brand_id
+
+    def signing_keys(self, brand: KnownBrand) -> list[str]:
+        """The brand's own signing keys in plain text. Raises EncryptionKeyMissing."""
+        keys = []
+        for ciphertext in brand.encrypted_signing_keys:
+            if ciphertext not in self._plaintexts:
+                self._plaintexts[ciphertext] = self._cipher.decrypt(ciphertext)
+            keys.append(self._plaintexts[ciphertext])
+        return keys
 
     async def brands_knowing_user(self, external_id: str) -> list[int]:
-        """Active brands with a user of that external id (at most two: more is just as ambiguous)."""
+        """Active brands without their own signing key that have a user of that external id (at most
+        two: more is just as ambiguous). A brand with its own key is only ever written through its
+        own path, so the deployment's key can never reach it by a guess."""
         rows = await self._pool.fetch(
             # one probe of users' (brand_id, external_id) index per brand; brands are few
             """SELECT b.id FROM brands b
-               WHERE b.is_active
+               WHERE b.is_active AND b.cio_webhook_signing_key IS NULL
                  AND EXISTS (SELECT 1 FROM users u WHERE u.brand_id = b.id AND u.external_id = $1)
                LIMIT 2""",
             external_id,
@@ -385,6 +419,10 @@ class BrandDirectory:
         return [int(row["id"]) for row in rows]
 
     async def active_brands(self) -> list[int]:
-        """Active brand ids (at most two: all choose_brand needs to know is whether there is one)."""
-        rows = await self._pool.fetch("SELECT id FROM brands WHERE is_active ORDER BY id LIMIT 2")
+        """Active brand ids without their own signing key (at most two: all choose_brand needs to
+        know is whether there is one)."""
+        rows = await self._pool.fetch(
+            """SELECT id FROM brands WHERE is_active AND cio_webhook_signing_key IS NULL
+               ORDER BY id LIMIT 2"""
+        )
         return [int(row["id"]) for row in rows]

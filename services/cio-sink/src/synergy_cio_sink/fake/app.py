@@ -7,7 +7,9 @@ bytes; <= 300 attributes per person; person id <= 150 bytes.
 
 Faults: full outage, the next N answers forced (e.g. 429 with Retry-After, 503), a random share
 of 429s or 5xxs, slow answers (processed, then answered late: the client's timeout fires), a
-request-rate cap, and latency on every request.
+request-rate cap, latency on every request, and requests refused whole as malformed (400, nothing
+of them stored): every request (`malformed_all`, a misconfiguration) or those whose body contains
+a marker (`malformed_marker`, one bad item spoiling its batch).
 
 Inspection: GET /_fake/received; POST /_fake/faults; POST /_fake/reset.
 """
@@ -52,6 +54,8 @@ class Faults:
     slow_seconds: float = 0.0
     latency: float = 0.0
     rate_cap: float | None = None
+    malformed_all: bool = False
+    malformed_marker: str | None = None
 
 
 @dataclass
@@ -169,6 +173,10 @@ class CustomerIoFake:
         site_id = self._authenticate(request)
         if site_id is None:
             return await self._answer(401, {"meta": {"error": "unauthorized"}}), ""
+        marker = faults.malformed_marker
+        if faults.malformed_all or (marker and marker.encode() in await request.body()):
+            return await self._answer(400, {"errors": [{"reason": "malformed", "field": "body",
+                                                        "message": "the request is malformed"}]}), ""
         return None, site_id
 
     async def _json(self, request: Request, limit: int) -> Any:
@@ -370,7 +378,7 @@ class CustomerIoFake:
         if force:
             self.force(int(force["status"]), int(force.get("times", 1)), force.get("retry_after"))
         for name in ("outage", "throttle_ratio", "error_ratio", "retry_after", "slow_next",
-                     "slow_seconds", "latency", "rate_cap"):
+                     "slow_seconds", "latency", "rate_cap", "malformed_all", "malformed_marker"):
             if name in body:
                 setattr(self.faults, name, body[name])
         return Response(orjson.dumps({"ok": True}), media_type="application/json")
