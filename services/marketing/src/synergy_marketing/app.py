@@ -68,7 +68,10 @@ def create_app(
         )
         publisher = given_publisher or MarketingPublisher(settings.kafka_bootstrap_servers)
         context = MarketingContext(
-            settings=settings, pool=pool, publisher=publisher, authenticator=WriteKeyAuthenticator(pool)
+            settings=settings,
+            pool=pool,
+            publisher=publisher,
+            authenticator=WriteKeyAuthenticator(pool, "marketing"),
         )
         app.state.marketing = context
         tune_garbage_collector()
