@@ -50,6 +50,7 @@ from synergy_marketing.state import (
 log = structlog.get_logger()
 
 STATE = "state"
+ANALYZE_EVERY = 5000
 ENGAGEMENT = "engagement"
 ENGAGEMENT_METRICS = {"opened": "opened", "clicked": "clicked"}
 
@@ -167,6 +168,8 @@ class MarketingConsumer:
             browse_min_views=settings.marketing_browse_min_views,
         )
         self.conversion_window = timedelta(seconds=settings.seconds("marketing_conversion_window"))
+        self._applied_since_analyze = 0
+        self._analyzing: asyncio.Task[Any] | None = None
 
     def prepare(self, source: Source) -> list[Work] | Skip | Reject:
         if source.record.partition.topic == self.insights_topic:
@@ -228,12 +231,29 @@ class MarketingConsumer:
             converted = await store.convert_orders(conn, state.orders, self.conversion_window)
         for name, applied_count in applied.items():
             metrics.EVENTS_APPLIED.labels(name).inc(applied_count)
+        self._keep_statistics_current(sum(applied.values()))
         for row in converted:
             brand, trigger = str(row["brand_id"]), row["event_name"]
             metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "converted").inc()
             if row["conversion_revenue"] is not None:
                 metrics.RECOVERED_REVENUE.labels(brand, trigger).inc(float(row["conversion_revenue"]))
         return outcomes
+
+    def _keep_statistics_current(self, applied: int) -> None:
+        """Every ANALYZE_EVERY applied events, the tables that grew are analyzed in the background (a
+        burst into fresh tables would otherwise run on plans made for empty ones)."""
+        self._applied_since_analyze += applied
+        if self._applied_since_analyze < ANALYZE_EVERY or (self._analyzing and not self._analyzing.done()):
+            return
+        self._applied_since_analyze = 0
+
+        async def analyze() -> None:
+            try:
+                await store.analyze_grown_tables(self.pool)
+            except Exception as exc:
+                log.warning("analyze of grown tables failed", error=repr(exc))
+
+        self._analyzing = asyncio.create_task(analyze(), name="marketing-analyze")
 
     async def _mark_engagements(self, items: Sequence[Work]) -> list[ItemOutcome]:
         async with self.pool.acquire() as conn, conn.transaction():

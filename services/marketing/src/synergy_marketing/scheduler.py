@@ -143,7 +143,8 @@ def publish_kpis(rows: list[Any]) -> None:
 
 
 async def report_backlog_forever(pool: asyncpg.Pool, interval: float = 5.0) -> None:
-    """Timers pending, the oldest due timer's lateness and the KPIs, for /metrics; old rows purged hourly."""
+    """Timers pending, the oldest due timer's lateness and the KPIs, for /metrics; statistics of grown
+    tables refreshed; old rows purged hourly."""
     last_purge = 0.0
     while True:
         try:
@@ -151,6 +152,7 @@ async def report_backlog_forever(pool: asyncpg.Pool, interval: float = 5.0) -> N
             metrics.TIMERS_PENDING.set(pending)
             metrics.OLDEST_DUE_TIMER_LATENESS.set(lateness)
             publish_kpis(await store.kpis(pool))
+            await store.analyze_grown_tables(pool)
             if time.monotonic() - last_purge > 3600:
                 await store.purge_expired(pool)
                 last_purge = time.monotonic()
