@@ -24,7 +24,7 @@ TIMERS = 1000
 
 
 def start_marketing(database_url: str, kafka: str, topics: dict[str, str], group: str, log: Path,
-                    cart_after: str) -> tuple[subprocess.Popen[bytes], int]:
+                    cart_after: str, scheduler_batch: int = 500) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {
         **os.environ,
@@ -37,6 +37,7 @@ def start_marketing(database_url: str, kafka: str, topics: dict[str, str], group
         "MARKETING_HOST": "127.0.0.1",
         "MARKETING_CART_ABANDON_AFTER": cart_after,
         "MARKETING_SCHEDULER_INTERVAL": "100ms",
+        "MARKETING_SCHEDULER_BATCH": str(scheduler_batch),
         "MARKETING_CONSUMER_GROUP": group,
         "MARKETING_TOKEN_SECRET": SECRET,
         "LOG_LEVEL": "WARNING",
@@ -130,7 +131,10 @@ async def test_two_replicas_share_the_timers_without_sending_any_twice(
     database_url, topics, db, brand, log = setup
     group = f"test-marketing-{uuid.uuid4().hex[:8]}"
     users = [f"r{i:04d}-{uuid.uuid4().hex[:6]}" for i in range(TIMERS)]
-    replicas = [start_marketing(database_url, kafka_bootstrap, topics, group, log, cart_after="8s") for _ in range(2)]
+    # Claims of 50: firing 1,000 takes one replica's two workers ten transactions each, so the other
+    # replica (polling every 100 ms) is due to claim its share meanwhile.
+    replicas = [start_marketing(database_url, kafka_bootstrap, topics, group, log, cart_after="8s",
+                                scheduler_batch=50) for _ in range(2)]
     try:
         for process, port in replicas:
             await wait_healthy(port, process, log)
