@@ -60,7 +60,7 @@ test-unit: install
 lint: install
 	$(UV) run ruff check .
 	$(UV) run mypy libs/schemas/src libs/common/src libs/streaming/src services/ingest/src services/achievements/src \
-		services/cio-sink/src services/insights/src services/dispatcher/src services/analytics/src deploy/tools
+		services/cio-sink/src services/insights/src services/marketing/src services/dispatcher/src services/analytics/src deploy/tools
 
 bench: install
 	@set -e; for bench in tests/bench/bench_*.py; do \

@@ -30,6 +30,10 @@ if [ ! -s "$STATE/webhook-signing.key" ]; then
 fi
 export CIO_WEBHOOK_SIGNING_KEY=${CIO_WEBHOOK_SIGNING_KEY:-$(cat "$STATE/webhook-signing.key")}
 export INSIGHTS_DEFAULT_BRAND_ID=${INSIGHTS_DEFAULT_BRAND_ID:-$BRAND_ID}
+if [ ! -s "$STATE/marketing-token.key" ]; then
+  "$UV" run python -c "import secrets; print(secrets.token_hex(32))" > "$STATE/marketing-token.key"
+fi
+export MARKETING_TOKEN_SECRET=${MARKETING_TOKEN_SECRET:-$(cat "$STATE/marketing-token.key")}
 export ACHIEVEMENTS_DATA_DIR=${ACHIEVEMENTS_DATA_DIR:-$STATE/achievements}
 
 stop_services

@@ -198,10 +198,21 @@ class RankChangedData(EventData):
 
 
 class MarketingEventData(EventData):
-    """The incentive a marketing email may offer (seed 004 MarketingQueue)."""
+    """The incentive a marketing email may offer (seed 004 MarketingQueue), and what the campaign
+    needs to send it: the queue item, template, subject, and the unsubscribe links and headers."""
 
     discount_code: Code | None = None
     discount_amount: Percentage | None = Field(default=None, description="percent off")
+    queue_id: Key | None = Field(default=None, description="the MarketingQueue item this message is")
+    trigger_type: Code | None = Field(default=None, description="seed 004's trigger_type (abandoned_cart)")
+    email_template: Code | None = None
+    email_subject: Name | None = None
+    unsubscribe_url: Url | None = None
+    preferences_url: Url | None = None
+    list_unsubscribe: Url | None = Field(default=None, description="the List-Unsubscribe header's value")
+    list_unsubscribe_post: ShortText | None = Field(
+        default=None, description="the List-Unsubscribe-Post header's value (RFC 8058)"
+    )
 
 
 class CartAbandonedData(MarketingEventData):

@@ -1,0 +1,337 @@
+"""The marketing consumer, on libs/streaming: synergy.events.v1 into the marketing state (views,
+carts, watches, identities, the windows' deadlines, conversions), synergy.insights.v1's opens and
+clicks into the queue.
+
+    Kafka -> decode -> prepare (parse_event, a dry run of apply_event) -> order by person
+          -> batch -> apply_batch (one transaction, one statement per table) -> commit
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+from synergy_common.kafka import durable_producer
+from synergy_schemas.topics import EVENTS, INSIGHTS
+from synergy_streaming import (
+    DELIVERED,
+    DeadLetterWriter,
+    Failed,
+    ItemOutcome,
+    KafkaConsumer,
+    Reject,
+    RetryPolicy,
+    Skip,
+    Source,
+    StreamConfig,
+    StreamProcessor,
+    Work,
+)
+
+from synergy_marketing import metrics, store
+from synergy_marketing.settings import MarketingSettings
+from synergy_marketing.state import (
+    ANONYMOUS_PREFIX,
+    CATALOG_EVENTS,
+    PERSON_EVENTS,
+    BatchState,
+    Event,
+    InvalidEvent,
+    WindowConfig,
+    apply_event,
+    person_of,
+)
+
+log = structlog.get_logger()
+
+STATE = "state"
+ANALYZE_EVERY = 5000
+ENGAGEMENT = "engagement"
+ENGAGEMENT_METRICS = {"opened": "opened", "clicked": "clicked"}
+
+
+# --- pure: what a record means ----------------------------------------------------------------
+
+
+def _timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidEvent("timestamp must be an ISO 8601 string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidEvent(f"timestamp is not ISO 8601: {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise InvalidEvent("timestamp has no time zone")
+    return parsed.astimezone(UTC)
+
+
+def parse_event(envelope: Mapping[str, Any]) -> Event:
+    """The envelope's marketing-relevant part; InvalidEvent when it cannot be read."""
+    identifiers = envelope.get("identifiers")
+    if type(identifiers) is not dict and not isinstance(identifiers, Mapping):
+        raise InvalidEvent("identifiers must be an object")
+    user_id = identifiers.get("id")
+    anonymous_id = identifiers.get("anonymous_id")
+    for field, value in (("id", user_id), ("anonymous_id", anonymous_id)):
+        if value is not None and (not isinstance(value, str) or not value or len(value) > 150):
+            raise InvalidEvent(f"identifiers.{field} must be a string of 1 to 150 characters")
+    data = envelope.get("data", {})
+    if type(data) is not dict and not isinstance(data, Mapping):
+        raise InvalidEvent("data must be an object")
+    name = envelope.get("name")
+    if name is not None and not isinstance(name, str):
+        raise InvalidEvent("name must be a string")
+    brand_id = str(envelope["brand_id"])
+    if not brand_id.isdigit():
+        raise InvalidEvent("brand_id must be a brand's numeric id")
+    event = Event(
+        event_id=str(envelope["event_id"]),
+        brand_id=brand_id,
+        type=str(envelope.get("type", "track")),
+        name=name,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        timestamp=_timestamp(envelope.get("timestamp")),
+        data=data,
+    )
+    person_of(user_id, anonymous_id)
+    return event
+
+
+def is_relevant(event: Event) -> bool:
+    if event.type == "identify":
+        return bool(event.user_id and event.anonymous_id)
+    return event.name in PERSON_EVENTS or event.name in CATALOG_EVENTS
+
+
+def work_key(event: Event) -> str:
+    """Per-key order: a person's events in order; a product's catalog events in order."""
+    if event.name in CATALOG_EVENTS:
+        return f"{event.brand_id}:catalog:{event.data.get('product_id')}"
+    if event.user_id:
+        return f"{event.brand_id}:{event.user_id}"
+    return f"{event.brand_id}:{ANONYMOUS_PREFIX}{event.anonymous_id}"
+
+
+def prepare_event(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
+    try:
+        event = parse_event(envelope)
+        if not is_relevant(event):
+            return Skip("not_a_marketing_event")
+        apply_event(BatchState(), event)  # the data is checked here, before the batch depends on it
+    except InvalidEvent as exc:
+        return Reject("invalid_event", str(exc))
+    return [Work(key=work_key(event), target=STATE, payload=event)]
+
+
+def prepare_insight(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
+    """Customer.io's opens and clicks of the messages we sent, by the trigger event's id."""
+    data = envelope.get("data")
+    if not isinstance(data, Mapping):
+        return Skip("no_data")
+    kind = ENGAGEMENT_METRICS.get(str(data.get("metric", "")))
+    trigger_event_id = data.get("trigger_event_id")
+    if kind is None or not isinstance(trigger_event_id, str) or len(trigger_event_id) != 26:
+        return Skip("not_an_engagement_with_a_trigger")
+    try:
+        at = _timestamp(envelope.get("timestamp"))
+    except InvalidEvent as exc:
+        return Reject("invalid_event", str(exc))
+    brand_id = str(envelope["brand_id"])
+    if not brand_id.isdigit():
+        return Reject("invalid_event", "brand_id must be a brand's numeric id")
+    return [
+        Work(
+            key=f"insights:{brand_id}:{trigger_event_id}",
+            target=ENGAGEMENT,
+            payload=(brand_id, trigger_event_id.upper(), kind, at),
+        )
+    ]
+
+
+# --- I/O: applying a batch ----------------------------------------------------------------------
+
+
+class MarketingConsumer:
+    def __init__(self, pool: asyncpg.Pool, settings: MarketingSettings, insights_topic: str | None = None):
+        self.pool = pool
+        self.settings = settings
+        self.insights_topic = insights_topic or INSIGHTS.name
+        self.windows = WindowConfig(
+            cart_abandon_after=timedelta(seconds=settings.seconds("marketing_cart_abandon_after")),
+            browse_abandon_after=timedelta(seconds=settings.seconds("marketing_browse_abandon_after")),
+            browse_min_views=settings.marketing_browse_min_views,
+        )
+        self.conversion_window = timedelta(seconds=settings.seconds("marketing_conversion_window"))
+        self._applied_since_analyze = 0
+        self._analyzing: asyncio.Task[Any] | None = None
+
+    def prepare(self, source: Source) -> list[Work] | Skip | Reject:
+        if source.record.partition.topic == self.insights_topic:
+            return prepare_insight(source.payload)
+        return prepare_event(source.payload)
+
+    async def deliver(self, target: Any, items: Sequence[Work]) -> list[ItemOutcome]:
+        if target == ENGAGEMENT:
+            return await self._mark_engagements(items)
+        return await self.apply_batch(items)
+
+    async def apply_batch(self, items: Sequence[Work]) -> list[ItemOutcome]:
+        events: list[Event] = [item.payload for item in items]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.keyed_access_only(conn)
+            anonymous = {(e.brand_id, e.anonymous_id) for e in events if e.anonymous_id}
+            identities = await store.load_identities(conn, anonymous)
+            state = BatchState(identities=dict(identities))
+            persons: set[tuple[str, str]] = set()
+            catalog: set[tuple[str, str]] = set()
+            watch_keys: set[tuple[str, str, str]] = set()
+            product_keys: set[tuple[str, str]] = set()
+            for event in events:
+                if event.name in CATALOG_EVENTS:
+                    product = str(event.data["product_id"])
+                    catalog.add((event.brand_id, product))
+                    product_keys.add((event.brand_id, product))
+                    continue
+                person = state.resolve(event)
+                persons.add((event.brand_id, person))
+                if event.type == "identify" and event.anonymous_id:
+                    persons.add((event.brand_id, ANONYMOUS_PREFIX + event.anonymous_id))
+                    persons.add((event.brand_id, str(event.user_id)))
+                if event.name in ("watchlist_item_added", "watchlist_item_removed"):
+                    product = str(event.data["product_id"])
+                    watch_keys.add((event.brand_id, person, product))
+                    product_keys.add((event.brand_id, product))
+            await store.lock_persons(conn, persons)
+            fresh = await store.record_new_events(conn, [(e.brand_id, e.event_id) for e in events])
+            state.persons.update(await store.load_persons(conn, persons))
+            state.window_timers = await store.load_window_timers(conn, persons)
+            state.watches.update(await store.load_watches(conn, watch_keys, catalog))
+            state.products.update(await store.load_products(conn, product_keys))
+            outcomes: list[ItemOutcome] = []
+            applied: Counter[str] = Counter()
+            for event in events:
+                if (event.brand_id, event.event_id) not in fresh:
+                    outcomes.append(DELIVERED)  # a redelivery: applied before, changes nothing
+                    continue
+                fresh.discard((event.brand_id, event.event_id))  # the same event twice in one batch
+                try:
+                    apply_event(state, event)
+                except InvalidEvent as exc:
+                    outcomes.append(Failed("invalid_event", str(exc)))
+                    continue
+                applied[event.name or event.type] += 1
+                outcomes.append(DELIVERED)
+            await store.save_batch(conn, state, self.windows)
+            converted = await store.convert_orders(conn, state.orders, self.conversion_window)
+        for name, applied_count in applied.items():
+            metrics.EVENTS_APPLIED.labels(name).inc(applied_count)
+        self._keep_statistics_current(sum(applied.values()))
+        for row in converted:
+            brand, trigger = str(row["brand_id"]), row["event_name"]
+            metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "converted").inc()
+            if row["conversion_revenue"] is not None:
+                metrics.RECOVERED_REVENUE.labels(brand, trigger).inc(float(row["conversion_revenue"]))
+        return outcomes
+
+    def _keep_statistics_current(self, applied: int) -> None:
+        """Every ANALYZE_EVERY applied events, the tables that grew are analyzed in the background (a
+        burst into fresh tables would otherwise run on plans made for empty ones)."""
+        self._applied_since_analyze += applied
+        if self._applied_since_analyze < ANALYZE_EVERY or (self._analyzing and not self._analyzing.done()):
+            return
+        self._applied_since_analyze = 0
+
+        async def analyze() -> None:
+            try:
+                await store.analyze_grown_tables(self.pool)
+            except Exception as exc:
+                log.warning("analyze of grown tables failed", error=repr(exc))
+
+        self._analyzing = asyncio.create_task(analyze(), name="marketing-analyze")
+
+    async def _mark_engagements(self, items: Sequence[Work]) -> list[ItemOutcome]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.keyed_access_only(conn)
+            rows = await store.mark_engagements(conn, [item.payload for item in items])
+        for row in rows:
+            brand, trigger = str(row["brand_id"]), row["event_name"]
+            if row["first_open"]:
+                metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "opened").inc()
+            if row["first_click"]:
+                metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "clicked").inc()
+        return [DELIVERED] * len(items)
+
+
+def build_processor(
+    pool: asyncpg.Pool,
+    settings: MarketingSettings,
+    *,
+    events_topic: str | None = None,
+    insights_topic: str | None = None,
+    group_id: str | None = None,
+    dead_letter_producer: Any = None,
+) -> tuple[StreamProcessor, MarketingConsumer]:
+    consumer = MarketingConsumer(pool, settings, insights_topic)
+    processor = StreamProcessor(
+        StreamConfig(
+            service="marketing",
+            topics=[events_topic or EVENTS.name, consumer.insights_topic],
+            max_batch_items=settings.marketing_consumer_batch,
+            max_batch_wait=settings.seconds("marketing_consumer_batch_wait"),
+            max_in_flight=settings.marketing_consumer_in_flight,
+            max_run_per_key=200,
+        ),
+        KafkaConsumer(
+            settings.kafka_bootstrap_servers,
+            group_id=group_id or settings.marketing_consumer_group,
+            client_id="synergy-marketing",
+        ),
+        consumer.prepare,
+        consumer.deliver,
+        dead_letters=DeadLetterWriter(dead_letter_producer, pool),
+        retry=RetryPolicy(max_attempts=20, max_window=24 * 3600, base=0.5, cap=60),
+        destination_of=lambda target: str(target),
+    )
+    return processor, consumer
+
+
+async def run_consumer(
+    pool: asyncpg.Pool,
+    settings: MarketingSettings,
+    *,
+    events_topic: str | None = None,
+    insights_topic: str | None = None,
+    group_id: str | None = None,
+) -> None:
+    """Runs until cancelled; retried from the committed offsets when Kafka is away at start."""
+    while True:
+        producer = durable_producer(settings.kafka_bootstrap_servers, client_id="synergy-marketing-dlq")
+        processor, _ = build_processor(
+            pool,
+            settings,
+            events_topic=events_topic,
+            insights_topic=insights_topic,
+            group_id=group_id,
+            dead_letter_producer=producer,
+        )
+        try:
+            await producer.start()
+            await processor.consumer.start()
+            try:
+                await processor.run()
+            finally:
+                await processor.consumer.stop()
+        except asyncio.CancelledError:
+            processor.stop()
+            raise
+        except Exception as exc:
+            log.error("marketing consumer stopped; restarting", error=repr(exc))
+            await asyncio.sleep(2)
+        finally:
+            await producer.stop()

@@ -1,0 +1,741 @@
+"""What the events mean for marketing: the pure state of views, carts and watches, and the windows'
+deadlines derived from it. No Kafka, HTTP or SQL here; `store.py` loads and saves these objects.
+
+Everything runs on event time (the events' `timestamp`). A person is `identifiers.id`, or
+`anon:<anonymous_id>` until an identify joins it to a user.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+from typing import Any
+
+ANONYMOUS_PREFIX = "anon:"
+CART_ABANDONED = "cart_abandoned"
+BROWSE_ABANDONED = "browse_abandoned"
+PRICE_DROPPED = "price_dropped"
+BACK_IN_STOCK = "back_in_stock"
+TRIGGERS = (CART_ABANDONED, BROWSE_ABANDONED, PRICE_DROPPED, BACK_IN_STOCK)
+WINDOW_TRIGGERS = (CART_ABANDONED, BROWSE_ABANDONED)
+
+PERSON_EVENTS = frozenset(
+    {
+        "product_viewed",
+        "cart_item_added",
+        "cart_item_removed",
+        "order_completed",
+        "watchlist_item_added",
+        "watchlist_item_removed",
+    }
+)
+CATALOG_EVENTS = frozenset({"product_price_changed", "product_stock_changed"})
+
+
+class InvalidEvent(ValueError):
+    """The event cannot mean anything to marketing (a missing id, a wrong type): dead-lettered."""
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    cart_abandon_after: timedelta = timedelta(hours=24)
+    browse_abandon_after: timedelta = timedelta(hours=48)
+    browse_min_views: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """The part of an envelope marketing reads."""
+
+    event_id: str
+    brand_id: str
+    type: str
+    name: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: datetime
+    data: Mapping[str, Any]
+
+    @property
+    def person(self) -> str:
+        return person_of(self.user_id, self.anonymous_id)
+
+
+def person_of(user_id: str | None, anonymous_id: str | None) -> str:
+    if user_id:
+        return user_id
+    if anonymous_id:
+        return ANONYMOUS_PREFIX + anonymous_id
+    raise InvalidEvent("identifiers has neither id nor anonymous_id")
+
+
+def is_identified(person: str) -> bool:
+    return not person.startswith(ANONYMOUS_PREFIX)
+
+
+# --- state -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ProductView:
+    """Seed 004's ProductViews row, one per (person, product), with the current browse cycle: the
+    views since the product was last added to the cart or an order was placed."""
+
+    product_id: str
+    first_viewed_at: datetime
+    last_viewed_at: datetime
+    product_name: str | None = None
+    product_price: Decimal | None = None
+    product_category: str | None = None
+    image_url: str | None = None
+    view_id: str | None = None
+    session_id: str | None = None
+    view_duration: int = 0
+    referrer: str | None = None
+    device_type: str | None = None
+    browser: str | None = None
+    view_count: int = 0
+    browse_views: int = 0
+    browse_started_at: datetime | None = None
+    browse_exited_at: datetime | None = None
+    added_to_cart: bool = False
+    added_to_cart_at: datetime | None = None
+    purchased: bool = False
+    purchased_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class CartItem:
+    product_id: str
+    quantity: int
+    added_at: datetime
+    product_name: str | None = None
+    sku: str | None = None
+    product_category: str | None = None
+    price: Decimal | None = None
+    image_url: str | None = None
+
+
+@dataclass(slots=True)
+class Cart:
+    items: dict[str, CartItem] = field(default_factory=dict)
+    cart_id: str | None = None
+    currency: str | None = None
+    last_changed_at: datetime | None = None
+    last_order_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Person:
+    brand_id: str
+    person: str
+    views: dict[str, ProductView] = field(default_factory=dict)
+    cart: Cart = field(default_factory=Cart)
+
+
+@dataclass(slots=True)
+class Watch:
+    """Seed 004's WatchList row."""
+
+    person: str
+    product_id: str
+    watched_at: datetime
+    product_name: str | None = None
+    product_category: str | None = None
+    image_url: str | None = None
+    current_price: Decimal | None = None
+    original_price: Decimal | None = None
+    target_price: Decimal | None = None
+    currency: str | None = None
+    in_stock: bool | None = None
+    notify_on_price_drop: bool = True
+    notify_on_restock: bool = True
+    notified_price_drop: bool = False
+    notified_restock: bool = False
+
+
+@dataclass(slots=True)
+class Product:
+    """The last catalog facts seen for a product of the brand."""
+
+    product_id: str
+    changed_at: datetime
+    product_name: str | None = None
+    price: Decimal | None = None
+    in_stock: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A deadline: at `due_at` the trigger is re-checked and decided. Unique per (brand, person,
+    trigger, subject); `details` carries what a catalog event said (prices, the product)."""
+
+    brand_id: str
+    person: str
+    trigger: str
+    subject: str
+    due_at: datetime
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        return (self.brand_id, self.person, self.trigger, self.subject)
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order_completed, for conversion attribution."""
+
+    brand_id: str
+    user_id: str
+    order_id: str
+    ordered_at: datetime
+    total: Decimal | None
+    ref: str | None
+
+
+@dataclass
+class BatchState:
+    """The state one batch of events reads and changes, keyed by brand."""
+
+    persons: dict[tuple[str, str], Person] = field(default_factory=dict)
+    watches: dict[tuple[str, str, str], Watch | None] = field(default_factory=dict)
+    products: dict[tuple[str, str], Product] = field(default_factory=dict)
+    # (brand, anonymous_id) -> user_id
+    identities: dict[tuple[str, str], str] = field(default_factory=dict)
+    new_identities: dict[tuple[str, str], tuple[str, datetime]] = field(default_factory=dict)
+    # persons merged into a user by an identify: their rows are deleted
+    merged_away: set[tuple[str, str]] = field(default_factory=set)
+    touched: set[tuple[str, str]] = field(default_factory=set)
+    changed_watches: set[tuple[str, str, str]] = field(default_factory=set)
+    changed_products: set[tuple[str, str]] = field(default_factory=set)
+    catalog_timers: list[Timer] = field(default_factory=list)
+    # (brand, person, product) whose pending watch timers are dropped (the watch was removed)
+    dropped_watch_timers: set[tuple[str, str, str]] = field(default_factory=set)
+    orders: list[Order] = field(default_factory=list)
+    # The touched persons' cart and browse timers as stored: identity -> (timer_id, due_at).
+    window_timers: dict[tuple[str, str, str, str], tuple[int, datetime]] = field(default_factory=dict)
+
+    def person(self, brand_id: str, person: str) -> Person:
+        key = (brand_id, person)
+        found = self.persons.get(key)
+        if found is None:
+            found = self.persons[key] = Person(brand_id, person)
+        return found
+
+    def resolve(self, event: Event) -> str:
+        """The event's person, through an earlier identify when it names only an anonymous id."""
+        if event.user_id:
+            return event.user_id
+        assert event.anonymous_id is not None
+        linked = self.identities.get((event.brand_id, event.anonymous_id))
+        return linked if linked else ANONYMOUS_PREFIX + event.anonymous_id
+
+
+# --- reading event data ----------------------------------------------------------------------------
+
+
+def money(value: Any, name: str) -> Decimal | None:
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is int and value >= 0:
+        return Decimal(value)
+    if kind is float and 0 <= value < math.inf:
+        return Decimal(str(value))
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise InvalidEvent(f"{name} must be a number")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise InvalidEvent(f"{name} must be a number") from exc
+    if not amount.is_finite() or amount < 0:
+        raise InvalidEvent(f"{name} must be a non-negative number")
+    return amount
+
+
+def text(data: Mapping[str, Any], name: str, required: bool = False) -> str | None:
+    value = data.get(name)
+    if type(value) is str and value:  # the common case first: this runs for every field of every event
+        return value
+    if value is None or value == "":
+        if required:
+            raise InvalidEvent(f"data.{name} is required")
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidEvent(f"data.{name} must be a string")
+    return value
+
+
+def flag(data: Mapping[str, Any], name: str) -> bool | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise InvalidEvent(f"data.{name} must be true or false")
+    return value
+
+
+def count(data: Mapping[str, Any], name: str, default: int) -> int:
+    value = data.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidEvent(f"data.{name} must be a non-negative integer")
+    return value
+
+
+_NO_SNAPSHOT: Mapping[str, Any] = MappingProxyType({})
+
+
+def _snapshot(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    snapshot = data.get("product_snapshot")
+    if snapshot is None:
+        return _NO_SNAPSHOT
+    return snapshot if isinstance(snapshot, Mapping) else _NO_SNAPSHOT
+
+
+def _product_name(data: Mapping[str, Any]) -> str | None:
+    return text(data, "product_name") or _optional_str(_snapshot(data).get("name"))
+
+
+def _category(data: Mapping[str, Any]) -> str | None:
+    return text(data, "product_category") or _optional_str(_snapshot(data).get("category"))
+
+
+def _image(data: Mapping[str, Any]) -> str | None:
+    return text(data, "image_url") or _optional_str(_snapshot(data).get("image_url"))
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _later(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or b > a else a
+
+
+def _earlier(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or b < a else a
+
+
+# --- applying events -------------------------------------------------------------------------------
+
+
+def apply_event(state: BatchState, event: Event) -> None:
+    """Applies one event to the batch's state. Raises InvalidEvent for data it cannot use."""
+    if event.type == "identify":
+        if event.user_id and event.anonymous_id:
+            _identify(state, event.brand_id, event.user_id, event.anonymous_id, event.timestamp)
+        return
+    name = event.name
+    if name in CATALOG_EVENTS:
+        _apply_catalog(state, event)
+        return
+    if name not in PERSON_EVENTS:
+        return
+    person = state.person(event.brand_id, state.resolve(event))
+    state.touched.add((event.brand_id, person.person))
+    data = event.data
+    at = event.timestamp
+    if name == "product_viewed":
+        _view(person, data, at)
+    elif name == "cart_item_added":
+        _cart_add(person, data, at)
+    elif name == "cart_item_removed":
+        _cart_remove(person, data, at)
+    elif name == "order_completed":
+        _order(state, person, data, at)
+    elif name == "watchlist_item_added":
+        _watch_add(state, event.brand_id, person.person, data, at)
+    elif name == "watchlist_item_removed":
+        product_id = text(data, "product_id", required=True)
+        assert product_id is not None
+        key = (event.brand_id, person.person, product_id)
+        state.watches[key] = None
+        state.changed_watches.add(key)
+        state.dropped_watch_timers.add(key)
+
+
+def _view(person: Person, data: Mapping[str, Any], at: datetime) -> None:
+    product_id = text(data, "product_id", required=True)
+    assert product_id is not None
+    view = person.views.get(product_id)
+    if view is None:
+        view = person.views[product_id] = ProductView(product_id, first_viewed_at=at, last_viewed_at=at)
+    view.first_viewed_at = _earlier(view.first_viewed_at, at)
+    newest = at >= view.last_viewed_at
+    view.last_viewed_at = _later(view.last_viewed_at, at)
+    view.view_count += 1
+    view.view_duration += count(data, "view_duration", 0)
+    price = money(data.get("product_price", _snapshot(data).get("price")), "data.product_price")
+    if newest or view.product_name is None:
+        view.product_name = _product_name(data) or view.product_name
+        view.product_price = price if price is not None else view.product_price
+        view.product_category = _category(data) or view.product_category
+        view.image_url = _image(data) or view.image_url
+        view.view_id = text(data, "view_id") or view.view_id
+        view.session_id = text(data, "session_id") or view.session_id
+        view.referrer = text(data, "referrer") or view.referrer
+        view.device_type = text(data, "device_type") or view.device_type
+        view.browser = text(data, "browser") or view.browser
+    # A view from before the product's last exit (cart add, order) belongs to an ended cycle.
+    if view.browse_exited_at is None or at > view.browse_exited_at:
+        view.browse_views += 1
+        view.browse_started_at = _earlier(view.browse_started_at, at)
+
+
+def _exit_browse(view: ProductView, at: datetime) -> None:
+    view.browse_exited_at = _later(view.browse_exited_at, at)
+    if view.browse_started_at is not None and view.browse_started_at <= at:
+        view.browse_views = 0
+        view.browse_started_at = None
+
+
+def _line_item(raw: Any, at: datetime, where: str) -> CartItem:
+    if not isinstance(raw, Mapping):
+        raise InvalidEvent(f"{where} must be an object")
+    product_id = text(raw, "product_id", required=True)
+    assert product_id is not None
+    quantity = count(raw, "quantity", 1)
+    return CartItem(
+        product_id=product_id,
+        quantity=quantity,
+        added_at=at,
+        product_name=text(raw, "product_name"),
+        sku=text(raw, "sku"),
+        product_category=text(raw, "product_category"),
+        price=money(raw.get("price"), f"{where}.price"),
+        image_url=text(raw, "image_url"),
+    )
+
+
+def _cart_changed(person: Person, data: Mapping[str, Any], at: datetime) -> None:
+    cart = person.cart
+    cart.last_changed_at = _later(cart.last_changed_at, at)
+    cart.cart_id = text(data, "cart_id") or cart.cart_id
+    cart.currency = text(data, "currency") or cart.currency
+    whole = data.get("cart_items")
+    if whole is not None:
+        if not isinstance(whole, list):
+            raise InvalidEvent("data.cart_items must be a list")
+        items = [_line_item(raw, at, f"data.cart_items[{index}]") for index, raw in enumerate(whole)]
+        previous = cart.items
+        cart.items = {}
+        for item in items:
+            if item.quantity <= 0:
+                continue
+            kept = previous.get(item.product_id)
+            if kept is not None:
+                item.added_at = kept.added_at
+            cart.items[item.product_id] = item
+
+
+def _cart_add(person: Person, data: Mapping[str, Any], at: datetime) -> None:
+    item = _line_item(data, at, "data")
+    if item.product_name is None:
+        item.product_name = _product_name(data)
+    if item.image_url is None:
+        item.image_url = _image(data)
+    if item.product_category is None:
+        item.product_category = _category(data)
+    existing = person.cart.items.get(item.product_id)
+    if existing is None:
+        if item.quantity > 0:
+            person.cart.items[item.product_id] = item
+    else:
+        existing.quantity += item.quantity
+        existing.price = item.price if item.price is not None else existing.price
+        existing.product_name = item.product_name or existing.product_name
+        existing.image_url = item.image_url or existing.image_url
+    _cart_changed(person, data, at)
+    view = person.views.get(item.product_id)
+    if view is not None:
+        view.added_to_cart = True
+        view.added_to_cart_at = _later(view.added_to_cart_at, at)
+        _exit_browse(view, at)
+
+
+def _cart_remove(person: Person, data: Mapping[str, Any], at: datetime) -> None:
+    product_id = text(data, "product_id", required=True)
+    assert product_id is not None
+    quantity = count(data, "quantity", 1)
+    existing = person.cart.items.get(product_id)
+    if existing is not None:
+        existing.quantity -= quantity
+        if existing.quantity <= 0:
+            del person.cart.items[product_id]
+    _cart_changed(person, data, at)
+
+
+def _order(state: BatchState, person: Person, data: Mapping[str, Any], at: datetime) -> None:
+    order_id = text(data, "order_id", required=True)
+    assert order_id is not None
+    total = money(data.get("order_total"), "data.order_total")
+    items = data.get("items")
+    bought: set[str] = set()
+    if isinstance(items, list):
+        for index, raw in enumerate(items):
+            bought.add(_line_item(raw, at, f"data.items[{index}]").product_id)
+    cart = person.cart
+    cart.last_order_at = _later(cart.last_order_at, at)
+    # The order exits the cart flow when it comes after the last cart change; the cart is then spent.
+    if cart.last_changed_at is None or at >= cart.last_changed_at:
+        cart.items = {}
+        cart.last_changed_at = _later(cart.last_changed_at, at)
+    for view in person.views.values():
+        _exit_browse(view, at)
+        if view.product_id in bought:
+            view.purchased = True
+            view.purchased_at = _later(view.purchased_at, at)
+    if is_identified(person.person):
+        state.orders.append(Order(person.brand_id, person.person, order_id, at, total, text(data, "ref")))
+
+
+def _watch_add(state: BatchState, brand_id: str, person: str, data: Mapping[str, Any], at: datetime) -> None:
+    product_id = text(data, "product_id", required=True)
+    assert product_id is not None
+    key = (brand_id, person, product_id)
+    product = state.products.get((brand_id, product_id))
+    snapshot_price = money(_snapshot(data).get("price"), "data.product_snapshot.price")
+    current = money(data.get("current_price"), "data.current_price") or snapshot_price
+    if current is None and product is not None:
+        current = product.price
+    in_stock = flag(data, "in_stock")
+    if in_stock is None and product is not None:
+        in_stock = product.in_stock
+    watch = state.watches.get(key)
+    if watch is None:
+        watch = Watch(person=person, product_id=product_id, watched_at=at)
+    watch.product_name = _product_name(data) or watch.product_name
+    watch.product_category = _category(data) or watch.product_category
+    watch.image_url = _image(data) or watch.image_url
+    watch.current_price = current if current is not None else watch.current_price
+    watch.original_price = (
+        money(data.get("original_price"), "data.original_price") or watch.original_price or current
+    )
+    target = money(data.get("target_price"), "data.target_price")
+    watch.target_price = target if target is not None else watch.target_price
+    watch.currency = text(data, "currency") or watch.currency
+    watch.in_stock = in_stock if in_stock is not None else watch.in_stock
+    for name in ("notify_on_price_drop", "notify_on_restock"):
+        value = flag(data, name)
+        if value is not None:
+            setattr(watch, name, value)
+    state.watches[key] = watch
+    state.changed_watches.add(key)
+
+
+def _watchers(state: BatchState, brand_id: str, product_id: str) -> list[tuple[tuple[str, str, str], Watch]]:
+    return [
+        (key, watch)
+        for key, watch in state.watches.items()
+        if watch is not None and key[0] == brand_id and key[2] == product_id
+    ]
+
+
+def _apply_catalog(state: BatchState, event: Event) -> None:
+    data = event.data
+    brand_id = event.brand_id
+    product_id = text(data, "product_id", required=True)
+    assert product_id is not None
+    at = event.timestamp
+    product = state.products.get((brand_id, product_id)) or Product(product_id, changed_at=at)
+    product.product_name = _product_name(data) or product.product_name
+    product.changed_at = _later(product.changed_at, at)
+    if event.name == "product_price_changed":
+        new_price = money(data.get("new_price"), "data.new_price")
+        if new_price is None:
+            raise InvalidEvent("data.new_price is required")
+        old_price = money(data.get("old_price"), "data.old_price")
+        for key, watch in _watchers(state, brand_id, product_id):
+            before = watch.current_price if watch.current_price is not None else old_price
+            if before is None:
+                before = product.price
+            threshold = watch.target_price if watch.target_price is not None else before
+            if (
+                watch.notify_on_price_drop
+                and not watch.notified_price_drop
+                and threshold is not None
+                and before is not None
+                and new_price < threshold
+                and new_price < before
+            ):
+                watch.notified_price_drop = True
+                state.catalog_timers.append(
+                    Timer(
+                        brand_id,
+                        watch.person,
+                        PRICE_DROPPED,
+                        product_id,
+                        at,
+                        {
+                            "old_price": before,
+                            "new_price": new_price,
+                            "savings": before - new_price,
+                            "target_price": watch.target_price,
+                            "currency": text(data, "currency") or watch.currency,
+                            "product_name": product.product_name or watch.product_name,
+                            "event_id": event.event_id,
+                        },
+                    )
+                )
+                watch.current_price = new_price
+                state.changed_watches.add(key)
+        product.price = new_price
+    else:
+        in_stock = flag(data, "in_stock")
+        if in_stock is None:
+            raise InvalidEvent("data.in_stock is required")
+        was_in_stock = flag(data, "was_in_stock")
+        for key, watch in _watchers(state, brand_id, product_id):
+            known_before = watch.in_stock if watch.in_stock is not None else product.in_stock
+            was_out = known_before is False or (known_before is None and was_in_stock is False)
+            if in_stock and was_out and watch.notify_on_restock and not watch.notified_restock:
+                watch.notified_restock = True
+                state.catalog_timers.append(
+                    Timer(
+                        brand_id,
+                        watch.person,
+                        BACK_IN_STOCK,
+                        product_id,
+                        at,
+                        {
+                            "quantity": data.get("quantity"),
+                            "restocked_at": at,
+                            "product_name": product.product_name or watch.product_name,
+                            "event_id": event.event_id,
+                        },
+                    )
+                )
+            if watch.in_stock != in_stock:
+                watch.in_stock = in_stock
+                state.changed_watches.add(key)
+        product.in_stock = in_stock
+    state.products[(brand_id, product_id)] = product
+    state.changed_products.add((brand_id, product_id))
+
+
+def _identify(state: BatchState, brand_id: str, user_id: str, anonymous_id: str, at: datetime) -> None:
+    anonymous = (brand_id, ANONYMOUS_PREFIX + anonymous_id)
+    if state.identities.get((brand_id, anonymous_id)) is None:
+        state.new_identities[(brand_id, anonymous_id)] = (user_id, at)
+    state.identities[(brand_id, anonymous_id)] = user_id
+    source = state.persons.get(anonymous)
+    target = state.person(brand_id, user_id)
+    state.touched.add((brand_id, user_id))
+    if source is None:
+        return
+    merge_person(source, target)
+    state.persons[anonymous] = Person(brand_id, anonymous[1])
+    state.merged_away.add(anonymous)
+    state.touched.discard(anonymous)
+
+
+def merge_person(source: Person, target: Person) -> None:
+    """An anonymous visitor's views and cart join the identified user's."""
+    for product_id, view in source.views.items():
+        mine = target.views.get(product_id)
+        if mine is None:
+            target.views[product_id] = replace(view)
+            continue
+        mine.view_count += view.view_count
+        mine.view_duration += view.view_duration
+        mine.first_viewed_at = min(mine.first_viewed_at, view.first_viewed_at)
+        if view.last_viewed_at > mine.last_viewed_at:
+            mine.last_viewed_at = view.last_viewed_at
+            for name in (
+                "product_name",
+                "product_price",
+                "product_category",
+                "image_url",
+                "view_id",
+                "session_id",
+                "referrer",
+                "device_type",
+                "browser",
+            ):
+                value = getattr(view, name)
+                if value is not None:
+                    setattr(mine, name, value)
+        mine.browse_views += view.browse_views
+        if view.browse_started_at is not None:
+            mine.browse_started_at = _earlier(mine.browse_started_at, view.browse_started_at)
+        mine.added_to_cart = mine.added_to_cart or view.added_to_cart
+        if view.added_to_cart_at is not None:
+            mine.added_to_cart_at = _later(mine.added_to_cart_at, view.added_to_cart_at)
+        mine.purchased = mine.purchased or view.purchased
+        if view.purchased_at is not None:
+            mine.purchased_at = _later(mine.purchased_at, view.purchased_at)
+        if view.browse_exited_at is not None:
+            _exit_browse(mine, view.browse_exited_at)
+    cart, theirs = target.cart, source.cart
+    for product_id, item in theirs.items.items():
+        mine_item = cart.items.get(product_id)
+        if mine_item is None:
+            cart.items[product_id] = replace(item)
+        else:
+            mine_item.quantity += item.quantity
+    if theirs.last_changed_at is not None:
+        cart.last_changed_at = _later(cart.last_changed_at, theirs.last_changed_at)
+    if theirs.last_order_at is not None:
+        cart.last_order_at = _later(cart.last_order_at, theirs.last_order_at)
+    cart.cart_id = cart.cart_id or theirs.cart_id
+    cart.currency = cart.currency or theirs.currency
+
+
+# --- the windows' deadlines --------------------------------------------------------------------------
+
+
+def window_timers(person: Person, config: WindowConfig) -> list[Timer]:
+    """The cart and browse deadlines this person's state calls for now (none for an anonymous one)."""
+    if not is_identified(person.person):
+        return []
+    timers: list[Timer] = []
+    cart = person.cart
+    if cart.items and cart.last_changed_at is not None and not _ordered_after_change(cart):
+        timers.append(
+            Timer(
+                person.brand_id,
+                person.person,
+                CART_ABANDONED,
+                "",
+                cart.last_changed_at + config.cart_abandon_after,
+            )
+        )
+    browsed = browse_candidates(person, config)
+    if browsed:
+        last = max(view.last_viewed_at for view in browsed)
+        timers.append(
+            Timer(person.brand_id, person.person, BROWSE_ABANDONED, "", last + config.browse_abandon_after)
+        )
+    return timers
+
+
+def _ordered_after_change(cart: Cart) -> bool:
+    return (
+        cart.last_order_at is not None
+        and cart.last_changed_at is not None
+        and cart.last_order_at >= cart.last_changed_at
+    )
+
+
+def browse_candidates(person: Person, config: WindowConfig) -> list[ProductView]:
+    """Products viewed at least `browse_min_views` times in their current cycle."""
+    return [
+        view
+        for view in person.views.values()
+        if view.browse_views >= config.browse_min_views and view.browse_started_at is not None
+    ]
+
+
+def most_viewed(views: Iterable[ProductView]) -> ProductView | None:
+    """The most viewed product of the cycle; the latest viewed among equals, then the smallest id."""
+    ordered = sorted(views, key=lambda v: (-v.browse_views, -v.last_viewed_at.timestamp(), v.product_id))
+    return ordered[0] if ordered else None
