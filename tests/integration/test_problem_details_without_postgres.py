@@ -183,4 +183,5 @@ async def test_cio_sink_readiness_without_postgres_names_the_check_and_no_except
 ) -> None:
     answer = await services_without_postgres.cio_sink.get("/readyz")
     assert answer.status_code == 503
-    assert answer.json() == {"status": "unavailable", "checks": {"kafka": True, "postgres": False}}
+    assert answer.json() == {"status": "unavailable",
+                             "checks": {"kafka": True, "postgres": False, "dlq_brake_released": True}}

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from prometheus_client import REGISTRY
+from synergy_common.brands import new_write_key
 from synergy_common.db import create_pool
 from synergy_marketing.preferences_store import PreferenceChangeRelay
 from synergy_marketing.publisher import MarketingPublisher
@@ -109,7 +110,7 @@ async def test_with_postgres_away_the_routes_answer_clearly_and_the_pixel_is_sti
             assert answer.headers["content-type"].startswith("text/html")
         api = await client.put(
             "/v1/users/u1/email-preferences",
-            headers={"Authorization": "Bearer swk_x"},
+            headers={"Authorization": f"Bearer {new_write_key()}"},  # well formed, so Postgres is asked
             json={"newsletter": False},
         )
         assert api.status_code == 503
