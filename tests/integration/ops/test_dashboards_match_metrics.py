@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from synergy_common.brands import CredentialCipher
 
 from tests.support import free_port
@@ -168,13 +169,14 @@ def test_every_name_is_owned_by_a_directory_or_made_by_prometheus() -> None:
 
 
 @pytest.fixture(scope="module")
-async def scraped(
+async def pages(
     kafka_bootstrap: str,
     database_url: str,
     topic_factory: Callable[..., Awaitable[str]],
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[set[str]]:
-    """Every service in the tree, started as `make run` does, and the union of the names they export."""
+) -> AsyncIterator[dict[str, str]]:
+    """Every service in the tree, started as `make run` does, asked GET /healthz and GET of an unknown
+    path, then scraped: its /metrics page, by service."""
     present = sorted(p.name for p in (ROOT / "services").iterdir() if (p / "pyproject.toml").exists())
     unknown = set(present) - set(LAUNCH)
     assert not unknown, f"add {sorted(unknown)} to LAUNCH so its metrics are checked"
@@ -212,13 +214,13 @@ async def scraped(
                 stdout=(logs / f"{service}.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )
-        names: set[str] = set()
         async with httpx.AsyncClient(timeout=5) as client:
             for service, url in urls.items():
-                names |= exported_names(
-                    await scrape(client, url, processes[service], logs / f"{service}.log")
-                )
-        yield names
+                await scrape(client, url, processes[service], logs / f"{service}.log")
+                # answers for every service to count: one under a route template, one unmatched
+                assert (await client.get(f"{url}/healthz")).status_code == 200
+                assert (await client.get(f"{url}/no/such/path/7")).status_code == 404
+            yield {service: (await client.get(f"{url}/metrics")).text for service, url in urls.items()}
     finally:
         for process in processes.values():
             process.terminate()
@@ -227,6 +229,12 @@ async def scraped(
                 await asyncio.to_thread(process.wait, 20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture(scope="module")
+def scraped(pages: dict[str, str]) -> set[str]:
+    """The union of the names the services export."""
+    return set().union(*map(exported_names, pages.values()))
 
 
 async def scrape(client: httpx.AsyncClient, url: str, process: subprocess.Popen[bytes], log: Path) -> str:
@@ -280,6 +288,32 @@ def test_every_dashboard_panel_reads_metrics_a_service_exports(scraped: set[str]
         where: names - scraped for where, names in wanted(dashboard_exprs()).items() if names - scraped
     }
     assert not missing, f"dashboards read metrics no service exports: {missing}"
+
+
+# Each service's count of its HTTP answers (synergy_common.http.answers_counter).
+ANSWERS = {
+    "ingest": "synergy_ingest_requests_total",
+    "insights": "synergy_insights_requests_total",
+    "cio-sink": "synergy_cio_sink_served_requests_total",
+    "achievements": "synergy_achievements_requests_total",
+    "marketing": "synergy_marketing_requests_total",
+    "dispatcher": "synergy_dispatcher_requests_total",
+    "analytics": "synergy_analytics_requests_total",
+}
+
+
+def test_every_service_counts_its_answers_by_route_template_and_status(pages: dict[str, str]) -> None:
+    assert set(ANSWERS) == set(LAUNCH)
+    for service, page in pages.items():
+        answers = {
+            (sample.labels["route"], sample.labels["status"]): sample.value
+            for family in text_string_to_metric_families(page)
+            for sample in family.samples
+            if sample.name == ANSWERS[service]
+        }
+        assert answers.get(("/healthz", "200")) == 1.0, (service, answers)
+        assert answers.get(("other", "404")) == 1.0, (service, answers)
+        assert not [route for route, _ in answers if "no/such" in route], (service, answers)
 
 
 def test_every_alert_reads_metrics_a_service_exports(scraped: set[str]) -> None:

@@ -137,13 +137,42 @@ def _unhandled_problem(exc: BaseException, correlation_id: str) -> JSONResponse:
     )
 
 
+UNMATCHED_ROUTE = "other"
+_ANSWERS: dict[str, Counter] = {}
+
+
+def answers_counter(name: str) -> Counter:
+    """`name{route,status}`: a service's HTTP answers by route template and status code, for the
+    RequestSafetyNet to count. One per name in this process, so a second app reuses it."""
+    if name not in _ANSWERS:
+        _ANSWERS[name] = Counter(name, "HTTP answers by route template and status", ["route", "status"])
+    return _ANSWERS[name]
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered (`/v1/users/{user_id}/loyalty`), never the raw path, so
+    the label stays bounded; `other` when no route matched."""
+    return str(getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE)
+
+
 class RequestSafetyNet:
     """Gives each request a correlation id (the client's X-Correlation-ID, or a new one; echoed in the
     answer) and answers any unhandled exception with a problem+json that carries no exception text.
-    The exception, with its traceback, goes to the log under that correlation id."""
+    The exception, with its traceback, goes to the log under that correlation id. Counts every answer,
+    5xx included, in `answers` by route template and status."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, answers: Counter) -> None:
         self.app = app
+        self.answers = answers
+        # prometheus-client locks and builds a tuple on every labels() call; routes and statuses are few
+        self._children: dict[tuple[str, int], Any] = {}
+
+    def _count(self, scope: Scope, status: int) -> None:
+        key = (route_template(scope), status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.answers.labels(key[0], str(status))
+        child.inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,12 +182,12 @@ class RequestSafetyNet:
         given = next((v.decode("latin-1") for k, v in headers if k == b"x-correlation-id"), None)
         correlation_id = correlation_id_from(given)
         token = _correlation_id.set(correlation_id)
-        started = False
+        status: int | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == b"x-correlation-id" for name, _ in headers):
                     headers.append((b"x-correlation-id", correlation_id.encode()))
@@ -175,16 +204,19 @@ class RequestSafetyNet:
                 path=scope.get("path"),
                 exc_info=exc,
             )
-            if started:
+            if status is not None:
                 raise
             await _unhandled_problem(exc, correlation_id)(scope, receive, send_with_id)
         finally:
             _correlation_id.reset(token)
+            if status is not None:  # else the client got no answer to count (it went away, say)
+                self._count(scope, status)
 
 
-def install_problem_handlers(app: FastAPI) -> None:
-    """problem+json for every error, and the RequestSafetyNet (correlation ids, no internals)."""
-    app.add_middleware(RequestSafetyNet)
+def install_problem_handlers(app: FastAPI, answers: Counter) -> None:
+    """problem+json for every error, and the RequestSafetyNet (correlation ids, no internals, every
+    answer counted in `answers`, see answers_counter)."""
+    app.add_middleware(RequestSafetyNet, answers=answers)
 
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:

@@ -15,6 +15,7 @@ from synergy_common.http import (
     ops_router,
 )
 
+from synergy_achievements import metrics
 from synergy_achievements.persistence import read_loyalty
 from synergy_achievements.rules import BrandRules
 
@@ -84,7 +85,7 @@ def create_api(
     readiness: Mapping[str, Callable[[], Awaitable[bool]]],
 ) -> FastAPI:
     app = FastAPI(title="synergy achievements", docs_url=None, redoc_url=None)
-    install_problem_handlers(app)
+    install_problem_handlers(app, metrics.ANSWERS)
     app.include_router(ops_router(readiness))
     authenticator = WriteKeyAuthenticator(pool, "achievements")
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from synergy_common.http import answers_counter
+
+ANSWERS = answers_counter("synergy_achievements_requests_total")
 
 EVENTS_PROCESSED = Counter(
     "synergy_achievements_events_processed_total", "Events applied to user state, by event name and outcome",

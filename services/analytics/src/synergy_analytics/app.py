@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import structlog
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Query
 from synergy_common.db import create_pool
 from synergy_common.durations import parse_duration
 from synergy_common.http import (
@@ -139,19 +139,7 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
     if running is not None:
         state["running"], state["auth"] = running, WriteKeyAuthenticator(running.pool, "analytics")
     app = FastAPI(title="synergy analytics", lifespan=None if running is not None else lifespan)
-    install_problem_handlers(app)
-
-    @app.middleware("http")
-    async def count_answers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        try:
-            response = await call_next(request)
-        except Exception:
-            metrics.REQUESTS.labels(_route(request), "500").inc()
-            raise
-        metrics.REQUESTS.labels(_route(request), str(response.status_code)).inc()
-        return response
+    install_problem_handlers(app, metrics.REQUESTS)
 
     async def postgres_ready() -> bool:
         return bool(await state["running"].pool.fetchval("SELECT 1"))
@@ -282,11 +270,6 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
         return found
 
     return app
-
-
-def _route(request: Request) -> str:
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
 
 
 async def user_read_models(pool: asyncpg.Pool, brand_id: int, external_id: str) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from synergy_common.http import answers_counter
 
 LOGGED = Counter("synergy_analytics_events_logged_total", "Events written to user_action_log", ["topic"])
 DUPLICATES = Counter(
@@ -26,9 +27,7 @@ PARTITIONS_DROPPED = Counter(
     "synergy_analytics_partitions_dropped_total", "Month partitions dropped past the retention"
 )
 PARTITIONS = Gauge("synergy_analytics_partitions", "Month partitions of user_action_log")
-REQUESTS = Counter(
-    "synergy_analytics_requests_total", "HTTP answers by route and status", ["route", "status"]
-)
+REQUESTS = answers_counter("synergy_analytics_requests_total")
 QUERY_SECONDS = Histogram(
     "synergy_analytics_kpi_query_duration_seconds",
     "One KPI query",

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from synergy_common.http import answers_counter
+
+# The answers of its own HTTP ports; REQUESTS below counts the requests it makes to Customer.io.
+ANSWERS = answers_counter("synergy_cio_sink_served_requests_total")
 
 DELIVERED = Counter("synergy_cio_sink_delivered_total", "Operations Customer.io accepted", ["kind"])
 FAILED = Counter("synergy_cio_sink_failed_total", "Delivery attempts that failed", ["reason"])

@@ -13,10 +13,11 @@ import structlog
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException
 from synergy_common.db import create_pool
-from synergy_common.http import ops_router
+from synergy_common.http import install_problem_handlers, ops_router
 from synergy_common.kafka import durable_producer
 from synergy_streaming import KafkaConsumer
 
+from synergy_cio_sink import metrics
 from synergy_cio_sink.brands import BrandDirectory
 from synergy_cio_sink.config import SinkSettings
 from synergy_cio_sink.sink import CioSink, CountingDeadLetterWriter
@@ -71,6 +72,7 @@ def ops_app(sink: CioSink) -> FastAPI:
         return sink.readiness()["dlq_brake_released"]
 
     app = FastAPI(title="synergy cio-sink", docs_url=None, redoc_url=None)
+    install_problem_handlers(app, metrics.ANSWERS)
     app.include_router(ops_router({"kafka": kafka_ready, "postgres": postgres_ready,
                                    "dlq_brake_released": dlq_brake_released}))
     return app
@@ -83,6 +85,7 @@ def dry_run_app(sink: CioSink, operator_token: str) -> FastAPI:
     127.0.0.1 (see `serve`), never beside /metrics on the ops port.
     """
     app = FastAPI(title="synergy cio-sink dry run", docs_url=None, redoc_url=None, openapi_url=None)
+    install_problem_handlers(app, metrics.ANSWERS)
     expected = f"Bearer {operator_token}".encode()
 
     @app.get("/dry-run")

@@ -24,7 +24,7 @@ from synergy_common.kafka import durable_producer
 from synergy_common.logging import configure_logging
 from synergy_streaming import DeadLetterWriter, KafkaConsumer, RetryPolicy, StreamProcessor
 
-from synergy_dispatcher import store
+from synergy_dispatcher import metrics, store
 from synergy_dispatcher.dispatcher import Dispatcher, Registry
 from synergy_dispatcher.senders import http_client
 from synergy_dispatcher.settings import DispatcherSettings
@@ -109,7 +109,7 @@ def create_app(settings: DispatcherSettings | None = None, running: Running | No
     if running is not None:
         state["running"], state["auth"] = running, WriteKeyAuthenticator(running.pool, "dispatcher")
     app = FastAPI(title="synergy dispatcher", lifespan=None if running is not None else lifespan)
-    install_problem_handlers(app)
+    install_problem_handlers(app, metrics.ANSWERS)
 
     async def postgres_ready() -> bool:
         return bool(await state["running"].pool.fetchval("SELECT 1"))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from synergy_common.http import answers_counter
+
+ANSWERS = answers_counter("synergy_dispatcher_requests_total")
 
 LABELS = ["type", "brand_id", "destination"]
 

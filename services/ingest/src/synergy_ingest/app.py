@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from synergy_common.db import create_pool
 from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import (
@@ -107,31 +107,6 @@ class IngestState:
     quotas: QuotaBook
     default_quota: Quota | None
     brand_settings: TTLCache[str, dict[str, Any]]
-
-
-class RequestMetrics:
-    """Counts every answer by route template and status, 4xx and 5xx included."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            route = scope.get("route")
-            labelled(REQUESTS, getattr(route, "path", "unmatched"), str(status)).inc()
 
 
 @dataclass(slots=True)
@@ -418,10 +393,9 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     hot: dict[str, tuple[Handler, object]] = {}  # filled by the route registrations below
-    # Outermost first: RequestMetrics, RequestSafetyNet (correlation ids, unhandled errors), HotRoutes.
+    # Outermost first: RequestSafetyNet (correlation ids, unhandled errors, answers counted), HotRoutes.
     app.add_middleware(HotRoutes, routes=hot)
-    install_problem_handlers(app)
-    app.add_middleware(RequestMetrics)
+    install_problem_handlers(app, REQUESTS)
 
     async def kafka_ready() -> bool:
         return bool(app.state.ingest.publisher.ready)

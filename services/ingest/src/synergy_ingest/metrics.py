@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from synergy_common.http import answers_counter
 
-REQUESTS = Counter("synergy_ingest_requests_total", "HTTP requests by route and status", ["route", "status"])
+REQUESTS = answers_counter("synergy_ingest_requests_total")
 EVENTS_ACCEPTED = Counter("synergy_ingest_events_accepted_total", "Events durably written to Kafka", ["type"])
 EVENTS_REJECTED = Counter("synergy_ingest_events_rejected_total", "Events refused, by reason", ["reason"])
 PUBLISH_LATENCY = Histogram(

@@ -179,7 +179,7 @@ def create_app(
 
     app = FastAPI(title="Synergy insights", version="1.0.0", lifespan=lifespan)
     app.state.insights_cache = cache
-    install_problem_handlers(app)
+    install_problem_handlers(app, metrics.ANSWERS)
 
     def runtime() -> Runtime:
         return state["runtime"]

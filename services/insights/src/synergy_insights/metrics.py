@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from synergy_common.http import answers_counter
+
+ANSWERS = answers_counter("synergy_insights_requests_total")
 
 WEBHOOKS = Counter(
     "synergy_insights_webhooks_total",

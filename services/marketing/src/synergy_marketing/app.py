@@ -14,6 +14,7 @@ from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import WriteKeyAuthenticator, install_problem_handlers, ops_router
 from synergy_common.logging import configure_logging
 
+from synergy_marketing import metrics
 from synergy_marketing.consumer import run_consumer
 from synergy_marketing.context import MarketingContext
 from synergy_marketing.preferences_api import router as preferences_router
@@ -91,7 +92,7 @@ def create_app(
 
     app = FastAPI(title="Synergy marketing", version="1.0.0", lifespan=lifespan)
     app.state.insights_topic = insights_topic  # also read by the preference router's subscription consumer
-    install_problem_handlers(app)
+    install_problem_handlers(app, metrics.ANSWERS)
 
     async def postgres_ready() -> bool:
         return bool(await app.state.marketing.pool.fetchval("SELECT 1", timeout=2) == 1)

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from synergy_common.http import answers_counter
+
+ANSWERS = answers_counter("synergy_marketing_requests_total")
 
 TRIGGERS = Counter(
     "synergy_marketing_triggers_total",
