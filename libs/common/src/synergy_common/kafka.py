@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from synergy_schemas.envelope import Envelope
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,54 @@ async def publish_all(
             if not future.done():
                 future.cancel()
         raise PublishError(f"Kafka did not acknowledge the write: {exc!r}") from exc
+
+
+class EnvelopePublisher:
+    """Publishes envelopes to one topic. Starts its producer lazily, so a service comes up (and answers
+    503, or keeps what it received) while Kafka is away."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, client_id: str, timeout: float = 10.0) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self._client_id = client_id
+        self._timeout = timeout
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _started(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = durable_producer(self._bootstrap_servers, client_id=self._client_id)
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await producer.start()
+                except Exception as exc:
+                    await producer.stop()
+                    raise PublishError(f"Kafka is unreachable: {exc!r}") from exc
+                self._producer = producer
+            return self._producer
+
+    async def publish_many(self, envelopes: Sequence[Envelope]) -> None:
+        """Every envelope acknowledged by all in-sync replicas, or PublishError."""
+        if not envelopes:
+            return
+        producer = await self._started()
+        messages = [
+            OutgoingMessage(self.topic, envelope.key, envelope.to_json_bytes(), envelope.kafka_headers())
+            for envelope in envelopes
+        ]
+        await publish_all(producer, messages, timeout=self._timeout)
+
+    async def publish(self, envelope: Envelope) -> None:
+        await self.publish_many([envelope])
+
+    async def ready(self) -> bool:
+        producer = await self._started()
+        async with asyncio.timeout(2):
+            partitions = await producer.partitions_for(self.topic)
+        return bool(partitions)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
