@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,8 @@ from synergy_common.http import (
 from synergy_common.kafka import durable_producer
 from synergy_common.logging import configure_logging
 from synergy_streaming import DeadLetterWriter, KafkaConsumer, RetryPolicy, StreamProcessor
+from synergy_streaming.consumer import AssignmentCallback
+from synergy_streaming.message import Partition
 
 from synergy_dispatcher import metrics, store
 from synergy_dispatcher.dispatcher import Dispatcher, Registry
@@ -38,6 +40,25 @@ class Running:
     processor: StreamProcessor
     consumer: KafkaConsumer
     pool: asyncpg.Pool
+
+
+class BacklogAwareConsumer(KafkaConsumer):
+    """Before partitions are taken over, the backlogs in Postgres are read again: a user whose items
+    another replica put in a backlog gets its new items behind them, not past them."""
+
+    before_assigned: Callable[[], Awaitable[None]] | None = None
+
+    def subscribe(self, topics: list[str], on_assigned: AssignmentCallback,
+                  on_revoked: AssignmentCallback) -> None:
+        async def assigned(partitions: list[Partition]) -> None:
+            if self.before_assigned is not None:
+                try:
+                    await self.before_assigned()
+                except Exception as exc:
+                    log.warning("backlogs not read before the assignment", error=repr(exc))
+            await on_assigned(partitions)
+
+        super().subscribe(topics, assigned, on_revoked)
 
 
 def retry_policy(settings: DispatcherSettings) -> RetryPolicy:
@@ -61,14 +82,17 @@ async def running_dispatcher(settings: DispatcherSettings) -> AsyncIterator[Runn
         registry = Registry(pool, CredentialCipher(settings.synergy_encryption_key), settings)
         await registry.register_environment()
         await registry.reload()
-        dispatcher = Dispatcher(settings, pool, registry, client)
-        consumer = KafkaConsumer(settings.kafka_bootstrap_servers, group_id=settings.dispatcher_group_id,
-                                 client_id="synergy-dispatcher")
+        retry, dead_letters = retry_policy(settings), DeadLetterWriter(producer, pool)
+        dispatcher = Dispatcher(settings, pool, registry, client, retry, dead_letters)
+        consumer = BacklogAwareConsumer(settings.kafka_bootstrap_servers,
+                                        group_id=settings.dispatcher_group_id, client_id="synergy-dispatcher")
+        consumer.before_assigned = dispatcher.adopt_backlogs
         await consumer.start()
         stack.push_async_callback(consumer.stop)
+        await dispatcher.adopt_backlogs()
         processor = StreamProcessor(
             dispatcher.stream_config(), consumer, dispatcher.prepare, dispatcher.deliver,
-            dead_letters=DeadLetterWriter(producer, pool), retry=retry_policy(settings),
+            dead_letters=dead_letters, retry=retry,
             destination_of=dispatcher.destination_of, on_dead_letter=dispatcher.dead_lettered)
         dispatcher.processor = processor
         stack.push_async_callback(dispatcher.close)

@@ -131,7 +131,7 @@ def add(brand: str, type_: str, name: str | None, url: str | None, host: str | N
 @click.option("--brand", default=None, help="only this brand's (id or slug)")
 @click.option("--json", "as_json", is_flag=True)
 def list_(brand: str | None, as_json: bool) -> None:
-    """Each destination: state (and why), delivered, failed, dead-lettered, lag."""
+    """Each destination: state (and why), delivered, failed, dead-lettered, lag, backlog (items, oldest)."""
     from synergy_dispatcher import store
 
     async def work(pool: Any) -> list[store.DestinationStatus]:
@@ -147,12 +147,23 @@ def list_(brand: str | None, as_json: bool) -> None:
         click.echo(json.dumps([{"brand_id": s.brand_id, **s.as_json()} for s in statuses]))
         return
     header = f"{'id':>5} {'brand':>8} {'type':8} {'name':20} {'state':9} {'delivered':>10} {'failed':>8} " \
-             f"{'dead':>6} {'lag':>6}  reason"
+             f"{'dead':>6} {'lag':>6} {'backlog':>8} {'oldest':>8} {'consumer':>8}  reason"
     click.echo(header)
     for s in statuses:
         click.echo(f"{s.id:>5} {s.brand_id or 'all':>8} {s.type:8} {s.name[:20]:20} {s.state:9} "
-                   f"{s.delivered:>10} {s.failed:>8} {s.dead_lettered:>6} {s.lag:>6}  "
+                   f"{s.delivered:>10} {s.failed:>8} {s.dead_lettered:>6} {s.lag:>6} {s.backlog_items:>8} "
+                   f"{_age(s.backlog_oldest_age_seconds):>8} {s.consumer_lag:>8}  "
                    f"{s.disabled_reason or ''}")
+
+
+def _age(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 @destinations.command("rotate-secret")

@@ -2,7 +2,10 @@
 
     prepare: envelope -> [Work(key="destination:brand:user", target=destination id)] for the brand's
              destinations and the deployment's
-    deliver: one batch of one destination -> webhook POSTs or a PostHog /batch/
+    deliver: one batch of one destination -> webhook POSTs or a PostHog /batch/; what the destination
+             cannot take at once (and, from then on, everything of that destination until it drains)
+             goes to its backlog in Postgres, and counts as settled once written there
+    drain:   one task per backlogged destination delivers from the backlog (drainer.Backlogs)
 
 The destinations are reloaded from Postgres every few seconds; a destination's state changes (410
 disables, a refused PostHog key pauses, a success resumes) are written back at once. Counts and
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -22,9 +26,13 @@ import asyncpg
 import structlog
 from synergy_common.brands import CredentialCipher
 from synergy_streaming import (
+    DELIVERED,
+    DeadLetterWriter,
     Delivered,
     Failed,
     ItemOutcome,
+    Retry,
+    RetryPolicy,
     Skip,
     Source,
     StreamConfig,
@@ -33,8 +41,11 @@ from synergy_streaming import (
 )
 from synergy_streaming.dlq import REPLAY_DESTINATION, DeadLetter
 
-from synergy_dispatcher import metrics, store
+from synergy_dispatcher import backlog_store, metrics, store
+from synergy_dispatcher.backlog import RoundPlan, first_schedule
+from synergy_dispatcher.backlog_store import BacklogRow
 from synergy_dispatcher.decisions import Decision, Verdict
+from synergy_dispatcher.drainer import Backlogs
 from synergy_dispatcher.mapping import order_key, posthog_item_bytes, webhook_body
 from synergy_dispatcher.model import Destination, State, destinations_for
 from synergy_dispatcher.senders import HttpClient, PostHogSender, WebhookMessage, WebhookSender
@@ -144,11 +155,25 @@ class DeliveryStats:
         return taken
 
 
+BACKLOG_UNAVAILABLE_RETRY = 2.0  # seconds between attempts to write a backlog while Postgres is away
+
+
 class Dispatcher:
     def __init__(self, settings: DispatcherSettings, pool: asyncpg.Pool, registry: Registry,
-                 client: HttpClient) -> None:
+                 client: HttpClient, retry: RetryPolicy | None = None,
+                 dead_letters: DeadLetterWriter | None = None) -> None:
         self.settings, self.pool, self.registry = settings, pool, registry
+        self.retry = retry or RetryPolicy()
         self.stats = DeliveryStats()
+        per_user = settings.dispatcher_backlog_per_user
+        self.backlogs = Backlogs(
+            pool, settings.replica, self.retry, registry.get, self._send, dead_letters, self.destination_of,
+            self._drained_round,
+            # A claimed user's items go out one after another: the lease outlasts the slowest round.
+            lease_seconds=settings.seconds("dispatcher_webhook_timeout") * per_user + 60.0,
+            max_users=settings.dispatcher_backlog_users, per_user=per_user,
+            max_items=settings.dispatcher_posthog_batch_items)
+        self.depths: dict[str, backlog_store.Depth] = {}
         paused_retry = settings.seconds("dispatcher_paused_retry")
         self.webhooks = WebhookSender(client, settings.seconds("dispatcher_webhook_timeout"),
                                       settings.dispatcher_webhook_concurrency, paused_retry,
@@ -197,17 +222,90 @@ class Dispatcher:
     # --- deliver: one batch for one destination ------------------------------------------------
 
     async def deliver(self, target: Hashable, items: Sequence[Work]) -> list[ItemOutcome]:
-        destination = self.registry.get(str(target))
+        destination_id = str(target)
+        destination = self.registry.get(destination_id)
+        live = destination is not None and destination.state != "disabled"
+        if live and self.backlogs.holds(destination_id):
+            return await self._to_backlog(destination_id, items, None)
+        outcomes = await self._send(destination_id, destination, items)
+        self._count(destination_id, destination, items, outcomes)
+        if live and any(type(o) is Retry for o in outcomes):
+            return await self._to_backlog(destination_id, items, outcomes)
+        return outcomes
+
+    async def _send(self, destination_id: str, destination: Destination | None,
+                    items: Sequence[Work]) -> list[ItemOutcome]:
+        """The same senders for the live path and the drainers."""
         if destination is None or destination.state == "disabled":
             reason = destination.disabled_reason if destination else "the destination was removed"
             disabled = Failed("destination_disabled", reason or "", counts_for_brake=False)
-            outcomes: list[ItemOutcome] = [disabled] * len(items)
-        elif destination.type == "webhook":
-            outcomes = await self.webhooks.deliver(destination, items)
-        else:
-            outcomes = await self.posthog.deliver(destination, items)
-        self._count(str(target), destination, items, outcomes)
-        return outcomes
+            return [disabled] * len(items)
+        if destination.type == "webhook":
+            return await self.webhooks.deliver(destination, items)
+        return await self.posthog.deliver(destination, items)
+
+    async def _to_backlog(self, destination_id: str, items: Sequence[Work],
+                          outcomes: list[ItemOutcome] | None) -> list[ItemOutcome]:
+        """Items behind the destination's backlog (`outcomes` None), or those it just failed to take:
+        written, then settled, so the consumer never waits for this destination. Postgres away: the
+        items stay unsettled and the runtime tries them again (never dead-letters them for it)."""
+        now = time.time()
+        moved: list[int] = []
+        rows: list[BacklogRow] = []
+        tried: set[str] = set()
+        for index, work in enumerate(items):
+            outcome = outcomes[index] if outcomes is not None else None
+            if outcomes is not None and type(outcome) is not Retry:
+                continue
+            source = work.source
+            if source is None:
+                continue
+            # A user's later items after the failed one were not tried: they carry no attempt.
+            attempted = outcome if work.key not in tried else None
+            tried.add(work.key)
+            attempts, first, next_at = first_schedule(attempted, work.attempts, work.first_attempt_wall,
+                                                      self.retry, now)
+            record = source.record
+            rows.append(BacklogRow(
+                destination_id, work.key, str(source.payload["event_id"]), record.value, record.key,
+                record.headers, record.partition.topic, record.partition.partition, record.offset,
+                attempts, first, next_at, outcome.reason if isinstance(outcome, Retry) else None))
+            moved.append(index)
+        answered: list[ItemOutcome] = list(outcomes) if outcomes is not None else [DELIVERED] * len(items)
+        try:
+            await self.backlogs.write(destination_id, rows)
+        except Exception as exc:
+            log.warning("backlog not written; the items stay unsettled and are tried again",
+                        destination=self.destination_of(destination_id), items=len(rows), error=repr(exc))
+            if outcomes is not None:
+                return outcomes
+            return [Retry("backlog_unavailable", retry_after=BACKLOG_UNAVAILABLE_RETRY,
+                          counts_attempt=False)] * len(items)
+        for index in moved:
+            answered[index] = DELIVERED
+            self.stats.settled(destination_id, items[index])
+        return answered
+
+    def _drained_round(self, destination_id: str, destination: Destination | None, plan: RoundPlan) -> None:
+        deltas = self.stats.deltas[destination_id]
+        failed = len(plan.rescheduled) + len(plan.dead_letters)
+        deltas[0] += len(plan.delivered)
+        deltas[1] += failed
+        deltas[2] += len(plan.dead_letters)
+        if destination is not None:
+            labels = (destination.type, brand_label(destination), destination.label)
+            if plan.delivered:
+                metrics.DELIVERED.labels(*labels).inc(len(plan.delivered))
+            if failed:
+                metrics.FAILED.labels(*labels).inc(failed)
+            if plan.dead_letters:
+                metrics.DEAD_LETTERED.labels(*labels).inc(len(plan.dead_letters))
+
+    async def adopt_backlogs(self) -> None:
+        """Drain the backlogs already in Postgres (a restart, another replica's): their destinations'
+        new items go behind them."""
+        self.depths = dict(await backlog_store.depths(self.pool))
+        self.backlogs.adopt(d for d in self.depths if d in self.registry.by_id)
 
     def _count(self, destination_id: str, destination: Destination | None, items: Sequence[Work],
                outcomes: Sequence[ItemOutcome]) -> None:
@@ -270,8 +368,15 @@ class Dispatcher:
             lags = {d.id: self.stats.lag(d.id) for d in self.registry.by_id.values()}
             for d in self.registry.by_id.values():
                 metrics.DESTINATION_LAG.labels(brand_label(d), d.label).set(lags[d.id])
+            consumer_lag = sum(processor.lag.values()) if processor is not None else 0
             if lags:
-                await store.record_lag(self.pool, self.settings.replica, lags)
+                await store.record_lag(self.pool, self.settings.replica, lags, consumer_lag)
+            await self.adopt_backlogs()
+            for d in self.registry.by_id.values():
+                depth = self.depths.get(d.id)
+                metrics.BACKLOG_ITEMS.labels(brand_label(d), d.label).set(depth.items if depth else 0)
+                metrics.BACKLOG_OLDEST_AGE.labels(brand_label(d), d.label).set(
+                    depth.oldest_age_seconds if depth else 0)
         except (OSError, asyncpg.PostgresError) as exc:
             for d, c in deltas.items():  # keep the counts for the next flush
                 for i in range(3):
@@ -294,5 +399,6 @@ class Dispatcher:
             await self.flush_status()
 
     async def close(self) -> None:
+        await self.backlogs.close(self.settings.seconds("dispatcher_webhook_timeout"))
         with contextlib.suppress(Exception):
             await self.flush_status()

@@ -26,3 +26,9 @@ DESTINATION_LAG = Gauge("synergy_dispatcher_destination_lag_messages",
 REQUEST_SECONDS = Histogram("synergy_dispatcher_request_duration_seconds",
                             "One HTTP request to a destination", ["type"],
                             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15))
+BACKLOG_ITEMS = Gauge("synergy_dispatcher_destination_backlog_items",
+                      "Items in the destination's backlog in Postgres (waiting for it, consumer offsets "
+                      "committed); the same on every replica", ["brand_id", "destination"])
+BACKLOG_OLDEST_AGE = Gauge("synergy_dispatcher_destination_backlog_oldest_age_seconds",
+                           "Age of the oldest item of the destination's backlog (0 when empty)",
+                           ["brand_id", "destination"])

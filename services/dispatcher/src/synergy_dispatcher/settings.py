@@ -48,6 +48,9 @@ class DispatcherSettings(BaseSettings):
     dispatcher_reload_interval: str = "5s"
     dispatcher_status_interval: str = "2s"
     dispatcher_max_buffered: int = 50_000
+    # A drainer's round: the due head items of up to this many users, this many each.
+    dispatcher_backlog_users: int = 256
+    dispatcher_backlog_per_user: int = 20
     dispatcher_max_in_flight: int = 32  # batches; a batch's slowest key no longer idles the 32 webhook slots
 
     def seconds(self, name: str) -> float:

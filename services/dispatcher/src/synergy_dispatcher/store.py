@@ -31,15 +31,21 @@ class DestinationStatus:
     delivered: int
     failed: int
     dead_lettered: int
-    lag: int
+    lag: int  # consumed and not yet delivered: in the replicas' memory, plus the backlog
     settings: Mapping[str, Any]
+    backlog_items: int = 0
+    backlog_oldest_age_seconds: float = 0.0
+    consumer_lag: int = 0  # the consumer group's lag, shared by every destination
 
     def as_json(self) -> dict[str, Any]:
         public = {k: v for k, v in self.settings.items() if k in ("url", "host")}
         return {
             "id": self.id, "name": self.name, "type": self.type, "origin": self.origin,
             "state": self.state, "disabled_reason": self.disabled_reason, "delivered": self.delivered,
-            "failed": self.failed, "dead_lettered": self.dead_lettered, "lag": self.lag, **public,
+            "failed": self.failed, "dead_lettered": self.dead_lettered, "lag": self.lag,
+            "backlog": {"items": self.backlog_items,
+                        "oldest_age_seconds": round(self.backlog_oldest_age_seconds, 3)},
+            "consumer_lag": self.consumer_lag, **public,
         }
 
 
@@ -138,22 +144,34 @@ async def add_counts(pool: asyncpg.Pool, counts: Mapping[str, tuple[int, int, in
         [(int(d), *c) for d, c in counts.items()])
 
 
-async def record_lag(pool: asyncpg.Pool, replica: str, lags: Mapping[str, int]) -> None:
+async def record_lag(pool: asyncpg.Pool, replica: str, lags: Mapping[str, int],
+                     consumer_lag: int = 0) -> None:
+    """This replica's in-memory lag per destination, and the consumer lag of its partitions."""
     await pool.executemany(
-        """INSERT INTO destination_lag (destination_id, replica, lag, updated_at) VALUES ($1, $2, $3, now())
-           ON CONFLICT (destination_id, replica) DO UPDATE SET lag = EXCLUDED.lag, updated_at = now()""",
-        [(int(d), replica, lag) for d, lag in lags.items()])
+        """INSERT INTO destination_lag (destination_id, replica, lag, consumer_lag, updated_at)
+           VALUES ($1, $2, $3, $4, now())
+           ON CONFLICT (destination_id, replica) DO UPDATE
+           SET lag = EXCLUDED.lag, consumer_lag = EXCLUDED.consumer_lag, updated_at = now()""",
+        [(int(d), replica, lag, consumer_lag) for d, lag in lags.items()])
 
 
 async def destination_statuses(pool: asyncpg.Pool, brand_id: str | None,
                                include_environment: bool = False,
                                lag_fresh_seconds: float = 60.0) -> list[DestinationStatus]:
-    """The brand's destinations (`None`: every destination) with counts and the replicas' summed lag."""
+    """The brand's destinations (`None`: every destination) with counts, the replicas' summed lag, and
+    the backlog (count, age of the oldest)."""
     rows = await pool.fetch(
-        f"""SELECT {COLUMNS},
-                   (SELECT coalesce(sum(l.lag), 0) FROM destination_lag l WHERE l.destination_id = d.id
-                     AND l.updated_at > now() - make_interval(secs => $3)) AS lag
+        f"""SELECT {COLUMNS}, l.lag, l.consumer_lag, coalesce(b.items, 0) AS backlog_items,
+                   coalesce(b.age, 0) AS backlog_age
             FROM destinations d
+            LEFT JOIN LATERAL (
+              SELECT coalesce(sum(x.lag), 0) AS lag, coalesce(sum(x.consumer_lag), 0) AS consumer_lag
+              FROM destination_lag x WHERE x.destination_id = d.id
+                AND x.updated_at > now() - make_interval(secs => $3)) l ON true
+            LEFT JOIN LATERAL (
+              SELECT count(*) AS items,
+                     extract(epoch FROM now() - min(coalesce(y.first_attempt_at, y.created_at))) AS age
+              FROM destination_backlog y WHERE y.destination_id = d.id) b ON true
             WHERE ($1::bigint IS NULL OR d.brand_id = $1 OR ($2 AND d.brand_id IS NULL))
             ORDER BY d.id""",
         None if brand_id is None else int(brand_id), include_environment, lag_fresh_seconds)
@@ -161,4 +179,6 @@ async def destination_statuses(pool: asyncpg.Pool, brand_id: str | None,
         id=str(r["id"]), brand_id=None if r["brand_id"] is None else str(r["brand_id"]), name=r["name"],
         type=r["type"], origin=r["origin"], state=r["state"], disabled_reason=r["disabled_reason"],
         delivered=r["delivered_total"], failed=r["failed_total"], dead_lettered=r["dead_lettered_total"],
-        lag=int(r["lag"]), settings=r["settings"] or {}) for r in rows]
+        lag=int(r["lag"]) + int(r["backlog_items"]), settings=r["settings"] or {},
+        backlog_items=int(r["backlog_items"]), backlog_oldest_age_seconds=max(0.0, float(r["backlog_age"])),
+        consumer_lag=int(r["consumer_lag"])) for r in rows]
