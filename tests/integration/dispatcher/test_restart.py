@@ -31,13 +31,14 @@ async def _all_committed(h: DispatcherHarness) -> bool:
 
 
 @asynccontextmanager
-async def dispatcher_process(h: DispatcherHarness) -> AsyncIterator[asyncio.subprocess.Process]:
+async def dispatcher_process(h: DispatcherHarness, extra_env: dict[str, str] | None = None,
+                             ) -> AsyncIterator[asyncio.subprocess.Process]:
     settings = h.settings()
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": h.kafka_bootstrap, "DATABASE_URL": h.database_url,
            "SYNERGY_ENCRYPTION_KEY": h.encryption_key, "DISPATCHER_TOPICS": settings.dispatcher_topics,
            "DISPATCHER_GROUP_ID": h.group_id, "DISPATCHER_PORT": str(free_port()),
            "DISPATCHER_HOST": "127.0.0.1", "DISPATCHER_RETRY_BASE": "200ms", "DISPATCHER_RETRY_CAP": "1s",
-           "SYNERGY_TOPIC_DLQ": h.topics["dlq"], "LOG_LEVEL": "WARNING"}
+           "SYNERGY_TOPIC_DLQ": h.topics["dlq"], "LOG_LEVEL": "WARNING", **(extra_env or {})}
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "synergy_dispatcher", env=env)
     try:
         yield process

@@ -169,8 +169,7 @@ class Dispatcher:
         self.backlogs = Backlogs(
             pool, settings.replica, self.retry, registry.get, self._send, dead_letters, self.destination_of,
             self._drained_round,
-            # A claimed user's items go out one after another: the lease outlasts the slowest round.
-            lease_seconds=settings.seconds("dispatcher_webhook_timeout") * per_user + 60.0,
+            lease_seconds=settings.seconds("dispatcher_backlog_lease"),
             max_users=settings.dispatcher_backlog_users, per_user=per_user,
             max_items=settings.dispatcher_posthog_batch_items)
         self.depths: dict[str, backlog_store.Depth] = {}

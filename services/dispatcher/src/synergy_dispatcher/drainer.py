@@ -35,6 +35,7 @@ Lookup = Callable[[str], Destination | None]
 Send = Callable[[str, Destination | None, Sequence[Work]], Awaitable[list[ItemOutcome]]]
 RoundDone = Callable[[str, Destination | None, RoundPlan], None]
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+POSTGRES_RETRY = RetryPolicy(base=0.5, cap=10.0).forever()  # the drainer's own troubles, not a destination's
 
 
 def work_of(destination: Destination | None, destination_id: str, item: BacklogItem) -> Work:
@@ -61,6 +62,7 @@ class Backlogs:
         self.writing: Counter[str] = Counter()  # writes into the backlog under way
         self.written: Counter[str] = Counter()  # writes finished (either way)
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.delivered = 0  # items this replica delivered from backlogs
         self._stopping = False
 
     def holds(self, destination_id: str) -> bool:
@@ -126,7 +128,7 @@ class Backlogs:
                     failures = 0
                 except Exception as exc:  # Postgres away, mostly: the rows wait, nothing is lost
                     failures += 1
-                    delay = self.policy.forever().backoff(failures)
+                    delay = POSTGRES_RETRY.backoff(failures)
                     log.warning("backlog drain failed; retrying", destination=self.label_of(destination_id),
                                 error=repr(exc), retry_in=round(delay, 2))
                     await asyncio.sleep(delay)
@@ -149,9 +151,10 @@ class Backlogs:
                 break
             except DB_ERRORS as exc:
                 attempts += 1
-                delay = self.policy.forever().backoff(attempts)
+                delay = POSTGRES_RETRY.backoff(attempts)
                 log.warning("backlog round not settled; retrying", error=repr(exc), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
+        self.delivered += len(plan.delivered)
         self.on_round(destination_id, destination, plan)
 
     def _letter(self, destination_id: str, item: BacklogItem, reason: str, detail: str, attempts: int,

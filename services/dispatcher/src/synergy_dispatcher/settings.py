@@ -51,6 +51,9 @@ class DispatcherSettings(BaseSettings):
     # A drainer's round: the due head items of up to this many users, this many each.
     dispatcher_backlog_users: int = 256
     dispatcher_backlog_per_user: int = 20
+    # A replica that died leaves its claimed users to the others after this; it must outlast a round
+    # (a claimed user's items go out one after another: per_user x the webhook timeout at worst).
+    dispatcher_backlog_lease: str = "6m"
     dispatcher_max_in_flight: int = 32  # batches; a batch's slowest key no longer idles the 32 webhook slots
 
     def seconds(self, name: str) -> float:
