@@ -270,7 +270,8 @@ class Dispatcher:
                 record.headers, record.partition.topic, record.partition.partition, record.offset,
                 attempts, first, next_at, outcome.reason if isinstance(outcome, Retry) else None))
             moved.append(index)
-        answered: list[ItemOutcome] = list(outcomes) if outcomes is not None else [DELIVERED] * len(items)
+        answered: list[ItemOutcome] = (list(outcomes) if outcomes is not None
+                                       else [Retry("not_written", counts_attempt=False)] * len(items))
         try:
             await self.backlogs.write(destination_id, rows)
         except Exception as exc:
@@ -376,7 +377,7 @@ class Dispatcher:
                 metrics.BACKLOG_ITEMS.labels(brand_label(d), d.label).set(depth.items if depth else 0)
                 metrics.BACKLOG_OLDEST_AGE.labels(brand_label(d), d.label).set(
                     depth.oldest_age_seconds if depth else 0)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except Exception as exc:  # Postgres away, mostly: the loop goes on
             for d, c in deltas.items():  # keep the counts for the next flush
                 for i in range(3):
                     self.stats.deltas[d][i] += c[i]

@@ -108,6 +108,10 @@ class Backlogs:
         failures = 0
         try:
             while not self._stopping:
+                if self.lookup(destination_id) is None:
+                    # Not loaded (its secret unreadable, say): its rows wait for it; nothing is sent.
+                    self.held.discard(destination_id)
+                    return
                 snapshot = self.written[destination_id]
                 try:
                     items = await backlog_store.claim(self.pool, destination_id, self.replica,
