@@ -14,7 +14,6 @@ import asyncpg
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from synergy_dispatcher import store
 from synergy_common.testinfra import Infra
 from synergy_dispatcher.app import create_app
 
