@@ -127,7 +127,7 @@ async def test_a_dispatcher_killed_mid_drain_loses_nothing_and_posthog_counts_no
         posthog.faults.clear()
         posthog.hold = 2.0  # PostHog ingests a round, and the answer is still on its way at the kill
         hook.responder = None
-        hook.delay = 0.05
+        hook.delay = 0.3  # four rounds of five requests per user: ~6 s to drain, the kill comes well before
         await eventually(lambda: 20 <= len(hook.accepted), timeout=30, what="the drain under way")
         await eventually(lambda: len(posthog.order) > 0, timeout=30, what="a PostHog round ingested")
         first.send_signal(signal.SIGKILL)
