@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 
 import asyncpg
 import httpx
 import pytest
+from click.testing import CliRunner, Result
 from prometheus_client import REGISTRY
+from synergy_common.cli import main
+from synergy_common.settings import common_settings
 from synergy_common.testinfra import Infra
 from synergy_dispatcher.app import create_app
 
@@ -43,13 +47,23 @@ async def _committed_is(h: DispatcherHarness, count: int) -> bool:
     return await committed(h) == count
 
 
+async def destinations_list(h: DispatcherHarness, monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
+    monkeypatch.setenv("DATABASE_URL", h.database_url)
+    monkeypatch.setenv("SYNERGY_ENCRYPTION_KEY", h.encryption_key)
+    common_settings.cache_clear()
+    try:
+        return await asyncio.to_thread(CliRunner().invoke, main, ["destinations", "list", *args])
+    finally:
+        common_settings.cache_clear()
+
+
 @pytest.mark.timeout(300)
 async def test_a_webhook_down_for_long_holds_back_only_itself_while_the_others_get_more_than_the_buffer(
-        harness: DispatcherHarness) -> None:
+        harness: DispatcherHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     h = harness
     brand_id, write_key = await h.brand()
     down_id, down = await h.webhook(brand_id, name="down")
-    _, up = await h.webhook(brand_id, name="up")
+    up_id, up = await h.webhook(brand_id, name="up")
     _, posthog = await h.posthog(brand_id)
     down.responder = lambda _: UNAVAILABLE
     envelopes = [make_envelope(brand_id, f"u{i % 25}", data={"n": i}) for i in range(1000)]
@@ -73,6 +87,8 @@ async def test_a_webhook_down_for_long_holds_back_only_itself_while_the_others_g
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://d") as client:
             answer = await client.get("/v1/destinations/status",
                                       headers={"Authorization": f"Bearer {write_key}"})
+        listed = await destinations_list(h, monkeypatch, "--brand", brand_id, "--json")
+        table = await destinations_list(h, monkeypatch, "--brand", brand_id)
         accepted_while_down = len(down.accepted)
         refused_while_down = len(down.answered)
 
@@ -95,6 +111,10 @@ async def test_a_webhook_down_for_long_holds_back_only_itself_while_the_others_g
     (status,) = [d for d in answer.json()["destinations"] if d["id"] == down_id]
     assert status["backlog"]["items"] == 1000 and status["lag"] == 1000 and status["state"] == "active"
     assert status["backlog"]["oldest_age_seconds"] > 0
+    backlogs = {d["id"]: (d["backlog"]["items"], d["lag"]) for d in json.loads(listed.output)}
+    assert backlogs[down_id] == (1000, 1000) and backlogs[up_id] == (0, 0)
+    (down_row,) = [line.split() for line in table.output.splitlines() if line.split()[:1] == [down_id]]
+    assert down_row[3:5] == ["down", "active"] and down_row[8:10] == ["1000", "1000"]  # lag, backlog
     everything = envelopes + later
     all_ids = [e["event_id"] for e in everything]
     assert sorted(down.accepted_ids()) == sorted(all_ids)  # nothing lost, none twice
