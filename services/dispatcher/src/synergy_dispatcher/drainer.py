@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import asyncpg
 import orjson
 import structlog
-from synergy_streaming import ItemOutcome, Work
+from synergy_streaming import Failed, ItemOutcome, Work
 from synergy_streaming.dlq import DeadLetter, DeadLetterWriter, epoch_to_datetime
 from synergy_streaming.retry import RetryPolicy
 
@@ -141,9 +141,16 @@ class Backlogs:
 
     async def _round(self, destination_id: str, items: list[BacklogItem]) -> None:
         destination = self.lookup(destination_id)
-        works = [work_of(destination, destination_id, item) for item in items]
-        outcomes = await self.send(destination_id, destination, works)
-        plan = plan_round(items, outcomes, self.policy, time.time())
+        outcomes: list[ItemOutcome | None] = [None] * len(items)
+        works: list[Work] = []
+        for index, item in enumerate(items):
+            try:
+                works.append(work_of(destination, destination_id, item))
+            except Exception as exc:  # a row no sender can take must not wedge the destination
+                outcomes[index] = Failed("backlog_unreadable", repr(exc)[:300])
+        sent = iter(await self.send(destination_id, destination, works) if works else [])
+        answered = [o if o is not None else next(sent) for o in outcomes]
+        plan = plan_round(items, answered, self.policy, time.time())
         if plan.dead_letters and self.dead_letters is not None:
             await self.dead_letters.write_until_durable([
                 self._letter(destination_id, letter.item, letter.reason, letter.detail, letter.attempts,
