@@ -42,6 +42,9 @@ class Running:
     pool: asyncpg.Pool
 
 
+ASSIGNMENT_READ_TIMEOUT = 5.0
+
+
 class BacklogAwareConsumer(KafkaConsumer):
     """Before partitions are taken over, the backlogs in Postgres are read again: a user whose items
     another replica put in a backlog gets its new items behind them, not past them."""
@@ -52,8 +55,8 @@ class BacklogAwareConsumer(KafkaConsumer):
                   on_revoked: AssignmentCallback) -> None:
         async def assigned(partitions: list[Partition]) -> None:
             if self.before_assigned is not None:
-                try:
-                    await self.before_assigned()
+                try:  # bounded: the rebalance must not wait on a Postgres that is away
+                    await asyncio.wait_for(self.before_assigned(), ASSIGNMENT_READ_TIMEOUT)
                 except Exception as exc:
                     log.warning("backlogs not read before the assignment", error=repr(exc))
             await on_assigned(partitions)
