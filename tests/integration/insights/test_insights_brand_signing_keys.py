@@ -95,6 +95,9 @@ async def test_a_brand_with_its_own_key_is_verified_with_it_only_and_the_global_
     own_key = f"own-{secrets.token_hex(8)}"
     await asyncio.to_thread(set_brand_signing_key, database_url, keyed_brand.slug, own_key)
     keyless = await make_brand(db, "Global Key")
+    # A second brand without a key of its own, so that the guess below is ambiguous however many
+    # brands earlier tests left: with a single candidate, rule 3 would pick it (and wait for the user).
+    await make_brand(db, "Global Key Too")
     keyed_user = await make_user(db, keyed_brand, f"ownkey-{secrets.token_hex(4)}")
     keyless_user = await make_user(db, keyless, f"globalkey-{secrets.token_hex(4)}")
 
