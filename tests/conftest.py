@@ -194,8 +194,10 @@ async def consume(
     where: Callable[[Record], bool] | None = None,
     timeout: float = 30.0,
     strict: bool = True,
+    isolation_level: str = "read_uncommitted",
 ) -> list[Record]:
-    """Read `topics` from the beginning with a fresh consumer group.
+    """Read `topics` from the beginning with a fresh consumer group (`isolation_level="read_committed"`:
+    as the services read, without records of aborted transactions).
 
     Stops when `count` records (that pass `where`) have arrived, or `until(records)` is true; with neither,
     when every partition is read up to its end as of the start. On timeout it raises AssertionError, unless
@@ -208,6 +210,7 @@ async def consume(
         group_id=f"test-consume-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     records: list[Record] = []

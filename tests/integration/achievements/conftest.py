@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import Record, consume
 from tests.support import free_port, ingest_in_process
 
 PARTITIONS = 4
@@ -30,6 +31,19 @@ async def achievements_topics(topic_factory: Any) -> dict[str, str]:
         "SYNERGY_TOPIC_DLQ": await topic_factory(PARTITIONS, prefix="ach.dlq"),
     }
     return names
+
+
+@pytest.fixture(scope="session")
+def consume_all(kafka_bootstrap: str) -> Callable[..., Any]:
+    """As the session's `consume_all`, reading read_committed by default, as every reader of the worker's
+    outputs does: records of aborted transactions (a batch that failed half-way, a fenced zombie) are not
+    seen; `isolation_level="read_uncommitted"` shows them too."""
+
+    async def run(topics: str | list[str], count: int | None = None, **kwargs: Any) -> list[Record]:
+        kwargs.setdefault("isolation_level", "read_committed")
+        return await consume(kafka_bootstrap, topics, count, **kwargs)
+
+    return run
 
 
 @pytest.fixture
@@ -72,6 +86,7 @@ def start_worker(
         started.append(process)
         return process
 
+    start.app_id = app_id  # type: ignore[attr-defined]  # the changelog is `<app id>-user-state-changelog`
     yield start
     for process in started:
         if process.poll() is None:

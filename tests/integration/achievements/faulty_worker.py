@@ -1,21 +1,28 @@
 """`python -m tests.integration.achievements.faulty_worker`: the achievements worker, with faults injected.
 
-ACH_FAULTS names them (comma-separated), each failing once across restarts (a marker file in
-ACH_FAULT_DIR records that it fired):
-- `publish`: the first publish of loyalty outputs sends half of its records, then raises;
-- `persist`: the first Postgres write of two or more records writes half of them, then raises.
+ACH_FAULTS names them (comma-separated), each firing once across restarts (a marker file in ACH_FAULT_DIR
+records that it fired, with the pid of the process it fired in):
+- `publish`: the first send of a batch's records with two or more loyalty outputs sends half of them inside
+  the partition's transaction, then raises;
+- `persist`: the first Postgres write of two or more records writes half of them, then raises;
+- `stop_in_transaction`: the first send of a batch's records with a loyalty output sends them all inside
+  the partition's transaction, then stops the process with SIGSTOP before the commit (a zombie to be
+  resumed with SIGCONT by the test).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import signal
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+from synergy_achievements import publisher
 from synergy_achievements.__main__ import main
 from synergy_achievements.persistence import LoyaltyWriter
-from synergy_achievements.publisher import BatchPublisher, Record
+from synergy_achievements.publisher import Record
 from synergy_schemas.topics import LOYALTY
 
 FAULTS = {name for name in os.environ.get("ACH_FAULTS", "").split(",") if name}
@@ -30,16 +37,22 @@ def fire_once(fault: str) -> bool:
     return True
 
 
-original_publish = BatchPublisher.publish
+original_send_records = publisher.send_records
 original_write = LoyaltyWriter.write
 
 
-async def publish_failing_once(self: BatchPublisher, records: Sequence[Record]) -> list[int]:
+async def send_records_with_faults(
+    producer: AIOKafkaProducer, records: Sequence[Record], partitions_of: Callable[[str], Awaitable[int]],
+) -> list[int]:
     loyalty = [record for record in records if record.topic == LOYALTY.name]
     if len(loyalty) >= 2 and fire_once("publish"):
-        await original_publish(self, records[: len(records) // 2])
+        await original_send_records(producer, records[: len(records) // 2], partitions_of)
         raise RuntimeError("injected fault: publish failed half-way through a batch")
-    return await original_publish(self, records)
+    offsets = await original_send_records(producer, records, partitions_of)
+    if loyalty and fire_once("stop_in_transaction"):
+        (FAULT_DIR / "stopped.offsets").write_text(",".join(map(str, offsets)))
+        os.kill(os.getpid(), signal.SIGSTOP)  # resumed here by SIGCONT, then commits (or is fenced)
+    return offsets
 
 
 async def write_failing_once(self: LoyaltyWriter, envelopes: list[dict[str, Any]]) -> None:
@@ -49,7 +62,7 @@ async def write_failing_once(self: LoyaltyWriter, envelopes: list[dict[str, Any]
     await original_write(self, envelopes)
 
 
-BatchPublisher.publish = publish_failing_once  # type: ignore[method-assign]
+publisher.send_records = send_records_with_faults
 LoyaltyWriter.write = write_failing_once  # type: ignore[method-assign]
 
 if __name__ == "__main__":

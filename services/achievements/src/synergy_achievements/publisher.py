@@ -1,23 +1,45 @@
-"""Acknowledged, batched writes to Kafka through one idempotent producer (aiokafka's batch API).
+"""Acknowledged, batched writes to Kafka (aiokafka's batch API), and the transactions that fence a zombie.
 
-The worker publishes a whole step's outputs, then its changelog records, as a few record batches per
-partition instead of one `send` per record: per record that is an append to a batch, not a future, a
-metadata lookup and an accumulator insert.
+The worker publishes a whole step's records as a few record batches per partition instead of one `send`
+per record: per record that is an append to a batch, not a future, a metadata lookup and an accumulator
+insert.
+
+`PartitionTransactions` holds one transactional producer per input partition this worker owns, with the
+transactional id `<app id>-<partition>` (every topic the worker reads and writes has the same partition
+count, and faust's assignor gives partition p of all of them to one worker, so a partition number names
+one unit of ownership). Starting that producer (InitProducerId) bumps the id's epoch: the previous owner's
+open transaction is aborted and its producer is fenced, so a worker that lost the partition while paused
+can write nothing more that a `read_committed` reader sees. A batch's outputs, changelog records, dead
+letters and input offsets of one partition are one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+import structlog
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import ProducerFenced
 from aiokafka.partitioner import murmur2
 from synergy_common.kafka import durable_producer
 
+log = structlog.get_logger("synergy_achievements.publisher")
+
 # The bench's bare consume-and-produce loop uses these too, so both sides produce alike.
 PRODUCER_SETTINGS: dict[str, Any] = {"linger_ms": 5, "max_batch_size": 512 * 1024}
+# Every record this worker writes names the process that wrote it (which worker wrote what, e.g. after a
+# rebalance); an added header, the envelope's headers are unchanged.
+WRITER_HEADER = "synergy_writer"
+WRITER = f"{socket.gethostname()}:{os.getpid()}".encode()
+# A transaction left open by a crashed worker blocks read_committed readers of its partitions until the
+# next owner's InitProducerId or this timeout aborts it; the next owner normally starts within seconds.
+TRANSACTION_TIMEOUT_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -34,13 +56,63 @@ def key_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+async def send_records(
+    producer: AIOKafkaProducer, records: Sequence[Record], partitions_of: Callable[[str], Awaitable[int]],
+) -> list[int]:
+    """Send every record as record batches and return once Kafka has acknowledged all of them (raises if
+    any failed): the offset each record got, in the order given. Records of one partition keep their
+    order."""
+    by_partition: dict[tuple[str, int], list[int]] = {}
+    for index, record in enumerate(records):
+        partition = record.partition
+        if partition is None:
+            partition = key_partition(record.key, await partitions_of(record.topic))
+        by_partition.setdefault((record.topic, partition), []).append(index)
+    sent: list[tuple[list[int], Any]] = []
+    for (topic, partition), indices in by_partition.items():
+        batch = producer.create_batch()
+        in_batch: list[int] = []
+        for index in indices:
+            record = records[index]
+            headers = [*record.headers, (WRITER_HEADER, WRITER)]
+            while batch.append(key=record.key, value=record.value, timestamp=None,
+                               headers=headers) is None:  # full: send it, start another
+                acknowledgement = await producer.send_batch(batch, topic, partition=partition)
+                sent.append((in_batch, acknowledgement))
+                batch, in_batch = producer.create_batch(), []
+            in_batch.append(index)
+        sent.append((in_batch, await producer.send_batch(batch, topic, partition=partition)))
+    offsets = [0] * len(records)
+    for indices, acknowledgement in sent:
+        base = (await acknowledgement).offset
+        for position, index in enumerate(indices):
+            offsets[index] = base + position
+    return offsets
+
+
+class PartitionCounts:
+    """Partition counts of the topics written, looked up once through a producer."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    async def of(self, producer: AIOKafkaProducer, topic: str) -> int:
+        count = self._counts.get(topic)
+        if count is None:
+            count = self._counts[topic] = len(await producer.partitions_for(topic))
+        return count
+
+
 class BatchPublisher:
+    """One idempotent producer, outside any transaction: the read model's dead letters (persist-loyalty
+    reads committed outputs and writes Postgres idempotently, so it needs no fencing)."""
+
     def __init__(self, bootstrap_servers: str, client_id: str) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
         self._started: asyncio.Future[None] | None = None
-        self._partitions: dict[str, int] = {}
+        self._counts = PartitionCounts()
 
     async def start(self) -> AIOKafkaProducer:
         """Idempotent (publish calls it too); the producer is made in the running loop."""
@@ -57,39 +129,84 @@ class BatchPublisher:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def partitions_of(self, topic: str) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            producer = await self.start()
-            count = self._partitions[topic] = len(await producer.partitions_for(topic))
-        return count
-
     async def publish(self, records: Sequence[Record]) -> list[int]:
-        """Send every record and return once Kafka has acknowledged all of them (raises if any failed):
-        the offset each record got, in the order given. Records of one partition keep their order."""
         producer = await self.start()
-        by_partition: dict[tuple[str, int], list[int]] = {}
-        for index, record in enumerate(records):
-            partition = record.partition
-            if partition is None:
-                partition = key_partition(record.key, await self.partitions_of(record.topic))
-            by_partition.setdefault((record.topic, partition), []).append(index)
-        sent: list[tuple[list[int], Any]] = []
-        for (topic, partition), indices in by_partition.items():
-            batch = producer.create_batch()
-            in_batch: list[int] = []
-            for index in indices:
-                record = records[index]
-                while batch.append(key=record.key, value=record.value, timestamp=None,
-                                   headers=list(record.headers)) is None:  # full: send it, start another
-                    acknowledgement = await producer.send_batch(batch, topic, partition=partition)
-                    sent.append((in_batch, acknowledgement))
-                    batch, in_batch = producer.create_batch(), []
-                in_batch.append(index)
-            sent.append((in_batch, await producer.send_batch(batch, topic, partition=partition)))
-        offsets = [0] * len(records)
-        for indices, acknowledgement in sent:
-            base = (await acknowledgement).offset
-            for position, index in enumerate(indices):
-                offsets[index] = base + position
+        return await send_records(producer, records, lambda topic: self._counts.of(producer, topic))
+
+
+class NotOwned(Exception):
+    """A batch holds records of a partition this worker does not (or no longer) own."""
+
+
+class PartitionTransactions:
+    """One transactional producer per owned input partition; see the module docstring."""
+
+    def __init__(self, bootstrap_servers: str, app_id: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._app_id = app_id  # also the consumer group the offsets are committed for
+        self._producers: dict[int, AIOKafkaProducer] = {}
+        self._counts = PartitionCounts()
+
+    def transactional_id(self, partition: int) -> str:
+        return f"{self._app_id}-{partition}"
+
+    @property
+    def owned(self) -> set[int]:
+        return set(self._producers)
+
+    async def take_over(self, partitions: Iterable[int]) -> None:
+        """Called on every assignment, before faust restores the tables or fetches: drops every producer
+        held (a partition kept across a rebalance may have been owned by another worker meanwhile, if this
+        one was paused past its session timeout) and starts one per assigned partition. Each start fences
+        the partition's previous owner and aborts its open transaction, so the changelog read next is
+        final."""
+        await self.release()
+        wanted = sorted(set(partitions))
+        producers = {
+            partition: durable_producer(
+                self._bootstrap_servers, client_id=self.transactional_id(partition),
+                transactional_id=self.transactional_id(partition),
+                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS, **PRODUCER_SETTINGS,
+            )
+            for partition in wanted
+        }
+        started = await asyncio.gather(*(producer.start() for producer in producers.values()),
+                                       return_exceptions=True)
+        failures = [result for result in started if isinstance(result, BaseException)]
+        if failures:
+            await asyncio.gather(*(producer.stop() for producer in producers.values()),
+                                 return_exceptions=True)
+            raise failures[0]
+        self._producers = producers
+        log.info("partitions_fenced", partitions=wanted)
+
+    async def release(self) -> None:
+        producers, self._producers = self._producers, {}
+        await asyncio.gather(*(producer.stop() for producer in producers.values()), return_exceptions=True)
+
+    async def commit(
+        self, partition: int, records: Sequence[Record], input_offsets: Mapping[tuple[str, int], int],
+    ) -> list[int]:
+        """Writes the records and commits the input offsets (the next offset to read, per input
+        partition) for the consumer group, as one transaction: all of it becomes visible to
+        read_committed readers, or none. Returns the offsets the records got. Raises ProducerFenced
+        when another worker has taken the partition over."""
+        producer = self._producers.get(partition)
+        if producer is None:
+            raise NotOwned(f"partition {partition} is not owned by this worker (owned: {sorted(self.owned)})")
+        await producer.begin_transaction()
+        try:
+            offsets = await send_records(producer, records, lambda topic: self._counts.of(producer, topic))
+            if input_offsets:
+                await producer.send_offsets_to_transaction(
+                    {TopicPartition(topic, p): offset for (topic, p), offset in input_offsets.items()},
+                    self._app_id,
+                )
+            await producer.commit_transaction()
+        except BaseException as exc:
+            if not isinstance(exc, ProducerFenced):  # fenced: the new owner has aborted it already
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await producer.abort_transaction()
+            raise
         return offsets

@@ -1,9 +1,11 @@
 """The faust-streaming worker: events in, user state in a changelog-backed table, loyalty + snapshots out.
 
-Ordering that makes it safe without exactly_once: an event's loyalty outputs (unlocks, rank changes,
-referral awards, rejections) are acknowledged by Kafka BEFORE the new state is written to the table. A
-crash in between replays the event; outputs carry ids derived from the event id, so the replay
-publishes the same ids again, and the state's applied-id set stops a second application.
+Per batch and input partition, one Kafka transaction holds the partition's outputs (unlocks, rank
+changes, referral awards, rejections, snapshots), dead letters, changelog records and input offsets
+(publisher.PartitionTransactions): a crash anywhere leaves none of it visible to read_committed readers,
+and the batch is read again. A new owner of a partition fences the old one before it restores the table,
+so a worker paused past its session timeout can write nothing more that counts. faust's own consumer
+reads read_committed (its table recovery, the referral awards, the read model's input).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -23,7 +25,10 @@ import faust
 import orjson
 import structlog
 import uvicorn
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faust.tables.recovery import Recovery
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from synergy_common.db import create_pool
 from synergy_common.db_errors import is_retryable_db_error
@@ -37,7 +42,7 @@ from synergy_achievements import metrics
 from synergy_achievements.api import create_api
 from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected
 from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome, counted_name
-from synergy_achievements.publisher import BatchPublisher, Record, key_partition
+from synergy_achievements.publisher import BatchPublisher, PartitionTransactions, Record, key_partition
 from synergy_achievements.settings import AchievementsSettings, referral_awards_topic
 from synergy_achievements.state import UserState
 
@@ -113,6 +118,20 @@ class ChangelogEntry:
         return self.tp.partition
 
 
+@dataclass
+class PartitionStep:
+    """What one batch writes for one input partition, as one transaction."""
+
+    input_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to read
+    letters: list[DeadLetter] = field(default_factory=list)
+    outputs: list[Record] = field(default_factory=list)
+    states: list[tuple[bytes, UserState]] = field(default_factory=list)
+
+    @property
+    def has_records(self) -> bool:
+        return bool(self.letters or self.outputs or self.states)
+
+
 class RejectedByPostgres(Exception):
     """Postgres refused the data itself (it will refuse it on every retry)."""
 
@@ -135,6 +154,103 @@ class QuietServer(uvicorn.Server):
         yield
 
 
+def read_committed_faust_consumer() -> None:
+    """faust builds its consumer read_committed only with processing_guarantee="exactly_once"
+    (faust/transport/drivers/aiokafka.py `_create_worker_consumer` reads `consumer.in_transaction`), which
+    this worker does not use (see the README). Its consumer must read read_committed all the same: the
+    changelog it restores the table from, the referral awards it applies and the outputs the read model
+    is written from are all written in transactions, and an aborted record must not count. The flag is
+    raised only while the aiokafka consumer is built, so faust's commits and highwaters stay as they are."""
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(original, "read_committed", False):
+        return
+
+    def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        in_transaction = self.consumer.in_transaction
+        self.consumer.in_transaction = True
+        try:
+            return original(self, transport)
+        finally:
+            self.consumer.in_transaction = in_transaction
+
+    create.read_committed = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
+def recovery_waits_for_the_last_committed_record() -> None:
+    """faust's recovery (faust/tables/recovery.py `_build_highwaters`) waits until it has read the record at
+    the changelog's end offset minus one. Read committed, the end offset is the last stable offset, and
+    the record before it is a transaction marker no consumer ever receives: recovery would never end. This
+    replaces that target, per changelog partition, with the offset of the last committed record (the app's
+    `last_committed_offsets`)."""
+    original = Recovery._build_highwaters
+    if getattr(original, "read_committed", False):
+        return
+
+    async def build(self: Recovery, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        await original(self, consumer, tps, destination, title)
+        find = getattr(self.app, "last_committed_offsets", None)
+        if find is not None and tps:
+            found = await find({tp: destination[tp] for tp in tps})
+            log.info("changelog_recovery_targets", title=title,
+                     targets={f"{tp.topic}:{tp.partition}": offset for tp, offset in found.items()})
+            for tp, offset in found.items():  # a Counter: `update` would add
+                destination[tp] = offset
+
+    build.read_committed = True  # type: ignore[attr-defined]
+    Recovery._build_highwaters = build  # type: ignore[method-assign]
+
+
+class FencingApp(faust.App):
+    """faust's App, taking partitions over (fencing their previous owner) before anything else on assignment:
+    faust restores the tables and fetches input only after `take_over` returns."""
+
+    take_over: Callable[[set[TP]], Awaitable[None]] | None = None
+    last_committed_offsets: Callable[[dict[TP, int]], Awaitable[dict[TP, int]]] | None = None
+
+    async def _on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        if self.take_over is not None and not self.should_stop:
+            await self.take_over(assigned)
+        await super()._on_partitions_assigned(assigned, generation_id)
+
+
+async def last_committed_offsets(
+    bootstrap: str, highwaters: Mapping[TP, int], window: int = 64, timeout: float = 30.0,
+) -> dict[TP, int]:
+    """Per partition, the offset of the last committed record before `highwater + 1` (faust's highwater is
+    the end offset minus one), -1 if there is none: the tail is read back, read_committed, in windows
+    that grow until one holds a committed record (aborted batches and markers are skipped)."""
+    found: dict[TP, int] = {}
+    wanted = {tp: end + 1 for tp, end in highwaters.items() if end >= 0}
+    found.update({tp: -1 for tp in highwaters if tp not in wanted})
+    if not wanted:
+        return found
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        async with asyncio.timeout(timeout):
+            partitions = {tp: TopicPartition(tp.topic, tp.partition) for tp in wanted}
+            consumer.assign(list(partitions.values()))
+            beginnings = await consumer.beginning_offsets(list(partitions.values()))
+            for tp, end in wanted.items():
+                partition = partitions[tp]
+                last, size, start = -1, window, end
+                while last < 0 and start > beginnings[partition]:
+                    start = max(beginnings[partition], end - size)
+                    consumer.seek(partition, start)
+                    while await consumer.position(partition) < end:
+                        batches = await consumer.getmany(partition, timeout_ms=500)
+                        for record in batches.get(partition, []):
+                            if record.offset < end:
+                                last = max(last, record.offset)
+                    end, size = start, size * 4  # the next window ends where this one started
+                found[tp] = last
+    finally:
+        await consumer.stop()
+    return found
+
+
 class AchievementsWorker:
     def __init__(self, settings: AchievementsSettings, partitions: int) -> None:
         self.settings = settings
@@ -149,7 +265,9 @@ class AchievementsWorker:
         self.events_topic = EVENTS.name
         self.awards_topic = referral_awards_topic()
         hosts = settings.kafka_bootstrap_servers.split(",")
-        app = faust.App(
+        read_committed_faust_consumer()
+        recovery_waits_for_the_last_committed_record()
+        app = FencingApp(
             settings.achievements_app_id,
             broker=";".join(f"kafka://{host.strip()}" for host in hosts),
             store=settings.achievements_store,
@@ -179,7 +297,11 @@ class AchievementsWorker:
         )
         self.changelog_topic = self.table.changelog_topic.get_topic_name()
         self.publisher = BatchPublisher(settings.kafka_bootstrap_servers,
-                                        client_id=f"{settings.achievements_app_id}-outputs")
+                                        client_id=f"{settings.achievements_app_id}-read-model")
+        self.transactions = PartitionTransactions(
+            settings.kafka_bootstrap_servers, settings.achievements_app_id)
+        app.take_over = self._take_over
+        app.last_committed_offsets = self._last_committed_offsets
         self.state_lock = asyncio.Lock()  # one writer of user states at a time: batches or the recompute
         app.on_before_shutdown.connect(self._stop_publisher)  # type: ignore[arg-type]
         app.on_rebalance_complete.connect(self._hold_deliveries_until_streams_resume)  # type: ignore[arg-type]
@@ -199,7 +321,6 @@ class AchievementsWorker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.seconds(self.settings.achievements_rules_wait)):
                 await self.rules.loaded.wait()
-        await self.publisher.start()
         # faust's take_events acks a batch in a `finally` when the loop body leaves it, whether the body
         # finished or raised, and its default supervisor restarts the agent: a failed batch would be
         # committed unapplied. So a batch the body did not finish ends the process before that can happen.
@@ -214,21 +335,22 @@ class AchievementsWorker:
             metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
 
     async def apply_batch(self, events: list[Any]) -> None:
-        """One step per batch: each user's events applied together; every output acknowledged by Kafka;
-        then each changed user's new state acknowledged on the changelog and put in the table's store;
-        only then may faust commit the batch's offsets."""
+        """One step per batch: each user's events applied together; then, per input partition, one
+        transaction with the partition's dead letters, outputs, changed states (on the changelog) and
+        input offsets; once committed, the states go into the table's store. Only then may faust ack."""
         by_user: dict[bytes, list[dict[str, Any]]] = {}
-        outputs: list[Record] = []
-        letters: list[DeadLetter] = []
+        steps: dict[int, PartitionStep] = {}
         for event in events:
             message = event.message
             self.last_offsets[(message.topic, message.partition)] = message.offset
+            step = steps.setdefault(message.partition, PartitionStep())
+            step.input_offsets[(message.topic, message.partition)] = message.offset + 1
             if not self._is_for_this_service(message):
                 continue
             envelope = self._parse(message.value)
             if envelope is None:
-                letters.append(self._dead_letter(message, "invalid_envelope", "not a JSON envelope with "
-                                                 "event_id, brand_id and timestamp"))
+                step.letters.append(self._dead_letter(message, "invalid_envelope", "not a JSON envelope with "
+                                                      "event_id, brand_id and timestamp"))
                 continue
             user_id = (envelope.get("identifiers") or {}).get("id")
             if not user_id:
@@ -238,42 +360,70 @@ class AchievementsWorker:
             key = partition_key(envelope["brand_id"], user_id).encode()
             if message.partition != (owner := self.partition_of(key)):
                 # Another partition holds (or will hold) this user's state: applying it here would split it.
-                letters.append(self._dead_letter(
+                step.letters.append(self._dead_letter(
                     message, "wrong_partition", f"key {key!r} belongs to partition {owner}"))
                 continue
             by_user.setdefault(key, []).append(envelope)
-        changed: list[tuple[bytes, UserState]] = []
         for key, envelopes in by_user.items():
             rules = self.rules.catalog.for_brand(str(envelopes[0]["brand_id"]))
             outcome = self.processor.apply_stored(self.table.get(key), envelopes, rules)
             if outcome.applied:
-                changed.append((key, outcome.state))
-                outputs.extend(self._output(emit) for emit in outcome.emits)
+                step = steps[self.partition_of(key)]
+                step.states.append((key, outcome.state))
+                step.outputs.extend(self._output(emit) for emit in outcome.emits)
             self._count(outcome)
-        await self._write_dead_letters(letters)
-        if outputs:
-            await self.publisher.publish(outputs)
-        await self._write_states(changed)
+        await self._commit_steps(steps)
 
-    async def _write_states(self, states: list[tuple[bytes, UserState]]) -> None:
+    async def _commit_steps(self, steps: Mapping[int, PartitionStep]) -> None:
+        """The partitions' transactions, concurrently (one producer each). A partition whose batch only
+        skipped events writes nothing: faust commits its offsets after the ack, as for any batch."""
+        letters = [letter for step in steps.values() for letter in step.letters]
+        if letters:  # Postgres first (`synergy dlq list`); the records go into the transactions
+            if self.settings.achievements_persist:
+                await self.pool_ready.wait()
+            await DeadLetterWriter(None, self.pool).write_until_durable(letters)
+        await asyncio.gather(*(self._commit_partition(partition, step)
+                               for partition, step in steps.items() if step.has_records))
+
+    async def _commit_partition(self, partition: int, step: PartitionStep) -> None:
         """Each state, serialised, to the changelog partition of its key (the partition of the user's
-        events: input topics are keyed and partitioned by user) and, once acknowledged, to the table's
-        store, as faust's changelog recovery would put it there (this replaces a `table[key] = value` per
-        user, whose per-key changelog machinery cost 3/4 of the throughput)."""
-        if not states:
-            return
-        records = [
+        events: input topics are keyed and partitioned by user) in the partition's transaction and, once
+        committed, to the table's store, as faust's changelog recovery would put it there (this replaces
+        a `table[key] = value` per user, whose per-key changelog machinery cost 3/4 of the throughput)."""
+        changelog = [
             Record(self.changelog_topic, key, state.to_bytes(), partition=key_partition(key, self.partitions))
-            for key, state in states
+            for key, state in step.states
         ]
-        offsets = await self.publisher.publish(records)
+        letters = [Record(DLQ.name, letter.key or b"", letter.value, letter.kafka_headers())
+                   for letter in step.letters]
+        records = [*letters, *step.outputs, *changelog]
+        offsets = await self.transactions.commit(partition, records, step.input_offsets)
         entries: list[Any] = [
             ChangelogEntry(record.key, record.value, TP(record.topic, record.partition or 0), offset)
-            for record, offset in zip(records, offsets, strict=True)
+            for record, offset in zip(changelog, offsets[len(records) - len(changelog):], strict=True)
         ]
-        self.table.apply_changelog_batch(entries)
+        if entries:
+            self.table.apply_changelog_batch(entries)
+
+    async def _take_over(self, assigned: set[TP]) -> None:
+        """On every assignment, before faust restores the table: one transactional producer per assigned
+        events partition, each fencing that partition's previous owner. A failure ends the worker (the
+        supervisor restarts it): without its producers it could commit nothing."""
+        partitions = {tp.partition for tp in assigned if tp.topic == self.events_topic}
+        try:
+            await self.transactions.take_over(partitions)
+        except BaseException as exc:
+            log.critical("partition_take_over_failed", partitions=sorted(partitions), error=repr(exc),
+                         exc_info=exc)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_BATCH_UNFINISHED)
+
+    async def _last_committed_offsets(self, highwaters: dict[TP, int]) -> dict[TP, int]:
+        return await last_committed_offsets(self.settings.kafka_bootstrap_servers, highwaters)
 
     async def _stop_publisher(self, app: Any, *_: Any, **__: Any) -> None:
+        await self.transactions.release()
         await self.publisher.stop()
 
     async def _hold_deliveries_until_streams_resume(self, app: Any, *_: Any, **__: Any) -> None:
@@ -360,8 +510,9 @@ class AchievementsWorker:
             destination=destination, brand_id=brand_id, event_id=event_id,
         )
 
-    async def _write_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Durable (retried until both writes succeed) before the batch may be acked."""
+    async def _write_read_model_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Durable (retried until both writes succeed) before the read model's batch may be acked; outside
+        any transaction (the read model reads committed outputs and its writes are idempotent)."""
         if letters:
             if self.settings.achievements_persist:  # Postgres first: wait for the connection
                 await self.pool_ready.wait()
@@ -397,7 +548,7 @@ class AchievementsWorker:
                 rejected.append(self._dead_letter(
                     message, "postgres_rejected", str(exc), attempts=2, first_attempt_at=first_attempt_at,
                     destination="postgres"))
-        await self._write_dead_letters(rejected)
+        await self._write_read_model_dead_letters(rejected)
 
     async def _write_retrying(self, envelopes: list[dict[str, Any]]) -> None:
         """Retries what can succeed later (connection lost, serialization failure, deadlock) with
@@ -431,14 +582,14 @@ class AchievementsWorker:
         return len(self._active_partitions())
 
     async def recompute_snapshots(self) -> None:
-        """Daily: a fresh snapshot for each local user whose time-derived fields changed."""
+        """Daily: a fresh snapshot for each local user whose time-derived fields changed (one transaction
+        per partition and chunk, without input offsets)."""
         active = self._active_partitions()
         now = int(time.time())
         keys = [key for key in list(self.table.keys()) if self.partition_of(key) in active]
         for start in range(0, len(keys), RECOMPUTE_CHUNK):
             async with self.state_lock:  # states read and written here are not being changed by a batch
-                outputs: list[Record] = []
-                changed: list[tuple[bytes, UserState]] = []
+                steps: dict[int, PartitionStep] = {}
                 for key in keys[start:start + RECOMPUTE_CHUNK]:
                     stored = self.table.get(key)
                     if stored is None:
@@ -447,12 +598,11 @@ class AchievementsWorker:
                     rules = self.rules.catalog.for_brand(state.brand_id)
                     outcome = self.processor.recompute(state, rules, now)
                     if outcome.emits:
-                        outputs.extend(self._output(emit) for emit in outcome.emits)
-                        changed.append((key, outcome.state))
-                if outputs:
-                    await self.publisher.publish(outputs)
-                await self._write_states(changed)
-                metrics.SNAPSHOTS_RECOMPUTED.inc(len(changed))
+                        step = steps.setdefault(self.partition_of(key), PartitionStep())
+                        step.outputs.extend(self._output(emit) for emit in outcome.emits)
+                        step.states.append((key, outcome.state))
+                await self._commit_steps(steps)
+                metrics.SNAPSHOTS_RECOMPUTED.inc(sum(len(step.states) for step in steps.values()))
 
     async def export_lag(self) -> None:
         consumer = self.app.consumer
