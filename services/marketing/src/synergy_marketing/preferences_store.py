@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -302,16 +302,174 @@ async def change_preferences_batch(
     return results
 
 
+def _audit_row(item: PendingChange, applied: AppliedChange) -> tuple[Any, ...]:
+    """The audit/outbox row of an applied change: what changed, and the envelope the relay publishes."""
+    envelope = preferences_changed_envelope(item.brand_id, item.user_id, applied, item.source, item.now)
+    changes = {name: [_jsonable(old), _jsonable(new)] for name, (old, new) in applied.changed.items()}
+    return (
+        item.brand_id,
+        item.user_id,
+        item.source,
+        orjson.dumps(changes).decode(),
+        envelope.to_json_bytes().decode(),
+        item.now,
+    )
+
+
+def _placeholders(first: int, types: Sequence[str]) -> str:
+    return ", ".join(f"${first + index}::{kind}[]" for index, kind in enumerate(types))
+
+
+_ROW_TYPES = (*("boolean" for _ in FLAGS), "text", "timestamptz")
+_ROW_NAMES = (*FLAGS, "email", "unsubscribed_at")
+_AUDIT_TYPES = ("bigint", "text", "text", "text", "text", "timestamptz")
+
+
+def _audit_insert(first: int, written: str) -> str:
+    """The audit/outbox rows (arrays from parameter `first` on) of the keys the CTE `written` returned."""
+    return f"""
+        INSERT INTO email_preference_changes (brand_id, user_id, source, changes, envelope, changed_at)
+        SELECT a.brand_id, a.user_id, a.source, a.changes::jsonb, a.envelope::jsonb, a.changed_at
+        FROM unnest({_placeholders(first, _AUDIT_TYPES)}) WITH ORDINALITY
+            AS a(brand_id, user_id, source, changes, envelope, changed_at, position)
+        JOIN {written} w ON w.brand_id = a.brand_id AND w.user_id = a.user_id
+        ORDER BY a.position"""
+
+
+_NEW_COUNT = 3 + len(_ROW_TYPES)
+# One statement (so one round trip and its own transaction): the users without a row get one with their
+# change applied to the defaults, with its audit/outbox row; the stored rows are read as they were before
+# the statement. Rows are inserted in key order, so concurrent writers never deadlock.
+_INSERT_NEW_READ_STORED = f"""
+    WITH v AS (
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::boolean[], {_placeholders(4, _ROW_TYPES)})
+            AS v(brand_id, user_id, changes_defaults, {", ".join(_ROW_NAMES)})
+    ), inserted AS (
+        INSERT INTO email_preferences (brand_id, user_id, {", ".join(_ROW_NAMES)})
+        SELECT brand_id, user_id, {", ".join(_ROW_NAMES)} FROM v WHERE changes_defaults
+        ORDER BY brand_id, user_id
+        ON CONFLICT (brand_id, user_id) DO NOTHING
+        RETURNING brand_id, user_id
+    ), audit AS ({_audit_insert(_NEW_COUNT + 1, "inserted")}
+    )
+    SELECT v.brand_id, v.user_id,
+           EXISTS (SELECT 1 FROM inserted i WHERE i.brand_id = v.brand_id AND i.user_id = v.user_id)
+               AS inserted,
+           e.brand_id IS NOT NULL AS stored, {", ".join(f"e.{name}" for name in _ROW_NAMES)},
+           e.created_at, e.updated_at
+    FROM v LEFT JOIN email_preferences e ON e.brand_id = v.brand_id AND e.user_id = v.user_id
+"""
+_UPDATE_COUNT = 2 + 2 * len(_ROW_TYPES)
+# One statement: stored rows get their new values only where they still hold what was read (another
+# writer, or another replica, may have changed one since), with their audit/outbox rows; the keys saved
+# are returned.
+_UPDATE_UNCHANGED = f"""
+    WITH v AS (
+        SELECT * FROM unnest($1::bigint[], $2::text[], {_placeholders(3, _ROW_TYPES)},
+                             {_placeholders(3 + len(_ROW_TYPES), _ROW_TYPES)})
+            AS v(brand_id, user_id, {", ".join(f"old_{name}" for name in _ROW_NAMES)},
+                 {", ".join(f"new_{name}" for name in _ROW_NAMES)})
+    ), saved AS (
+        UPDATE email_preferences e SET {", ".join(f"{name} = v.new_{name}" for name in _ROW_NAMES)}
+        FROM v
+        WHERE e.brand_id = v.brand_id AND e.user_id = v.user_id
+          AND {" AND ".join(f"e.{name} IS NOT DISTINCT FROM v.old_{name}" for name in _ROW_NAMES)}
+        RETURNING e.brand_id, e.user_id
+    ), audit AS ({_audit_insert(_UPDATE_COUNT + 1, "saved")}
+    )
+    SELECT brand_id, user_id FROM saved
+"""
+
+
+def _row_values(preferences: Sequence[EmailPreferences]) -> list[list[Any]]:
+    columns: list[list[Any]] = [[prefs.flag(name) for prefs in preferences] for name in FLAGS]
+    columns.append([prefs.email for prefs in preferences])
+    columns.append([prefs.unsubscribed_at for prefs in preferences])
+    return columns
+
+
+def _audit_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    return [[row[column] for row in rows] for column in range(len(_AUDIT_TYPES))]
+
+
+async def save_changes(
+    connection: asyncpg.Connection, batch: Sequence[PendingChange]
+) -> list[AppliedChange | None]:
+    """Many users' changes, at most one per user, in one or two statements and no explicit transaction,
+    so a batch of one-click unsubscribes of users without a row costs one round trip.
+
+    1. One statement inserts the users without a row (their change applied to the defaults) with their
+       audit/outbox rows, and reads the stored rows of the others.
+    2. Where a stored row changes, one statement updates it, with its audit/outbox row, only if it still
+       holds what step 1 read.
+
+    Each item's applied change, or None where another writer got to the row in between (nothing of that
+    item was written; the caller applies it again under a row lock)."""
+    keys = [(item.brand_id, item.user_id) for item in batch]
+    if len(set(keys)) != len(keys):
+        raise ValueError("save_changes takes at most one change per user")
+    on_defaults = [apply_change(None, item.change, item.now) for item in batch]
+    new_audit = [
+        _audit_row(item, applied) for item, applied in zip(batch, on_defaults, strict=True) if applied.any
+    ]
+    rows = await connection.fetch(
+        _INSERT_NEW_READ_STORED,
+        [key[0] for key in keys],
+        [key[1] for key in keys],
+        [applied.any for applied in on_defaults],
+        *_row_values([applied.after for applied in on_defaults]),
+        *_audit_columns(new_audit),
+    )
+    found = {(row["brand_id"], row["user_id"]): row for row in rows}
+    results: list[AppliedChange | None] = []
+    to_update: list[tuple[int, EmailPreferences, AppliedChange]] = []
+    for index, (item, key, applied) in enumerate(zip(batch, keys, on_defaults, strict=True)):
+        row = found[key]
+        if row["inserted"]:
+            results.append(applied)
+        elif row["stored"]:
+            stored = _row_to_preferences(row)
+            on_stored = apply_change(stored, item.change, item.now)
+            results.append(on_stored)
+            if on_stored.any:
+                to_update.append((index, stored, on_stored))
+        else:  # no row when read, yet the insert met one: another writer's, committed meanwhile
+            results.append(None if applied.any else applied)
+    if to_update:
+        saved = await connection.fetch(
+            _UPDATE_UNCHANGED,
+            [keys[index][0] for index, _, _ in to_update],
+            [keys[index][1] for index, _, _ in to_update],
+            *_row_values([stored for _, stored, _ in to_update]),
+            *_row_values([applied.after for _, _, applied in to_update]),
+            *_audit_columns([_audit_row(batch[index], applied) for index, _, applied in to_update]),
+        )
+        saved_keys = {(row["brand_id"], row["user_id"]) for row in saved}
+        for index, _, _ in to_update:
+            if keys[index] not in saved_keys:
+                results[index] = None
+    return results
+
+
 class PreferenceWriter:
-    """Queues changes from concurrent requests and writes them in batches, one transaction each, so
-    many one-click unsubscribes share a commit. The queue is bounded: when it is full, callers wait
-    (backpressure) instead of piling up."""
+    """Queues changes from concurrent requests and writes them in batches (group commit): a request is
+    answered once its batch is committed, so a 200 still means the change is in Postgres.
+
+    - Each user's changes go to one of `writers` shards (by brand and user), in their order; a batch
+      holds at most one change per user, a later one waits for the next batch. So a user's changes are
+      applied in the order they came, and the shards never write the same row at once.
+    - Each shard holds one pooled connection and writes a batch with `save_changes` (one statement for
+      users without a row, a second one for stored rows that change). The rare change whose row another
+      writer touched in between is applied again in a transaction under a row lock.
+    - The queues are bounded: when one is full, callers wait (backpressure) instead of piling up."""
 
     def __init__(self, pool: asyncpg.Pool, max_batch: int = 200, writers: int = 2, max_queued: int = 5_000):
         self._pool = pool
         self._max_batch = max_batch
-        self._writers = writers
-        self._queue: asyncio.Queue[PendingChange] = asyncio.Queue(maxsize=max_queued)
+        self._queues: list[asyncio.Queue[PendingChange]] = [
+            asyncio.Queue(maxsize=max(1, max_queued // writers)) for _ in range(writers)
+        ]
+        self._connections: list[asyncpg.Connection | None] = [None] * writers
 
     async def change(
         self,
@@ -324,13 +482,35 @@ class PreferenceWriter:
         now = now or datetime.now(UTC)
         apply_change(None, change, now)  # refuses unknown fields here, before they reach a batch
         future: asyncio.Future[AppliedChange] = asyncio.get_running_loop().create_future()
-        await self._queue.put(PendingChange(brand_id, user_id, change, source, now, future))
+        queue = self._queues[hash((brand_id, user_id)) % len(self._queues)]
+        await queue.put(PendingChange(brand_id, user_id, change, source, now, future))
         return await future
 
-    async def _write(self, batch: list[PendingChange]) -> None:
+    async def _connection(self, shard: int) -> asyncpg.Connection:
+        connection = self._connections[shard]
+        if connection is None or connection.is_closed():
+            connection = self._connections[shard] = await self._pool.acquire(timeout=5)
+        return connection
+
+    async def _drop_connection(self, shard: int) -> None:
+        connection, self._connections[shard] = self._connections[shard], None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(connection, timeout=2)
+
+    async def _save(self, connection: asyncpg.Connection, batch: list[PendingChange]) -> list[AppliedChange]:
+        results = await save_changes(connection, batch)
+        raced = [item for item, applied in zip(batch, results, strict=True) if applied is None]
+        locked: Iterator[AppliedChange] = iter(())
+        if raced:
+            async with connection.transaction():
+                locked = iter(await change_preferences_batch(connection, raced))
+        return [next(locked) if applied is None else applied for applied in results]
+
+    async def _write(self, shard: int, batch: list[PendingChange]) -> None:
         try:
-            async with self._pool.acquire(timeout=5) as connection, connection.transaction():
-                results = await change_preferences_batch(connection, batch)
+            connection = await self._connection(shard)
+            results = await self._save(connection, batch)
         except asyncio.CancelledError:
             for item in batch:
                 item.future.cancel()
@@ -338,11 +518,13 @@ class PreferenceWriter:
         except asyncpg.DataError as exc:
             if len(batch) > 1:  # one bad change must not fail the others: each alone
                 for item in batch:
-                    await self._write([item])
+                    await self._write(shard, [item])
                 return
             batch[0].future.set_exception(exc)
             return
         except Exception as exc:  # Postgres away: every caller of the batch is told
+            if not isinstance(exc, asyncpg.PostgresError):  # the connection may be broken: a new one next
+                await self._drop_connection(shard)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
@@ -351,15 +533,30 @@ class PreferenceWriter:
             if not item.future.done():
                 item.future.set_result(applied)
 
-    async def _write_forever(self) -> None:
+    async def _write_forever(self, shard: int) -> None:
+        queue = self._queues[shard]
+        waiting: list[PendingChange] = []  # taken from the queue, not yet written, in arrival order
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._write(batch)
+            if not waiting:
+                waiting.append(await queue.get())
+            while len(waiting) < self._max_batch and not queue.empty():
+                waiting.append(queue.get_nowait())
+            batch: list[PendingChange] = []
+            later: list[PendingChange] = []
+            users: set[tuple[int, str]] = set()
+            for item in waiting:
+                user = (item.brand_id, item.user_id)
+                (later if user in users else batch).append(item)
+                users.add(user)
+            waiting = later
+            await self._write(shard, batch)
 
     async def run_forever(self) -> None:
-        await asyncio.gather(*(self._write_forever() for _ in range(self._writers)))
+        try:
+            await asyncio.gather(*(self._write_forever(shard) for shard in range(len(self._queues))))
+        finally:
+            for shard in range(len(self._queues)):
+                await self._drop_connection(shard)
 
 
 def _jsonable(value: Any) -> Any:
