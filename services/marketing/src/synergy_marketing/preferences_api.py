@@ -43,6 +43,7 @@ from synergy_marketing.email_preferences import (
     as_api_body,
     change_from_form,
 )
+from synergy_marketing.hot_routes import HotEndpoint
 from synergy_marketing.preferences_store import (
     PreferenceChangeRelay,
     PreferenceWriter,
@@ -296,9 +297,9 @@ def _links(context: MarketingContext, signer: TokenSigner, brand_id: int, user_i
 def _record_change(runtime: PreferencesRuntime, applied: AppliedChange, source: ChangeSource) -> None:
     if not applied.any:
         return
-    pm.PREFERENCE_CHANGES.labels(source).inc()
+    pm.preference_changes(source).inc()
     if applied.changed.get("unsubscribed", (None, None))[1] is True:
-        pm.UNSUBSCRIBES.labels(source).inc()
+        pm.unsubscribes(source).inc()
     runtime.relay.wake()
 
 
@@ -550,7 +551,7 @@ async def preferences_page(
     except PageError as error:
         return error.response
     finally:
-        pm.REQUEST_SECONDS.labels("preferences_page").observe(time.perf_counter() - started)
+        pm.request_seconds("preferences_page").observe(time.perf_counter() - started)
 
 
 def _preferences_page(signer: TokenSigner, token: str, prefs: EmailPreferences, saved: bool) -> HTMLResponse:
@@ -610,7 +611,7 @@ async def save_preferences(
     except PageError as error:
         return error.response
     finally:
-        pm.REQUEST_SECONDS.labels("preferences_save").observe(time.perf_counter() - started)
+        pm.request_seconds("preferences_save").observe(time.perf_counter() - started)
 
 
 def _preferences_link(context: MarketingContext, signer: TokenSigner, claims: TokenClaims) -> str:
@@ -645,7 +646,7 @@ async def unsubscribe_confirmation(
     except PageError as error:
         return error.response
     finally:
-        pm.REQUEST_SECONDS.labels("unsubscribe_page").observe(time.perf_counter() - started)
+        pm.request_seconds("unsubscribe_page").observe(time.perf_counter() - started)
 
 
 @router.post(
@@ -699,7 +700,7 @@ async def one_click_unsubscribe(
     except PageError as error:
         return error.response
     finally:
-        pm.REQUEST_SECONDS.labels("one_click").observe(time.perf_counter() - started)
+        pm.request_seconds("one_click").observe(time.perf_counter() - started)
 
 
 # --- tracking (no key: the queue id is the link's) ---------------------------------------------
@@ -738,8 +739,8 @@ async def track_email_open(
         outcome = "error"
         logger.warning("open_not_recorded", queue_id=(queue_id or "")[:64], error=repr(exc))
     finally:
-        pm.TRACKING_REQUESTS.labels("open", outcome).inc()
-        pm.REQUEST_SECONDS.labels("track_open").observe(time.perf_counter() - started)
+        pm.tracking_requests("open", outcome).inc()
+        pm.request_seconds("track_open").observe(time.perf_counter() - started)
     return _pixel()
 
 
@@ -786,5 +787,15 @@ async def track_email_click(
         outcome = "redirected"
         return Response(status_code=302, headers={"Location": redirect, "Cache-Control": "no-store"})
     finally:
-        pm.TRACKING_REQUESTS.labels("click", outcome).inc()
-        pm.REQUEST_SECONDS.labels("track_click").observe(time.perf_counter() - started)
+        pm.tracking_requests("click", outcome).inc()
+        pm.request_seconds("track_click").observe(time.perf_counter() - started)
+
+
+# Served by synergy_marketing.hot_routes without FastAPI's routing (the routes above stay their definition).
+HOT_ENDPOINTS: dict[str, HotEndpoint] = {
+    "one_click_unsubscribe": lambda request, query: one_click_unsubscribe(request, query.get("token")),
+    "track_email_open": lambda request, query: track_email_open(request, query.get("queue_id")),
+    "track_email_click": lambda request, query: track_email_click(
+        request, query.get("queue_id"), query.get("redirect")
+    ),
+}
