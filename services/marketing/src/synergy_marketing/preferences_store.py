@@ -451,6 +451,18 @@ async def save_changes(
     return results
 
 
+async def save_batch(connection: asyncpg.Connection, batch: Sequence[PendingChange]) -> list[AppliedChange]:
+    """`save_changes`, then the changes it could not save (another writer got to their rows in between)
+    once more in a transaction that reads their rows FOR UPDATE."""
+    results = await save_changes(connection, batch)
+    raced = [item for item, applied in zip(batch, results, strict=True) if applied is None]
+    locked: Iterator[AppliedChange] = iter(())
+    if raced:
+        async with connection.transaction():
+            locked = iter(await change_preferences_batch(connection, raced))
+    return [next(locked) if applied is None else applied for applied in results]
+
+
 class PreferenceWriter:
     """Queues changes from concurrent requests and writes them in batches (group commit): a request is
     answered once its batch is committed, so a 200 still means the change is in Postgres.
@@ -498,19 +510,10 @@ class PreferenceWriter:
             with contextlib.suppress(Exception):
                 await self._pool.release(connection, timeout=2)
 
-    async def _save(self, connection: asyncpg.Connection, batch: list[PendingChange]) -> list[AppliedChange]:
-        results = await save_changes(connection, batch)
-        raced = [item for item, applied in zip(batch, results, strict=True) if applied is None]
-        locked: Iterator[AppliedChange] = iter(())
-        if raced:
-            async with connection.transaction():
-                locked = iter(await change_preferences_batch(connection, raced))
-        return [next(locked) if applied is None else applied for applied in results]
-
     async def _write(self, shard: int, batch: list[PendingChange]) -> None:
         try:
             connection = await self._connection(shard)
-            results = await self._save(connection, batch)
+            results = await save_batch(connection, batch)
         except asyncio.CancelledError:
             for item in batch:
                 item.future.cancel()
