@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -392,8 +392,16 @@ def _audit_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [[row[column] for row in rows] for column in range(len(_AUDIT_TYPES))]
 
 
+# Told each item's applied change (by its index in the batch) as soon as it is in Postgres.
+Saved = Callable[[int, AppliedChange], None]
+
+
+def _nothing_to_tell(index: int, applied: AppliedChange) -> None:
+    pass
+
+
 async def save_changes(
-    connection: asyncpg.Connection, batch: Sequence[PendingChange]
+    connection: asyncpg.Connection, batch: Sequence[PendingChange], saved: Saved = _nothing_to_tell
 ) -> list[AppliedChange | None]:
     """Many users' changes, at most one per user, in one or two statements and no explicit transaction,
     so a batch of one-click unsubscribes of users without a row costs one round trip.
@@ -404,7 +412,9 @@ async def save_changes(
        holds what step 1 read.
 
     Each item's applied change, or None where another writer got to the row in between (nothing of that
-    item was written; the caller applies it again under a row lock)."""
+    item was written; the caller applies it again under a row lock). `saved` hears of each item as soon
+    as its statement returned, so when the second statement fails, the first one's are still answered
+    as stored (they are)."""
     keys = [(item.brand_id, item.user_id) for item in batch]
     if len(set(keys)) != len(keys):
         raise ValueError("save_changes takes at most one change per user")
@@ -435,8 +445,12 @@ async def save_changes(
                 to_update.append((index, stored, on_stored))
         else:  # no row when read, yet the insert met one: another writer's, committed meanwhile
             results.append(None if applied.any else applied)
+    updating = {index for index, _, _ in to_update}
+    for index, result in enumerate(results):
+        if result is not None and index not in updating:
+            saved(index, result)
     if to_update:
-        saved = await connection.fetch(
+        updated = await connection.fetch(
             _UPDATE_UNCHANGED,
             [keys[index][0] for index, _, _ in to_update],
             [keys[index][1] for index, _, _ in to_update],
@@ -444,23 +458,29 @@ async def save_changes(
             *_row_values([applied.after for _, _, applied in to_update]),
             *_audit_columns([_audit_row(batch[index], applied) for index, _, applied in to_update]),
         )
-        saved_keys = {(row["brand_id"], row["user_id"]) for row in saved}
-        for index, _, _ in to_update:
-            if keys[index] not in saved_keys:
+        updated_keys = {(row["brand_id"], row["user_id"]) for row in updated}
+        for index, _, applied in to_update:
+            if keys[index] in updated_keys:
+                saved(index, applied)
+            else:
                 results[index] = None
     return results
 
 
-async def save_batch(connection: asyncpg.Connection, batch: Sequence[PendingChange]) -> list[AppliedChange]:
+async def save_batch(
+    connection: asyncpg.Connection, batch: Sequence[PendingChange], saved: Saved = _nothing_to_tell
+) -> list[AppliedChange]:
     """`save_changes`, then the changes it could not save (another writer got to their rows in between)
     once more in a transaction that reads their rows FOR UPDATE."""
-    results = await save_changes(connection, batch)
-    raced = [item for item, applied in zip(batch, results, strict=True) if applied is None]
-    locked: Iterator[AppliedChange] = iter(())
+    results = await save_changes(connection, batch, saved)
+    raced = [index for index, applied in enumerate(results) if applied is None]
     if raced:
         async with connection.transaction():
-            locked = iter(await change_preferences_batch(connection, raced))
-    return [next(locked) if applied is None else applied for applied in results]
+            locked = await change_preferences_batch(connection, [batch[index] for index in raced])
+        for index, applied in zip(raced, locked, strict=True):
+            results[index] = applied
+            saved(index, applied)
+    return [applied for applied in results if applied is not None]
 
 
 class PreferenceWriter:
@@ -513,28 +533,32 @@ class PreferenceWriter:
     async def _write(self, shard: int, batch: list[PendingChange]) -> None:
         try:
             connection = await self._connection(shard)
-            results = await save_batch(connection, batch)
+
+            def answer(index: int, applied: AppliedChange) -> None:
+                if not batch[index].future.done():
+                    batch[index].future.set_result(applied)
+
+            await save_batch(connection, batch, answer)
         except asyncio.CancelledError:
             for item in batch:
                 item.future.cancel()
             raise
         except asyncpg.DataError as exc:
-            if len(batch) > 1:  # one bad change must not fail the others: each alone
+            if len(batch) > 1:  # one bad change must not fail the others: each alone (those not yet saved)
                 for item in batch:
-                    await self._write(shard, [item])
+                    if not item.future.done():
+                        await self._write(shard, [item])
                 return
-            batch[0].future.set_exception(exc)
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
             return
-        except Exception as exc:  # Postgres away: every caller of the batch is told
+        except Exception as exc:  # Postgres away: every caller of the batch not yet answered is told
             if not isinstance(exc, asyncpg.PostgresError):  # the connection may be broken: a new one next
                 await self._drop_connection(shard)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        for item, applied in zip(batch, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(applied)
 
     async def _write_forever(self, shard: int) -> None:
         queue = self._queues[shard]
