@@ -1,7 +1,7 @@
 """Group commit of preference changes: a batch is one statement for users without a row, one more for
 stored rows; a row another writer changed in between is never overwritten; a user's changes keep their
-order; and the hot routes (served without FastAPI's routing) still carry correlation ids, are counted, and read
-repeated query parameters as FastAPI does."""
+order; and the hot routes (served without FastAPI's routing) still carry correlation ids, are counted,
+and read repeated query parameters as FastAPI does."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -483,25 +484,41 @@ async def save_batch(
     return [applied for applied in results if applied is not None]
 
 
+UserKey = tuple[int, str]
+
+
+def next_batch(
+    waiting: Sequence[PendingChange], in_flight: set[UserKey], max_batch: int
+) -> tuple[list[PendingChange], list[PendingChange]]:
+    """The batch to write now, and what keeps waiting: at most one change per user, and none for a user
+    whose change is still being written, so each user's changes are written one after another in the
+    order they came."""
+    batch: list[PendingChange] = []
+    later: list[PendingChange] = []
+    held = set(in_flight)
+    for item in waiting:
+        user = (item.brand_id, item.user_id)
+        (later if user in held or len(batch) >= max_batch else batch).append(item)
+        held.add(user)
+    return batch, later
+
+
 class PreferenceWriter:
     """Queues changes from concurrent requests and writes them in batches (group commit): a request is
-    answered once its batch is committed, so a 200 still means the change is in Postgres.
+    answered once its change is committed, so a 200 still means it is in Postgres.
 
-    - Each user's changes go to one of `writers` shards (by brand and user), in their order; a batch
-      holds at most one change per user, a later one waits for the next batch. So a user's changes are
-      applied in the order they came, and the shards never write the same row at once.
-    - Each shard holds one pooled connection and writes a batch with `save_changes` (one statement for
-      users without a row, a second one for stored rows that change). The rare change whose row another
-      writer touched in between is applied again in a transaction under a row lock.
-    - The queues are bounded: when one is full, callers wait (backpressure) instead of piling up."""
+    - Up to `writers` batches are written at once, each on a pooled connection its writer keeps. A free
+      writer takes everything waiting (`next_batch`), so a change waits for a free writer, never for a
+      particular one, and the busier it gets, the more changes share a statement.
+    - A batch is `save_batch`: one statement for users without a row, a second one for stored rows that
+      change; the rare change whose row another writer touched in between is applied again under a lock.
+    - The queue is bounded: when it is full, callers wait (backpressure) instead of piling up."""
 
     def __init__(self, pool: asyncpg.Pool, max_batch: int = 200, writers: int = 2, max_queued: int = 5_000):
         self._pool = pool
         self._max_batch = max_batch
-        self._queues: list[asyncio.Queue[PendingChange]] = [
-            asyncio.Queue(maxsize=max(1, max_queued // writers)) for _ in range(writers)
-        ]
-        self._connections: list[asyncpg.Connection | None] = [None] * writers
+        self._writers = writers
+        self._queue: asyncio.Queue[PendingChange] = asyncio.Queue(maxsize=max_queued)
 
     async def change(
         self,
@@ -514,76 +531,89 @@ class PreferenceWriter:
         now = now or datetime.now(UTC)
         apply_change(None, change, now)  # refuses unknown fields here, before they reach a batch
         future: asyncio.Future[AppliedChange] = asyncio.get_running_loop().create_future()
-        queue = self._queues[hash((brand_id, user_id)) % len(self._queues)]
-        await queue.put(PendingChange(brand_id, user_id, change, source, now, future))
+        await self._queue.put(PendingChange(brand_id, user_id, change, source, now, future))
         return await future
 
-    async def _connection(self, shard: int) -> asyncpg.Connection:
-        connection = self._connections[shard]
-        if connection is None or connection.is_closed():
-            connection = self._connections[shard] = await self._pool.acquire(timeout=5)
-        return connection
-
-    async def _drop_connection(self, shard: int) -> None:
-        connection, self._connections[shard] = self._connections[shard], None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await self._pool.release(connection, timeout=2)
-
-    async def _write(self, shard: int, batch: list[PendingChange]) -> None:
+    async def _write(
+        self, connection: asyncpg.Connection | None, batch: list[PendingChange]
+    ) -> asyncpg.Connection | None:
+        """Writes the batch and answers its callers; the connection to keep (None when it may be broken)."""
         try:
-            connection = await self._connection(shard)
+            if connection is None:
+                connection = await self._pool.acquire(timeout=5)
 
             def answer(index: int, applied: AppliedChange) -> None:
                 if not batch[index].future.done():
                     batch[index].future.set_result(applied)
 
             await save_batch(connection, batch, answer)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # shutting down: the statement may be half way, so the connection goes
             for item in batch:
                 item.future.cancel()
+            if connection is not None:
+                connection.terminate()
+                await self._release(connection)
             raise
         except asyncpg.DataError as exc:
             if len(batch) > 1:  # one bad change must not fail the others: each alone (those not yet saved)
                 for item in batch:
                     if not item.future.done():
-                        await self._write(shard, [item])
-                return
-            if not batch[0].future.done():
+                        connection = await self._write(connection, [item])
+            elif not batch[0].future.done():
                 batch[0].future.set_exception(exc)
-            return
         except Exception as exc:  # Postgres away: every caller of the batch not yet answered is told
-            if not isinstance(exc, asyncpg.PostgresError):  # the connection may be broken: a new one next
-                await self._drop_connection(shard)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
-            return
+            if not isinstance(exc, asyncpg.PostgresError):  # the connection may be broken: a new one next
+                await self._release(connection)
+                return None
+        return connection
 
-    async def _write_forever(self, shard: int) -> None:
-        queue = self._queues[shard]
-        waiting: list[PendingChange] = []  # taken from the queue, not yet written, in arrival order
-        while True:
-            if not waiting:
-                waiting.append(await queue.get())
-            while len(waiting) < self._max_batch and not queue.empty():
-                waiting.append(queue.get_nowait())
-            batch: list[PendingChange] = []
-            later: list[PendingChange] = []
-            users: set[tuple[int, str]] = set()
-            for item in waiting:
-                user = (item.brand_id, item.user_id)
-                (later if user in users else batch).append(item)
-                users.add(user)
-            waiting = later
-            await self._write(shard, batch)
+    async def _release(self, connection: asyncpg.Connection | None) -> None:
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(connection, timeout=2)
 
     async def run_forever(self) -> None:
+        idle: asyncio.Queue[asyncpg.Connection | None] = asyncio.Queue()
+        for _ in range(self._writers):
+            idle.put_nowait(None)  # a free writer; it takes its connection from the pool when first used
+        in_flight: set[UserKey] = set()
+        written = asyncio.Event()
+        writing: set[asyncio.Task[asyncpg.Connection | None]] = set()
+        waiting: list[PendingChange] = []  # taken from the queue, not yet written, in arrival order
+
+        def finished(task: asyncio.Task[asyncpg.Connection | None], users: set[UserKey]) -> None:
+            writing.discard(task)
+            in_flight.difference_update(users)
+            idle.put_nowait(None if task.cancelled() or task.exception() else task.result())
+            written.set()
+
         try:
-            await asyncio.gather(*(self._write_forever(shard) for shard in range(len(self._queues))))
+            while True:
+                if not waiting:
+                    waiting.append(await self._queue.get())
+                connection = await idle.get()  # what arrives meanwhile joins this batch
+                while len(waiting) < self._max_batch and not self._queue.empty():
+                    waiting.append(self._queue.get_nowait())
+                batch, waiting = next_batch(waiting, in_flight, self._max_batch)
+                if not batch:  # every waiting change is of a user whose change is being written
+                    idle.put_nowait(connection)
+                    written.clear()
+                    await written.wait()
+                    continue
+                users = {(item.brand_id, item.user_id) for item in batch}
+                in_flight.update(users)
+                task = asyncio.create_task(self._write(connection, batch))
+                writing.add(task)
+                task.add_done_callback(functools.partial(finished, users=users))
         finally:
-            for shard in range(len(self._queues)):
-                await self._drop_connection(shard)
+            for task in list(writing):
+                task.cancel()
+            await asyncio.gather(*writing, return_exceptions=True)
+            while not idle.empty():
+                await self._release(idle.get_nowait())
 
 
 def _jsonable(value: Any) -> Any:
