@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import structlog
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import escape
 from pydantic import ConfigDict, StringConstraints, ValidationError
 from synergy_common.http import ProblemError, authenticate_brand
 from synergy_schemas.fields import Email, Flag, Key, StrictModel, Timestamp
@@ -181,6 +183,21 @@ class EmailPreferencesUpdate(StrictModel):
 def _page(template: str, status: int = 200, **values: Any) -> HTMLResponse:
     html = _TEMPLATES.get_template(template).render(**values)
     return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+
+
+@functools.cache
+def _page_around(template: str, name: str) -> list[str]:
+    """The template rendered once with `name` as a marker, cut where the value goes: a page that differs
+    per request in that one value alone is then joined around its escaped value, not rendered again."""
+    return _TEMPLATES.get_template(template).render(**{name: _MARKER}).split(_MARKER)
+
+
+_MARKER = "\x00value\x00"
+
+
+def _page_with(template: str, name: str, value: str) -> HTMLResponse:
+    html = str(escape(value)).join(_page_around(template, name))
+    return HTMLResponse(html, headers=PAGE_HEADERS)
 
 
 def error_page(status: int, title: str, detail: str) -> HTMLResponse:
@@ -696,7 +713,9 @@ async def one_click_unsubscribe(
         except DATABASE_ERRORS as exc:
             raise _database_page_error(exc) from exc
         _record_change(runtime, applied, "one_click")
-        return _page("unsubscribed.html", preferences_link=_preferences_link(context, runtime.signer, claims))
+        return _page_with(
+            "unsubscribed.html", "preferences_link", _preferences_link(context, runtime.signer, claims)
+        )
     except PageError as error:
         return error.response
     finally:
