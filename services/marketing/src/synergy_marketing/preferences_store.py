@@ -506,6 +506,15 @@ def next_batch(
     return batch, later
 
 
+def _usable(connection: asyncpg.Connection) -> bool:
+    """Whether a connection kept from an earlier batch still works (the pool takes back one whose
+    server went away, after which even asking raises)."""
+    try:
+        return not connection.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
 class PreferenceWriter:
     """Queues changes from concurrent requests and writes them in batches (group commit): a request is
     answered once its change is committed, so a 200 still means it is in Postgres.
@@ -542,6 +551,9 @@ class PreferenceWriter:
     ) -> asyncpg.Connection | None:
         """Writes the batch and answers its callers; the connection to keep (None when it may be broken)."""
         try:
+            if connection is not None and not _usable(connection):  # Postgres restarted since the last batch
+                await self._release(connection)
+                connection = None
             if connection is None:
                 connection = await self._pool.acquire(timeout=5)
 
@@ -568,7 +580,10 @@ class PreferenceWriter:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
-            if not isinstance(exc, asyncpg.PostgresError):  # the connection may be broken: a new one next
+            broken = not isinstance(exc, asyncpg.PostgresError) or (
+                connection is not None and not _usable(connection)
+            )
+            if broken:  # a new connection for the next batch
                 await self._release(connection)
                 return None
         return connection
