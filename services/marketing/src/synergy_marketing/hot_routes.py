@@ -4,7 +4,7 @@ declare, with their query parameters read straight from the query string.
 
 It sits inside the RequestSafetyNet, so these answers keep their correlation id, are counted under their
 route template, and an unhandled error is still a clean 500. The FastAPI routes stay declared (OpenAPI,
-HEAD, and any method or path this table does not name), and answer exactly as before.
+and any method or path this table does not name goes to FastAPI as before).
 """
 
 from __future__ import annotations
