@@ -7,8 +7,9 @@ and published, by id.
 
     uv run python -m tests.bench.bench_marketing_unsubscribe [--posts 4000] [--concurrency 32]
 
-Both servers run as separate processes (uvicorn, one worker each); this process is the load generator,
-a raw asyncio HTTP/1.1 keep-alive client (httpx would be the bottleneck), and its CPU share is printed.
+Both servers run as separate processes started the same way (`uvicorn_command`: uvloop, httptools, one
+worker, access log off, log level warning); this process is the load generator, a raw asyncio HTTP/1.1
+keep-alive client (httpx would be the bottleneck), and its CPU share is printed.
 Infrastructure: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set, else synergy_common.testinfra.
 """
 
@@ -85,6 +86,29 @@ class Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def uvicorn_command(app: str, port: int, *, factory: bool = False) -> list[str]:
+    """The same server settings for both: the bench compares handlers, not servers."""
+    return [
+        "-m",
+        "uvicorn",
+        app,
+        *(["--factory"] if factory else []),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
 
 
 def post(path: str) -> bytes:
@@ -176,8 +200,6 @@ async def main() -> None:
 
     port, bare_port = free_port(), free_port()
     env = {
-        "MARKETING_PORT": str(port),
-        "MARKETING_HOST": "127.0.0.1",
         "DATABASE_URL": database,
         "KAFKA_BOOTSTRAP_SERVERS": kafka,
         "MARKETING_TOKEN_SECRET": SECRET,
@@ -186,20 +208,13 @@ async def main() -> None:
         "SYNERGY_TOPIC_MARKETING": topic,
         "LOG_LEVEL": "WARNING",
     }
-    bare = [
-        "-m",
-        "uvicorn",
-        "tests.bench.bare_fastapi_200:app",
-        "--port",
-        str(bare_port),
-        "--log-level",
-        "warning",
-    ]
+    marketing_server = uvicorn_command("synergy_marketing.app:create_app", port, factory=True)
+    bare = uvicorn_command("tests.bench.bare_fastapi_200:app", bare_port)
     bare_requests = [post("/unsubscribe?token=x")] * options.posts
     # Rounds alternate ceiling and marketing on a machine whose load drifts: each round's ratio is against the
     # mean of the ceilings measured just before and just after it, and the median round is reported.
     rounds: list[tuple[dict[str, float], dict[str, float], float]] = []
-    async with server(["-m", "synergy_marketing"], env, port) as pid, server(bare, {}, bare_port) as bare_pid:
+    async with server(marketing_server, env, port) as pid, server(bare, {}, bare_port) as bare_pid:
         ceilings = [await load(bare_port, bare_pid, bare_requests, options.concurrency)]
         for index in range(options.rounds):
             chunk = requests[index * options.posts : (index + 1) * options.posts]

@@ -201,3 +201,41 @@ async def test_a_batch_mixes_new_and_stored_users_and_one_users_changes_apply_in
         ]
     finally:
         await db.close()
+
+
+async def test_one_click_answers_503_while_postgres_restarts_and_200_again_after_nothing_lost(
+    database_factory, topic_factory, kafka_bootstrap, postgres_control, consume_all
+) -> None:
+    database_url = await database_factory("prefsrestart")
+    topic = await topic_factory(1, prefix="test.marketing")
+    db = await create_pool(database_url, min_size=0, max_size=2)
+    try:
+        brand = await make_brand(db)
+        users = [await make_user(db, brand) for _ in range(6)]
+        settings = settings_for(database_url, kafka_bootstrap)
+        async with running_marketing(settings, topic) as app, client_for(app) as client:
+
+            async def one_click(user: str) -> int:
+                answer = await client.post(
+                    f"/unsubscribe?token={token('unsubscribe', brand, user)}",
+                    content=b"List-Unsubscribe=One-Click",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
+                assert answer.headers["content-type"].startswith("text/html")
+                return answer.status_code
+
+            assert await one_click(users[0]) == 200  # the writer now holds a connection
+            async with postgres_control.postgres_outage():
+                assert await one_click(users[1]) == 503
+            # the connection held from before the restart is dead: replaced, not used
+            assert [await one_click(user) for user in users[2:]] == [200, 200, 200, 200]
+            answered = [users[0], *users[2:]]
+            for user in users:
+                stored = await stored_preferences(db, brand, user)
+                assert (stored is not None and stored["unsubscribed"]) is (user in answered)
+            keys = {f"{brand.brand_id}:{user}".encode() for user in answered}
+            records = await consume_all(topic, 5, where=lambda r: r.key in keys, timeout=30)
+            assert sorted(r.key for r in records) == sorted(keys)
+            assert all(envelope_of(r)["data"]["unsubscribed"] is True for r in records)
+    finally:
+        await db.close()

@@ -13,6 +13,8 @@ def main() -> None:
         factory=True,
         host=os.environ.get("MARKETING_HOST", "0.0.0.0"),
         port=int(os.environ.get("MARKETING_PORT", "8002")),
+        loop="uvloop",
+        http="httptools",
         access_log=False,
     )
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from synergy_common.db import create_pool
 from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import WriteKeyAuthenticator, install_problem_handlers, ops_router
@@ -17,6 +18,8 @@ from synergy_common.logging import configure_logging
 from synergy_marketing import metrics
 from synergy_marketing.consumer import run_consumer
 from synergy_marketing.context import MarketingContext
+from synergy_marketing.hot_routes import HotRoutes
+from synergy_marketing.preferences_api import HOT_ENDPOINTS
 from synergy_marketing.preferences_api import router as preferences_router
 from synergy_marketing.publisher import MarketingPublisher
 from synergy_marketing.queue_api import router as queue_router
@@ -92,6 +95,12 @@ def create_app(
 
     app = FastAPI(title="Synergy marketing", version="1.0.0", lifespan=lifespan)
     app.state.insights_topic = insights_topic  # also read by the preference router's subscription consumer
+    # Added before the RequestSafetyNet, so it runs inside it (correlation ids, answers counted).
+    app.add_middleware(
+        HotRoutes,
+        routes=[route for route in preferences_router.routes if isinstance(route, APIRoute)],
+        endpoints=HOT_ENDPOINTS,
+    )
     install_problem_handlers(app, metrics.ANSWERS)
 
     async def postgres_ready() -> bool:

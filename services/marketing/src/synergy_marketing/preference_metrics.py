@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 PREFERENCE_CHANGES = Counter(
@@ -32,3 +34,24 @@ CHANGES_UNPUBLISHED = Gauge(
     "synergy_marketing_preference_changes_unpublished",
     "Preference changes stored but not yet published to synergy.marketing.v1 (as of the relay's last pass)",
 )
+
+
+@cache
+def request_seconds(route: str) -> Histogram:
+    """REQUEST_SECONDS of one route (prometheus-client locks and builds a tuple on every labels() call)."""
+    return REQUEST_SECONDS.labels(route)
+
+
+@cache
+def preference_changes(source: str) -> Counter:
+    return PREFERENCE_CHANGES.labels(source)
+
+
+@cache
+def unsubscribes(source: str) -> Counter:
+    return UNSUBSCRIBES.labels(source)
+
+
+@cache
+def tracking_requests(kind: str, outcome: str) -> Counter:
+    return TRACKING_REQUESTS.labels(kind, outcome)

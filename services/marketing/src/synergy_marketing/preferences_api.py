@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import structlog
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import escape
 from pydantic import ConfigDict, StringConstraints, ValidationError
 from synergy_common.http import ProblemError, authenticate_brand
 from synergy_schemas.fields import Email, Flag, Key, StrictModel, Timestamp
@@ -43,6 +45,7 @@ from synergy_marketing.email_preferences import (
     as_api_body,
     change_from_form,
 )
+from synergy_marketing.hot_routes import HotEndpoint
 from synergy_marketing.preferences_store import (
     PreferenceChangeRelay,
     PreferenceWriter,
@@ -182,6 +185,21 @@ def _page(template: str, status: int = 200, **values: Any) -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
 
+@functools.cache
+def _page_around(template: str, name: str) -> list[str]:
+    """The template rendered once with `name` as a marker, cut where the value goes: a page that differs
+    per request in that one value alone is then joined around its escaped value, not rendered again."""
+    return _TEMPLATES.get_template(template).render(**{name: _MARKER}).split(_MARKER)
+
+
+_MARKER = "\x00value\x00"
+
+
+def _page_with(template: str, name: str, value: str) -> HTMLResponse:
+    html = str(escape(value)).join(_page_around(template, name))
+    return HTMLResponse(html, headers=PAGE_HEADERS)
+
+
 def error_page(status: int, title: str, detail: str) -> HTMLResponse:
     return _page("error.html", status, title=title, detail=detail)
 
@@ -296,9 +314,9 @@ def _links(context: MarketingContext, signer: TokenSigner, brand_id: int, user_i
 def _record_change(runtime: PreferencesRuntime, applied: AppliedChange, source: ChangeSource) -> None:
     if not applied.any:
         return
-    pm.PREFERENCE_CHANGES.labels(source).inc()
+    pm.preference_changes(source).inc()
     if applied.changed.get("unsubscribed", (None, None))[1] is True:
-        pm.UNSUBSCRIBES.labels(source).inc()
+        pm.unsubscribes(source).inc()
     runtime.relay.wake()
 
 
@@ -550,7 +568,7 @@ async def preferences_page(
     except PageError as error:
         return error.response
     finally:
-        pm.REQUEST_SECONDS.labels("preferences_page").observe(time.perf_counter() - started)
+        pm.request_seconds("preferences_page").observe(time.perf_counter() - started)
 
 
 def _preferences_page(signer: TokenSigner, token: str, prefs: EmailPreferences, saved: bool) -> HTMLResponse:
@@ -610,7 +628,7 @@ async def save_preferences(
     except PageError as error:
         return error.response
     finally:
-        pm.REQUEST_SECONDS.labels("preferences_save").observe(time.perf_counter() - started)
+        pm.request_seconds("preferences_save").observe(time.perf_counter() - started)
 
 
 def _preferences_link(context: MarketingContext, signer: TokenSigner, claims: TokenClaims) -> str:
@@ -645,7 +663,7 @@ async def unsubscribe_confirmation(
     except PageError as error:
         return error.response
     finally:
-        pm.REQUEST_SECONDS.labels("unsubscribe_page").observe(time.perf_counter() - started)
+        pm.request_seconds("unsubscribe_page").observe(time.perf_counter() - started)
 
 
 @router.post(
@@ -695,11 +713,13 @@ async def one_click_unsubscribe(
         except DATABASE_ERRORS as exc:
             raise _database_page_error(exc) from exc
         _record_change(runtime, applied, "one_click")
-        return _page("unsubscribed.html", preferences_link=_preferences_link(context, runtime.signer, claims))
+        return _page_with(
+            "unsubscribed.html", "preferences_link", _preferences_link(context, runtime.signer, claims)
+        )
     except PageError as error:
         return error.response
     finally:
-        pm.REQUEST_SECONDS.labels("one_click").observe(time.perf_counter() - started)
+        pm.request_seconds("one_click").observe(time.perf_counter() - started)
 
 
 # --- tracking (no key: the queue id is the link's) ---------------------------------------------
@@ -738,8 +758,8 @@ async def track_email_open(
         outcome = "error"
         logger.warning("open_not_recorded", queue_id=(queue_id or "")[:64], error=repr(exc))
     finally:
-        pm.TRACKING_REQUESTS.labels("open", outcome).inc()
-        pm.REQUEST_SECONDS.labels("track_open").observe(time.perf_counter() - started)
+        pm.tracking_requests("open", outcome).inc()
+        pm.request_seconds("track_open").observe(time.perf_counter() - started)
     return _pixel()
 
 
@@ -786,5 +806,15 @@ async def track_email_click(
         outcome = "redirected"
         return Response(status_code=302, headers={"Location": redirect, "Cache-Control": "no-store"})
     finally:
-        pm.TRACKING_REQUESTS.labels("click", outcome).inc()
-        pm.REQUEST_SECONDS.labels("track_click").observe(time.perf_counter() - started)
+        pm.tracking_requests("click", outcome).inc()
+        pm.request_seconds("track_click").observe(time.perf_counter() - started)
+
+
+# Served by synergy_marketing.hot_routes without FastAPI's routing (the routes above stay their definition).
+HOT_ENDPOINTS: dict[str, HotEndpoint] = {
+    "one_click_unsubscribe": lambda request, query: one_click_unsubscribe(request, query.get("token")),
+    "track_email_open": lambda request, query: track_email_open(request, query.get("queue_id")),
+    "track_email_click": lambda request, query: track_email_click(
+        request, query.get("queue_id"), query.get("redirect")
+    ),
+}
