@@ -2,7 +2,7 @@
 carts, watches, identities, the windows' deadlines, conversions), synergy.insights.v1's opens and
 clicks into the queue.
 
-    Kafka -> decode -> prepare (parse_event, a dry run of apply_event) -> order by person
+    Kafka -> decode -> prepare (parse_event, parse_change: read and checked once) -> order by person
           -> batch -> apply_batch (one transaction, one statement per table) -> commit
 """
 
@@ -44,6 +44,7 @@ from synergy_marketing.state import (
     InvalidEvent,
     WindowConfig,
     apply_event,
+    parse_change,
     person_of,
 )
 
@@ -123,10 +124,10 @@ def prepare_event(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
         event = parse_event(envelope)
         if not is_relevant(event):
             return Skip("not_a_marketing_event")
-        apply_event(BatchState(), event)  # the data is checked here, before the batch depends on it
+        change = parse_change(event)  # the data is checked here, before the batch depends on it
     except InvalidEvent as exc:
         return Reject("invalid_event", str(exc))
-    return [Work(key=work_key(event), target=STATE, payload=event)]
+    return [Work(key=work_key(event), target=STATE, payload=(event, change))]
 
 
 def prepare_insight(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
@@ -182,7 +183,7 @@ class MarketingConsumer:
         return await self.apply_batch(items)
 
     async def apply_batch(self, items: Sequence[Work]) -> list[ItemOutcome]:
-        events: list[Event] = [item.payload for item in items]
+        events: list[Event] = [item.payload[0] for item in items]
         async with self.pool.acquire() as conn, conn.transaction():
             await store.keyed_access_only(conn)
             anonymous = {(e.brand_id, e.anonymous_id) for e in events if e.anonymous_id}
@@ -215,13 +216,14 @@ class MarketingConsumer:
             state.products.update(await store.load_products(conn, product_keys))
             outcomes: list[ItemOutcome] = []
             applied: Counter[str] = Counter()
-            for event in events:
+            for item in items:
+                event, change = item.payload
                 if (event.brand_id, event.event_id) not in fresh:
                     outcomes.append(DELIVERED)  # a redelivery: applied before, changes nothing
                     continue
                 fresh.discard((event.brand_id, event.event_id))  # the same event twice in one batch
                 try:
-                    apply_event(state, event)
+                    apply_event(state, event, change)
                 except InvalidEvent as exc:
                     outcomes.append(Failed("invalid_event", str(exc)))
                     continue
