@@ -3,7 +3,8 @@ carts, watches, identities, the windows' deadlines, conversions), synergy.insigh
 clicks into the queue.
 
     Kafka -> decode -> prepare (parse_event, parse_change: read and checked once) -> order by person
-          -> batch -> apply_batch (one transaction, one statement per table) -> commit
+          -> batch -> apply_batch (one transaction: load, apply in memory, save; one statement per
+             table, inside two Postgres functions) -> commit
 """
 
 from __future__ import annotations
@@ -183,11 +184,16 @@ class MarketingConsumer:
         return await self.apply_batch(items)
 
     async def apply_batch(self, items: Sequence[Work]) -> list[ItemOutcome]:
+        """One transaction of two statements (two more when an event is anonymous: the identities of the
+        anonymous ids): the load (locks, the applied event ids, the state) and the save (every table,
+        the conversions)."""
         events: list[Event] = [item.payload[0] for item in items]
         async with self.pool.acquire() as conn, conn.transaction():
-            await store.keyed_access_only(conn)
             anonymous = {(e.brand_id, e.anonymous_id) for e in events if e.anonymous_id}
-            identities = await store.load_identities(conn, anonymous)
+            identities: dict[tuple[str, str], str] = {}
+            if anonymous:
+                await store.keyed_access_only(conn)
+                identities = await store.load_identities(conn, anonymous)
             state = BatchState(identities=dict(identities))
             persons: set[tuple[str, str]] = set()
             catalog: set[tuple[str, str]] = set()
@@ -208,12 +214,14 @@ class MarketingConsumer:
                     product = str(event.data["product_id"])
                     watch_keys.add((event.brand_id, person, product))
                     product_keys.add((event.brand_id, product))
-            await store.lock_persons(conn, persons)
-            fresh = await store.record_new_events(conn, [(e.brand_id, e.event_id) for e in events])
-            state.persons.update(await store.load_persons(conn, persons))
-            state.window_timers = await store.load_window_timers(conn, persons)
-            state.watches.update(await store.load_watches(conn, watch_keys, catalog))
-            state.products.update(await store.load_products(conn, product_keys))
+            loaded = await store.load_batch(
+                conn, [(e.brand_id, e.event_id) for e in events], persons, watch_keys, catalog, product_keys
+            )
+            fresh = loaded.fresh
+            state.persons.update(loaded.persons)
+            state.window_timers = loaded.window_timers
+            state.watches.update(loaded.watches)
+            state.products.update(loaded.products)
             outcomes: list[ItemOutcome] = []
             applied: Counter[str] = Counter()
             for item in items:
@@ -229,16 +237,14 @@ class MarketingConsumer:
                     continue
                 applied[event.name or event.type] += 1
                 outcomes.append(DELIVERED)
-            await store.save_batch(conn, state, self.windows)
-            converted = await store.convert_orders(conn, state.orders, self.conversion_window)
+            converted = await store.save_batch(conn, state, self.windows, self.conversion_window)
         for name, applied_count in applied.items():
             metrics.EVENTS_APPLIED.labels(name).inc(applied_count)
         self._keep_statistics_current(sum(applied.values()))
-        for row in converted:
-            brand, trigger = str(row["brand_id"]), row["event_name"]
+        for brand, trigger, revenue in converted:
             metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "converted").inc()
-            if row["conversion_revenue"] is not None:
-                metrics.RECOVERED_REVENUE.labels(brand, trigger).inc(float(row["conversion_revenue"]))
+            if revenue is not None:
+                metrics.RECOVERED_REVENUE.labels(brand, trigger).inc(float(revenue))
         return outcomes
 
     def _keep_statistics_current(self, applied: int) -> None:
