@@ -171,6 +171,7 @@ class MarketingConsumer:
         )
         self.conversion_window = timedelta(seconds=settings.seconds("marketing_conversion_window"))
         self._applied_since_analyze = 0
+        self._statistics_checked = False
         self._analyzing: asyncio.Task[Any] | None = None
 
     def prepare(self, source: Source) -> list[Work] | Skip | Reject:
@@ -251,9 +252,11 @@ class MarketingConsumer:
         """Every ANALYZE_EVERY applied events, the tables that grew are analyzed in the background (a
         burst into fresh tables would otherwise run on plans made for empty ones)."""
         self._applied_since_analyze += applied
-        if self._applied_since_analyze < ANALYZE_EVERY or (self._analyzing and not self._analyzing.done()):
+        due = self._applied_since_analyze >= ANALYZE_EVERY or (applied and not self._statistics_checked)
+        if not due or (self._analyzing and not self._analyzing.done()):
             return
         self._applied_since_analyze = 0
+        self._statistics_checked = True
 
         async def analyze() -> None:
             try:

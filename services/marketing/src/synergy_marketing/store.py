@@ -342,7 +342,11 @@ async def load_batch(
             row[10] = row[10].strip()  # currency, a CHAR(3)
         watched[(str(row[0]), row[1], row[2])] = Watch(row[1], *row[2:])
     return LoadedBatch(
-        fresh={(str(brand), event_id.strip()) for brand, event_id in loaded["fresh"] or ()},
+        fresh=(
+            set(events)
+            if loaded["fresh"] is None  # every event is new
+            else {(str(brand), event_id.strip()) for brand, event_id in loaded["fresh"]}
+        ),
         persons=found,
         window_timers={
             (str(brand), person, trigger, subject): (timer_id, datetime.fromisoformat(due_at))
@@ -756,12 +760,17 @@ MARKETING_TABLES = (
 
 
 async def analyze_grown_tables(pool: asyncpg.Pool) -> list[str]:
-    """ANALYZE the marketing tables that changed by a fifth (and at least 1,000 rows) since their last
-    analysis. They grow in bursts (a campaign, a replay, a backfill) much faster than autovacuum's
-    naptime, and plans made on "this table is nearly empty" are slow for every batch meanwhile."""
+    """ANALYZE the marketing tables that hold rows but were never analyzed, and those that changed by a
+    fifth (and at least 1,000 rows) since their last analysis. They grow in bursts (a campaign, a replay, a
+    backfill) much faster than autovacuum's naptime, and plans made on "this table is nearly empty" are
+    slow for every batch meanwhile; on a table never analyzed, the planner cannot tell a lookup by brand
+    from one by brand and person (one analysis of a few hundred rows is enough to tell them apart)."""
     rows = await pool.fetch(
-        "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY($1::text[])"
-        " AND n_mod_since_analyze > GREATEST(1000, 0.2 * n_live_tup)",
+        "SELECT c.relname FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid"
+        " WHERE c.relname = ANY($1::text[]) AND c.relkind = 'r'"
+        " AND c.relnamespace = current_schema()::regnamespace"
+        " AND ((c.reltuples < 0 AND pg_relation_size(c.oid) > 0)"
+        "      OR s.n_mod_since_analyze > GREATEST(1000, 0.2 * s.n_live_tup))",
         list(MARKETING_TABLES),
     )
     analyzed = []

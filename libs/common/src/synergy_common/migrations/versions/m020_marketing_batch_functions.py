@@ -12,6 +12,11 @@ Both run in the caller's transaction. Every lookup is one index probe per key (a
 planner cannot flatten, and no sequential scans inside the functions): marketing tables grow in bursts
 much faster than autovacuum re-analyzes them. Timestamps leave the load function in UTC.
 
+idx_product_views_product (brand_id, product_id) is dropped: no query reads views by product, every view
+written paid for it, and on a table never analyzed the planner priced it like the primary key for a lookup
+by person and picked it, scanning the whole brand once per person (620 ms instead of 1.5 ms for 400
+persons in 3,000 rows).
+
 Revision ID: m020_marketing_batch_functions
 Revises: m010_email_preference_changes
 """
@@ -51,7 +56,10 @@ BEGIN
     SELECT * FROM unnest(p_person_brands, p_persons) AS k(brand_id, person)
   )
   SELECT json_build_object(
-    'fresh', (SELECT json_agg(json_build_array(brand_id, event_id)) FROM fresh),
+    -- null when every event is new (the common case), else the new ones
+    'fresh', (SELECT CASE WHEN count(*) = cardinality(p_event_ids) THEN NULL
+                          ELSE coalesce(json_agg(json_build_array(brand_id, event_id)), '[]') END
+              FROM fresh),
     'views', (
       SELECT json_agg(json_build_array(
         x.brand_id, x.person, x.product_id, x.first_viewed_at, x.last_viewed_at, x.product_name,
@@ -232,6 +240,7 @@ $fn$
 """
 
 DOWNGRADE = (
+    "CREATE INDEX IF NOT EXISTS idx_product_views_product ON product_views (brand_id, product_id)",
     "DROP FUNCTION IF EXISTS marketing_save_batch(jsonb)",
     "DROP FUNCTION IF EXISTS marketing_load_batch(text[], bigint[], text[], bigint[], text[], bigint[],"
     " text[], text[], bigint[], text[], bigint[], text[])",
@@ -241,6 +250,7 @@ DOWNGRADE = (
 def upgrade() -> None:
     op.execute(LOAD)
     op.execute(SAVE)
+    op.execute("DROP INDEX IF EXISTS idx_product_views_product")
 
 
 def downgrade() -> None:
