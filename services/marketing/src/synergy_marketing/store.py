@@ -409,13 +409,16 @@ async def save_batch(
     (brand, trigger, revenue)."""
     touched = sorted(state.touched | state.merged_away)
     persons = []
+    cartless = []
     for key in touched:
         person = state.persons.get(key)
-        if person is None:
-            continue
-        cart = person.cart
-        has_cart = cart.last_changed_at is not None or cart.last_order_at is not None or bool(cart.items)
-        if not person.views and not has_cart:
+        cart = person.cart if person is not None else None
+        has_cart = cart is not None and (
+            cart.last_changed_at is not None or cart.last_order_at is not None or bool(cart.items)
+        )
+        if not has_cart:
+            cartless.append({"brand_id": int(key[0]), "person": key[1]})
+        if person is None or (not person.views and not has_cart):
             continue
         persons.append(
             {
@@ -430,6 +433,7 @@ async def save_batch(
     payload = {
         "touched": [{"brand_id": int(brand), "person": person} for brand, person in touched],
         "persons": persons,
+        "cartless": cartless,
         "watch_keys": [{"brand_id": int(b), "person": p, "subject": s} for b, p, s in changed_watches],
         "watches": [
             {"brand_id": int(key[0]), "watch": watch}

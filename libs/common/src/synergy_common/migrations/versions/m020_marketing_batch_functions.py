@@ -119,7 +119,7 @@ AS $fn$
 DECLARE
   converted json;
 BEGIN
-  -- The touched persons' views and carts are replaced (a cart's items go with it: ON DELETE CASCADE).
+  -- The touched persons' views are replaced.
   DELETE FROM product_views WHERE ctid = ANY(ARRAY(
     SELECT x.ctid FROM jsonb_to_recordset(p->'touched') AS k(brand_id bigint, person text)
     CROSS JOIN LATERAL (SELECT ctid FROM product_views x
@@ -139,8 +139,11 @@ BEGIN
     added_to_cart_at timestamptz, purchased bool, purchased_at timestamptz)
   WHERE k.views IS NOT NULL;
 
+  -- A touched person without a cart any more loses it (its lines go with it: ON DELETE CASCADE); the
+  -- others' carts and lines are upserted and the lines no longer in a cart deleted, so an unchanged line
+  -- costs no cascade and no foreign-key check.
   DELETE FROM carts WHERE ctid = ANY(ARRAY(
-    SELECT x.ctid FROM jsonb_to_recordset(p->'touched') AS k(brand_id bigint, person text)
+    SELECT x.ctid FROM jsonb_to_recordset(p->'cartless') AS k(brand_id bigint, person text)
     CROSS JOIN LATERAL (SELECT ctid FROM carts x
       WHERE x.brand_id = k.brand_id AND x.person = k.person OFFSET 0) x));
   INSERT INTO carts (brand_id, person, cart_id, currency, last_changed_at, last_order_at)
@@ -148,7 +151,15 @@ BEGIN
   FROM jsonb_to_recordset(p->'persons') AS k(brand_id bigint, person text, cart jsonb)
   CROSS JOIN LATERAL jsonb_to_record(k.cart) AS c(
     cart_id text, currency text, last_changed_at timestamptz, last_order_at timestamptz)
-  WHERE k.cart IS NOT NULL;
+  WHERE k.cart IS NOT NULL
+  ON CONFLICT (brand_id, person) DO UPDATE SET cart_id = EXCLUDED.cart_id, currency = EXCLUDED.currency,
+    last_changed_at = EXCLUDED.last_changed_at, last_order_at = EXCLUDED.last_order_at,
+    updated_at = now();
+  DELETE FROM cart_items WHERE ctid = ANY(ARRAY(
+    SELECT x.ctid FROM jsonb_to_recordset(p->'persons') AS k(brand_id bigint, person text, cart jsonb)
+    CROSS JOIN LATERAL (SELECT ctid, product_id FROM cart_items x
+      WHERE x.brand_id = k.brand_id AND x.person = k.person OFFSET 0) x
+    WHERE k.cart IS NOT NULL AND NOT jsonb_exists(k.cart->'items', x.product_id)));
   INSERT INTO cart_items (
     brand_id, person, product_id, quantity, added_at, product_name, sku, product_category, price, image_url)
   SELECT k.brand_id, k.person, i.*
@@ -157,7 +168,10 @@ BEGIN
   CROSS JOIN LATERAL jsonb_to_record(e.item) AS i(
     product_id text, quantity int, added_at timestamptz, product_name text, sku text,
     product_category text, price numeric, image_url text)
-  WHERE k.cart IS NOT NULL;
+  WHERE k.cart IS NOT NULL
+  ON CONFLICT (brand_id, person, product_id) DO UPDATE SET quantity = EXCLUDED.quantity,
+    added_at = EXCLUDED.added_at, product_name = EXCLUDED.product_name, sku = EXCLUDED.sku,
+    product_category = EXCLUDED.product_category, price = EXCLUDED.price, image_url = EXCLUDED.image_url;
 
   -- Changed watches are replaced (a removed one is only deleted).
   DELETE FROM watch_list WHERE ctid = ANY(ARRAY(
