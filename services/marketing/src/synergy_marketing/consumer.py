@@ -64,12 +64,12 @@ def _timestamp(value: Any) -> datetime:
     if not isinstance(value, str):
         raise InvalidEvent("timestamp must be an ISO 8601 string")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)  # reads a trailing "Z" since Python 3.11
     except ValueError as exc:
         raise InvalidEvent(f"timestamp is not ISO 8601: {value!r}") from exc
     if parsed.tzinfo is None:
         raise InvalidEvent("timestamp has no time zone")
-    return parsed.astimezone(UTC)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
 def parse_event(envelope: Mapping[str, Any]) -> Event:

@@ -506,7 +506,7 @@ def _timer_changes(
                 "trigger": t.trigger,
                 "subject": t.subject,
                 "due_at": t.due_at,
-                "details": jsonable(dict(t.details)),
+                "details": jsonable(dict(t.details)) if t.details else {},
             }
             for t in latest.values()
         ],
