@@ -652,6 +652,39 @@ def test_events_of_no_interest_are_skipped_and_bad_timestamps_rejected() -> None
         apply_event(BatchState(), event("product_price_changed", T0, {"product_id": "p"}))
 
 
+def test_the_data_is_read_once_in_prepare_and_a_retried_batch_applies_it_alike() -> None:
+    data = {
+        "product_id": "sku-1",
+        "quantity": 2,
+        "price": 19.99,
+        "cart_id": "cart-9",
+        "product_snapshot": {"name": "Trail shoe", "image_url": "https://img/1.png"},
+    }
+    (work,) = prepare_event(envelope("cart_item_added", data))  # type: ignore[misc]
+    event_, change = work.payload
+    data["quantity"] = 50  # the envelope changing afterwards changes nothing: what was read is kept
+
+    def batch() -> BatchState:
+        state = BatchState()
+        apply_event(state, event_, change)
+        return state
+
+    first = batch()
+    first.person(BRAND, "user_123").cart.items["sku-1"].quantity += 5  # a later event of that batch
+    retried = batch()
+    (item,) = retried.person(BRAND, "user_123").cart.items.values()
+    assert (item.product_id, item.quantity, item.price, item.product_name, item.image_url, item.added_at) == (
+        "sku-1",
+        2,
+        Decimal("19.99"),
+        "Trail shoe",
+        "https://img/1.png",
+        T0,
+    )
+    assert retried.person(BRAND, "user_123").cart.cart_id == "cart-9"
+    assert first.person(BRAND, "user_123").cart.items["sku-1"].quantity == 7
+
+
 def test_customer_io_opens_and_clicks_are_matched_by_the_trigger_event_id() -> None:
     opened = {
         **envelope("email_opened", {"metric": "opened", "trigger_event_id": "01jbbbbbbbbbbbbbbbbbbbbbbb"})

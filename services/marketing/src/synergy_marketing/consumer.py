@@ -2,8 +2,9 @@
 carts, watches, identities, the windows' deadlines, conversions), synergy.insights.v1's opens and
 clicks into the queue.
 
-    Kafka -> decode -> prepare (parse_event, a dry run of apply_event) -> order by person
-          -> batch -> apply_batch (one transaction, one statement per table) -> commit
+    Kafka -> decode -> prepare (parse_event, parse_change: read and checked once) -> order by person
+          -> batch -> apply_batch (one transaction: load, apply in memory, save; one statement per
+             table, inside two Postgres functions) -> commit
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from synergy_marketing.state import (
     InvalidEvent,
     WindowConfig,
     apply_event,
+    parse_change,
     person_of,
 )
 
@@ -62,12 +64,12 @@ def _timestamp(value: Any) -> datetime:
     if not isinstance(value, str):
         raise InvalidEvent("timestamp must be an ISO 8601 string")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)  # reads a trailing "Z" since Python 3.11
     except ValueError as exc:
         raise InvalidEvent(f"timestamp is not ISO 8601: {value!r}") from exc
     if parsed.tzinfo is None:
         raise InvalidEvent("timestamp has no time zone")
-    return parsed.astimezone(UTC)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
 def parse_event(envelope: Mapping[str, Any]) -> Event:
@@ -123,10 +125,10 @@ def prepare_event(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
         event = parse_event(envelope)
         if not is_relevant(event):
             return Skip("not_a_marketing_event")
-        apply_event(BatchState(), event)  # the data is checked here, before the batch depends on it
+        change = parse_change(event)  # the data is checked here, before the batch depends on it
     except InvalidEvent as exc:
         return Reject("invalid_event", str(exc))
-    return [Work(key=work_key(event), target=STATE, payload=event)]
+    return [Work(key=work_key(event), target=STATE, payload=(event, change))]
 
 
 def prepare_insight(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
@@ -169,6 +171,7 @@ class MarketingConsumer:
         )
         self.conversion_window = timedelta(seconds=settings.seconds("marketing_conversion_window"))
         self._applied_since_analyze = 0
+        self._statistics_checked = False
         self._analyzing: asyncio.Task[Any] | None = None
 
     def prepare(self, source: Source) -> list[Work] | Skip | Reject:
@@ -182,11 +185,16 @@ class MarketingConsumer:
         return await self.apply_batch(items)
 
     async def apply_batch(self, items: Sequence[Work]) -> list[ItemOutcome]:
-        events: list[Event] = [item.payload for item in items]
+        """One transaction of two statements (two more when an event is anonymous: the identities of the
+        anonymous ids): the load (locks, the applied event ids, the state) and the save (every table,
+        the conversions)."""
+        events: list[Event] = [item.payload[0] for item in items]
         async with self.pool.acquire() as conn, conn.transaction():
-            await store.keyed_access_only(conn)
             anonymous = {(e.brand_id, e.anonymous_id) for e in events if e.anonymous_id}
-            identities = await store.load_identities(conn, anonymous)
+            identities: dict[tuple[str, str], str] = {}
+            if anonymous:
+                await store.keyed_access_only(conn)
+                identities = await store.load_identities(conn, anonymous)
             state = BatchState(identities=dict(identities))
             persons: set[tuple[str, str]] = set()
             catalog: set[tuple[str, str]] = set()
@@ -207,45 +215,48 @@ class MarketingConsumer:
                     product = str(event.data["product_id"])
                     watch_keys.add((event.brand_id, person, product))
                     product_keys.add((event.brand_id, product))
-            await store.lock_persons(conn, persons)
-            fresh = await store.record_new_events(conn, [(e.brand_id, e.event_id) for e in events])
-            state.persons.update(await store.load_persons(conn, persons))
-            state.window_timers = await store.load_window_timers(conn, persons)
-            state.watches.update(await store.load_watches(conn, watch_keys, catalog))
-            state.products.update(await store.load_products(conn, product_keys))
+            loaded = await store.load_batch(
+                conn, [(e.brand_id, e.event_id) for e in events], persons, watch_keys, catalog, product_keys
+            )
+            fresh = loaded.fresh
+            state.persons.update(loaded.persons)
+            state.window_timers = loaded.window_timers
+            state.watches.update(loaded.watches)
+            state.products.update(loaded.products)
             outcomes: list[ItemOutcome] = []
             applied: Counter[str] = Counter()
-            for event in events:
+            for item in items:
+                event, change = item.payload
                 if (event.brand_id, event.event_id) not in fresh:
                     outcomes.append(DELIVERED)  # a redelivery: applied before, changes nothing
                     continue
                 fresh.discard((event.brand_id, event.event_id))  # the same event twice in one batch
                 try:
-                    apply_event(state, event)
+                    apply_event(state, event, change)
                 except InvalidEvent as exc:
                     outcomes.append(Failed("invalid_event", str(exc)))
                     continue
                 applied[event.name or event.type] += 1
                 outcomes.append(DELIVERED)
-            await store.save_batch(conn, state, self.windows)
-            converted = await store.convert_orders(conn, state.orders, self.conversion_window)
+            converted = await store.save_batch(conn, state, self.windows, self.conversion_window)
         for name, applied_count in applied.items():
             metrics.EVENTS_APPLIED.labels(name).inc(applied_count)
         self._keep_statistics_current(sum(applied.values()))
-        for row in converted:
-            brand, trigger = str(row["brand_id"]), row["event_name"]
+        for brand, trigger, revenue in converted:
             metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "converted").inc()
-            if row["conversion_revenue"] is not None:
-                metrics.RECOVERED_REVENUE.labels(brand, trigger).inc(float(row["conversion_revenue"]))
+            if revenue is not None:
+                metrics.RECOVERED_REVENUE.labels(brand, trigger).inc(float(revenue))
         return outcomes
 
     def _keep_statistics_current(self, applied: int) -> None:
         """Every ANALYZE_EVERY applied events, the tables that grew are analyzed in the background (a
         burst into fresh tables would otherwise run on plans made for empty ones)."""
         self._applied_since_analyze += applied
-        if self._applied_since_analyze < ANALYZE_EVERY or (self._analyzing and not self._analyzing.done()):
+        due = self._applied_since_analyze >= ANALYZE_EVERY or (applied and not self._statistics_checked)
+        if not due or (self._analyzing and not self._analyzing.done()):
             return
         self._applied_since_analyze = 0
+        self._statistics_checked = True
 
         async def analyze() -> None:
             try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 ANONYMOUS_PREFIX = "anon:"
 CART_ABANDONED = "cart_abandoned"
@@ -325,47 +325,288 @@ def _earlier(a: datetime | None, b: datetime) -> datetime:
     return b if a is None or b < a else a
 
 
+# --- reading an event's data once --------------------------------------------------------------------
+#
+# parse_change() reads and checks an event's data (InvalidEvent for what it cannot use) into a small
+# immutable record; apply_event() applies that record to the batch's state. The consumer parses in its
+# prepare step, where a bad event is dead-lettered before any batch depends on it, and the batch applies
+# what was parsed: the data is read once per event.
+
+
+class LineItem(NamedTuple):
+    product_id: str
+    quantity: int
+    product_name: str | None
+    sku: str | None
+    product_category: str | None
+    price: Decimal | None
+    image_url: str | None
+
+    def cart_item(self, at: datetime) -> CartItem:
+        return CartItem(
+            self.product_id,
+            self.quantity,
+            at,
+            self.product_name,
+            self.sku,
+            self.product_category,
+            self.price,
+            self.image_url,
+        )
+
+
+class CartChange(NamedTuple):
+    """What every cart event says about the cart as a whole (cart_items replaces its lines)."""
+
+    cart_id: str | None
+    currency: str | None
+    cart_items: tuple[LineItem, ...] | None
+
+
+class Viewed(NamedTuple):
+    product_id: str
+    view_duration: int
+    price: Decimal | None
+    product_name: str | None
+    product_category: str | None
+    image_url: str | None
+    view_id: str | None
+    session_id: str | None
+    referrer: str | None
+    device_type: str | None
+    browser: str | None
+
+
+class CartAdded(NamedTuple):
+    item: LineItem
+    cart: CartChange
+
+
+class CartRemoved(NamedTuple):
+    product_id: str
+    quantity: int
+    cart: CartChange
+
+
+class Ordered(NamedTuple):
+    order_id: str
+    total: Decimal | None
+    bought: frozenset[str]
+
+
+class WatchAdded(NamedTuple):
+    product_id: str
+    current_price: Decimal | None
+    in_stock: bool | None
+    product_name: str | None
+    product_category: str | None
+    image_url: str | None
+    original_price: Decimal | None
+    target_price: Decimal | None
+    currency: str | None
+    notify_on_price_drop: bool | None
+    notify_on_restock: bool | None
+
+
+class WatchRemoved(NamedTuple):
+    product_id: str
+
+
+class PriceChanged(NamedTuple):
+    product_id: str
+    product_name: str | None
+    new_price: Decimal
+    old_price: Decimal | None
+
+
+class StockChanged(NamedTuple):
+    product_id: str
+    product_name: str | None
+    in_stock: bool
+    was_in_stock: bool | None
+
+
+Change = Viewed | CartAdded | CartRemoved | Ordered | WatchAdded | WatchRemoved | PriceChanged | StockChanged
+
+
+def _required_text(data: Mapping[str, Any], name: str) -> str:
+    value = text(data, name, required=True)
+    assert value is not None
+    return value
+
+
+def _line_item(raw: Any, where: str, with_product_fallbacks: bool = False) -> LineItem:
+    """A line of a cart or an order; an added item falls back on the product snapshot's name, category
+    and image."""
+    if type(raw) is not dict and not isinstance(raw, Mapping):
+        raise InvalidEvent(f"{where} must be an object")
+    product_id = _required_text(raw, "product_id")
+    quantity = count(raw, "quantity", 1)
+    name = text(raw, "product_name")
+    sku = text(raw, "sku")
+    category = text(raw, "product_category")
+    price = money(raw.get("price"), f"{where}.price")
+    image = text(raw, "image_url")
+    if with_product_fallbacks:
+        name = name if name is not None else _product_name(raw)
+        image = image if image is not None else _image(raw)
+        category = category if category is not None else _category(raw)
+    return LineItem(product_id, quantity, name, sku, category, price, image)
+
+
+def _cart_change(data: Mapping[str, Any]) -> CartChange:
+    cart_id = text(data, "cart_id")
+    currency = text(data, "currency")
+    whole = data.get("cart_items")
+    items = None
+    if whole is not None:
+        if not isinstance(whole, list):
+            raise InvalidEvent("data.cart_items must be a list")
+        items = tuple(_line_item(raw, f"data.cart_items[{index}]") for index, raw in enumerate(whole))
+    return CartChange(cart_id, currency, items)
+
+
+def _parse_view(data: Mapping[str, Any]) -> Viewed:
+    product_id = _required_text(data, "product_id")
+    duration = count(data, "view_duration", 0)
+    price = money(data.get("product_price", _snapshot(data).get("price")), "data.product_price")
+    return Viewed(
+        product_id,
+        duration,
+        price,
+        _product_name(data),
+        _category(data),
+        _image(data),
+        text(data, "view_id"),
+        text(data, "session_id"),
+        text(data, "referrer"),
+        text(data, "device_type"),
+        text(data, "browser"),
+    )
+
+
+def _parse_cart_add(data: Mapping[str, Any]) -> CartAdded:
+    return CartAdded(_line_item(data, "data", with_product_fallbacks=True), _cart_change(data))
+
+
+def _parse_cart_remove(data: Mapping[str, Any]) -> CartRemoved:
+    product_id = _required_text(data, "product_id")
+    quantity = count(data, "quantity", 1)
+    return CartRemoved(product_id, quantity, _cart_change(data))
+
+
+def _parse_order(data: Mapping[str, Any]) -> Ordered:
+    order_id = _required_text(data, "order_id")
+    total = money(data.get("order_total"), "data.order_total")
+    items = data.get("items")
+    bought: frozenset[str] = frozenset()
+    if isinstance(items, list):
+        bought = frozenset(
+            _line_item(raw, f"data.items[{index}]").product_id for index, raw in enumerate(items)
+        )
+    return Ordered(order_id, total, bought)
+
+
+def _parse_watch_add(data: Mapping[str, Any]) -> WatchAdded:
+    product_id = _required_text(data, "product_id")
+    snapshot_price = money(_snapshot(data).get("price"), "data.product_snapshot.price")
+    current = money(data.get("current_price"), "data.current_price") or snapshot_price
+    in_stock = flag(data, "in_stock")
+    return WatchAdded(
+        product_id,
+        current,
+        in_stock,
+        _product_name(data),
+        _category(data),
+        _image(data),
+        money(data.get("original_price"), "data.original_price"),
+        money(data.get("target_price"), "data.target_price"),
+        text(data, "currency"),
+        flag(data, "notify_on_price_drop"),
+        flag(data, "notify_on_restock"),
+    )
+
+
+def _parse_catalog(name: str, data: Mapping[str, Any]) -> PriceChanged | StockChanged:
+    product_id = _required_text(data, "product_id")
+    product_name = _product_name(data)
+    if name == "product_price_changed":
+        new_price = money(data.get("new_price"), "data.new_price")
+        if new_price is None:
+            raise InvalidEvent("data.new_price is required")
+        old_price = money(data.get("old_price"), "data.old_price")
+        return PriceChanged(product_id, product_name, new_price, old_price)
+    in_stock = flag(data, "in_stock")
+    if in_stock is None:
+        raise InvalidEvent("data.in_stock is required")
+    return StockChanged(product_id, product_name, in_stock, flag(data, "was_in_stock"))
+
+
+def parse_change(event: Event) -> Change | None:
+    """The event's data read and checked (InvalidEvent when marketing cannot use it); None for an
+    event whose data marketing does not read (an identify, an event of no interest)."""
+    name = event.name
+    data = event.data
+    if event.type == "identify":
+        return None
+    if name == "product_viewed":
+        return _parse_view(data)
+    if name == "cart_item_added":
+        return _parse_cart_add(data)
+    if name == "cart_item_removed":
+        return _parse_cart_remove(data)
+    if name == "order_completed":
+        return _parse_order(data)
+    if name == "watchlist_item_added":
+        return _parse_watch_add(data)
+    if name == "watchlist_item_removed":
+        return WatchRemoved(_required_text(data, "product_id"))
+    if name in CATALOG_EVENTS:
+        return _parse_catalog(name, data)
+    return None
+
+
 # --- applying events -------------------------------------------------------------------------------
 
+_UNPARSED: Any = object()
 
-def apply_event(state: BatchState, event: Event) -> None:
-    """Applies one event to the batch's state. Raises InvalidEvent for data it cannot use."""
+
+def apply_event(state: BatchState, event: Event, change: Change | None = _UNPARSED) -> None:
+    """Applies one event to the batch's state, with its data as parse_change() read it (read here when
+    not given). Raises InvalidEvent for data it cannot use."""
+    if change is _UNPARSED:
+        change = parse_change(event)
     if event.type == "identify":
         if event.user_id and event.anonymous_id:
             _identify(state, event.brand_id, event.user_id, event.anonymous_id, event.timestamp)
         return
-    name = event.name
-    if name in CATALOG_EVENTS:
-        _apply_catalog(state, event)
+    if change is None:
         return
-    if name not in PERSON_EVENTS:
+    if isinstance(change, (PriceChanged, StockChanged)):
+        _apply_catalog(state, event, change)
         return
     person = state.person(event.brand_id, state.resolve(event))
     state.touched.add((event.brand_id, person.person))
-    data = event.data
     at = event.timestamp
-    if name == "product_viewed":
-        _view(person, data, at)
-    elif name == "cart_item_added":
-        _cart_add(person, data, at)
-    elif name == "cart_item_removed":
-        _cart_remove(person, data, at)
-    elif name == "order_completed":
-        _order(state, person, data, at)
-    elif name == "watchlist_item_added":
-        _watch_add(state, event.brand_id, person.person, data, at)
-    elif name == "watchlist_item_removed":
-        product_id = text(data, "product_id", required=True)
-        assert product_id is not None
-        key = (event.brand_id, person.person, product_id)
+    if isinstance(change, Viewed):
+        _view(person, change, at)
+    elif isinstance(change, CartAdded):
+        _cart_add(person, change, at)
+    elif isinstance(change, CartRemoved):
+        _cart_remove(person, change, at)
+    elif isinstance(change, Ordered):
+        _order(state, person, change, event.data, at)
+    elif isinstance(change, WatchAdded):
+        _watch_add(state, event.brand_id, person.person, change, at)
+    elif isinstance(change, WatchRemoved):
+        key = (event.brand_id, person.person, change.product_id)
         state.watches[key] = None
         state.changed_watches.add(key)
         state.dropped_watch_timers.add(key)
 
 
-def _view(person: Person, data: Mapping[str, Any], at: datetime) -> None:
-    product_id = text(data, "product_id", required=True)
-    assert product_id is not None
+def _view(person: Person, seen: Viewed, at: datetime) -> None:
+    product_id = seen.product_id
     view = person.views.get(product_id)
     if view is None:
         view = person.views[product_id] = ProductView(product_id, first_viewed_at=at, last_viewed_at=at)
@@ -373,18 +614,17 @@ def _view(person: Person, data: Mapping[str, Any], at: datetime) -> None:
     newest = at >= view.last_viewed_at
     view.last_viewed_at = _later(view.last_viewed_at, at)
     view.view_count += 1
-    view.view_duration += count(data, "view_duration", 0)
-    price = money(data.get("product_price", _snapshot(data).get("price")), "data.product_price")
+    view.view_duration += seen.view_duration
     if newest or view.product_name is None:
-        view.product_name = _product_name(data) or view.product_name
-        view.product_price = price if price is not None else view.product_price
-        view.product_category = _category(data) or view.product_category
-        view.image_url = _image(data) or view.image_url
-        view.view_id = text(data, "view_id") or view.view_id
-        view.session_id = text(data, "session_id") or view.session_id
-        view.referrer = text(data, "referrer") or view.referrer
-        view.device_type = text(data, "device_type") or view.device_type
-        view.browser = text(data, "browser") or view.browser
+        view.product_name = seen.product_name or view.product_name
+        view.product_price = seen.price if seen.price is not None else view.product_price
+        view.product_category = seen.product_category or view.product_category
+        view.image_url = seen.image_url or view.image_url
+        view.view_id = seen.view_id or view.view_id
+        view.session_id = seen.session_id or view.session_id
+        view.referrer = seen.referrer or view.referrer
+        view.device_type = seen.device_type or view.device_type
+        view.browser = seen.browser or view.browser
     # A view from before the product's last exit (cart add, order) belongs to an ended cycle.
     if view.browse_exited_at is None or at > view.browse_exited_at:
         view.browse_views += 1
@@ -398,91 +638,53 @@ def _exit_browse(view: ProductView, at: datetime) -> None:
         view.browse_started_at = None
 
 
-def _line_item(raw: Any, at: datetime, where: str) -> CartItem:
-    if not isinstance(raw, Mapping):
-        raise InvalidEvent(f"{where} must be an object")
-    product_id = text(raw, "product_id", required=True)
-    assert product_id is not None
-    quantity = count(raw, "quantity", 1)
-    return CartItem(
-        product_id=product_id,
-        quantity=quantity,
-        added_at=at,
-        product_name=text(raw, "product_name"),
-        sku=text(raw, "sku"),
-        product_category=text(raw, "product_category"),
-        price=money(raw.get("price"), f"{where}.price"),
-        image_url=text(raw, "image_url"),
-    )
-
-
-def _cart_changed(person: Person, data: Mapping[str, Any], at: datetime) -> None:
+def _cart_changed(person: Person, change: CartChange, at: datetime) -> None:
     cart = person.cart
     cart.last_changed_at = _later(cart.last_changed_at, at)
-    cart.cart_id = text(data, "cart_id") or cart.cart_id
-    cart.currency = text(data, "currency") or cart.currency
-    whole = data.get("cart_items")
-    if whole is not None:
-        if not isinstance(whole, list):
-            raise InvalidEvent("data.cart_items must be a list")
-        items = [_line_item(raw, at, f"data.cart_items[{index}]") for index, raw in enumerate(whole)]
+    cart.cart_id = change.cart_id or cart.cart_id
+    cart.currency = change.currency or cart.currency
+    if change.cart_items is not None:
         previous = cart.items
         cart.items = {}
-        for item in items:
-            if item.quantity <= 0:
+        for line in change.cart_items:
+            if line.quantity <= 0:
                 continue
+            item = line.cart_item(at)
             kept = previous.get(item.product_id)
             if kept is not None:
                 item.added_at = kept.added_at
             cart.items[item.product_id] = item
 
 
-def _cart_add(person: Person, data: Mapping[str, Any], at: datetime) -> None:
-    item = _line_item(data, at, "data")
-    if item.product_name is None:
-        item.product_name = _product_name(data)
-    if item.image_url is None:
-        item.image_url = _image(data)
-    if item.product_category is None:
-        item.product_category = _category(data)
-    existing = person.cart.items.get(item.product_id)
+def _cart_add(person: Person, added: CartAdded, at: datetime) -> None:
+    line = added.item
+    existing = person.cart.items.get(line.product_id)
     if existing is None:
-        if item.quantity > 0:
-            person.cart.items[item.product_id] = item
+        if line.quantity > 0:
+            person.cart.items[line.product_id] = line.cart_item(at)
     else:
-        existing.quantity += item.quantity
-        existing.price = item.price if item.price is not None else existing.price
-        existing.product_name = item.product_name or existing.product_name
-        existing.image_url = item.image_url or existing.image_url
-    _cart_changed(person, data, at)
-    view = person.views.get(item.product_id)
+        existing.quantity += line.quantity
+        existing.price = line.price if line.price is not None else existing.price
+        existing.product_name = line.product_name or existing.product_name
+        existing.image_url = line.image_url or existing.image_url
+    _cart_changed(person, added.cart, at)
+    view = person.views.get(line.product_id)
     if view is not None:
         view.added_to_cart = True
         view.added_to_cart_at = _later(view.added_to_cart_at, at)
         _exit_browse(view, at)
 
 
-def _cart_remove(person: Person, data: Mapping[str, Any], at: datetime) -> None:
-    product_id = text(data, "product_id", required=True)
-    assert product_id is not None
-    quantity = count(data, "quantity", 1)
-    existing = person.cart.items.get(product_id)
+def _cart_remove(person: Person, removed: CartRemoved, at: datetime) -> None:
+    existing = person.cart.items.get(removed.product_id)
     if existing is not None:
-        existing.quantity -= quantity
+        existing.quantity -= removed.quantity
         if existing.quantity <= 0:
-            del person.cart.items[product_id]
-    _cart_changed(person, data, at)
+            del person.cart.items[removed.product_id]
+    _cart_changed(person, removed.cart, at)
 
 
-def _order(state: BatchState, person: Person, data: Mapping[str, Any], at: datetime) -> None:
-    order_id = text(data, "order_id", required=True)
-    assert order_id is not None
-    total = money(data.get("order_total"), "data.order_total")
-    items = data.get("items")
-    bought: set[str] = set()
-    if isinstance(items, list):
-        for index, raw in enumerate(items):
-            bought.add(_line_item(raw, at, f"data.items[{index}]").product_id)
+def _order(state: BatchState, person: Person, order: Ordered, data: Mapping[str, Any], at: datetime) -> None:
     cart = person.cart
     cart.last_order_at = _later(cart.last_order_at, at)
     # The order exits the cart flow when it comes after the last cart change; the cart is then spent.
@@ -491,43 +693,39 @@ def _order(state: BatchState, person: Person, data: Mapping[str, Any], at: datet
         cart.last_changed_at = _later(cart.last_changed_at, at)
     for view in person.views.values():
         _exit_browse(view, at)
-        if view.product_id in bought:
+        if view.product_id in order.bought:
             view.purchased = True
             view.purchased_at = _later(view.purchased_at, at)
     if is_identified(person.person):
-        state.orders.append(Order(person.brand_id, person.person, order_id, at, total, text(data, "ref")))
+        ref = text(data, "ref")  # read only for an identified buyer: an anonymous order converts nothing
+        state.orders.append(Order(person.brand_id, person.person, order.order_id, at, order.total, ref))
 
 
-def _watch_add(state: BatchState, brand_id: str, person: str, data: Mapping[str, Any], at: datetime) -> None:
-    product_id = text(data, "product_id", required=True)
-    assert product_id is not None
+def _watch_add(state: BatchState, brand_id: str, person: str, added: WatchAdded, at: datetime) -> None:
+    product_id = added.product_id
     key = (brand_id, person, product_id)
     product = state.products.get((brand_id, product_id))
-    snapshot_price = money(_snapshot(data).get("price"), "data.product_snapshot.price")
-    current = money(data.get("current_price"), "data.current_price") or snapshot_price
+    current = added.current_price
     if current is None and product is not None:
         current = product.price
-    in_stock = flag(data, "in_stock")
+    in_stock = added.in_stock
     if in_stock is None and product is not None:
         in_stock = product.in_stock
     watch = state.watches.get(key)
     if watch is None:
         watch = Watch(person=person, product_id=product_id, watched_at=at)
-    watch.product_name = _product_name(data) or watch.product_name
-    watch.product_category = _category(data) or watch.product_category
-    watch.image_url = _image(data) or watch.image_url
+    watch.product_name = added.product_name or watch.product_name
+    watch.product_category = added.product_category or watch.product_category
+    watch.image_url = added.image_url or watch.image_url
     watch.current_price = current if current is not None else watch.current_price
-    watch.original_price = (
-        money(data.get("original_price"), "data.original_price") or watch.original_price or current
-    )
-    target = money(data.get("target_price"), "data.target_price")
-    watch.target_price = target if target is not None else watch.target_price
-    watch.currency = text(data, "currency") or watch.currency
+    watch.original_price = added.original_price or watch.original_price or current
+    watch.target_price = added.target_price if added.target_price is not None else watch.target_price
+    watch.currency = added.currency or watch.currency
     watch.in_stock = in_stock if in_stock is not None else watch.in_stock
-    for name in ("notify_on_price_drop", "notify_on_restock"):
-        value = flag(data, name)
-        if value is not None:
-            setattr(watch, name, value)
+    if added.notify_on_price_drop is not None:
+        watch.notify_on_price_drop = added.notify_on_price_drop
+    if added.notify_on_restock is not None:
+        watch.notify_on_restock = added.notify_on_restock
     state.watches[key] = watch
     state.changed_watches.add(key)
 
@@ -540,20 +738,17 @@ def _watchers(state: BatchState, brand_id: str, product_id: str) -> list[tuple[t
     ]
 
 
-def _apply_catalog(state: BatchState, event: Event) -> None:
+def _apply_catalog(state: BatchState, event: Event, change: PriceChanged | StockChanged) -> None:
     data = event.data
     brand_id = event.brand_id
-    product_id = text(data, "product_id", required=True)
-    assert product_id is not None
+    product_id = change.product_id
     at = event.timestamp
     product = state.products.get((brand_id, product_id)) or Product(product_id, changed_at=at)
-    product.product_name = _product_name(data) or product.product_name
+    product.product_name = change.product_name or product.product_name
     product.changed_at = _later(product.changed_at, at)
-    if event.name == "product_price_changed":
-        new_price = money(data.get("new_price"), "data.new_price")
-        if new_price is None:
-            raise InvalidEvent("data.new_price is required")
-        old_price = money(data.get("old_price"), "data.old_price")
+    if isinstance(change, PriceChanged):
+        new_price = change.new_price
+        old_price = change.old_price
         for key, watch in _watchers(state, brand_id, product_id):
             before = watch.current_price if watch.current_price is not None else old_price
             if before is None:
@@ -590,10 +785,8 @@ def _apply_catalog(state: BatchState, event: Event) -> None:
                 state.changed_watches.add(key)
         product.price = new_price
     else:
-        in_stock = flag(data, "in_stock")
-        if in_stock is None:
-            raise InvalidEvent("data.in_stock is required")
-        was_in_stock = flag(data, "was_in_stock")
+        in_stock = change.in_stock
+        was_in_stock = change.was_in_stock
         for key, watch in _watchers(state, brand_id, product_id):
             known_before = watch.in_stock if watch.in_stock is not None else product.in_stock
             was_out = known_before is False or (known_before is None and was_in_stock is False)

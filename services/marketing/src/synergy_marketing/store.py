@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 
 from synergy_marketing.decisions import (
     BrandMarketing,
@@ -19,11 +20,11 @@ from synergy_marketing.decisions import (
     jsonable,
 )
 from synergy_marketing.state import (
+    ANONYMOUS_PREFIX,
     PRICE_DROPPED,
     BatchState,
     Cart,
     CartItem,
-    Order,
     Person,
     Product,
     ProductView,
@@ -160,17 +161,6 @@ async def keyed_access_only(conn: asyncpg.Connection) -> None:
     await conn.execute("SET LOCAL enable_seqscan = off")
 
 
-async def lock_persons(conn: asyncpg.Connection, persons: Iterable[tuple[str, str]]) -> None:
-    """Serialises batches (of any replica) that touch the same person, e.g. through an identify."""
-    keys = sorted({f"{brand}:{person}" for brand, person in persons})
-    if keys:
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h"
-            " FROM unnest($1::text[]) k ORDER BY 1) locks",
-            keys,
-        )
-
-
 async def try_lock_persons(
     conn: asyncpg.Connection, persons: Iterable[tuple[str, str]]
 ) -> set[tuple[str, str]]:
@@ -187,21 +177,6 @@ async def try_lock_persons(
         brand, _, person = row["k"].partition(":")
         locked.add((brand, person))
     return locked
-
-
-async def record_new_events(
-    conn: asyncpg.Connection, events: Sequence[tuple[str, str]]
-) -> set[tuple[str, str]]:
-    """Marks (brand, event_id) applied; answers those not applied before (a redelivery changes nothing)."""
-    if not events:
-        return set()
-    rows = await conn.fetch(
-        "INSERT INTO marketing_applied_events (brand_id, event_id)"
-        " SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING RETURNING brand_id, event_id",
-        [int(brand) for brand, _ in events],
-        [event_id for _, event_id in events],
-    )
-    return {(str(row["brand_id"]), row["event_id"].strip()) for row in rows}
 
 
 async def load_identities(
@@ -258,30 +233,6 @@ async def load_persons(
     return persons
 
 
-async def load_window_timers(
-    conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str, str, str], tuple[int, datetime]]:
-    """The persons' cart and browse timers (fired or not): identity -> (timer_id, due_at)."""
-    wanted = sorted(set(keys))
-    if not wanted:
-        return {}
-    rows = await conn.fetch(
-        "SELECT x.timer_id, x.brand_id, x.person, x.trigger, x.subject, x.due_at"
-        " FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, person) CROSS JOIN LATERAL"
-        " (SELECT * FROM marketing_timers x WHERE x.brand_id = k.brand_id AND x.person = k.person"
-        "  AND x.trigger IN ('cart_abandoned', 'browse_abandoned') AND x.subject = '' OFFSET 0) x",
-        [int(b) for b, _ in wanted],
-        [p for _, p in wanted],
-    )
-    return {
-        (str(row["brand_id"]), row["person"], row["trigger"], row["subject"]): (
-            row["timer_id"],
-            row["due_at"],
-        )
-        for row in rows
-    }
-
-
 def _watch_from_row(row: asyncpg.Record) -> Watch:
     values = {name: row[name] for name in WATCH_COLUMNS}
     if values["currency"]:
@@ -322,178 +273,209 @@ async def load_watches(
     return found
 
 
-async def load_products(
-    conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], Product]:
-    wanted = sorted(set(keys))
-    if not wanted:
-        return {}
-    rows = await conn.fetch(
-        "SELECT x.* FROM unnest($1::bigint[], $2::text[]) AS k(brand_id, product_id) CROSS JOIN LATERAL"
-        " (SELECT * FROM marketing_products x"
-        "  WHERE x.brand_id = k.brand_id AND x.product_id = k.product_id OFFSET 0) x",
-        [int(k[0]) for k in wanted],
-        [k[1] for k in wanted],
+WatchKey = tuple[str, str, str]
+TimerIdentity = tuple[str, str, str, str]
+
+
+@dataclass
+class LoadedBatch:
+    """What a batch reads, as marketing_load_batch answered it."""
+
+    fresh: set[tuple[str, str]]  # the (brand, event_id)s not applied before
+    persons: dict[tuple[str, str], Person]
+    window_timers: dict[TimerIdentity, tuple[int, datetime]]  # identity -> (timer_id, due_at)
+    watches: dict[WatchKey, Watch | None]
+    products: dict[tuple[str, str], Product]
+
+
+async def load_batch(
+    conn: asyncpg.Connection,
+    events: Sequence[tuple[str, str]],
+    persons: Iterable[tuple[str, str]],
+    watch_keys: Iterable[WatchKey],
+    catalog: Iterable[tuple[str, str]],
+    product_keys: Iterable[tuple[str, str]],
+) -> LoadedBatch:
+    """One round trip (marketing_load_batch): locks the persons (batches of any replica touching the same
+    person are serialised, e.g. through an identify), marks the (brand, event_id)s applied (a redelivery
+    changes nothing), and loads the persons' views and carts, their cart and browse timers (fired or not),
+    the watches named by (brand, person, product), every watch of the catalog's (brand, product)s, and the
+    products."""
+    wanted = sorted(set(persons))
+    watches = sorted(set(watch_keys))
+    by_product = sorted(set(catalog))
+    products = sorted(set(product_keys))
+    loaded = await conn.fetchval(
+        "SELECT marketing_load_batch($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[],"
+        " $6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[])",
+        sorted({f"{brand}:{person}" for brand, person in wanted}),
+        [int(brand) for brand, _ in events],
+        [event_id for _, event_id in events],
+        [int(brand) for brand, _ in wanted],
+        [person for _, person in wanted],
+        [int(k[0]) for k in watches],
+        [k[1] for k in watches],
+        [k[2] for k in watches],
+        [int(k[0]) for k in by_product],
+        [k[1] for k in by_product],
+        [int(k[0]) for k in products],
+        [k[1] for k in products],
     )
-    return {
-        (str(row["brand_id"]), row["product_id"]): Product(
-            row["product_id"], row["changed_at"], row["product_name"], row["price"], row["in_stock"]
+    found = {key: Person(key[0], key[1]) for key in wanted}
+    for row in loaded["views"] or ():
+        _decode(row, _VIEW_TIMES, _VIEW_AMOUNTS)
+        found[(str(row[0]), row[1])].views[row[2]] = ProductView(*row[2:])
+    for brand, person, cart_id, currency, changed, ordered in loaded["carts"] or ():
+        found[(str(brand), person)].cart = Cart(
+            cart_id=cart_id,
+            currency=currency.strip() if currency else None,
+            last_changed_at=_time(changed),
+            last_order_at=_time(ordered),
         )
-        for row in rows
-    }
-
-
-async def save_batch(conn: asyncpg.Connection, state: BatchState, config: WindowConfig) -> None:
-    """Writes back what the batch changed, one statement per table."""
-    touched = sorted(state.touched | state.merged_away)
-    await _save_views(conn, state, touched)
-    await _save_carts(conn, state, touched)
-    await _save_watches(conn, state)
-    await _save_products(conn, state)
-    await _save_identities(conn, state)
-    await _save_timers(conn, state, config)
-
-
-async def _save_views(
-    conn: asyncpg.Connection, state: BatchState, touched: Sequence[tuple[str, str]]
-) -> None:
-    if not touched:
-        return
-    await conn.execute(
-        _delete_each("product_views", "x.brand_id = k.brand_id AND x.person = k.person"),
-        [int(b) for b, _ in touched],
-        [p for _, p in touched],
-    )
-    rows = []
-    for key in touched:
-        person = state.persons.get(key)
-        if person is None:
-            continue
-        for view in person.views.values():
-            rows.append(
-                (
-                    int(key[0]),
-                    key[1],
-                    key[1] if not key[1].startswith("anon:") else None,
-                    *tuple(getattr(view, name) for name in VIEW_COLUMNS),
-                )
-            )
-    if not rows:
-        return
-    columns = ("brand_id", "person", "user_id", *VIEW_COLUMNS)
-    types = ("bigint", "text", "text", *VIEW_TYPES)
-    await conn.execute(
-        f"INSERT INTO product_views ({', '.join(columns)}) SELECT * FROM {_unnest(columns, types)}",
-        *_columns(rows, len(columns)),
-    )
-
-
-async def _save_carts(
-    conn: asyncpg.Connection, state: BatchState, touched: Sequence[tuple[str, str]]
-) -> None:
-    if not touched:
-        return
-    await conn.execute(
-        _delete_each("carts", "x.brand_id = k.brand_id AND x.person = k.person"),
-        [int(b) for b, _ in touched],
-        [p for _, p in touched],
-    )
-    carts = []
-    items = []
-    for key in touched:
-        person = state.persons.get(key)
-        if person is None:
-            continue
-        cart = person.cart
-        if cart.last_changed_at is None and cart.last_order_at is None and not cart.items:
-            continue
-        carts.append(
-            (int(key[0]), key[1], cart.cart_id, cart.currency, cart.last_changed_at, cart.last_order_at)
-        )
-        for item in cart.items.values():
-            items.append((int(key[0]), key[1], *tuple(getattr(item, name) for name in ITEM_COLUMNS)))
-    if carts:
-        columns = ("brand_id", "person", "cart_id", "currency", "last_changed_at", "last_order_at")
-        types = ("bigint", "text", "text", "text", "timestamptz", "timestamptz")
-        await conn.execute(
-            f"INSERT INTO carts ({', '.join(columns)}) SELECT * FROM {_unnest(columns, types)}",
-            *_columns(carts, len(columns)),
-        )
-    if items:
-        item_columns = ("brand_id", "person", *ITEM_COLUMNS)
-        item_types = ("bigint", "text", *ITEM_TYPES)
-        await conn.execute(
-            f"INSERT INTO cart_items ({', '.join(item_columns)})"
-            f" SELECT * FROM {_unnest(item_columns, item_types)}",
-            *_columns(items, len(item_columns)),
-        )
-
-
-async def _save_watches(conn: asyncpg.Connection, state: BatchState) -> None:
-    changed = sorted(state.changed_watches)
-    if not changed:
-        return
-    await conn.execute(
-        _delete_each(
-            "watch_list",
-            "x.brand_id = k.brand_id AND x.user_id = k.person AND x.product_id = k.subject",
-            with_subject=True,
+    for row in loaded["items"] or ():
+        _decode(row, _ITEM_TIMES, _ITEM_AMOUNTS)
+        found[(str(row[0]), row[1])].cart.items[row[2]] = CartItem(*row[2:])
+    watched: dict[WatchKey, Watch | None] = {}
+    for row in loaded["watches"] or ():
+        _decode(row, _WATCH_TIMES, _WATCH_AMOUNTS)
+        if row[10]:
+            row[10] = row[10].strip()  # currency, a CHAR(3)
+        watched[(str(row[0]), row[1], row[2])] = Watch(row[1], *row[2:])
+    return LoadedBatch(
+        fresh=(
+            set(events)
+            if loaded["fresh"] is None  # every event is new
+            else {(str(brand), event_id.strip()) for brand, event_id in loaded["fresh"]}
         ),
-        [int(k[0]) for k in changed],
-        [k[1] for k in changed],
-        [k[2] for k in changed],
+        persons=found,
+        window_timers={
+            (str(brand), person, trigger, subject): (timer_id, datetime.fromisoformat(due_at))
+            for timer_id, brand, person, trigger, subject, due_at in loaded["timers"] or ()
+        },
+        watches=watched,
+        products={
+            (str(brand), product_id): Product(
+                product_id, datetime.fromisoformat(changed), name, _amount(price), in_stock
+            )
+            for brand, product_id, changed, name, price, in_stock in loaded["products"] or ()
+        },
     )
-    rows = []
-    for key in changed:
-        watch = state.watches.get(key)
-        if watch is not None:
-            rows.append((int(key[0]), key[1], *tuple(getattr(watch, name) for name in WATCH_COLUMNS)))
-    if rows:
-        columns = ("brand_id", "user_id", *WATCH_COLUMNS)
-        types = ("bigint", "text", *WATCH_TYPES)
-        await conn.execute(
-            f"INSERT INTO watch_list ({', '.join(columns)}) SELECT * FROM {_unnest(columns, types)}",
-            *_columns(rows, len(columns)),
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _amount(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _positions(columns: Sequence[str], types: Sequence[str], kind: str) -> tuple[int, ...]:
+    # The load function's rows are (brand, person, *columns).
+    return tuple(2 + index for index, _ in enumerate(columns) if types[index] == kind)
+
+
+_VIEW_TIMES = _positions(VIEW_COLUMNS, VIEW_TYPES, "timestamptz")
+_VIEW_AMOUNTS = _positions(VIEW_COLUMNS, VIEW_TYPES, "numeric")
+_ITEM_TIMES = _positions(ITEM_COLUMNS, ITEM_TYPES, "timestamptz")
+_ITEM_AMOUNTS = _positions(ITEM_COLUMNS, ITEM_TYPES, "numeric")
+_WATCH_TIMES = _positions(WATCH_COLUMNS, WATCH_TYPES, "timestamptz")
+_WATCH_AMOUNTS = _positions(WATCH_COLUMNS, WATCH_TYPES, "numeric")
+
+
+def _decode(row: list[Any], times: Sequence[int], amounts: Sequence[int]) -> None:
+    """Timestamps (ISO 8601, UTC) and amounts (text, exact) of a row of the load function, in place."""
+    for index in times:
+        if row[index] is not None:
+            row[index] = datetime.fromisoformat(row[index])
+    for index in amounts:
+        if row[index] is not None:
+            row[index] = Decimal(row[index])
+
+
+def _amount_as_text(value: Any) -> Any:
+    # Amounts travel as JSON strings, so Postgres reads them exactly into numeric columns.
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+async def save_batch(
+    conn: asyncpg.Connection, state: BatchState, config: WindowConfig, conversion_window: timedelta
+) -> list[tuple[str, str, Decimal | None]]:
+    """One round trip (marketing_save_batch): writes back what the batch changed, one statement per table,
+    and converts the orders' queue items: each order converts the sent item its `ref` names, else the
+    user's latest sent item within the conversion window before it. Answers the converted items
+    (brand, trigger, revenue)."""
+    touched = sorted(state.touched | state.merged_away)
+    persons = []
+    cartless = []
+    for key in touched:
+        person = state.persons.get(key)
+        cart = person.cart if person is not None else None
+        has_cart = cart is not None and (
+            cart.last_changed_at is not None or cart.last_order_at is not None or bool(cart.items)
         )
-
-
-async def _save_products(conn: asyncpg.Connection, state: BatchState) -> None:
-    changed = sorted(state.changed_products)
-    if not changed:
-        return
-    rows = []
-    for key in changed:
-        product = state.products[key]
-        rows.append(
-            (int(key[0]), key[1], product.product_name, product.price, product.in_stock, product.changed_at)
+        if not has_cart:
+            cartless.append({"brand_id": int(key[0]), "person": key[1]})
+        if person is None or (not person.views and not has_cart):
+            continue
+        persons.append(
+            {
+                "brand_id": int(key[0]),
+                "person": key[1],
+                "user_id": key[1] if not key[1].startswith(ANONYMOUS_PREFIX) else None,
+                "views": list(person.views.values()) if person.views else None,
+                "cart": cart if has_cart else None,
+            }
         )
-    columns = ("brand_id", "product_id", "product_name", "price", "in_stock", "changed_at")
-    types = ("bigint", "text", "text", "numeric", "bool", "timestamptz")
-    await conn.execute(
-        f"INSERT INTO marketing_products ({', '.join(columns)}) SELECT * FROM {_unnest(columns, types)}"
-        " ON CONFLICT (brand_id, product_id) DO UPDATE SET product_name = EXCLUDED.product_name,"
-        " price = EXCLUDED.price, in_stock = EXCLUDED.in_stock, changed_at = EXCLUDED.changed_at",
-        *_columns(rows, len(columns)),
+    changed_watches = sorted(state.changed_watches)
+    payload = {
+        "touched": [{"brand_id": int(brand), "person": person} for brand, person in touched],
+        "persons": persons,
+        "cartless": cartless,
+        "watch_keys": [{"brand_id": int(b), "person": p, "subject": s} for b, p, s in changed_watches],
+        "watches": [
+            {"brand_id": int(key[0]), "watch": watch}
+            for key in changed_watches
+            if (watch := state.watches.get(key)) is not None
+        ],
+        "products": [
+            {"brand_id": int(key[0]), "product": state.products[key]}
+            for key in sorted(state.changed_products)
+        ],
+        "identities": [
+            {"brand_id": int(brand), "anonymous_id": anonymous, "user_id": user, "linked_at": at}
+            for (brand, anonymous), (user, at) in sorted(state.new_identities.items())
+        ],
+        **_timer_changes(state, config, touched),
+        "orders": [
+            {
+                "brand_id": int(order.brand_id),
+                "user_id": order.user_id,
+                "ref": _ref_queue_id(order.ref),
+                "order_id": order.order_id,
+                "ordered_at": order.ordered_at,
+                "total": order.total,
+            }
+            for order in state.orders
+        ],
+        "conversion_window_seconds": conversion_window.total_seconds(),
+    }
+    converted = await conn.fetchval(
+        "SELECT marketing_save_batch($1::text::jsonb)",
+        orjson.dumps(payload, default=_amount_as_text).decode(),
     )
+    return [(str(brand), trigger, _amount(revenue)) for brand, trigger, revenue in converted or ()]
 
 
-async def _save_identities(conn: asyncpg.Connection, state: BatchState) -> None:
-    if not state.new_identities:
-        return
-    rows = [(int(b), anon, user, at) for (b, anon), (user, at) in sorted(state.new_identities.items())]
-    await conn.execute(
-        "INSERT INTO marketing_identities (brand_id, anonymous_id, user_id, linked_at)"
-        " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[])"
-        " ON CONFLICT DO NOTHING",
-        *_columns(rows, 4),
-    )
-
-
-async def _save_timers(conn: asyncpg.Connection, state: BatchState, config: WindowConfig) -> None:
+def _timer_changes(
+    state: BatchState, config: WindowConfig, touched: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
     """Cart and browse deadlines follow the touched persons' state: new ones are made, moved ones
     re-armed, ones no longer called for (the cart emptied, an order) deleted. A deadline that fired
-    and did not move stays fired. Catalog triggers add one timer per watch."""
-    touched = sorted(state.touched | state.merged_away)
+    and did not move stays fired. Catalog triggers add one timer per watch; a removed watch drops its
+    pending ones."""
     desired: list[Timer] = []
     for key in touched:
         person = state.persons.get(key)
@@ -508,92 +490,30 @@ async def _save_timers(conn: asyncpg.Connection, state: BatchState, config: Wind
         for identity, (timer_id, _) in existing.items()
         if identity not in wanted and (identity[0], identity[1]) in touched_set
     ]
-    if unwanted:
-        await conn.execute("DELETE FROM marketing_timers WHERE timer_id = ANY($1::bigint[])", unwanted)
     changed = [t for t in desired if t.identity not in existing or existing[t.identity][1] != t.due_at]
-    dropped = sorted(state.dropped_watch_timers)
-    if dropped:
-        await conn.execute(
-            _delete_each(
-                "marketing_timers",
-                "x.brand_id = k.brand_id AND x.person = k.person AND x.subject = k.subject"
-                " AND x.trigger IN ('price_dropped', 'back_in_stock') AND x.fired_at IS NULL",
-                with_subject=True,
-            ),
-            [int(d[0]) for d in dropped],
-            [d[1] for d in dropped],
-            [d[2] for d in dropped],
-        )
-    timers = changed + state.catalog_timers
-    if timers:
-        await upsert_timers(conn, timers)
-
-
-async def upsert_timers(conn: asyncpg.Connection, timers: Sequence[Timer]) -> None:
-    # A deadline that moved (or a watch's new trigger) is armed again; an unchanged one keeps its state.
-    latest: dict[tuple[str, str, str, str], Timer] = {}
-    for timer in timers:
+    latest: dict[TimerIdentity, Timer] = {}
+    for timer in changed + state.catalog_timers:
         latest[timer.identity] = timer
-    rows = [
-        (int(t.brand_id), t.person, t.trigger, t.subject, t.due_at, jsonable(dict(t.details)))
-        for t in latest.values()
-    ]
-    await conn.execute(
-        "INSERT INTO marketing_timers (brand_id, person, trigger, subject, due_at, details)"
-        " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],"
-        " $6::jsonb[])"
-        " ON CONFLICT (brand_id, person, trigger, subject) DO UPDATE SET due_at = EXCLUDED.due_at,"
-        " details = EXCLUDED.details, fired_at = NULL"
-        " WHERE marketing_timers.due_at IS DISTINCT FROM EXCLUDED.due_at"
-        " OR marketing_timers.details IS DISTINCT FROM EXCLUDED.details",
-        *_columns(rows, 6),
-    )
+    return {
+        "unwanted_timers": unwanted,
+        "dropped_watch_timers": [
+            {"brand_id": int(b), "person": p, "subject": s} for b, p, s in sorted(state.dropped_watch_timers)
+        ],
+        "timers": [
+            {
+                "brand_id": int(t.brand_id),
+                "person": t.person,
+                "trigger": t.trigger,
+                "subject": t.subject,
+                "due_at": t.due_at,
+                "details": jsonable(dict(t.details)) if t.details else {},
+            }
+            for t in latest.values()
+        ],
+    }
 
 
 # --- conversions and engagement ------------------------------------------------------------------
-
-
-async def convert_orders(
-    conn: asyncpg.Connection, orders: Sequence[Order], window: timedelta
-) -> list[asyncpg.Record]:
-    """Each order converts the sent item its `ref` names, else the user's latest sent item within the
-    conversion window before it. Answers the converted items (brand, trigger_type, revenue)."""
-    if not orders:
-        return []
-    return list(
-        await conn.fetch(
-            """
-            WITH orders AS (
-              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                   $6::numeric[]) AS o(brand_id, user_id, ref, order_id, ordered_at, total)
-            ), picked AS (
-              SELECT DISTINCT ON (q.queue_id) q.queue_id, o.order_id, o.ordered_at, o.total
-              FROM orders o
-              JOIN LATERAL (
-                SELECT m.queue_id, m.sent_at FROM marketing_queue m
-                WHERE m.brand_id = o.brand_id AND m.status = 'sent'
-                  AND ((o.ref IS NOT NULL AND m.queue_id = o.ref)
-                       OR (m.user_id = o.user_id AND m.sent_at <= o.ordered_at + interval '5 minutes'
-                           AND m.sent_at >= o.ordered_at - $7::interval))
-                ORDER BY (m.queue_id = o.ref) DESC NULLS LAST, m.sent_at DESC
-                LIMIT 1
-              ) q ON TRUE
-              ORDER BY q.queue_id, o.ordered_at
-            )
-            UPDATE marketing_queue m SET status = 'converted', converted = TRUE, converted_at = p.ordered_at,
-                   conversion_order_id = p.order_id, conversion_revenue = p.total
-            FROM picked p WHERE m.queue_id = p.queue_id AND NOT m.converted
-            RETURNING m.brand_id, m.event_name, m.conversion_revenue
-            """,
-            [int(o.brand_id) for o in orders],
-            [o.user_id for o in orders],
-            [_ref_queue_id(o.ref) for o in orders],
-            [o.order_id for o in orders],
-            [o.ordered_at for o in orders],
-            [o.total for o in orders],
-            window,
-        )
-    )
 
 
 def _ref_queue_id(ref: str | None) -> str | None:
@@ -829,6 +749,9 @@ async def kpis(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     )
 
 
+# The tables whose plans follow their statistics. marketing_applied_events is not one of them: it is only
+# ever probed by its primary key (ON CONFLICT) and purged by date, and analyzing it, the largest and
+# fastest-growing of them, was most of the analysis's cost (about 250 ms per 5,000 events in the bench).
 MARKETING_TABLES = (
     "product_views",
     "carts",
@@ -836,7 +759,6 @@ MARKETING_TABLES = (
     "watch_list",
     "marketing_timers",
     "marketing_queue",
-    "marketing_applied_events",
     "marketing_identities",
     "marketing_products",
     "email_preferences",
@@ -844,12 +766,17 @@ MARKETING_TABLES = (
 
 
 async def analyze_grown_tables(pool: asyncpg.Pool) -> list[str]:
-    """ANALYZE the marketing tables that changed by a fifth (and at least 1,000 rows) since their last
-    analysis. They grow in bursts (a campaign, a replay, a backfill) much faster than autovacuum's
-    naptime, and plans made on "this table is nearly empty" are slow for every batch meanwhile."""
+    """ANALYZE the marketing tables that hold rows but were never analyzed, and those that changed by a
+    fifth (and at least 1,000 rows) since their last analysis. They grow in bursts (a campaign, a replay, a
+    backfill) much faster than autovacuum's naptime, and plans made on "this table is nearly empty" are
+    slow for every batch meanwhile; on a table never analyzed, the planner cannot tell a lookup by brand
+    from one by brand and person (one analysis of a few hundred rows is enough to tell them apart)."""
     rows = await pool.fetch(
-        "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY($1::text[])"
-        " AND n_mod_since_analyze > GREATEST(1000, 0.2 * n_live_tup)",
+        "SELECT c.relname FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid"
+        " WHERE c.relname = ANY($1::text[]) AND c.relkind = 'r'"
+        " AND c.relnamespace = current_schema()::regnamespace"
+        " AND ((c.reltuples < 0 AND pg_relation_size(c.oid) > 0)"
+        "      OR s.n_mod_since_analyze > GREATEST(1000, 0.2 * s.n_live_tup))",
         list(MARKETING_TABLES),
     )
     analyzed = []
