@@ -27,7 +27,14 @@ from synergy_analytics import queries
 from synergy_analytics.app import serving
 from synergy_analytics.records import process_message
 from synergy_analytics.settings import AnalyticsSettings
-from synergy_analytics.store import add_months, log_columns, month_of
+from synergy_analytics.store import (
+    LOG_COLUMNS,
+    LogRecord,
+    add_months,
+    log_connection_init,
+    log_record,
+    month_of,
+)
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.db import create_pool, migrate
 from synergy_common.localinfra import create_topic
@@ -83,11 +90,13 @@ def envelopes(brand_id: str, count: int, run: str) -> list[dict]:
     ]
 
 
-async def bare_copy(database: str, rows: list) -> float:  # type: ignore[no-untyped-def]
-    """COPY of the same rows into a table shaped like the log (partitioned, same indexes); rows/s."""
-    months = {month_of(r.occurred_at) for r, _ in rows}
-    conn = await asyncpg.connect(database)  # its own connection: the jsonb codec below stays here
+async def bare_copy(database: str, records: list[LogRecord], per_copy: int) -> float:
+    """The same rows COPYed into a table shaped like the log (partitioned by the same months, the same
+    indexes and key), `per_copy` rows a COPY, each its own transaction, as the service's batches; rows/s."""
+    months = {month_of(r[1]) for r in records}  # type: ignore[arg-type]
+    conn = await asyncpg.connect(database)
     try:
+        await log_connection_init(conn)  # the service's jsonb codec (COPY's binary form)
         await conn.execute("DROP TABLE IF EXISTS bench_copy_log")
         await conn.execute(
             "CREATE TABLE bench_copy_log (LIKE user_action_log INCLUDING DEFAULTS INCLUDING INDEXES)"
@@ -98,37 +107,10 @@ async def bare_copy(database: str, rows: list) -> float:  # type: ignore[no-unty
                 f"CREATE TABLE bench_copy_log_{month:%Y_%m} PARTITION OF bench_copy_log "
                 f"FOR VALUES FROM ('{month.isoformat()}') TO ('{add_months(month, 1).isoformat()}')"
             )
-        columns = log_columns(rows)
-        records = list(zip(*columns, strict=True))
-        names = [
-            "event_id",
-            "occurred_at",
-            "brand_id",
-            "user_id",
-            "anonymous_id",
-            "event_type",
-            "action_type",
-            "engine_event",
-            "action_data",
-            "product_id",
-            "points_awarded",
-            "ip_address",
-            "user_agent",
-            "source_topic",
-            "received_at",
-        ]
-        # COPY is binary: jsonb's binary form is a version byte, then the text
-        await conn.set_type_codec(
-            "jsonb",
-            encoder=lambda v: b"\x01" + v.encode(),
-            decoder=lambda v: v[1:].decode(),
-            schema="pg_catalog",
-            format="binary",
-        )
         started = time.perf_counter()
-        for start in range(0, len(records), 2000):  # the service's batch size, one COPY each
+        for start in range(0, len(records), per_copy):
             await conn.copy_records_to_table(
-                "bench_copy_log", records=records[start : start + 2000], columns=names
+                "bench_copy_log", records=records[start : start + per_copy], columns=LOG_COLUMNS
             )
         elapsed = time.perf_counter() - started
         await conn.execute("DROP TABLE bench_copy_log")
@@ -157,13 +139,16 @@ async def ingest_rate(kafka: str, database: str, pool, count: int) -> None:  # t
     finally:
         await producer.stop()
     load_cpu, load_wall = cpu() - load_cpu, time.perf_counter() - load_wall
-    copy_rate = await bare_copy(database, [(process_message(e).row, topic) for e in events])
     settings = AnalyticsSettings(
         kafka_bootstrap_servers=kafka,
         database_url=database,
         analytics_topics=topic,
         analytics_group_id=f"bench-{run}",
         analytics_max_in_flight=int(os.environ.get("BENCH_IN_FLIGHT", "2")),
+    )
+    per_copy = settings.analytics_batch_items
+    copy_rate = await bare_copy(
+        database, [log_record(process_message(e).row, topic) for e in events], per_copy
     )
     async with serving(settings) as running:
         # timed from the first batch written (the group join and partition premaking are not throughput)
@@ -195,7 +180,7 @@ async def ingest_rate(kafka: str, database: str, pool, count: int) -> None:  # t
         f"  {batches:.0f} batches, {rows_sum / max(batches, 1):.0f} rows each, "
         f"{1000 * write_sum / max(batches, 1):.1f} ms per batch write"
     )
-    print(f"ceiling: bare COPY of the same rows, 2000 per COPY = {copy_rate:,.0f} rows/s")
+    print(f"ceiling: bare COPY of the same rows, {per_copy} per COPY = {copy_rate:,.0f} rows/s")
     print(f"ratio: {rate / copy_rate:.2f} (target >= 0.5)")
     print(
         f"load generator: {load_cpu:.2f} s CPU over {load_wall:.2f} s, before the timed window "

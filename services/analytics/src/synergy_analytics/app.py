@@ -74,6 +74,7 @@ async def running_analytics(settings: AnalyticsSettings) -> AsyncIterator[Runnin
             retry=RetryPolicy(max_attempts=1000, max_window=7 * 24 * 3600,
                               base=settings.seconds("analytics_retry_base"),
                               cap=settings.seconds("analytics_retry_cap")),
+            decode=analytics.decode,
             destination_of=analytics.destination_of,
         )
         log.info("analytics ready", topics=settings.topic_names)
