@@ -24,7 +24,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 from synergy_analytics import queries
-from synergy_analytics.app import serving
+from synergy_analytics.app import serving, settle_heap
 from synergy_analytics.records import process_message
 from synergy_analytics.settings import AnalyticsSettings
 from synergy_analytics.store import (
@@ -150,6 +150,9 @@ async def ingest_rate(kafka: str, database: str, pool, count: int) -> None:  # t
     copy_rate = await bare_copy(
         database, [log_record(process_message(e).row, topic) for e in events], per_copy
     )
+    # The load generator's ~1 M objects would make every full collection of the service's GC walk them.
+    del events, futures
+    settle_heap(settings.analytics_gc_young_objects)  # as the service does once started
     async with serving(settings) as running:
         # timed from the first batch written (the group join and partition premaking are not throughput)
         tracker = running.processor.commits.tracker

@@ -89,7 +89,8 @@ class Analytics:
     async def deliver(self, target: Hashable, items: Sequence[Work]) -> list[ItemOutcome]:
         batch: list[tuple[store.LogRecord, Processed]] = [w.payload for w in items]
         started = time.perf_counter()
-        made = await self.partitions.ensure(self.pool, {store.month_of(p.row.occurred_at) for _, p in batch})
+        months = {(p.row.occurred_at.year, p.row.occurred_at.month) for _, p in batch}  # UTC times
+        made = await self.partitions.ensure(self.pool, {datetime(y, m, 1, tzinfo=UTC) for y, m in months})
         if made:
             metrics.PARTITIONS_CREATED.inc(made)
         try:
