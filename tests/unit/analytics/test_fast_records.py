@@ -103,7 +103,7 @@ def test_the_fast_path_never_answers_otherwise_than_process_message() -> None:
         slow = slow_way(value)
         assert slow is not None, f"the fast path logged what process_message refuses: {message}"
         assert same_processing(fast, slow), f"{message}\nfast {fast}\nslow {slow}"
-    assert len(messages) > 3000
+    assert len(messages) > 5000
     assert answered > 1000  # the fast path takes most variants, not only the plain seeds
 
 
