@@ -27,6 +27,7 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -76,6 +77,23 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds of a local process (a Postgres backend), or None when it is not on this machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def backends_cpu(pool) -> dict[int, float | None]:  # type: ignore[no-untyped-def]
+    """CPU seconds of every client backend of this database (the service's pools and the bench's)."""
+    pids = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'"
+    )
+    return {r["pid"]: process_cpu(r["pid"]) for r in pids}
+
+
 def run_queue_wait() -> float:
     """Seconds this (event-loop) thread has spent runnable on a run queue, waiting for a CPU (Linux)."""
     try:
@@ -107,10 +125,10 @@ def envelopes(brand_id: str, count: int, run: str) -> list[dict]:
     ]
 
 
-async def bare_copy(database: str, records: list[LogRecord], per_copy: int) -> float:
+async def bare_copy(database: str, records: list[LogRecord], per_copy: int) -> tuple[float, float | None]:
     """The same rows COPYed into a table shaped like the log (partitioned by the same months, the same
     indexes and key), `per_copy` rows a COPY, each its own transaction, as the service's batches; rows/s."""
-    months = {month_of(r[1]) for r in records}  # type: ignore[arg-type]
+    months = {month_of(r[1]) for r in records}
     conn = await asyncpg.connect(database)
     try:
         await log_connection_init(conn)  # the service's jsonb codec (COPY's binary form)
@@ -124,16 +142,23 @@ async def bare_copy(database: str, records: list[LogRecord], per_copy: int) -> f
                 f"CREATE TABLE bench_copy_log_{month:%Y_%m} PARTITION OF bench_copy_log "
                 f"FOR VALUES FROM ('{month.isoformat()}') TO ('{add_months(month, 1).isoformat()}')"
             )
-        started = time.perf_counter()
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        started, started_cpu, backend_cpu = time.perf_counter(), cpu(), process_cpu(backend)
         for start in range(0, len(records), per_copy):
             await conn.copy_records_to_table(
                 "bench_copy_log", records=records[start : start + per_copy], columns=LOG_COLUMNS
             )
         elapsed = time.perf_counter() - started
+        ended_cpu = process_cpu(backend)
+        used = (
+            None
+            if ended_cpu is None or backend_cpu is None
+            else ended_cpu - backend_cpu + cpu() - started_cpu
+        )
         await conn.execute("DROP TABLE bench_copy_log")
     finally:
         await conn.close()
-    return len(records) / elapsed
+    return len(records) / elapsed, None if used is None else used / len(records)
 
 
 async def ingest_rate(kafka: str, database: str, pool, count: int) -> None:  # type: ignore[no-untyped-def]
@@ -164,7 +189,7 @@ async def ingest_rate(kafka: str, database: str, pool, count: int) -> None:  # t
         analytics_max_in_flight=int(os.environ.get("BENCH_IN_FLIGHT", "2")),
     )
     per_copy = settings.analytics_batch_items
-    copy_rate = await bare_copy(
+    copy_rate, copy_cpu = await bare_copy(
         database, [log_record(process_message(e).row, topic) for e in events], per_copy
     )
     # The load generator's ~1 M objects would make every full collection of the service's GC walk them.
@@ -175,6 +200,7 @@ async def ingest_rate(kafka: str, database: str, pool, count: int) -> None:  # t
         tracker = running.processor.commits.tracker
         while not any(p.committable() for p in tracker.partitions.values()):  # noqa: ASYNC110 - no event to wait on
             await asyncio.sleep(0.005)
+        backends_before = await backends_cpu(pool)
         started_cpu, started, started_wait = cpu(), time.perf_counter(), run_queue_wait()
         first = sum(p.committable() or 0 for p in tracker.partitions.values())
         while sum(p.committable() or 0 for p in tracker.partitions.values()) < count:  # noqa: ASYNC110
@@ -182,6 +208,7 @@ async def ingest_rate(kafka: str, database: str, pool, count: int) -> None:  # t
         elapsed = time.perf_counter() - started
         service_cpu = cpu() - started_cpu
         waited = run_queue_wait() - started_wait
+        backends_after = await backends_cpu(pool)
     logged = await pool.fetchval(
         "SELECT count(*) FROM user_action_log WHERE brand_id = $1", int(brand.brand_id)
     )
@@ -204,6 +231,15 @@ async def ingest_rate(kafka: str, database: str, pool, count: int) -> None:  # t
     )
     print(f"ceiling: bare COPY of the same rows, {per_copy} per COPY = {copy_rate:,.0f} rows/s")
     print(f"ratio: {rate / copy_rate:.2f} (target >= 0.5)")
+    # The machine is shared: wall rates move with the load; CPU per row does much less.
+    spent = [(after or 0.0) - (backends_before.get(pid) or 0.0) for pid, after in backends_after.items()]
+    if copy_cpu is not None and all(v is not None for v in backends_after.values()):
+        service_per_event = (service_cpu + sum(spent)) / count
+        print(
+            f"CPU per row: service {1e6 * service_per_event:.1f} us (its process "
+            f"{1e6 * service_cpu / count:.1f}, its Postgres backends {1e6 * sum(spent) / count:.1f}), "
+            f"bare COPY {1e6 * copy_cpu:.1f} us (client and backend); CPU ratio {copy_cpu / service_per_event:.2f}"
+        )
     print(
         f"load generator: {load_cpu:.2f} s CPU over {load_wall:.2f} s, before the timed window "
         f"(its CPU share of the timed window: 0 %)"
