@@ -26,6 +26,8 @@ class AnalyticsSettings(BaseSettings):
     analytics_batch_wait: str = "50ms"
     analytics_max_in_flight: int = 2  # concurrent batch writes (the benchmark: 2 beat 1 and 4 here)
     analytics_max_buffered: int = 50_000
+    # Allocations between two collections of the young generation (Python's default: 700).
+    analytics_gc_young_objects: int = 20_000
     # A batch Postgres could not take (connection lost, deadlock) is retried with backoff, never dropped.
     analytics_retry_base: str = "1s"
     analytics_retry_cap: str = "30s"

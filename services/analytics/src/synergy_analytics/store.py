@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -18,16 +19,28 @@ from synergy_analytics.records import (
     WishlistRemoved,
 )
 
-INSERT_LOG = """
-INSERT INTO user_action_log (event_id, occurred_at, brand_id, user_id, anonymous_id, event_type, action_type,
-  engine_event, action_data, product_id, points_awarded, ip_address, user_agent, source_topic, received_at)
-SELECT e, o, b, u, a, et, act, en, d::jsonb, p, pts, ip, ua, st, r
-FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::bool[], $9::text[], $10::text[], $11::int4[], $12::text[], $13::text[], $14::text[],
-            $15::timestamptz[]) AS t(e, o, b, u, a, et, act, en, d, p, pts, ip, ua, st, r)
+# The COPY row: a LogRow's fields, then the topic the event came from.
+LOG_COLUMNS = (*LogRow._fields, "source_topic")
+LOG_TYPES = (
+    *("text", "timestamptz", "int8", "text", "text", "text", "text", "bool"),
+    *("text", "text", "int4", "text", "text", "timestamptz", "text"),
+)
+_ARRAYS = ", ".join(f"${n}::{t}[]" for n, t in enumerate(LOG_TYPES, start=1))
+_NAMES = ", ".join(LOG_COLUMNS)
+_VALUES = ", ".join("action_data::jsonb" if c == "action_data" else c for c in LOG_COLUMNS)
+# The same rows as one statement that skips the ids already logged (a redelivery).
+INSERT_LOG = f"""
+INSERT INTO user_action_log ({_NAMES})
+SELECT {_VALUES} FROM unnest({_ARRAYS}) AS t({_NAMES})
 ON CONFLICT DO NOTHING
 RETURNING event_id
 """
+
+LogRecord = tuple[object, ...]  # a LogRow's fields, then the source topic: LOG_COLUMNS
+
+
+def log_record(row: LogRow, topic: str) -> LogRecord:
+    return (*row, topic)
 
 
 def month_of(at: datetime) -> datetime:
@@ -74,51 +87,6 @@ class Partitions:
         return dropped
 
 
-def log_columns(rows: Sequence[tuple[LogRow, str]]) -> list[list[object]]:
-    columns: list[list[object]] = [[] for _ in range(15)]
-    for row, topic in rows:
-        for index, value in enumerate(
-            (
-                row.event_id,
-                row.occurred_at,
-                row.brand_id,
-                row.user_id,
-                row.anonymous_id,
-                row.event_type,
-                row.action_type,
-                row.engine_event,
-                row.action_data,
-                row.product_id,
-                row.points_awarded,
-                row.ip_address,
-                row.user_agent,
-                topic,
-                row.received_at,
-            )
-        ):
-            columns[index].append(value)
-    return columns
-
-
-LOG_COLUMNS = (
-    "event_id",
-    "occurred_at",
-    "brand_id",
-    "user_id",
-    "anonymous_id",
-    "event_type",
-    "action_type",
-    "engine_event",
-    "action_data",
-    "product_id",
-    "points_awarded",
-    "ip_address",
-    "user_agent",
-    "source_topic",
-    "received_at",
-)
-
-
 async def log_connection_init(conn: asyncpg.Connection) -> None:
     """The log writer's connections take action_data as JSON text, in COPY's binary form (a version byte)."""
     await conn.set_type_codec(
@@ -134,28 +102,39 @@ async def create_log_pool(database_url: str, max_size: int = 4) -> asyncpg.Pool:
     return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, init=log_connection_init)
 
 
-async def write_batch(pool: asyncpg.Pool, batch: Sequence[tuple[Processed, str]]) -> set[str]:
+async def write_batch(pool: asyncpg.Pool, batch: Sequence[tuple[LogRecord, Processed]]) -> set[str]:
     """The batch's rows into the log, and the read-model changes of the events that were new, in one
     transaction. Returns the ids of the events written now (not before).
 
-    The rows go in with one COPY. A redelivered event makes the COPY fail on the primary key; the batch is
-    then written with one INSERT ... ON CONFLICT DO NOTHING instead (from a savepoint), which skips it.
+    The rows go in with one COPY: a batch without read-model changes is that one statement, committed on
+    its own (one round trip). A redelivered event makes the COPY fail on the primary key, which writes
+    nothing; the batch is then written again with one INSERT ... ON CONFLICT DO NOTHING, which skips it.
     `pool` must be a log pool (`create_log_pool`)."""
-    columns = log_columns([(p.row, t) for p, t in batch])
-    async with pool.acquire() as conn, conn.transaction():
+    records = [record for record, _ in batch]
+    changing = [processed for _, processed in batch if processed.changes]
+    async with pool.acquire() as conn:
+        copied = False
         try:
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "user_action_log", records=list(zip(*columns, strict=True)), columns=LOG_COLUMNS
-                )
-            inserted = {p.row.event_id for p, _ in batch}
+            async with conn.transaction() if changing else contextlib.nullcontext():
+                await conn.copy_records_to_table("user_action_log", records=records, columns=LOG_COLUMNS)
+                copied = True
+                inserted = {processed.row.event_id for _, processed in batch}
+                await apply_changes(conn, changing, inserted)
+            return inserted
         except asyncpg.UniqueViolationError:
-            inserted = {r[0] for r in await conn.fetch(INSERT_LOG, *columns)}
-        for processed, _ in batch:
-            if processed.changes and processed.row.event_id in inserted:
-                for change in processed.changes:
-                    await apply_change(conn, processed.row, change)
+            if copied:
+                raise
+        async with conn.transaction():
+            inserted = {r[0] for r in await conn.fetch(INSERT_LOG, *zip(*records, strict=True))}
+            await apply_changes(conn, changing, inserted)
         return inserted
+
+
+async def apply_changes(conn: asyncpg.Connection, changing: Sequence[Processed], inserted: set[str]) -> None:
+    for processed in changing:
+        if processed.row.event_id in inserted:
+            for change in processed.changes:
+                await apply_change(conn, processed.row, change)
 
 
 USER_PK = """
