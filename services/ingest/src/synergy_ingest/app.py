@@ -26,6 +26,7 @@ from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import (
     PROBLEM_JSON,
     ProblemError,
+    RequestSafetyNet,
     WriteKeyAuthenticator,
     authenticate_brand,
     current_correlation_id,
@@ -133,18 +134,11 @@ class HotRoutes:
     parameters FastAPI would parse). The same handlers stay registered with FastAPI, which documents
     them and serves whatever this does not match exactly (other methods, trailing slashes)."""
 
-    def __init__(self, app: ASGIApp, routes: dict[str, tuple[Handler, object]]) -> None:
-        self.app = app
+    def __init__(self, routes: dict[str, tuple[Handler, object]]) -> None:
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hot = (
-            self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        )
-        if hot is None:
-            await self.app(scope, receive, send)
-            return
-        handler, route = hot
+        handler, route = self.routes[scope["path"]]
         scope["route"] = route
         try:
             response = await handler(IncomingRequest.from_scope(scope, receive))
@@ -153,6 +147,23 @@ class HotRoutes:
                 exc.status, exc.title, exc.detail, exc.field, exc.headers, **exc.extra
             )
         await response(scope, receive, send)
+
+
+class IngestApp(FastAPI):
+    """FastAPI, with exact POSTs to the event routes taken before Starlette's middleware stack: they
+    go through a RequestSafetyNet of their own (correlation id, unhandled errors, answers counted,
+    as every other route gets from the stack) straight to HotRoutes. The stack's other layers do
+    nothing for them (no body limit is configured; the safety net answers every error)."""
+
+    hot_routes: dict[str, tuple[Handler, object]]
+    hot_entry: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.hot_routes:
+            scope["app"] = self
+            await self.hot_entry(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 class OrjsonResponse(Response):
@@ -429,7 +440,7 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
             await pool.close()
             log.info("ingest_stopped")
 
-    app = FastAPI(
+    app = IngestApp(
         title="Synergy Engine ingest",
         version="1",
         description="Authenticate, validate and durably publish behavioural events.",
@@ -438,8 +449,8 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     hot: dict[str, tuple[Handler, object]] = {}  # filled by the route registrations below
-    # Outermost first: RequestSafetyNet (correlation ids, unhandled errors, answers counted), HotRoutes.
-    app.add_middleware(HotRoutes, routes=hot)
+    app.hot_routes = hot
+    app.hot_entry = RequestSafetyNet(HotRoutes(hot), REQUESTS)
     install_problem_handlers(app, REQUESTS)
 
     async def kafka_ready() -> bool:
