@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from synergy_common.gc_tuning import tune_garbage_collector
+from synergy_ingest.app import KEEP_ALIVE_SECONDS
 
 app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})  # as ingest
 
@@ -40,7 +41,13 @@ def serve(port: int, shared: bool) -> None:
         sock.listen(2048)
     tune_garbage_collector()
     config = uvicorn.Config(
-        app, host="0.0.0.0", port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=10
+        app,
+        host="0.0.0.0",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 

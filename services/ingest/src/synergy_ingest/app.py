@@ -621,6 +621,13 @@ def _document_request_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+# How long an idle keep-alive connection stays open. Longer than the idle expiry of common HTTP clients
+# (httpx and Node's agents 5 s, aiohttp 15 s; uvicorn's own default is 5 s too): a server that closes
+# a connection just as the client reuses it resets a POST in flight, and a client cannot know whether
+# to resend it. nginx's default.
+KEEP_ALIVE_SECONDS = 75
+
+
 def _listening_socket(port: int) -> socket.socket:
     """A socket on `port` that other ingest processes bind too (SO_REUSEPORT): the kernel spreads the
     connections over the processes, instead of waking them all on a shared socket."""
@@ -646,6 +653,7 @@ def serve(settings: IngestSettings, sock: socket.socket | None = None) -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = uvicorn.Server(config)
     server.run(sockets=[sock] if sock is not None else None)
