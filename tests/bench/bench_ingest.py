@@ -3,7 +3,12 @@
 - POST /v1/events/batch (100 events a request, 8 in flight) against the bare producer ingest uses
   (librdkafka through EventPublisher: idempotent, acks=all, lz4) sending the same records in chunks of
   100, 8 in flight. Target: at least 0.6. The bare aiokafka producer is printed beside it.
-- POST /v1/events (32 in flight) against a bare FastAPI handler that answers 202. Target: at least 0.7.
+  The ceiling's records are what the server builds for these requests (same envelopes, same size).
+- POST /v1/events (32 in flight) against a bare FastAPI handler that answers 202, served the same
+  way (tests/bench/bare_fastapi.py: ingest's uvicorn configuration, GC tuning and worker count).
+  Target: at least 0.7. The same for POST /v1/track with Segment bodies.
+- Both servers (and the bare producer) stay up for the whole run; each path and its ceiling run in
+  turn, in --rounds slices, so the noise of a shared machine hits both sides of a ratio alike.
 - With INGEST_BENCH_PEER_URL (and INGEST_BENCH_PEER_WRITE_KEY), the same Segment bodies go to that
   Segment-compatible gateway (e.g. rudder-server) and to ingest's Segment routes, one at a time;
   skipped when unset.
@@ -29,6 +34,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,7 @@ import orjson
 import uvloop
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.db import create_pool, migrate
+from synergy_common.http import new_correlation_id
 from synergy_common.kafka import OutgoingMessage, durable_producer, publish_all
 from synergy_common.localinfra import create_topic
 from synergy_ingest.client_events import accept_event, parse_client_event
@@ -53,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "tests" / "fixtures" / "seed_examples" / "000_1_product_scanned.json"
 BATCH = 100
 PUBLISH_TIMEOUT = 10.0
+ROUNDS = 2  # each path and its ceiling run in turn, in this many slices: the noise hits both
 
 
 async def infrastructure() -> tuple[str, str]:
@@ -143,23 +151,48 @@ async def run_chunks(chunks: int, concurrency: int, job: Chunk) -> tuple[float, 
     return time.perf_counter() - started, latencies
 
 
-def producer_report(
-    label: str, count: int, seconds: float, latencies: list[float], cpu: float
-) -> tuple[float, float]:
-    ordered = sorted(latencies)
-    rate = count / seconds
-    print(
-        f"{label:<40} {rate:>9,.0f} events/s  p50 {ordered[len(ordered) // 2] * 1000:6.1f} ms"
-        f"  p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000:6.1f} ms"
-        f"  producer {cpu / count * 1e6:6.1f} us/event"
-    )
-    return rate, cpu / count * 1e6
+@dataclass
+class Tally:
+    """One line's figures, summed over the slices it ran in."""
+
+    events: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    cpu: float | None = 0.0  # the server's (or, for the producer, this process') CPU seconds
+    client_cpu: float = 0.0
+
+    def add(
+        self, events: int, seconds: float, latencies: list[float], cpu: float | None, client: float
+    ) -> None:
+        self.events += events
+        self.seconds += seconds
+        self.latencies += latencies
+        self.cpu = None if cpu is None or self.cpu is None else self.cpu + cpu
+        self.client_cpu += client
+
+    def add_load(self, events: int, result: LoadResult, cpu: float | None) -> None:
+        self.add(events, result.seconds, result.latencies, cpu, result.client_cpu_seconds)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def cpu_per_event(self) -> float:
+        return self.cpu / self.events * 1e6 if self.cpu is not None else 0.0
+
+    def print(self, label: str, whose: str = "server", load_generator: bool = True) -> None:
+        ordered = sorted(self.latencies)
+        cpu = f"{whose} {self.cpu_per_event:6.1f} us/event" if self.cpu is not None else " " * 23
+        client = f"  load generator {self.client_cpu / self.seconds:4.2f} core" if load_generator else ""
+        print(
+            f"{label:<40} {self.rate:>9,.0f} events/s  p50 {ordered[len(ordered) // 2] * 1000:6.1f} ms"
+            f"  p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000:6.1f} ms  {cpu}{client}"
+        )
 
 
-async def bare_producers(
-    kafka: str, topic: str, records: list[OutgoingRecord], concurrency: int
-) -> tuple[float, float]:
-    """Both producers with ingest's settings on the same records; returns librdkafka's rate and CPU."""
+async def aiokafka_line(kafka: str, topic: str, records: list[OutgoingRecord], concurrency: int) -> None:
+    """The bare aiokafka producer on the same records, for comparison (ingest no longer uses it)."""
     chunks = len(records) // BATCH
     producer = durable_producer(kafka)
     await producer.start()
@@ -172,27 +205,15 @@ async def bare_producers(
     await run_chunks(5, 1, aiokafka_chunk)
     cpu = time.process_time()
     seconds, latencies = await run_chunks(chunks, concurrency, aiokafka_chunk)
-    producer_report("bare aiokafka producer", chunks * BATCH, seconds, latencies, time.process_time() - cpu)
+    tally = Tally()
+    tally.add(chunks * BATCH, seconds, latencies, time.process_time() - cpu, 0.0)
+    tally.print("bare aiokafka producer", "producer", load_generator=False)
     await producer.stop()
 
-    # ingest's own producer settings, INGEST_PRODUCER_LINGER_MS included (the server reads the same env)
-    publisher = EventPublisher(kafka, PUBLISH_TIMEOUT, IngestSettings().producer_linger_ms)
-    publisher.topic = topic
-    publisher.start()
-    assert await publisher.wait_started(20), "librdkafka could not reach Kafka"
 
-    async def librdkafka_chunk(index: int) -> None:
-        outcome = await publisher.publish(records[index * BATCH : (index + 1) * BATCH])
-        assert outcome.all_written, outcome
-
-    await run_chunks(5, 1, librdkafka_chunk)
-    cpu = time.process_time()
-    seconds, latencies = await run_chunks(chunks, concurrency, librdkafka_chunk)
-    ceiling = producer_report(
-        "bare librdkafka producer (ceiling)", chunks * BATCH, seconds, latencies, time.process_time() - cpu
-    )
-    await publisher.stop()
-    return ceiling
+def slices(items: Sequence[bytes], rounds: int) -> list[Sequence[bytes]]:
+    size = len(items) // rounds
+    return [items[i * size : (i + 1) * size] for i in range(rounds)]
 
 
 async def main() -> None:
@@ -204,6 +225,7 @@ async def main() -> None:
     parser.add_argument("--batch-concurrency", type=int, default=8)
     parser.add_argument("--single-concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("INGEST_WORKERS", "1")))
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     options = parser.parse_args()
 
     kafka, database = await infrastructure()
@@ -215,20 +237,26 @@ async def main() -> None:
     run = uuid.uuid4().hex[:6]
     batch_events = events(options.events, f"b{run}")
     single_events = events(options.singles, f"s{run}")
+    track_events = events(options.singles, f"t{run}")
     batches = options.events // BATCH
     print(
         f"ingest benchmark: {options.events} events in batches of {BATCH} ({options.batch_concurrency} in flight),"
-        f" {options.singles} single posts ({options.single_concurrency} in flight), {options.workers} worker(s)"
+        f" {options.singles} single posts a route ({options.single_concurrency} in flight),"
+        f" {options.workers} worker(s); each path and its ceiling alternate in {options.rounds} slices"
     )
 
-    context = RequestContext(brand.brand_id, datetime.now(UTC), "bench", "bench/1.0", "127.0.0.1")
+    # What the server builds for the load generator's requests: no User-Agent, 127.0.0.1, a fresh
+    # correlation id; so the ceiling sends the same envelopes, byte for byte in size.
+    context = RequestContext(brand.brand_id, datetime.now(UTC), new_correlation_id(), None, "127.0.0.1")
     records = [accept_event(parse_client_event(e), context, 32 * 1024).record for e in batch_events]
-    (ceiling_batch, ceiling_batch_cpu) = await bare_producers(
-        kafka, topic, records, options.batch_concurrency
-    )
+    await aiokafka_line(kafka, topic, records, options.batch_concurrency)
 
     host = "127.0.0.1"
     bearer = {"Authorization": f"Bearer {brand.write_key}", "Content-Type": "application/json"}
+    basic = {
+        "Authorization": "Basic " + base64.b64encode(f"{brand.write_key}:".encode()).decode(),
+        "Content-Type": "application/json",
+    }
     batch_requests = [
         build_request(
             host,
@@ -239,9 +267,30 @@ async def main() -> None:
         for i in range(batches)
     ]
     single_requests = [build_request(host, "/v1/events", orjson.dumps(e), bearer) for e in single_events]
+    track_requests = [
+        build_request(host, "/v1/track", orjson.dumps(segment_message(e, "track")), basic)
+        for e in track_events
+    ]
     warmup = [build_request(host, "/v1/events", orjson.dumps(e), bearer) for e in events(50, f"w{run}")]
+    warmup += [
+        build_request(host, "/v1/track", orjson.dumps(segment_message(e, "track")), basic)
+        for e in events(50, f"x{run}")
+    ]
 
-    port = free_port()
+    # the ceiling: ingest's own producer and settings, INGEST_PRODUCER_LINGER_MS included (the server
+    # reads the same env), on the records ingest builds for the same events
+    publisher = EventPublisher(kafka, PUBLISH_TIMEOUT, IngestSettings().producer_linger_ms)
+    publisher.topic = topic
+    publisher.start()
+    assert await publisher.wait_started(20), "librdkafka could not reach Kafka"
+
+    async def producer_chunk(index: int) -> None:
+        outcome = await publisher.publish(records[index * BATCH : (index + 1) * BATCH])
+        assert outcome.all_written, outcome
+
+    await run_chunks(5, 1, producer_chunk)
+
+    port, bare_port = free_port(), free_port()
     ingest_env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka,
         "DATABASE_URL": database,
@@ -250,47 +299,72 @@ async def main() -> None:
         "INGEST_WORKERS": str(options.workers),
         "LOG_LEVEL": "WARNING",
     }
-    async with server(["-m", "synergy_ingest"], ingest_env, port) as (url, pid):
+    bare_args = ["-m", "tests.bench.bare_fastapi", str(bare_port), str(options.workers)]
+    lines = {name: Tally() for name in ("producer", "batch", "single", "bare", "track", "bare_track")}
+    chunks_per_round = batches // options.rounds
+    async with (
+        server(["-m", "synergy_ingest"], ingest_env, port) as (url, pid),
+        server(bare_args, {}, bare_port) as (bare_url, bare_pid),
+    ):
         await drive(url, warmup, 4)
-        result, cpu = await measured(url, pid, batch_requests, options.batch_concurrency, 202)
-        ingest_batch, ingest_batch_cpu = report("ingest POST /v1/events/batch", batches * BATCH, result, cpu)
-        result, cpu = await measured(url, pid, single_requests, options.single_concurrency, 202)
-        ingest_single, ingest_single_cpu = report("ingest POST /v1/events", options.singles, result, cpu)
+        await drive(bare_url, warmup, 4)
+        for round_index, (batch_slice, single_slice, track_slice) in enumerate(
+            zip(
+                slices(batch_requests, options.rounds),
+                slices(single_requests, options.rounds),
+                slices(track_requests, options.rounds),
+                strict=True,
+            )
+        ):
+            first = round_index * chunks_per_round
+            cpu = time.process_time()
+            seconds, latencies = await run_chunks(
+                chunks_per_round, options.batch_concurrency, lambda i, first=first: producer_chunk(first + i)
+            )
+            lines["producer"].add(
+                chunks_per_round * BATCH, seconds, latencies, time.process_time() - cpu, 0.0
+            )
+            result, cpu_used = await measured(url, pid, batch_slice, options.batch_concurrency, 202)
+            lines["batch"].add_load(len(batch_slice) * BATCH, result, cpu_used)
+            for name, target, target_pid, requests, status in (
+                ("single", url, pid, single_slice, 202),
+                ("bare", bare_url, bare_pid, single_slice, 202),
+                ("track", url, pid, track_slice, 200),
+                ("bare_track", bare_url, bare_pid, track_slice, 200),
+            ):
+                result, cpu_used = await measured(
+                    target, target_pid, requests, options.single_concurrency, status
+                )
+                lines[name].add_load(len(requests), result, cpu_used)
+        await publisher.stop()
+        lines["producer"].print("bare librdkafka producer (ceiling)", "producer", load_generator=False)
+        lines["batch"].print("ingest POST /v1/events/batch")
+        lines["single"].print("ingest POST /v1/events")
+        lines["bare"].print("bare FastAPI 202 handler (ceiling)")
+        lines["track"].print("ingest POST /v1/track (Segment)")
+        lines["bare_track"].print("bare FastAPI /v1/track (ceiling)")
         peer = os.environ.get("INGEST_BENCH_PEER_URL")
         if peer:
             await side_by_side(url, pid, peer, brand.write_key, batch_events, single_events, options)
 
-    bare_port = free_port()
-    bare_args = [
-        "-m",
-        "uvicorn",
-        "tests.bench.bare_fastapi:app",
-        "--port",
-        str(bare_port),
-        "--log-level",
-        "warning",
-    ]
-    async with server(bare_args, {}, bare_port) as (url, pid):
-        await drive(url, warmup, 4)
-        result, cpu = await measured(url, pid, single_requests, options.single_concurrency, 202)
-        ceiling_single, ceiling_single_cpu = report(
-            "bare FastAPI 202 handler (ceiling)", options.singles, result, cpu
-        )
-
+    batch, producer = lines["batch"], lines["producer"]
     print()
     print(
-        f"batch path:  {ingest_batch:,.0f} / {ceiling_batch:,.0f} events/s = {ingest_batch / ceiling_batch:.2f}"
+        f"batch path:  {batch.rate:,.0f} / {producer.rate:,.0f} events/s = {batch.rate / producer.rate:.2f}"
         " of the bare librdkafka producer (target >= 0.6)"
     )
-    print(
-        f"single path: {ingest_single:,.0f} / {ceiling_single:,.0f} events/s = {ingest_single / ceiling_single:.2f}"
-        " of the bare FastAPI handler (target >= 0.7)"
-    )
+    for name, ceiling, route in (("single", "bare", "/v1/events"), ("track", "bare_track", "/v1/track")):
+        ours, bare = lines[name], lines[ceiling]
+        print(
+            f"single path {route}: {ours.rate:,.0f} / {bare.rate:,.0f} events/s = {ours.rate / bare.rate:.2f}"
+            " of the bare FastAPI handler (target >= 0.7)"
+        )
     # On a shared machine events/s follow the CPU share the process gets; CPU per event does not.
+    single, bare = lines["single"], lines["bare"]
     print(
-        f"CPU per event: batch {ingest_batch_cpu:.1f} us against the producer's {ceiling_batch_cpu:.1f}"
-        f" ({ceiling_batch_cpu / ingest_batch_cpu:.2f}); single {ingest_single_cpu:.0f} us against the"
-        f" bare handler's {ceiling_single_cpu:.0f} ({ceiling_single_cpu / ingest_single_cpu:.2f})"
+        f"CPU per event: batch {batch.cpu_per_event:.1f} us against the producer's {producer.cpu_per_event:.1f}"
+        f" ({producer.cpu_per_event / batch.cpu_per_event:.2f}); single {single.cpu_per_event:.0f} us against"
+        f" the bare handler's {bare.cpu_per_event:.0f} ({bare.cpu_per_event / single.cpu_per_event:.2f})"
     )
     if not os.environ.get("INGEST_BENCH_PEER_URL"):
         print(

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from prometheus_client import REGISTRY
 from synergy_achievements.api import create_api
 from synergy_achievements.rules import default_rules
-from synergy_common.brands import CredentialCipher, create_brand
+from synergy_common.brands import CredentialCipher, create_brand, revoke_write_key
 from synergy_common.cli import main
 from synergy_common.db import create_pool
 from synergy_common.http import ProblemError, WriteKeyAuthenticator, authenticate_brand
@@ -218,3 +218,32 @@ async def test_revoke_refuses_an_ambiguous_or_unknown_prefix(database_url: str) 
     )
     assert too_short.exit_code == 1
     assert "give more of the key" in too_short.output
+
+
+async def test_a_revoked_key_is_trusted_no_longer_than_the_ttl_after_postgres_confirmed_it(
+    database_url: str,
+) -> None:
+    """The per-key answers remembered for the hot path expire with the cache they mirror: the key is
+    accepted up to 5 s after Postgres confirmed it, however often it is used, and refused after."""
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        brand = await create_brand(pool, "Revoked Soon", CredentialCipher(CredentialCipher.generate_key()))
+        now = [1000.0]
+        authenticator = WriteKeyAuthenticator(pool, "ttlcheck", ttl_seconds=5.0, clock=lambda: now[0])
+        header = f"Bearer {brand.write_key}"
+        assert await authenticate_brand(authenticator, header) == brand.brand_id  # Postgres confirms at 1000
+        revoked_before = failures("ttlcheck", "revoked_key")
+        await revoke_write_key(pool, brand.slug, brand.write_key[:10])
+        for at in (1001.0, 1003.0, 1004.9):
+            now[0] = at
+            assert await authenticate_brand(authenticator, header) == brand.brand_id
+        now[0] = 1005.1
+        with pytest.raises(ProblemError) as refused:
+            await authenticate_brand(authenticator, header)
+        assert refused.value.status == 401
+        assert failures("ttlcheck", "revoked_key") - revoked_before == 1
+        now[0] = 1006.0  # refused from the negative cache now, never accepted again
+        with pytest.raises(ProblemError):
+            await authenticate_brand(authenticator, header)
+    finally:
+        await pool.close()

@@ -7,8 +7,8 @@ import asyncio
 import base64
 import binascii
 import enum
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from synergy_common.db import DATABASE_UNAVAILABLE
 def _log() -> Any:
     # Looked up when used (errors only), so the logging configuration in force then applies.
     return structlog.get_logger(component="http")
+
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -93,14 +94,23 @@ def correlation_id_from(given: str | None) -> str:
     given = (given or "").strip()
     if given and len(given) <= MAX_CORRELATION_ID_LENGTH and given.isprintable():
         return given
-    return str(uuid.uuid4())
+    return new_correlation_id()
+
+
+def new_correlation_id() -> str:
+    """A random UUID's text, as str(uuid.uuid4()) writes it, in 40% of the time (no UUID object)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def current_correlation_id() -> str:
     """The correlation id of the request being handled (RequestSafetyNet sets it)."""
     value = _correlation_id.get()
     if value is None:
-        value = str(uuid.uuid4())
+        value = new_correlation_id()
         _correlation_id.set(value)
     return value
 
@@ -339,7 +349,12 @@ class WriteKeyAuthenticator:
         self._pool = pool
         self._clock = clock
         self._stale_if_error = stale_if_error_seconds
+        self._ttl = ttl_seconds
+        self._max_keys = max_keys
         self._valid: TTLCache[str, str] = TTLCache(max_keys, ttl_seconds, timer=clock)
+        # The hot path: a key's hash -> its answer and when `_valid` forgets it. A dict lookup instead of
+        # TTLCache's timer and a new KeyCheck (~3 us a request); never trusted longer than `_valid`.
+        self._recent: dict[str, tuple[KeyCheck, float]] = {}
         # keys once found valid: brand and when Postgres last confirmed it
         self._once_valid: LRUCache[str, tuple[str, float]] = LRUCache(max_keys)
         self._refused: TTLCache[str, AuthFailure] = TTLCache(
@@ -356,6 +371,11 @@ class WriteKeyAuthenticator:
         if not WRITE_KEY_SHAPE.fullmatch(write_key):
             return KeyCheck(None, AuthFailure.MALFORMED_KEY)
         key_hash = hash_write_key(write_key)
+        recent = self._recent.get(key_hash)
+        if recent is not None:
+            if self._clock() < recent[1]:
+                return recent[0]
+            del self._recent[key_hash]
         brand_id = self._valid.get(key_hash)
         if brand_id is not None:
             return KeyCheck(brand_id)
@@ -370,13 +390,28 @@ class WriteKeyAuthenticator:
             self._in_flight[key_hash] = pending
             pending.add_done_callback(lambda _: self._in_flight.pop(key_hash, None))
         try:
-            return await asyncio.shield(pending)
+            check = await asyncio.shield(pending)
         except KeyStoreUnavailable:
             known = self._once_valid.get(key_hash)
             if known is None or self._clock() - known[1] > self._stale_if_error:
                 raise
             self._valid[key_hash] = known[0]  # asked again after the TTL, not on every request
-            return KeyCheck(known[0])
+            check = KeyCheck(known[0])
+            self._remember(key_hash, check)
+            return check
+        confirmed = self._once_valid.get(key_hash)
+        if check.brand_id is not None and confirmed is not None and confirmed[0] == check.brand_id:
+            self._remember(key_hash, check, confirmed[1])
+        return check
+
+    def _remember(self, key_hash: str, check: KeyCheck, confirmed_at: float | None = None) -> None:
+        """Trusted as long as `_valid` trusts the key: `ttl_seconds` from Postgres' confirmation."""
+        if len(self._recent) >= self._max_keys:
+            self._recent.clear()
+        self._recent[key_hash] = (
+            check,
+            (self._clock() if confirmed_at is None else confirmed_at) + self._ttl,
+        )
 
     async def brand_for(self, write_key: str) -> str | None:
         return (await self.check(write_key)).brand_id
@@ -403,6 +438,7 @@ class WriteKeyAuthenticator:
             assert check.failure is not None
             self._refused[key_hash] = check.failure
             self._once_valid.pop(key_hash, None)
+            self._recent.pop(key_hash, None)
         return check
 
 

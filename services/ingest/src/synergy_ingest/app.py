@@ -16,10 +16,8 @@ from typing import Any, Literal
 
 import asyncpg
 import orjson
-from cachetools import TTLCache
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,6 +26,7 @@ from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import (
     PROBLEM_JSON,
     ProblemError,
+    RequestSafetyNet,
     WriteKeyAuthenticator,
     authenticate_brand,
     current_correlation_id,
@@ -106,7 +105,7 @@ class IngestState:
     pool: asyncpg.Pool
     quotas: QuotaBook
     default_quota: Quota | None
-    brand_settings: TTLCache[str, dict[str, Any]]
+    brand_settings: BrandSettingsCache
 
 
 @dataclass(slots=True)
@@ -135,18 +134,11 @@ class HotRoutes:
     parameters FastAPI would parse). The same handlers stay registered with FastAPI, which documents
     them and serves whatever this does not match exactly (other methods, trailing slashes)."""
 
-    def __init__(self, app: ASGIApp, routes: dict[str, tuple[Handler, object]]) -> None:
-        self.app = app
+    def __init__(self, routes: dict[str, tuple[Handler, object]]) -> None:
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hot = (
-            self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        )
-        if hot is None:
-            await self.app(scope, receive, send)
-            return
-        handler, route = hot
+        handler, route = self.routes[scope["path"]]
         scope["route"] = route
         try:
             response = await handler(IncomingRequest.from_scope(scope, receive))
@@ -157,9 +149,51 @@ class HotRoutes:
         await response(scope, receive, send)
 
 
-class OrjsonResponse(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+class IngestApp(FastAPI):
+    """FastAPI, with exact POSTs to the event routes taken before Starlette's middleware stack: they
+    go through a RequestSafetyNet of their own (correlation id, unhandled errors, answers counted,
+    as every other route gets from the stack) straight to HotRoutes. The stack's other layers do
+    nothing for them (no body limit is configured; the safety net answers every error)."""
+
+    hot_routes: dict[str, tuple[Handler, object]]
+    hot_entry: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.hot_routes:
+            scope["app"] = self
+            await self.hot_entry(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+class OrjsonResponse(Response):
+    """A JSON answer rendered by orjson, its raw headers built directly (what Starlette's
+    JSONResponse sends, without its per-request header assembly)."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.body = orjson.dumps(content)
+        self.background = None
+        raw = [
+            (b"content-length", str(len(self.body)).encode()),
+            (b"content-type", _JSON if media_type is None else media_type.encode("latin-1")),
+        ]
+        if headers:
+            raw += [
+                (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+            ]
+        self.raw_headers = raw
+
+
+_JSON = b"application/json"
 
 
 def _state(request: IncomingRequest) -> IngestState:
@@ -180,15 +214,32 @@ async def _request_context(request: IncomingRequest, body_write_key: str | None 
     )
 
 
+class BrandSettingsCache:
+    """Brand settings for `ttl_seconds` after they were read, at most `max_brands` of them. A dict and a
+    deadline rather than cachetools' TTLCache: it is read on every request, and TTLCache's timer costs
+    ~2 us a lookup. When full it starts over (brands are few)."""
+
+    def __init__(self, ttl_seconds: float, max_brands: int = 10_000) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_brands
+        self._entries: dict[str, tuple[dict[str, Any], float]] = {}
+
+    def get(self, brand_id: str, now: float) -> dict[str, Any] | None:
+        entry = self._entries.get(brand_id)
+        return entry[0] if entry is not None and now < entry[1] else None
+
+    def put(self, brand_id: str, settings: dict[str, Any], now: float) -> None:
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[brand_id] = (settings, now + self._ttl)
+
+
 async def _brand_settings(state: IngestState, brand_id: str) -> dict[str, Any]:
-    cached = state.brand_settings.get(brand_id)
-    if cached is not None:
-        return cached
     try:
         settings = await brand_settings(state.pool, brand_id)
     except (OSError, asyncpg.PostgresError):
         return {}  # the default quota applies until Postgres answers again
-    state.brand_settings[brand_id] = settings
+    state.brand_settings.put(brand_id, settings, time.monotonic())
     return settings
 
 
@@ -197,8 +248,13 @@ async def _admit(request: IncomingRequest, brand_id: str, events: int) -> None:
     state = _state(request)
     if events == 0:
         return
-    quota = quota_from_settings(await _brand_settings(state, brand_id), state.default_quota)
-    wait = state.quotas.admit(brand_id, quota, events, time.monotonic())
+    now = time.monotonic()
+    settings = state.brand_settings.get(brand_id, now)
+    if settings is None:
+        settings = await _brand_settings(state, brand_id)
+        now = time.monotonic()
+    quota = quota_from_settings(settings, state.default_quota)
+    wait = state.quotas.admit(brand_id, quota, events, now)
     if wait > 0:
         labelled(EVENTS_THROTTLED, brand_id).inc(events)
         raise ProblemError(
@@ -276,7 +332,7 @@ def _build_batch(items: Sequence[Any], accept: Callable[[Any], AcceptedEvent]) -
 
 async def _answer_batch(
     request: IncomingRequest, brand_id: str, batch: BatchOutcome, all_ok_status: int
-) -> JSONResponse:
+) -> Response:
     BATCH_SIZE.observe(len(batch.events) + len(batch.errors))
     published: PublishOutcome | None = None
     if batch.events:
@@ -372,7 +428,7 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
             pool,
             QuotaBook(settings.workers),
             default_quota(settings),
-            TTLCache(maxsize=10_000, ttl=settings.brand_settings_ttl_seconds),
+            BrandSettingsCache(settings.brand_settings_ttl_seconds),
         )
         if not await publisher.wait_started(timeout=10):
             log.warning("kafka_not_reachable_yet", bootstrap=common.kafka_bootstrap_servers)
@@ -384,7 +440,7 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
             await pool.close()
             log.info("ingest_stopped")
 
-    app = FastAPI(
+    app = IngestApp(
         title="Synergy Engine ingest",
         version="1",
         description="Authenticate, validate and durably publish behavioural events.",
@@ -393,8 +449,8 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     hot: dict[str, tuple[Handler, object]] = {}  # filled by the route registrations below
-    # Outermost first: RequestSafetyNet (correlation ids, unhandled errors, answers counted), HotRoutes.
-    app.add_middleware(HotRoutes, routes=hot)
+    app.hot_routes = hot
+    app.hot_entry = RequestSafetyNet(HotRoutes(hot), REQUESTS)
     install_problem_handlers(app, REQUESTS)
 
     async def kafka_ready() -> bool:
@@ -565,6 +621,13 @@ def _document_request_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+# How long an idle keep-alive connection stays open. Longer than the idle expiry of common HTTP clients
+# (httpx and Node's agents 5 s, aiohttp 15 s; uvicorn's own default is 5 s too): a server that closes
+# a connection just as the client reuses it resets a POST in flight, and a client cannot know whether
+# to resend it. nginx's default.
+KEEP_ALIVE_SECONDS = 75
+
+
 def _listening_socket(port: int) -> socket.socket:
     """A socket on `port` that other ingest processes bind too (SO_REUSEPORT): the kernel spreads the
     connections over the processes, instead of waking them all on a shared socket."""
@@ -590,6 +653,7 @@ def serve(settings: IngestSettings, sock: socket.socket | None = None) -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = uvicorn.Server(config)
     server.run(sockets=[sock] if sock is not None else None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -29,6 +30,11 @@ from synergy_ingest.request_context import RequestContext
 MAX_FREE_FORM_KEYS = 300
 # C0 and C1 control characters (NUL included) and the Unicode line and paragraph separators.
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+# The same three headers for every event of one name in a request: built once, the list shared by its
+# records (nothing changes a record's headers once built).
+_record_headers = lru_cache(maxsize=1024)(kafka_headers)
 
 
 class ClientEvent(BaseModel):
@@ -174,7 +180,7 @@ def accept_event(event: ClientEvent, request: RequestContext, max_event_bytes: i
     record = OutgoingRecord(
         partition_key(request.brand_id, identifiers.id, identifiers.anonymous_id).encode(),
         value,
-        kafka_headers(name or event.type, SCHEMA_VERSION, request.correlation_id),
+        _record_headers(name or event.type, SCHEMA_VERSION, request.correlation_id),
     )
     return AcceptedEvent(fields["event_id"], event.type, record, fields)
 
