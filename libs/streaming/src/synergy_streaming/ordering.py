@@ -147,14 +147,16 @@ class KeyedQueues(Generic[T]):
             if parked:
                 parked.discard(key)
             queue = queues.get(key)
-            if queue:
-                removed = len(run) if len(run) < len(queue) else len(queue)
-                del queue[:removed]
-                removed_total += removed
-            if queue:
-                ready[key] = None
-            else:
-                queues.pop(key, None)
+            if queue is None:
+                continue
+            queued, settled = len(queue), len(run)
+            if settled >= queued:
+                del queues[key]
+                removed_total += queued
+                continue
+            del queue[:settled]
+            removed_total += settled
+            ready[key] = None
         self._size -= removed_total
 
     def retry_later(self, key: str, at: float, park: bool = True, settled: int = 0) -> None:

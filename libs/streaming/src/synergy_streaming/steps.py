@@ -125,7 +125,7 @@ def decode_chunk(sources: list[Source], decode: Callable[[Record], Any]) -> list
     loads, id_types = orjson.loads, _ID_TYPES
     for source in sources:
         try:
-            envelope = loads(source.record.value)
+            envelope = loads(source.value)  # a Source is its own record
         except _JSON_ERROR:
             envelope = None
         if (type(envelope) is dict and (event_id := envelope.get("event_id"))
@@ -226,7 +226,7 @@ class Prepare:
             reject(source, exc.reason, exc.detail)
         if self._skip is not None:
             for source in sources:
-                if source.record.headers and id(source) not in dropped:
+                if source.headers and id(source) not in dropped:
                     skip = self._skip(source)
                     if skip is not None:
                         dropped.add(id(source))
@@ -341,22 +341,27 @@ class BatchByTarget:
 
     def pack(self, taken: list[tuple[str, list[Work]]]) -> list[tuple[Hashable, Runs]]:
         """Batches of (key, run); a run never spans two batches, and may be cut to fit."""
-        by_target: dict[Hashable, Runs] = {}
-        for key, run in taken:
-            by_target.setdefault(run[0].target, []).append((key, run))
+        targets = {run[0].target for _, run in taken}
+        if len(targets) == 1:  # the common case: one target, no grouping
+            by_target: dict[Hashable, Runs] = {targets.pop(): taken}
+        else:
+            by_target = {}
+            for key, run in taken:
+                by_target.setdefault(run[0].target, []).append((key, run))
         batches: list[tuple[Hashable, Runs]] = []
         max_items, max_bytes = self.max_items, self.max_bytes
         for target, runs in by_target.items():
             current: Runs = []
             count = size = 0
             for key, run in runs:
-                run_size = run[0].size if len(run) == 1 else sum([work.size for work in run])
-                if current and (count + len(run) > max_items or size + run_size > max_bytes):
+                length = len(run)
+                run_size = run[0].size if length == 1 else sum([work.size for work in run])
+                if current and (count + length > max_items or size + run_size > max_bytes):
                     batches.append((target, current))
                     current, count, size = [], 0, 0
-                if count + len(run) <= max_items and size + run_size <= max_bytes:
+                if count + length <= max_items and size + run_size <= max_bytes:
                     current.append((key, run))  # the common case: the whole run fits
-                    count += len(run)
+                    count += length
                     size += run_size
                     continue
                 cut: list[Work] = []
@@ -450,5 +455,5 @@ class CommitOffsets:
     tracker: OffsetTracker
 
     def settled(self, source: Source) -> None:
-        partition = source.record.partition
+        partition = source.partition
         self.tracker.settle(partition.topic, partition.partition, source.chunk, source.index)
