@@ -249,11 +249,6 @@ class StreamProcessor:
             self.paused = False
             self._paused_gauge.set(0)
 
-    def _apply_backpressure(self) -> None:
-        """Pause at once when the brake engages (the poll loop handles a full buffer by itself)."""
-        if self.brake.engaged:
-            self._pause()
-
     def _made_room(self) -> None:
         if self._waiting_for_room and not self._full():
             self._room.set()

@@ -271,8 +271,8 @@ class Prepare:
 
     async def _prepare_one_by_one(self, queued: _Queued, current_generation: Callable[[], int],
                                   accept_many: Accept, reject: Callable[[Source, str, str], None]) -> bool:
-        """prepare(source) over the rest of the chunk. True when the chunk is done; False while a
-        retryable failure waits at its head (`queued.next` is where it stands) or its generation ended."""
+        """prepare(source) over the rest of the chunk. True when the chunk is done (or its generation
+        ended); False while a retryable failure waits at its head (`queued.next` is where it stands)."""
         prepare, sources = self._prepare, queued.sources
         generation = sources[0].generation
         done: list[Source] = []
