@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from synergy_streaming import DELIVERED, Partition, Reject, Skip, Work
+from synergy_streaming import DELIVERED, Partition, Reject, Retry, Skip, Work
 from synergy_streaming.local_broker import LocalBroker
 from synergy_streaming.offsets import OffsetTracker
 
@@ -190,3 +190,38 @@ async def test_the_buffer_is_bounded_by_bytes_too(broker: LocalBroker, clock, pr
         gate.set()
         await until(lambda: broker.committed("g").get(P0) == 20, clock)
     assert sorted(recorder.delivered, key=lambda i: int(i[1:])) == [f"e{n}" for n in range(20)]
+
+
+async def test_while_deliveries_flow_it_reads_ahead_only_what_refills_them(
+        broker: LocalBroker, clock, processor_factory) -> None:
+    gate = asyncio.Event()
+    recorder = Recorder(gate=gate)
+    for n in range(40):
+        broker.produce(TOPIC, 0, envelope(f"e{n}", f"u{n}"))
+    async with processor_factory(recorder, max_batch_items=2, max_in_flight=1, max_poll_records=2,
+                                 read_ahead=6, max_batch_wait=0.01) as processor:
+        await until(lambda: len(recorder.calls) == 1, clock, limit=5)
+        await clock.advance(2.0)
+        # two in the delivery that hangs, six read ahead; far from max_buffered, and nothing paused
+        assert processor.commits.tracker.outstanding == 8
+        assert not processor.paused
+        gate.set()
+        await until(lambda: broker.committed("g").get(P0) == 40, clock)
+    assert sorted(recorder.delivered, key=lambda i: int(i[1:])) == [f"e{n}" for n in range(40)]
+
+
+async def test_a_retrying_key_lifts_the_read_ahead_so_other_keys_flow_past_it(
+        broker: LocalBroker, clock, processor_factory) -> None:
+    def answer(ids):
+        return Retry("503", retry_after=1000) if "a0" in ids else DELIVERED
+
+    recorder = Recorder(answer=answer)
+    for n in range(10):  # a0 will wait for its retry, a1..a9 behind it
+        broker.produce(TOPIC, 0, envelope(f"a{n}", "a"))
+    for n in range(20):
+        broker.produce(TOPIC, 0, envelope(f"b{n}", f"b{n}"))
+    async with processor_factory(recorder, max_batch_items=2, max_in_flight=1, max_poll_records=2,
+                                 read_ahead=4, max_run_per_key=1, max_batch_wait=0.01):
+        await until(lambda: all(f"b{n}" in recorder.delivered for n in range(20)), clock, limit=60)
+        assert [i for i in recorder.delivered if i.startswith("a")] == ["a0"]
+        assert broker.committed("g").get(P0) is None  # a0 holds the partition's prefix

@@ -180,6 +180,10 @@ class KeyedQueues(Generic[T]):
         if self._queues.get(key):
             self._ready[key] = None
 
+    def any_blocked(self) -> bool:
+        """Some key waits for a retry (its messages, and those queued behind, are held back)."""
+        return bool(self._blocked_until)
+
     def next_wakeup(self) -> float | None:
         while self._blocked and self._blocked_until.get(self._blocked[0][1]) != self._blocked[0][0]:
             heapq.heappop(self._blocked)  # stale entries of keys retried again or done
