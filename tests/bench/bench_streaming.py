@@ -5,8 +5,9 @@
 Both read the same pre-filled topic from the start, each in a consumer group of its own, alternately,
 twice each (medians compared). The bare loop polls (`getmany`, 2,000 records at most, as the runtime)
 and decodes each value with orjson (what any envelope consumer must do). The pipeline is
-`StreamProcessor` with a prepare that makes one Work per record and a deliver that answers DELIVERED:
-decode, per-key order, batching, settling and done-prefix commits, all real; nothing else.
+`StreamProcessor` with a prepare that makes one Work per record (as `prepare_many`, once per poll
+chunk) and a deliver that answers DELIVERED: decode, per-key order, batching, settling and
+done-prefix commits, all real; nothing else.
 Each rate is records per second from the first record handled to the last. The load generator (the
 producer) fills the topic before any timing, so it takes no CPU from the loops under test; its share
 of the CPU during the timed runs is printed (0 %), and the process's own CPU share during each run.
@@ -92,10 +93,14 @@ async def pipeline(bootstrap: str, topic: str, **overrides: Any) -> tuple[float,
     done = asyncio.Event()
 
     def prepare(source: Source) -> list[Work]:
+        return prepare_many([source])
+
+    def prepare_many(sources: list[Source]) -> list[Work]:
         nonlocal first, cpu
         if not first:
             first, cpu = time.monotonic(), time.process_time()
-        return [Work(key=source.record.key.decode() if source.record.key else "", target="noop", payload=None)]
+        return [Work(key=source.record.key.decode() if source.record.key else "", target="noop", payload=None)
+                for source in sources]
 
     async def deliver(target: Hashable, items: Sequence[Work]) -> BatchOutcome:
         nonlocal delivered
@@ -106,7 +111,7 @@ async def pipeline(bootstrap: str, topic: str, **overrides: Any) -> tuple[float,
 
     consumer = KafkaConsumer(bootstrap, group_id=f"bench-runtime-{uuid.uuid4().hex[:8]}", client_id="bench")
     processor = StreamProcessor(StreamConfig(service="bench", topics=[topic], **overrides), consumer, prepare,
-                                deliver)
+                                deliver, prepare_many=prepare_many)
     await consumer.start()
     task = asyncio.create_task(processor.run())
     try:

@@ -87,10 +87,11 @@ def processor_factory(broker: LocalBroker, clock: FakeClock) -> Any:
     async def make(deliver: Any, prepare: Any = by_user, writer: RecordingWriter | None = None,
                    group: str = "g", **config: Any) -> AsyncIterator[StreamProcessor]:
         brake = config.pop("brake", DlqBrake())
+        prepare_many = config.pop("prepare_many", None)
         processor = StreamProcessor(
             StreamConfig(service="test", topics=[TOPIC], brake=brake, **config),
             broker.consumer(group), prepare, deliver, dead_letters=writer,  # type: ignore[arg-type]
-            clock=clock,
+            clock=clock, prepare_many=prepare_many,
         )
         task = asyncio.create_task(processor.run())
         running.append((processor, task))

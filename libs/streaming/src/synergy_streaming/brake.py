@@ -41,8 +41,12 @@ class DlqBrake:
         brake, with a fresh window: what held it back is gone."""
         if count == 1:
             self._record(False)
+        elif count >= self.window:  # the whole window is successes now
+            self._recent = deque([False] * self.window)
+            self._dead_in_window = 0
+            self._consecutive = 0
         else:
-            for _ in range(min(count, self.window)):
+            for _ in range(count):
                 self._record(False)
         if self.engaged and was_held:
             self.engaged = False

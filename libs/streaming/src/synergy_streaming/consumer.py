@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from synergy_streaming.message import Partition, Record
 
+R = TypeVar("R", bound=Record)
 AssignmentCallback = Callable[[list[Partition]], Coroutine[Any, Any, None]]
 
 
@@ -18,6 +19,9 @@ class Consumer(Protocol):
     def subscribe(self, topics: list[str], on_assigned: AssignmentCallback,
                   on_revoked: AssignmentCallback) -> None: ...
     async def poll(self, timeout: float, max_records: int) -> list[Record]: ...
+    # Optional, and what the runtime uses when a consumer has it: one (partition, records) per partition,
+    # each record built by make(partition, offset, key, value, headers, timestamp_ms):
+    # async def poll_chunks(self, timeout, max_records, make=Record) -> list[tuple[Partition, list[R]]]
     def pause(self, partitions: Iterable[Partition]) -> None: ...
     def resume(self, partitions: Iterable[Partition]) -> None: ...
     async def commit(self, offsets: dict[Partition, int]) -> None: ...
@@ -72,12 +76,22 @@ class KafkaConsumer:
         self._consumer.subscribe(topics, listener=_Listener(on_assigned, on_revoked))
 
     async def poll(self, timeout: float, max_records: int) -> list[Record]:
+        chunks: list[tuple[Partition, list[Record]]] = await self.poll_chunks(timeout, max_records, Record)
+        return [record for _, records in chunks for record in records]
+
+    async def poll_chunks(self, timeout: float, max_records: int,
+                          make: Callable[..., R] = Record) -> list[tuple[Partition, list[R]]]:
+        """What one getmany brought, one (partition, records in offset order) per partition; each
+        record built by `make(partition, offset, key, value, headers, timestamp_ms)`."""
         batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000), max_records=max_records)
-        return [
-            Record(Partition(tp.topic, tp.partition), r.offset, r.key, r.value, tuple(r.headers or ()),
-                   r.timestamp)
-            for tp, records in batches.items() for r in records
-        ]
+        chunks: list[tuple[Partition, list[R]]] = []
+        for tp, records in batches.items():
+            partition = Partition(tp.topic, tp.partition)
+            chunks.append((partition, [
+                make(partition, r.offset, r.key, r.value, tuple(r.headers) if r.headers else (), r.timestamp)
+                for r in records
+            ]))
+        return chunks
 
     def pause(self, partitions: Iterable[Partition]) -> None:
         self._consumer.pause(*[_tp(p) for p in partitions])

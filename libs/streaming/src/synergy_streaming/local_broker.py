@@ -8,11 +8,14 @@ inside poll(), as aiokafka's do.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from synergy_streaming.consumer import AssignmentCallback
 from synergy_streaming.message import Partition, Record
+
+R = TypeVar("R", bound=Record)
 
 
 @dataclass
@@ -126,6 +129,15 @@ class LocalConsumer:
             await self._maybe_rebalance()
             records = self._fetch(max_records)
         return records
+
+    async def poll_chunks(self, timeout: float, max_records: int,
+                          make: Callable[..., R] = Record) -> list[tuple[Partition, list[R]]]:
+        """As KafkaConsumer's: every record a new object (the log's own are shared by all groups)."""
+        chunks: dict[Partition, list[R]] = {}
+        for r in await self.poll(timeout, max_records):
+            chunks.setdefault(r.partition, []).append(
+                make(r.partition, r.offset, r.key, r.value, r.headers, r.timestamp_ms))
+        return list(chunks.items())
 
     def _fetch(self, max_records: int) -> list[Record]:
         out: list[Record] = []

@@ -30,17 +30,63 @@ class Record:
         return None
 
 
-@dataclass(slots=True, eq=False)
-class Source:
-    """A consumed record while the runtime holds it; settled once all of its work is settled."""
+class Source(Record):
+    """A consumed record while the runtime holds it; settled once all of its work is settled.
 
-    record: Record
-    generation: int
-    chunk: Any = None  # the offsets.Chunk of the poll that brought it
-    index: int = 0  # the record's place in its chunk
-    pending: int = 0
-    held: bool = False  # held back once by the DLQ brake
-    payload: Any = None  # the decoded value, once decoded
+    It is its record too (`source.record is source`): one object per consumed record, not two.
+    `Source(record, generation)` copies a record; the runtime's consumers build `PolledSource`s
+    straight from the broker's records.
+    """
+
+    __slots__ = ("chunk", "generation", "held", "index", "payload", "pending")
+
+    def __init__(self, record: Record, generation: int = 0, chunk: Any = None, index: int = 0,
+                 pending: int = 0, held: bool = False, payload: Any = None) -> None:
+        self.partition = record.partition
+        self.offset = record.offset
+        self.key = record.key
+        self.value = record.value
+        self.headers = record.headers
+        self.timestamp_ms = record.timestamp_ms
+        self.generation = generation
+        self.chunk = chunk  # the offsets.Chunk of the poll that brought it
+        self.index = index  # the record's place in its chunk
+        self.pending = pending  # its work items not yet settled
+        self.held = held  # held back once by the DLQ brake
+        self.payload = payload  # the decoded value, once decoded
+
+    @property
+    def record(self) -> Record:
+        return self
+
+    # one per consumed record: compared and hashed by identity, as the runtime tracks each one
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return (f"Source({self.partition.topic}[{self.partition.partition}]@{self.offset}, "
+                f"generation={self.generation}, pending={self.pending})")
+
+
+class PolledSource(Source):
+    """A Source built from the broker's record fields (Record's signature), as a consumer polls."""
+
+    __slots__ = ()
+
+    def __init__(self, partition: Partition, offset: int, key: bytes | None, value: bytes,
+                 headers: Sequence[tuple[str, bytes]] = (), timestamp_ms: int | None = None) -> None:
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.timestamp_ms = timestamp_ms
+        self.generation = 0
+        self.chunk = None
+        self.index = 0
+        self.pending = 0
+        self.held = False
+        self.payload = None
 
 
 @dataclass(slots=True, eq=False)

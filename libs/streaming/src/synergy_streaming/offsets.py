@@ -1,15 +1,20 @@
 """Which offset of each partition is safe to commit: the one after the longest settled prefix. Pure.
 
 The runtime tracks what one poll brought of a partition as one chunk: its offsets, a done flag per
-record and a count of records not yet settled. Settling costs one store and one decrement; the
-committable offset inside a chunk that is still partly in flight is found by a scan of its flags,
-only when a commit is due. A record in flight holds back every later offset of its partition.
+record, a count of records not yet settled, and the bytes of its values. Settling a record costs one
+store and one decrement (`settle_many` does a whole delivered batch in one pass); a chunk settled
+whole is dropped from the head of its partition, so the committable offset of a partition is the end
+of its settled chunks, or, inside the oldest chunk still partly in flight, the end of the prefix of
+its flags that are set (scanned only when a commit is due). A record in flight holds back every later
+offset of its partition; records settle in any order, across chunks too.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True, eq=False)
@@ -17,6 +22,8 @@ class Chunk:
     offsets: list[int]
     done: list[bool]
     pending: int
+    size: int = 0  # bytes of the records' values: what the chunk holds in memory
+    progress: PartitionProgress | None = None  # None once its partition is forgotten (revoked)
 
     @property
     def end(self) -> int:
@@ -25,12 +32,14 @@ class Chunk:
 
     def done_prefix_end(self) -> int | None:
         """The offset after the chunk's longest settled prefix, or None when its first is in flight."""
-        end = None
-        for offset, done in zip(self.offsets, self.done, strict=True):
-            if not done:
-                break
-            end = offset + 1
-        return end
+        done = self.done
+        if done[0] is False:
+            return None
+        try:
+            first_open = done.index(False)
+        except ValueError:
+            return self.offsets[-1] + 1
+        return self.offsets[first_open - 1] + 1
 
 
 @dataclass
@@ -43,10 +52,19 @@ class PartitionProgress:
             return False
         chunk.done[index] = True
         chunk.pending -= 1
-        if chunk.pending <= 0 and self.chunks and self.chunks[0] is chunk:
-            while self.chunks and self.chunks[0].pending <= 0:
-                self.settled_end = self.chunks.popleft().end
+        if chunk.pending <= 0:
+            self.drop_settled()
         return True
+
+    def drop_settled(self) -> int:
+        """Drop the chunks settled whole from the head; the bytes they held."""
+        freed = 0
+        chunks = self.chunks
+        while chunks and chunks[0].pending <= 0:
+            chunk = chunks.popleft()
+            self.settled_end = chunk.offsets[-1] + 1
+            freed += chunk.size
+        return freed
 
     def committable(self) -> int | None:
         """The offset to commit (next to read), or None while nothing is settled."""
@@ -63,24 +81,48 @@ class OffsetTracker:
 
     partitions: dict[tuple[str, int], PartitionProgress] = field(default_factory=dict)
     outstanding: int = 0  # records tracked and not yet settled, over all partitions
+    outstanding_bytes: int = 0  # bytes of the chunks not yet settled whole
     _committed: dict[tuple[str, int], int] = field(default_factory=dict)
     _singles: dict[tuple[str, int, int], Chunk] = field(default_factory=dict)
 
-    def track_chunk(self, topic: str, partition: int, offsets: list[int]) -> Chunk:
+    def track_chunk(self, topic: str, partition: int, offsets: list[int], size: int = 0) -> Chunk:
         """Records of one partition, in offset order; settle each by its index in `offsets`."""
         progress = self.partitions.get((topic, partition))
         if progress is None:
             progress = self.partitions[(topic, partition)] = PartitionProgress()
-        chunk = Chunk(offsets, [False] * len(offsets), len(offsets))
+        chunk = Chunk(offsets, [False] * len(offsets), len(offsets), size, progress)
         progress.chunks.append(chunk)
         self.outstanding += len(offsets)
+        self.outstanding_bytes += size
         return chunk
 
     def settle(self, topic: str, partition: int, chunk: Chunk, index: int) -> None:
-        progress = self.partitions.get((topic, partition))
         # the runtime never settles a chunk of a generation it revoked; a second settle is a no-op
-        if progress is not None and progress.settle(chunk, index):
-            self.outstanding -= 1
+        self.settle_many(((chunk, index),))
+
+    def settle_many(self, settled: Iterable[Any]) -> int:
+        """Settle each (chunk, index), or each object with `.chunk` and `.index` (a Source), in one
+        pass. Returns how many were newly settled; settling twice, or a forgotten chunk, is a no-op."""
+        count = 0
+        finished: list[Chunk] = []
+        for item in settled:
+            if type(item) is tuple:
+                chunk, index = item
+            else:
+                chunk, index = item.chunk, item.index
+            done = chunk.done
+            if done[index] or chunk.progress is None:
+                continue
+            done[index] = True
+            count += 1
+            chunk.pending -= 1
+            if chunk.pending <= 0:
+                finished.append(chunk)
+        self.outstanding -= count
+        for chunk in finished:
+            if chunk.progress is not None:
+                self.outstanding_bytes -= chunk.progress.drop_settled()
+        return count
 
     def track(self, topic: str, partition: int, offset: int) -> None:
         """One record as a chunk of its own (tools and tests; the runtime tracks whole polls)."""
@@ -110,7 +152,10 @@ class OffsetTracker:
         for tp in tps:
             progress = self.partitions.pop(tp, None)
             if progress is not None:
-                self.outstanding -= sum(max(0, chunk.pending) for chunk in progress.chunks)
+                for chunk in progress.chunks:
+                    self.outstanding -= max(0, chunk.pending)
+                    self.outstanding_bytes -= chunk.size
+                    chunk.progress = None
             self._committed.pop(tp, None)
         forgotten = set(tps)
         self._singles = {k: v for k, v in self._singles.items() if (k[0], k[1]) not in forgotten}

@@ -5,12 +5,15 @@ The hot-key escape: when a key whose head message is being retried piles up more
 its head is resolved) is parked: handed back to be dead-lettered with reason `hot_key_parked`, so the
 partition keeps moving. `synergy dlq replay --reason hot_key_parked` sends them later, in order.
 A key held back through no fault of its own (`park=False`: the target paused) is never parked.
+
+A key's queue is a plain list: a run is taken as one slice and settled as one `del`, and a chunk of
+records is queued by `push_many` in one pass.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -21,7 +24,7 @@ _NONE: list[Any] = []  # returned, never changed: nothing parked
 @dataclass
 class KeyedQueues(Generic[T]):
     max_pending_per_key: int = 1_000
-    _queues: dict[str, deque[T]] = field(default_factory=dict)
+    _queues: dict[str, list[T]] = field(default_factory=dict)
     _ready: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
     _busy: set[str] = field(default_factory=set)
     _blocked: list[tuple[float, str]] = field(default_factory=list)
@@ -32,22 +35,42 @@ class KeyedQueues(Generic[T]):
 
     def push(self, key: str, item: T) -> list[T]:
         """Queue `item` behind the key's earlier messages. Returns the messages parked instead."""
-        if key in self._parked:
+        return self.push_many((key,), (item,))
+
+    def push_many(self, keys: Sequence[str], items: Sequence[T]) -> list[T]:
+        """`push` of each (key, item) in order, in one pass. Returns the messages parked instead."""
+        queues, ready, busy, blocked = self._queues, self._ready, self._busy, self._blocked_until
+        parked_keys, may_park = self._parked, self._may_park
+        parked: list[T] = _NONE
+        self._size += len(items)
+        for key, item in zip(keys, items, strict=True):
+            queue = queues.get(key)
+            if queue is None:
+                if parked_keys and key in parked_keys:
+                    parked = self._park_one(parked, item)
+                    continue
+                queues[key] = [item]
+                if key not in busy and key not in blocked:
+                    ready[key] = None
+                continue
+            if parked_keys and key in parked_keys:
+                parked = self._park_one(parked, item)
+                continue
+            queue.append(item)
+            if may_park and key in may_park and len(queue) > self.max_pending_per_key:
+                backlog = queue[1:]
+                del queue[1:]
+                self._size -= len(backlog)
+                parked_keys.add(key)
+                parked = backlog if parked is _NONE else parked + backlog
+        return parked
+
+    def _park_one(self, parked: list[T], item: T) -> list[T]:
+        self._size -= 1
+        if parked is _NONE:
             return [item]
-        self._size += 1
-        queue = self._queues.get(key)
-        if queue is None:
-            self._queues[key] = deque((item,))
-            if key not in self._busy and key not in self._blocked_until:
-                self._ready[key] = None
-            return _NONE
-        queue.append(item)
-        if key in self._may_park and len(queue) > self.max_pending_per_key:
-            parked = [queue.pop() for _ in range(len(queue) - 1)][::-1]
-            self._size -= len(parked)
-            self._parked.add(key)
-            return parked
-        return []
+        parked.append(item)
+        return parked
 
     def take_ready(self, now: float, limit: int, per_key: int = 1) -> list[tuple[str, list[T]]]:
         """Up to `per_key` oldest messages of each key that may go now, `limit` in all.
@@ -57,14 +80,17 @@ class KeyedQueues(Generic[T]):
         self._unblock(now)
         taken: list[tuple[str, list[T]]] = []
         budget = limit
-        while self._ready and budget > 0:
-            key = next(iter(self._ready))
-            del self._ready[key]
-            self._busy.add(key)
-            queue = self._queues[key]
-            run = [queue[i] for i in range(min(per_key, budget, len(queue)))]
+        ready, queues = self._ready, self._queues
+        for key in ready:
+            if budget <= 0:
+                break
+            queue = queues[key]
+            run = queue[:per_key if per_key < budget else budget]
             budget -= len(run)
             taken.append((key, run))
+        for key, _ in taken:
+            del ready[key]
+        self._busy.update(key for key, _ in taken)
         return taken
 
     def _unblock(self, now: float) -> None:
@@ -80,6 +106,17 @@ class KeyedQueues(Generic[T]):
         self._unblock(now)
         return sum(len(self._queues[key]) for key in self._ready)
 
+    def ready_at_least(self, now: float, wanted: int) -> int:
+        """ready_count(now), counted only up to `wanted` (the dispatcher asks "is a batch full?")."""
+        self._unblock(now)
+        count = 0
+        queues = self._queues
+        for key in self._ready:
+            count += len(queues[key])
+            if count >= wanted:
+                break
+        return count
+
     def done(self, key: str, count: int) -> None:
         """The key's `count` oldest messages are settled: the next may go."""
         self._busy.discard(key)
@@ -87,23 +124,49 @@ class KeyedQueues(Generic[T]):
         self._may_park.discard(key)
         self._parked.discard(key)
         queue = self._queues.get(key)
-        for _ in range(min(count, len(queue or ()))):
-            assert queue is not None
-            queue.popleft()
-            self._size -= 1
+        if queue:
+            removed = min(count, len(queue))
+            del queue[:removed]
+            self._size -= removed
         if queue:
             self._ready[key] = None
         else:
             self._queues.pop(key, None)
 
+    def done_many(self, runs: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """done(key, len(run)) for each (key, run) of a delivered batch, in one pass."""
+        busy, blocked, may_park, parked = self._busy, self._blocked_until, self._may_park, self._parked
+        queues, ready = self._queues, self._ready
+        removed_total = 0
+        for key, run in runs:
+            busy.discard(key)
+            if blocked:
+                blocked.pop(key, None)
+            if may_park:
+                may_park.discard(key)
+            if parked:
+                parked.discard(key)
+            queue = queues.get(key)
+            if queue is None:
+                continue
+            queued, settled = len(queue), len(run)
+            if settled >= queued:
+                del queues[key]
+                removed_total += queued
+                continue
+            del queue[:settled]
+            removed_total += settled
+            ready[key] = None
+        self._size -= removed_total
+
     def retry_later(self, key: str, at: float, park: bool = True, settled: int = 0) -> None:
         """The key's run failed after its `settled` oldest messages: nothing more goes before `at`."""
         self._busy.discard(key)
         queue = self._queues.get(key)
-        for _ in range(min(settled, len(queue or ()))):
-            assert queue is not None
-            queue.popleft()
-            self._size -= 1
+        if queue and settled:
+            removed = min(settled, len(queue))
+            del queue[:removed]
+            self._size -= removed
         self._blocked_until[key] = at
         if park:
             self._may_park.add(key)
@@ -116,6 +179,10 @@ class KeyedQueues(Generic[T]):
         self._busy.discard(key)
         if self._queues.get(key):
             self._ready[key] = None
+
+    def any_blocked(self) -> bool:
+        """Some key waits for a retry (its messages, and those queued behind, are held back)."""
+        return bool(self._blocked_until)
 
     def next_wakeup(self) -> float | None:
         while self._blocked and self._blocked_until.get(self._blocked[0][1]) != self._blocked[0][0]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from synergy_streaming.message import (
     Failed,
     ItemOutcome,
     Partition,
+    PolledSource,
     Record,
     Reject,
     Retry,
@@ -49,6 +51,7 @@ from synergy_streaming.steps import (
     OrderByKey,
     Prepare,
     PrepareFn,
+    PrepareManyFn,
     decode_envelope,
 )
 
@@ -66,7 +69,19 @@ def is_retryable_error(exc: BaseException) -> bool:
 class StreamConfig:
     service: str
     topics: Sequence[str]
-    max_buffered: int = 20_000  # records consumed and not yet committed; beyond this, consumption pauses
+    # Backpressure. Records consumed and not yet settled, and the bytes of their values: at either
+    # limit the poll loop stops taking records (aiokafka keeps what it prefetched, bounded by its fetch
+    # sizes); still full after `pause_after` seconds (a target down, say), the partitions are paused,
+    # and resumed as soon as a poll fits again. Pausing at once would make aiokafka drop its prefetched
+    # records of those partitions and fetch them again, a stall each time the buffer fills.
+    max_buffered: int = 20_000
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    pause_after: float = 1.0
+    # While no key is waiting for a retry, the poll loop reads ahead only this many records beyond those
+    # in deliveries (None: max_in_flight * max_batch_items, enough to fill every delivery slot once
+    # more): records polled long before they are handled have left the CPU's caches, and cost a quarter
+    # more to handle. A key retrying lifts it, so that other keys flow past it up to max_buffered.
+    read_ahead: int | None = None
     max_batch_items: int = 500
     max_batch_bytes: int = 1_000_000  # in Work.size units
     max_batch_wait: float = 0.05
@@ -78,6 +93,10 @@ class StreamConfig:
     max_poll_records: int = 2_000
     revoke_grace: float = 10.0
     brake: DlqBrake = field(default_factory=DlqBrake)
+    # The records in flight (tens of thousands, each a few objects) outlive CPython's default young
+    # generation (700 allocations): they were promoted and swept by full collections over and over, half
+    # of the runtime's CPU. run() raises the young threshold to this (never lowers it; None: leave it).
+    gc_young_threshold: int | None = 50_000
 
 
 class StreamProcessor:
@@ -98,6 +117,7 @@ class StreamProcessor:
         destination_of: Callable[[Hashable], str] = lambda target: "",
         on_dead_letter: Callable[[Work | None, DeadLetter], None] | None = None,
         clock: Clock | None = None,
+        prepare_many: PrepareManyFn | None = None,
     ) -> None:
         self.config = config
         self.service = config.service
@@ -107,8 +127,8 @@ class StreamProcessor:
         self.brake = config.brake
         self.dead_letters = DeadLetterPolicy(self.service, dead_letters, self.brake, destination_of)
         self._on_dead_letter = on_dead_letter
-        self.prepare = Prepare(self.service, decode, self._skip_foreign_replays(prepare), is_retryable,
-                               self.retry, self.clock)
+        self.prepare = Prepare(self.service, decode, prepare, is_retryable, self.retry, self.clock,
+                               prepare_many=prepare_many, skip=self._foreign_replay)
         self.order = OrderByKey(config.max_pending_per_key)
         self.batching = BatchByTarget(config.max_batch_items, config.max_batch_bytes, config.max_batch_wait,
                                       config.max_run_per_key)
@@ -129,27 +149,33 @@ class StreamProcessor:
         self._running = False
         self._stopped = asyncio.Event()
         self._settled_counters: dict[str, Any] = {}
+        self._consumed_counters: dict[str, Any] = {}
+        self._room = asyncio.Event()  # set when records settle while the poll loop waits for room
+        self._waiting_for_room = False
+        self._in_flight_items = 0  # work items in deliveries now
+        self._read_ahead = config.read_ahead or config.max_in_flight * config.max_batch_items
+        self._buffered_gauge = metrics.BUFFERED.labels(self.service)
+        self._paused_gauge = metrics.PAUSED.labels(self.service)
+        self._batch_size = metrics.BATCH_SIZE.labels(self.service)
 
-    def _skip_foreign_replays(self, prepare: PrepareFn) -> PrepareFn:
-        def prepare_own(source: Source) -> Any:
-            if source.record.headers:
-                replay_for = source.record.header(REPLAY_FOR)
-                if replay_for is not None and replay_for.decode(errors="replace") != self.service:
-                    return Skip("replay_for_another_service")
-            return prepare(source)
-
-        return prepare_own
+    def _foreign_replay(self, source: Source) -> Skip | None:
+        """A dead letter replayed for another service (header dlq_replay_for) is not ours: skipped."""
+        replay_for = source.record.header(REPLAY_FOR)
+        if replay_for is not None and replay_for.decode(errors="replace") != self.service:
+            return Skip("replay_for_another_service")
+        return None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Until stop(): consume, deliver, commit. Commits what is settled before returning."""
         self._running = True
+        _raise_gc_young_threshold(self.config.gc_young_threshold)
         self.consumer.subscribe(list(self.config.topics), self._on_assigned, self._on_revoked)
         loops = [
             asyncio.create_task(self._poll_loop(), name=f"{self.service}-poll"),
-            asyncio.create_task(self.prepare.run(lambda: self.generation, self._accept, self._reject),
-                                name=f"{self.service}-prepare"),
+            asyncio.create_task(self.prepare.run(lambda: self.generation, self._accept_many, self._reject,
+                                                 self._skip_source), name=f"{self.service}-prepare"),
             asyncio.create_task(self._dispatch_loop(), name=f"{self.service}-dispatch"),
             asyncio.create_task(self._commit_loop(), name=f"{self.service}-commit"),
         ]
@@ -207,81 +233,153 @@ class StreamProcessor:
         if self.deliver.rate_limits is not None:
             self.deliver.rate_limits.set_share(share)
         self.paused = False
-        metrics.PAUSED.labels(self.service).set(0)
+        self._paused_gauge.set(0)
         log.info("partitions assigned", service=self.service, partitions=len(assigned), of_total=total,
                  rate_share=round(share, 3))
 
     # --- poll ------------------------------------------------------------------------------------
 
-    def _apply_backpressure(self) -> None:
-        buffered = self.commits.tracker.outstanding
-        metrics.BUFFERED.labels(self.service).set(buffered)
-        full = buffered >= self.config.max_buffered or self.brake.engaged
-        if full and not self.paused:
+    def _full(self) -> bool:
+        tracker = self.commits.tracker
+        return (tracker.outstanding >= self.config.max_buffered
+                or tracker.outstanding_bytes >= self.config.max_buffered_bytes or self.brake.engaged)
+
+    def _pause(self) -> None:
+        if not self.paused:
             self.consumer.pause(self.consumer.assignment())
             self.paused = True
-            metrics.PAUSED.labels(self.service).set(1)
-        elif self.paused and not self.brake.engaged and buffered < self.config.max_buffered // 2:
+            self._paused_gauge.set(1)
+
+    def _resume(self) -> None:
+        if self.paused:
             self.consumer.resume(self.consumer.assignment())
             self.paused = False
-            metrics.PAUSED.labels(self.service).set(0)
+            self._paused_gauge.set(0)
+
+    def _read_enough(self) -> bool:
+        """Enough records wait to fill the deliveries, and none waits behind a retrying key."""
+        return (self.commits.tracker.outstanding - self._in_flight_items >= self._read_ahead
+                and not self.order.queues.any_blocked())
+
+    def _made_room(self) -> None:
+        if self._waiting_for_room and not self._full() and not self._read_enough():
+            self._room.set()
 
     async def _poll_loop(self) -> None:
+        config, clock = self.config, self.clock
+        poll_chunks = getattr(self.consumer, "poll_chunks", None)
+        full_since: float | None = None
         while self._running:
-            self._apply_backpressure()
-            records = await self.consumer.poll(self.config.poll_timeout, self.config.max_poll_records)
-            if records:
-                self._track(records)
+            self._buffered_gauge.set(self.commits.tracker.outstanding)
+            if self._full():
+                now = clock.now()
+                if full_since is None:
+                    full_since = now
+                if self.brake.engaged or now - full_since >= config.pause_after:
+                    self._pause()
+                if not self.paused:
+                    self._room.clear()
+                    self._waiting_for_room = True
+                    try:
+                        await clock.wait(self._room, config.poll_timeout)
+                    finally:
+                        self._waiting_for_room = False
+                    continue
+            else:
+                full_since = None
+                self._resume()
+                if self._read_enough():
+                    self._room.clear()
+                    self._waiting_for_room = True
+                    try:
+                        await clock.wait(self._room, config.poll_timeout)
+                    finally:
+                        self._waiting_for_room = False
+                    if self._read_enough():
+                        continue
+            if poll_chunks is not None:
+                chunks = await poll_chunks(config.poll_timeout, config.max_poll_records, PolledSource)
+            else:
+                chunks = _by_partition(await self.consumer.poll(config.poll_timeout, config.max_poll_records))
+            if chunks:
+                self._track(chunks)
             elif self.paused:
-                await self.clock.sleep(self.config.poll_timeout)
+                await clock.sleep(config.poll_timeout)
 
-    def _track(self, records: list[Record]) -> None:
-        """One chunk per partition of the poll (records come grouped by partition), then prepare."""
-        generation, tracker = self.generation, self.commits.tracker
-        sources: list[Source] = []
-        start = 0
-        for end in range(1, len(records) + 1):
-            if end < len(records) and records[end].partition == records[start].partition:
+    def _track(self, chunks: list[tuple[Partition, list[Any]]]) -> None:
+        """One chunk per partition of the poll: tracked as one range of offsets, then prepared."""
+        generation, tracker, prepare = self.generation, self.commits.tracker, self.prepare
+        for partition, records in chunks:
+            if not records:
                 continue
-            partition = records[start].partition
-            polled = records[start:end]
-            chunk = tracker.track_chunk(partition.topic, partition.partition, [r.offset for r in polled])
-            sources.extend([Source(record, generation, chunk, index) for index, record in enumerate(polled)])
-            metrics.CONSUMED.labels(self.service, partition.topic).inc(end - start)
-            start = end
-        self.prepare.submit_many(sources)
+            if type(records[0]) is not PolledSource:  # a consumer that gives plain records
+                records = [Source(record) for record in records]
+            sources: list[Source] = records
+            size = sum([len(s.value) if s.value is not None else 0 for s in sources])
+            offsets = [s.offset for s in sources]
+            chunk = tracker.track_chunk(partition.topic, partition.partition, offsets, size)
+            for index, source in enumerate(sources):
+                source.generation, source.chunk, source.index = generation, chunk, index
+            prepare.submit_many(sources)
+            counter = self._consumed_counters.get(partition.topic)
+            if counter is None:
+                counter = self._consumed_counters[partition.topic] = metrics.CONSUMED.labels(
+                    self.service, partition.topic)
+            counter.inc(len(records))
 
     # --- prepare outcomes ------------------------------------------------------------------------
 
-    def _accept(self, source: Source, result: Any) -> None:
-        if type(result) is list and len(result) == 1:
-            work = result[0]
+    def _accept_many(self, sources: list[Source], results: Sequence[Any]) -> None:
+        """What prepare answered for each source of a chunk, in order: its work is queued by key in one
+        pass (a Work or a one-item list: the common case), a Skip settles it, a Reject dead-letters it."""
+        keys: list[str] = []
+        works: list[Work] = []
+        for source, result in zip(sources, results, strict=True):
+            # The decoded value is prepare's input only: dropped now, not held until the record settles
+            # (what deliver needs is in the Work); the next records' values reuse its memory.
+            source.payload = None
+            kind = type(result)
+            if kind is list and len(result) == 1:
+                work = result[0]
+            elif kind is Work:
+                work = result
+            else:
+                items = self._other_result(source, result)
+                if items:
+                    source.pending = len(items)
+                    for work in items:
+                        work.source = source
+                        keys.append(work.key)
+                        works.append(work)
+                continue
             work.source = source
             source.pending = 1
-            parked = self.order.queues.push(work.key, work)
-            for item in parked:
+            keys.append(work.key)
+            works.append(work)
+        if works:
+            for item in self.order.queues.push_many(keys, works):
                 self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
             self._wake.set()
-            return
+
+    def _accept(self, source: Source, result: Any) -> None:
+        self._accept_many([source], [result])
+
+    def _other_result(self, source: Source, result: Any) -> Sequence[Work]:
+        """Work of a result that is not a single Work; Skip and Reject (and no work) handled here."""
         if isinstance(result, Skip):
             self._settle_source(source, "skipped")
-            return
+            return ()
         if isinstance(result, Reject):
             self._reject(source, result.reason, result.detail)
-            return
-        items: Sequence[Work] = result
-        if not items:
+            return ()
+        if not result:
             self._settle_source(source, "skipped")
-            return
-        source.pending = len(items)
-        push = self.order.queues.push
-        for work in items:
-            work.source = source
-            parked = push(work.key, work)
-            if parked:
-                for item in parked:
-                    self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
-        self._wake.set()
+            return ()
+        items: Sequence[Work] = result
+        return items
+
+    def _skip_source(self, source: Source, skip: Skip) -> None:
+        self._settle_source(source, "skipped")
 
     def _reject(self, source: Source, reason: str, detail: str) -> None:
         if not self.dead_letters.brake.may_dead_letter():
@@ -313,6 +411,7 @@ class StreamProcessor:
             self.brake.succeeded(was_held=source.held)
         if source.generation == self.generation:
             self.commits.settled(source)
+            self._made_room()
 
     def _settle_work(self, work: Work, outcome: str) -> None:
         self._settled_counter(outcome).inc()
@@ -324,18 +423,22 @@ class StreamProcessor:
         source.pending -= 1
         if source.pending <= 0:
             self.commits.settled(source)
+            self._made_room()
 
     def _settle_delivered(self, items: list[Work]) -> None:
         """The common case, a whole batch delivered: settled in one pass."""
         self._settled_counter("delivered").inc(len(items))
-        self.brake.succeeded(len(items), was_held=any(work.held for work in items))
-        generation, settled = self.generation, self.commits.settled
+        brake = self.brake
+        brake.succeeded(len(items), was_held=brake.engaged and any(work.held for work in items))
+        generation = self.generation
+        finished: list[Source] = []
         for work in items:
             source = work.source
             if source is not None and source.generation == generation:
                 source.pending -= 1
                 if source.pending <= 0:
-                    settled(source)
+                    finished.append(source)
+        self.commits.tracker.settle_many(finished)
 
     def _dead_letter_work(self, work: Work, reason: str, detail: str) -> None:
         assert work.source is not None
@@ -356,7 +459,7 @@ class StreamProcessor:
             return
         metrics.DLQ_BRAKE.labels(self.service).set(1)
         self._brake_reported = True
-        self._apply_backpressure()
+        self._pause()
         if self._held_retry_at is None:
             self._held_retry_at = self.clock.now() + self.brake.retry_interval
             log.error("DLQ brake engaged: not dead-lettering, consumption paused", service=self.service)
@@ -381,7 +484,7 @@ class StreamProcessor:
             free = self.config.max_in_flight - len(self._in_flight)
             timeout = 0.5
             if free > 0:
-                ready = self.order.queues.ready_count(now)
+                ready = self.order.queues.ready_at_least(now, self.config.max_batch_items)
                 if ready:
                     if self._linger_since is None:
                         self._linger_since = now
@@ -412,22 +515,23 @@ class StreamProcessor:
         taken = self.order.queues.take_ready(now, limit=free * self.config.max_batch_items,
                                              per_key=self.config.max_run_per_key)
         batches = self.batching.pack(taken)
-        sent_keys: dict[str, int] = {}
         for target, groups in batches[:free]:
-            for key, run in groups:
-                sent_keys[key] = len(run)
             self._spawn_delivery(target, groups)
-        for key, _ in taken:
-            if key not in sent_keys:
+        for _, groups in batches[free:]:  # a key's run is in one batch only: these keys were not sent
+            for key, _ in groups:
                 self.order.queues.give_back(key)
 
     def _spawn_delivery(self, target: Hashable, groups: list[tuple[str, list[Work]]]) -> None:
         task = asyncio.ensure_future(self._deliver_batch(target, groups))
         self._in_flight.add(task)
+        count = sum([len(run) for _, run in groups])
+        self._in_flight_items += count
 
         def finished(t: asyncio.Task[Any]) -> None:
             self._in_flight.discard(t)
+            self._in_flight_items -= count
             self._wake.set()
+            self._made_room()
             if not t.cancelled() and t.exception() is not None:
                 log.error("delivery task failed", service=self.service, error=repr(t.exception()))
 
@@ -435,22 +539,22 @@ class StreamProcessor:
 
     async def _deliver_batch(self, target: Hashable, groups: list[tuple[str, list[Work]]]) -> None:
         generation = self.generation
-        items = [work for _, run in groups for work in run]
+        items = groups[0][1] if len(groups) == 1 else [work for _, run in groups for work in run]
         now, wall = self.clock.now(), time.time()
+        self._batch_size.observe(len(items))
+        answered = await self.deliver.batch_outcome(target, items)
+        if generation != self.generation:
+            return
+        if type(answered) is Delivered:
+            self._settle_delivered(items)
+            self.order.queues.done_many(groups)
+            self._made_room()
+            return
+        # An attempt counts for the retry policy and the dead letter; a delivered item never reads it.
         for work in items:
             work.attempts += 1
             if work.first_attempt_at is None:
                 work.first_attempt_at, work.first_attempt_wall = now, wall
-        metrics.BATCH_SIZE.labels(self.service).observe(len(items))
-        answered = await self.deliver.outcomes(target, items)
-        if generation != self.generation:
-            return
-        if all(type(outcome) is Delivered for outcome in answered):
-            self._settle_delivered(items)
-            done = self.order.queues.done
-            for key, run in groups:
-                done(key, len(run))
-            return
         outcomes = iter(answered)
         for key, run in groups:
             self._apply_run(key, run, [next(outcomes) for _ in run])
@@ -530,6 +634,24 @@ class StreamProcessor:
             self.lag[partition] = max(0, highwater - committed)
             metrics.CONSUMER_LAG.labels(self.service, partition.topic, str(partition.partition)).set(
                 self.lag[partition])
+
+
+def _raise_gc_young_threshold(threshold: int | None) -> None:
+    young, *older = gc.get_threshold()
+    if threshold is not None and young < threshold:
+        gc.set_threshold(threshold, *older)
+
+
+def _by_partition(records: list[Record]) -> list[tuple[Partition, list[Record]]]:
+    """A flat poll (records grouped by partition, as consumers give them) cut into chunks."""
+    chunks: list[tuple[Partition, list[Record]]] = []
+    start = 0
+    for end in range(1, len(records) + 1):
+        if end < len(records) and records[end].partition == records[start].partition:
+            continue
+        chunks.append((records[start].partition, records[start:end]))
+        start = end
+    return chunks
 
 
 @contextlib.asynccontextmanager

@@ -25,7 +25,9 @@ from synergy_streaming.brake import DlqBrake
 from synergy_streaming.clock import Clock
 from synergy_streaming.dlq import DeadLetter, DeadLetterWriter, epoch_to_datetime, event_fields
 from synergy_streaming.message import (
+    DELIVERED,
     BatchOutcome,
+    Delivered,
     Failed,
     ItemOutcome,
     Record,
@@ -101,80 +103,221 @@ class DeadLetterPolicy:
             log.warning("dead-lettered (no writer)", reason=letters[0].reason, count=len(letters))
 
 
-YIELD_EVERY = 256  # records prepared between two turns given to the other tasks of the loop
+YIELD_EVERY = 256  # records prepared one by one between two turns given to the other tasks of the loop
+
+PrepareManyFn = Callable[[list[Source]], Awaitable[Sequence[Any]] | Sequence[Any]]
+_JSON_ERROR = orjson.JSONDecodeError
+
+
+def decode_chunk(sources: list[Source], decode: Callable[[Record], Any]) -> list[tuple[Source, Undecodable]]:
+    """Decode every source's value in one pass (`source.payload`); the undecodable ones, with why.
+
+    The default decoder's checks are inlined: one orjson call and three type checks a record.
+    """
+    rejected: list[tuple[Source, Undecodable]] = []
+    if decode is not decode_envelope:
+        for source in sources:
+            try:
+                source.payload = decode(source.record)
+            except Undecodable as exc:
+                rejected.append((source, exc))
+        return rejected
+    loads, id_types = orjson.loads, _ID_TYPES
+    for source in sources:
+        try:
+            envelope = loads(source.value)  # a Source is its own record
+        except _JSON_ERROR:
+            envelope = None
+        if (type(envelope) is dict and (event_id := envelope.get("event_id"))
+                and type(event_id) in id_types and (brand_id := envelope.get("brand_id"))
+                and type(brand_id) in id_types):
+            source.payload = envelope
+            continue
+        try:
+            source.payload = decode_envelope(source.record)  # says why it is not an envelope
+        except Undecodable as exc:
+            rejected.append((source, exc))
+    return rejected
+
+
+class _Queued:
+    """A chunk of sources waiting to be prepared, in consumption order; `next` is the first not done."""
+
+    __slots__ = ("decoded", "next", "one_by_one", "sources")
+
+    def __init__(self, sources: list[Source]) -> None:
+        self.sources, self.next, self.decoded, self.one_by_one = sources, 0, False, False
+
+
+Accept = Callable[[list[Source], Sequence[Any]], None]
 
 
 class Prepare:
     """Runs the service's prepare function over each record, in consumption order, off the poll loop.
 
-    A retryable failure (the database away) is retried with backoff at the head of the line, so
-    order holds and nothing is lost; the poll loop meanwhile keeps the group membership, paused.
+    Works a chunk (one partition's records of one poll) at a time: its values are decoded in one pass,
+    then `prepare_many(sources)` (when the service has one) is called once for the chunk, or
+    `prepare(source)` once a record. A retryable failure (the database away) is retried with backoff at
+    the head of the line, so order holds and nothing is lost; the poll loop meanwhile keeps the group
+    membership. A non-retryable failure of `prepare_many` has the chunk prepared record by record, so
+    only the record that fails is dead-lettered (`prepare_failed`).
     """
 
     def __init__(self, service: str, decode: Callable[[Record], Any], prepare: PrepareFn,
-                 is_retryable: ErrorClassifier, retry: RetryPolicy, clock: Clock) -> None:
+                 is_retryable: ErrorClassifier, retry: RetryPolicy, clock: Clock,
+                 prepare_many: PrepareManyFn | None = None,
+                 skip: Callable[[Source], Skip | None] | None = None) -> None:
         self.service = service
         self._decode, self._prepare, self._is_retryable = decode, prepare, is_retryable
+        self._prepare_many, self._skip = prepare_many, skip
         self._retry, self._clock = retry, clock
-        self.queue: deque[Source] = deque()
+        self.queue: deque[_Queued] = deque()
         self._wake = asyncio.Event()
+        self._failures = 0
 
     def submit(self, source: Source) -> None:
-        self.queue.append(source)
+        self.queue.append(_Queued([source]))
         self._wake.set()
 
     def submit_many(self, sources: list[Source]) -> None:
-        self.queue.extend(sources)
-        self._wake.set()
+        """One chunk: sources of one partition and one generation, in offset order."""
+        if sources:
+            self.queue.append(_Queued(sources))
+            self._wake.set()
+
+    def __len__(self) -> int:
+        return sum(len(queued.sources) - queued.next for queued in self.queue)
 
     def drain(self) -> None:
         self.queue.clear()
 
-    async def run(self, current_generation: Callable[[], int], accept: Callable[[Source, Any], None],
-                  reject: Callable[[Source, str, str], None]) -> None:
-        failures = 0
-        since_yield = 0
+    async def run(self, current_generation: Callable[[], int], accept_many: Accept,
+                  reject: Callable[[Source, str, str], None],
+                  settle_skipped: Callable[[Source, Skip], None]) -> None:
         while True:
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            queued = self.queue[0]
+            if queued.sources[0].generation != current_generation():
+                self.queue.popleft()
+                continue
+            if not queued.decoded:
+                queued.sources = self._decoded_and_own(queued.sources, reject, settle_skipped)
+                queued.decoded = True
+            if queued.next < len(queued.sources):
+                if self._prepare_many is not None and not queued.one_by_one:
+                    finished = await self._prepare_chunk(queued, current_generation, accept_many)
+                else:
+                    finished = await self._prepare_one_by_one(queued, current_generation, accept_many, reject)
+                if not finished:
+                    continue
+            if self.queue and self.queue[0] is queued:
+                self.queue.popleft()
+            await asyncio.sleep(0)  # a turn for the poll loop and the dispatcher between chunks
+
+    def _decoded_and_own(self, sources: list[Source], reject: Callable[[Source, str, str], None],
+                         settle_skipped: Callable[[Source, Skip], None]) -> list[Source]:
+        """The chunk's sources that decode and are this service's; the others rejected or skipped."""
+        dropped: set[int] = set()
+        for source, exc in decode_chunk(sources, self._decode):
+            dropped.add(id(source))
+            reject(source, exc.reason, exc.detail)
+        if self._skip is not None:
+            for source in sources:
+                if source.headers and id(source) not in dropped:
+                    skip = self._skip(source)
+                    if skip is not None:
+                        dropped.add(id(source))
+                        settle_skipped(source, skip)
+        if not dropped:
+            return sources
+        return [source for source in sources if id(source) not in dropped]
+
+    async def _back_off(self, exc: BaseException) -> None:
+        self._failures += 1
+        metrics.PREPARE_RETRIES.labels(self.service).inc()
+        delay = self._retry.backoff(self._failures)
+        log.warning("prepare failed; retrying", service=self.service, error=repr(exc),
+                    retry_in=round(delay, 2))
+        await self._clock.sleep(delay)
+
+    async def _prepare_chunk(self, queued: _Queued, current_generation: Callable[[], int],
+                             accept_many: Accept) -> bool:
+        """prepare_many over the rest of the chunk. True when the chunk is done."""
+        assert self._prepare_many is not None
+        sources = queued.sources[queued.next:] if queued.next else queued.sources
+        generation = sources[0].generation
+        try:
+            results = self._prepare_many(sources)
+            if inspect.isawaitable(results):
+                results = await results
+            if len(results) != len(sources):
+                raise ValueError(f"prepare_many answered {len(results)} results for {len(sources)} records")
+        except Exception as exc:
+            if self._is_retryable(exc):
+                await self._back_off(exc)
+                return False
+            log.warning("prepare_many failed; preparing the chunk record by record", service=self.service,
+                        error=repr(exc))
+            queued.one_by_one = True
+            return False
+        self._failures = 0
+        queued.next = len(queued.sources)
+        if generation == current_generation():
+            accept_many(sources, results)
+        return True
+
+    async def _prepare_one_by_one(self, queued: _Queued, current_generation: Callable[[], int],
+                                  accept_many: Accept, reject: Callable[[Source, str, str], None]) -> bool:
+        """prepare(source) over the rest of the chunk. True when the chunk is done (or its generation
+        ended); False while a retryable failure waits at its head (`queued.next` is where it stands)."""
+        prepare, sources = self._prepare, queued.sources
+        generation = sources[0].generation
+        done: list[Source] = []
+        results: list[Any] = []
+
+        def flush() -> None:
+            if done and generation == current_generation():
+                accept_many(list(done), list(results))
+            done.clear()
+            results.clear()
+
+        since_yield = 0
+        while queued.next < len(sources):
+            source = sources[queued.next]
             since_yield += 1
             if since_yield >= YIELD_EVERY:
-                # A prepare that never really suspends (cached lookups) would otherwise run the whole
+                # A prepare that never really suspends (cached lookups) would otherwise run a long
                 # queue in one go and starve the poll loop and the heartbeat: the group would evict us.
                 since_yield = 0
+                flush()
                 await asyncio.sleep(0)
-            source = self.queue[0]
-            if source.generation != current_generation():
-                self.queue.popleft()
-                continue
+                if generation != current_generation():
+                    return True
             try:
-                source.payload = self._decode(source.record)
-                result = self._prepare(source)
-                if type(result) is not list and inspect.isawaitable(result):
+                result: Any = prepare(source)
+                waited = type(result) is not list and inspect.isawaitable(result)
+                if waited:
                     result = await result
-            except Undecodable as exc:
-                self.queue.popleft()
-                reject(source, exc.reason, exc.detail)
-                continue
             except Exception as exc:
+                flush()
                 if self._is_retryable(exc):
-                    failures += 1
-                    metrics.PREPARE_RETRIES.labels(self.service).inc()
-                    delay = self._retry.backoff(failures)
-                    log.warning("prepare failed; retrying", service=self.service, error=repr(exc),
-                                retry_in=round(delay, 2))
-                    await self._clock.sleep(delay)
-                    continue
-                self.queue.popleft()
-                reject(source, "prepare_failed", repr(exc)[:500])
+                    await self._back_off(exc)
+                    return False
+                queued.next += 1
+                if generation == current_generation():
+                    reject(source, "prepare_failed", repr(exc)[:500])
                 continue
-            failures = 0
-            if self.queue and self.queue[0] is source:
-                self.queue.popleft()
-            if source.generation == current_generation():
-                accept(source, result)
+            self._failures = 0
+            queued.next += 1
+            done.append(source)
+            results.append(result)
+            if waited:  # it took its time: hand it on now, not with the next 255
+                flush()
+        flush()
+        return True
 
 
 class OrderByKey:
@@ -198,21 +341,32 @@ class BatchByTarget:
 
     def pack(self, taken: list[tuple[str, list[Work]]]) -> list[tuple[Hashable, Runs]]:
         """Batches of (key, run); a run never spans two batches, and may be cut to fit."""
-        by_target: dict[Hashable, Runs] = {}
-        for key, run in taken:
-            by_target.setdefault(run[0].target, []).append((key, run))
+        targets = {run[0].target for _, run in taken}
+        if len(targets) == 1:  # the common case: one target, no grouping
+            by_target: dict[Hashable, Runs] = {targets.pop(): taken}
+        else:
+            by_target = {}
+            for key, run in taken:
+                by_target.setdefault(run[0].target, []).append((key, run))
         batches: list[tuple[Hashable, Runs]] = []
+        max_items, max_bytes = self.max_items, self.max_bytes
         for target, runs in by_target.items():
             current: Runs = []
             count = size = 0
             for key, run in runs:
-                run_size = sum(work.size for work in run)
-                if current and (count + len(run) > self.max_items or size + run_size > self.max_bytes):
+                length = len(run)
+                run_size = run[0].size if length == 1 else sum([work.size for work in run])
+                if current and (count + length > max_items or size + run_size > max_bytes):
                     batches.append((target, current))
                     current, count, size = [], 0, 0
+                if count + length <= max_items and size + run_size <= max_bytes:
+                    current.append((key, run))  # the common case: the whole run fits
+                    count += length
+                    size += run_size
+                    continue
                 cut: list[Work] = []
                 for work in run:
-                    if cut and (count >= self.max_items or size + work.size > self.max_bytes):
+                    if cut and (count >= max_items or size + work.size > max_bytes):
                         break
                     cut.append(work)
                     size += work.size
@@ -231,6 +385,7 @@ class Deliver:
         self.service = service
         self._deliver, self._is_retryable = deliver, is_retryable
         self.rate_limits, self._clock = rate_limits, clock
+        self._deliver_seconds = metrics.DELIVER_SECONDS.labels(service)
 
     async def _wait_for_slot(self, target: Hashable) -> None:
         if self.rate_limits is None:
@@ -253,12 +408,23 @@ class Deliver:
                 outcome = Retry(f"error:{type(exc).__name__}")
             else:
                 outcome = SplitBatch(f"error:{type(exc).__name__}", repr(exc)[:500])
-        metrics.DELIVER_SECONDS.labels(self.service).observe(max(0.0, self._clock.now() - started))
+        self._deliver_seconds.observe(max(0.0, self._clock.now() - started))
         return outcome
 
-    async def outcomes(self, target: Hashable, items: Sequence[Work]) -> list[ItemOutcome]:
-        """One outcome per item, in order; a whole-batch refusal is bisected to the offending items."""
+    async def batch_outcome(self, target: Hashable, items: Sequence[Work]) -> Delivered | list[ItemOutcome]:
+        """DELIVERED when the whole batch is delivered (the common case, answered without a list);
+        otherwise one outcome per item, as `outcomes`."""
         result = await self._call(target, items)
+        if type(result) is Delivered:
+            return result
+        if type(result) is list and len(result) == len(items) and all(type(o) is Delivered for o in result):
+            return DELIVERED
+        return await self.outcomes(target, items, result)
+
+    async def outcomes(self, target: Hashable, items: Sequence[Work],
+                       answered: BatchOutcome | None = None) -> list[ItemOutcome]:
+        """One outcome per item, in order; a whole-batch refusal is bisected to the offending items."""
+        result = await self._call(target, items) if answered is None else answered
         if isinstance(result, list):
             if len(result) != len(items):
                 raise ValueError(f"deliver answered {len(result)} outcomes for {len(items)} items")
@@ -289,5 +455,5 @@ class CommitOffsets:
     tracker: OffsetTracker
 
     def settled(self, source: Source) -> None:
-        partition = source.record.partition
+        partition = source.partition
         self.tracker.settle(partition.topic, partition.partition, source.chunk, source.index)
