@@ -304,11 +304,11 @@ class AchievementsWorker:
     @staticmethod
     def _count(outcome: Outcome) -> None:
         for name in outcome.applied:
-            metrics.EVENTS_PROCESSED.labels(name, "applied").inc()
+            metrics.events_processed(name, "applied").inc()
         for name in outcome.duplicates:
-            metrics.EVENTS_PROCESSED.labels(name, "duplicate").inc()
+            metrics.events_processed(name, "duplicate").inc()
         for achievement in outcome.unlocked:
-            metrics.UNLOCKS.labels(achievement).inc()
+            metrics.unlocks(achievement).inc()
         if outcome.rejected_redemptions:
             metrics.REDEMPTIONS_REJECTED.inc(outcome.rejected_redemptions)
 
