@@ -245,7 +245,8 @@ class AchievementsWorker:
         changed: list[tuple[bytes, UserState]] = []
         for key, envelopes in by_user.items():
             rules = self.rules.catalog.for_brand(str(envelopes[0]["brand_id"]))
-            outcome = self.processor.apply_stored(self.table.get(key), envelopes, rules)
+            # the store itself: Table.get adds faust's per-key sensor hook and a second look-up
+            outcome = self.processor.apply_stored(self.table.data.get(key), envelopes, rules)
             if outcome.applied:
                 changed.append((key, outcome.state))
                 outputs.extend(self._output(emit) for emit in outcome.emits)
