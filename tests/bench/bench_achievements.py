@@ -140,8 +140,8 @@ class Rate:
     """A loop's input events per second (wall clock, on the broker timestamps of its outputs) and per
     CPU-second of the loop's own process."""
 
-    def __init__(self, wall: float, cpu: float) -> None:
-        self.wall, self.cpu = wall, cpu
+    def __init__(self, wall: float, cpu: float, batch: float | None = None) -> None:
+        self.wall, self.cpu, self.batch = wall, cpu, batch  # batch: mean events per take_events batch
 
 
 async def bare_loop(source: str, sink: str) -> Rate:
@@ -218,7 +218,14 @@ async def faust_floor_rate(source: str, prefix: str) -> Rate:
             if process.returncode is None:
                 process.terminate()
             await asyncio.wait_for(process.wait(), 20)
-    return Rate(await output_rate(sink, EVENTS, 60, lambda record: int(record.value)), per_cpu)
+    sizes: list[int] = []
+
+    def batch_size(record: Any) -> int:
+        sizes.append(int(record.value))
+        return sizes[-1]
+
+    wall = await output_rate(sink, EVENTS, 60, batch_size)
+    return Rate(wall, per_cpu, sum(sizes) / max(len(sizes), 1))
 
 
 async def worker_rate(source: str, prefix: str) -> Rate:
@@ -286,7 +293,8 @@ async def main() -> None:
         print(f"run {run + 1}: bare aiokafka {bare[-1].wall:,.0f}, bare faust {floor[-1].wall:,.0f}, "
               f"worker {worker[-1].wall:,.0f} events/s (ratios {worker[-1].wall / bare[-1].wall:.2f}, "
               f"{worker[-1].wall / floor[-1].wall:.2f}); per CPU-second {bare[-1].cpu:,.0f}, "
-              f"{floor[-1].cpu:,.0f}, {worker[-1].cpu:,.0f}", flush=True)
+              f"{floor[-1].cpu:,.0f}, {worker[-1].cpu:,.0f}; faust's mean batch {floor[-1].batch:,.0f} events",
+              flush=True)
     ceiling, faust_ceiling, figure = median_rates(bare), median_rates(floor), median_rates(worker)
     print(f"load generator: the topic is filled before the loops run ({EVENTS:,} events in {fill_wall:.1f}s, "
           f"{fill_cpu / fill_wall:.0%} of a core); while a loop runs: none, 0% of the CPU")
