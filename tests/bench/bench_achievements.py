@@ -10,7 +10,15 @@ The loops consume the same filled topic (from the start, in their own consumer g
 run alternately, twice each, and the medians are compared. Each rate is input events per second on the
 broker timestamps of what the loop wrote, read after the loop has finished: the bare loop's copies (one
 per event), the worker's snapshots (one per user per batch, counted as the events their state_version
-advanced by). The worker runs Kafka-only (ACHIEVEMENTS_PERSIST=false) with the memory store."""
+advanced by). The worker runs Kafka-only (ACHIEVEMENTS_PERSIST=false) with the memory store.
+
+The machine is shared, so wall-clock rates of loops run one after another see different spells of
+load. Each loop's events per CPU-second is printed too (the bare loop: this process's CPU time over
+the loop; faust's: the subprocess's, all threads, between its first and its last committed offsets),
+which another process's load changes much less; its ratios are printed next to the wall-clock ones.
+
+BENCH_PROFILE=<path> runs the worker under cProfile and writes its stats there (then its figures are
+the profiled worker's)."""
 
 from __future__ import annotations
 
@@ -122,7 +130,21 @@ async def output_rate(topic: str, expected: int, timeout: float, covered: Any = 
     return after_first / max((last - first) / 1000, 1e-3)
 
 
-async def bare_loop(source: str, sink: str) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Rate:
+    """A loop's input events per second (wall clock, on the broker timestamps of its outputs) and per
+    CPU-second of the loop's own process."""
+
+    def __init__(self, wall: float, cpu: float, batch: float | None = None) -> None:
+        self.wall, self.cpu, self.batch = wall, cpu, batch  # batch: mean events per take_events batch
+
+
+async def bare_loop(source: str, sink: str) -> Rate:
     """The ceiling: consume the events topic and produce one record per event, with the producer
     settings the worker publishes with."""
     consumer = AIOKafkaConsumer(source, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
@@ -132,6 +154,7 @@ async def bare_loop(source: str, sink: str) -> float:
     await consumer.start()
     await producer.start()
     seen = 0
+    cpu_before = time.process_time()
     try:
         while seen < EVENTS:
             for batch in (await consumer.getmany(timeout_ms=500)).values():
@@ -139,14 +162,16 @@ async def bare_loop(source: str, sink: str) -> float:
                     await producer.send(sink, record.value, key=record.key)
                     seen += 1
         await producer.flush()
+        cpu = time.process_time() - cpu_before
     finally:
         await consumer.stop()
         await producer.stop()
-    return await output_rate(sink, EVENTS, 60)
+    return Rate(await output_rate(sink, EVENTS, 60), EVENTS / cpu)
 
 
-async def wait_until_consumed(group: str, source: str, timeout: float) -> None:
-    """Until the group has committed the end of every partition of the source topic."""
+async def wait_until_consumed(group: str, source: str, timeout: float, pid: int) -> float:
+    """Until the group has committed the end of every partition of the source topic; returns the events
+    per CPU-second of process `pid` from its first committed offsets to its last (sampled each second)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=None)
     await admin.start()
@@ -155,10 +180,17 @@ async def wait_until_consumed(group: str, source: str, timeout: float) -> None:
         partitions = [TopicPartition(source, p) for p in range(PARTITIONS)]
         ends = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + timeout
+        first: tuple[int, float] | None = None
         while time.monotonic() < deadline:
             committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            cpu = cpu_seconds(pid)
+            done = sum(committed[tp].offset for tp in partitions if tp in committed and committed[tp].offset > 0)
+            if first is None and done > 0:
+                first = (done, cpu)
             if all(tp in committed and committed[tp].offset >= ends[tp] for tp in partitions):
-                return
+                if first is None or done <= first[0] or cpu <= first[1]:
+                    return 0.0  # consumed within one sample: too fast to tell
+                return (done - first[0]) / (cpu - first[1])
             await asyncio.sleep(1.0)
         raise RuntimeError(f"the worker did not consume {source} within {timeout}s")
     finally:
@@ -166,7 +198,7 @@ async def wait_until_consumed(group: str, source: str, timeout: float) -> None:
         await admin.close()
 
 
-async def faust_floor_rate(source: str, prefix: str) -> float:
+async def faust_floor_rate(source: str, prefix: str) -> Rate:
     """The faust ceiling: an agent that drains take_events and writes one record per batch (its size)."""
     app_id, sink = f"{prefix}-floor", f"{prefix}.floor-out"
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP, "FLOOR_APP_ID": app_id,
@@ -178,7 +210,7 @@ async def faust_floor_rate(source: str, prefix: str) -> float:
             cwd=Path(__file__).resolve().parents[2],
             stdout=asyncio.subprocess.DEVNULL, stderr=open(Path(data_dir) / "floor.log", "wb"))
         try:
-            await wait_until_consumed(app_id, source, 100)
+            per_cpu = await wait_until_consumed(app_id, source, 100, process.pid)
         except RuntimeError:
             print((Path(data_dir) / "floor.log").read_text()[-3000:], file=sys.stderr)
             raise
@@ -186,10 +218,17 @@ async def faust_floor_rate(source: str, prefix: str) -> float:
             if process.returncode is None:
                 process.terminate()
             await asyncio.wait_for(process.wait(), 20)
-    return await output_rate(sink, EVENTS, 60, lambda record: int(record.value))
+    sizes: list[int] = []
+
+    def batch_size(record: Any) -> int:
+        sizes.append(int(record.value))
+        return sizes[-1]
+
+    wall = await output_rate(sink, EVENTS, 60, batch_size)
+    return Rate(wall, per_cpu, sum(sizes) / max(len(sizes), 1))
 
 
-async def worker_rate(source: str, prefix: str) -> float:
+async def worker_rate(source: str, prefix: str) -> Rate:
     topics = {
         "SYNERGY_TOPIC_EVENTS": source, "SYNERGY_TOPIC_LOYALTY": f"{prefix}.loyalty",
         "SYNERGY_TOPIC_SNAPSHOTS": f"{prefix}.snapshots", "SYNERGY_TOPIC_REFERRAL_AWARDS": f"{prefix}.awards",
@@ -209,11 +248,12 @@ async def worker_rate(source: str, prefix: str) -> float:
             sys.executable, *command, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
-            await wait_until_consumed(app_id, source, 100)
+            per_cpu = await wait_until_consumed(app_id, source, 100, process.pid)
         finally:
             process.terminate()
             await asyncio.wait_for(process.wait(), 20)
-        return await output_rate(topics["SYNERGY_TOPIC_SNAPSHOTS"], EVENTS, 60, EventsCoveredBySnapshots())
+        wall = await output_rate(topics["SYNERGY_TOPIC_SNAPSHOTS"], EVENTS, 60, EventsCoveredBySnapshots())
+        return Rate(wall, per_cpu)
 
 
 def state_memory(users: int = 100_000) -> tuple[float, float]:
@@ -230,29 +270,45 @@ def state_memory(users: int = 100_000) -> tuple[float, float]:
     return sum(map(len, table.values())) / 2**20, heap / 2**20
 
 
+def median_rates(rates: list[Rate]) -> Rate:
+    return Rate(statistics.median(rate.wall for rate in rates), statistics.median(rate.cpu for rate in rates))
+
+
 async def main() -> None:
     prefix = f"bench.ach.{uuid.uuid4().hex[:6]}"
     source = f"{prefix}.events"
     await create_topics([source, *(f"{prefix}.bare-out-{run}" for run in range(RUNS)),
                          *(f"{prefix}.run{run}.floor-out" for run in range(RUNS))])
+    fill_cpu, fill_started = time.process_time(), time.monotonic()
     await fill(source)
-    bare: list[float] = []
-    floor: list[float] = []
-    worker: list[float] = []
+    fill_cpu, fill_wall = time.process_time() - fill_cpu, time.monotonic() - fill_started
+    print(f"load average at the start: {' '.join(f'{load:.1f}' for load in os.getloadavg())}")
+    bare: list[Rate] = []
+    floor: list[Rate] = []
+    worker: list[Rate] = []
     for run in range(RUNS):  # alternately, so all see the same spells of noise on a shared machine
         bare.append(await bare_loop(source, f"{prefix}.bare-out-{run}"))
         floor.append(await faust_floor_rate(source, f"{prefix}.run{run}"))
         worker.append(await worker_rate(source, f"{prefix}.run{run}"))
-        print(f"run {run + 1}: bare aiokafka {bare[-1]:,.0f}, bare faust {floor[-1]:,.0f}, "
-              f"worker {worker[-1]:,.0f} events/s", flush=True)
-    ceiling, faust_ceiling, figure = statistics.median(bare), statistics.median(floor), statistics.median(worker)
-    print("load generator: none while a loop runs (the topic is filled first): 0% of the CPU")
-    print(f"bare aiokafka consume+produce: {ceiling:,.0f} events/s (ceiling 1, median of {RUNS})")
-    print(f"bare faust take_events agent: {faust_ceiling:,.0f} events/s (ceiling 2, median of {RUNS}), "
-          f"{faust_ceiling / ceiling:.2f} of ceiling 1")
-    print(f"achievements worker (faust):  {figure:,.0f} events/s (median of {RUNS})  "
-          f"ratio {figure / ceiling:.2f} of ceiling 1 (target >= 0.15), "
-          f"{figure / faust_ceiling:.2f} of ceiling 2 (target >= 0.6)")
+        print(f"run {run + 1}: bare aiokafka {bare[-1].wall:,.0f}, bare faust {floor[-1].wall:,.0f}, "
+              f"worker {worker[-1].wall:,.0f} events/s (ratios {worker[-1].wall / bare[-1].wall:.2f}, "
+              f"{worker[-1].wall / floor[-1].wall:.2f}); per CPU-second {bare[-1].cpu:,.0f}, "
+              f"{floor[-1].cpu:,.0f}, {worker[-1].cpu:,.0f}; faust's mean batch {floor[-1].batch:,.0f} events",
+              flush=True)
+    ceiling, faust_ceiling, figure = median_rates(bare), median_rates(floor), median_rates(worker)
+    print(f"load generator: the topic is filled before the loops run ({EVENTS:,} events in {fill_wall:.1f}s, "
+          f"{fill_cpu / fill_wall:.0%} of a core); while a loop runs: none, 0% of the CPU")
+    print(f"load average at the end: {' '.join(f'{load:.1f}' for load in os.getloadavg())}")
+    print(f"bare aiokafka consume+produce: {ceiling.wall:,.0f} events/s (ceiling 1, median of {RUNS})")
+    print(f"bare faust take_events agent: {faust_ceiling.wall:,.0f} events/s (ceiling 2, median of {RUNS}), "
+          f"{faust_ceiling.wall / ceiling.wall:.2f} of ceiling 1")
+    print(f"achievements worker (faust):  {figure.wall:,.0f} events/s (median of {RUNS})  "
+          f"ratio {figure.wall / ceiling.wall:.2f} of ceiling 1 (target >= 0.15), "
+          f"{figure.wall / faust_ceiling.wall:.2f} of ceiling 2 (target >= 0.6)")
+    if ceiling.cpu and faust_ceiling.cpu and figure.cpu:
+        print(f"per CPU-second (medians): bare aiokafka {ceiling.cpu:,.0f}, bare faust {faust_ceiling.cpu:,.0f}, "
+              f"worker {figure.cpu:,.0f}: ratio {figure.cpu / ceiling.cpu:.2f} of ceiling 1, "
+              f"{figure.cpu / faust_ceiling.cpu:.2f} of ceiling 2")
     values, heap = state_memory()
     print(f"state of 100k users (1 scan each): {values:.1f} MiB serialized, {heap:.1f} MiB Python heap")
 

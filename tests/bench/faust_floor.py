@@ -20,6 +20,7 @@ from synergy_common.kafka import durable_producer
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 SOURCE, SINK = os.environ["FLOOR_SOURCE"], os.environ["FLOOR_SINK"]
 BATCH_SIZE = int(os.environ.get("ACHIEVEMENTS_BATCH_SIZE", "1000"))
+BATCH_WAIT = float(os.environ.get("ACHIEVEMENTS_BATCH_WAIT_SECONDS", "0.05"))  # the worker's defaults
 
 app = faust.App(
     os.environ["FLOOR_APP_ID"], broker=f"kafka://{BOOTSTRAP}", store="memory://", web_enabled=False,
@@ -35,7 +36,7 @@ source = app.topic(SOURCE, key_serializer="raw", value_serializer="raw")  # type
 async def drain(stream: Any) -> None:
     producer = durable_producer(BOOTSTRAP, client_id="bench-faust-floor", **PRODUCER_SETTINGS)
     await producer.start()
-    async for events in stream.take_events(BATCH_SIZE, within=0.05):
+    async for events in stream.take_events(BATCH_SIZE, within=BATCH_WAIT):
         await producer.send_and_wait(SINK, str(len(events)).encode())
 
 

@@ -313,3 +313,77 @@ def test_the_dedupe_window_recognises_the_last_n_event_ids_of_a_user(scan: Event
     assert inside.duplicates == ["product_scanned"] and inside.applied == []
     outside = processor.apply_many(state, [events[0]], RULES)  # fell out of the window: applied again
     assert outside.applied == ["product_scanned"] and outside.state.version == 5
+
+
+def test_a_rule_added_after_a_state_was_judged_is_judged_on_the_next_event_of_any_kind(
+    scan: EventFactory, seed_event: Any,
+) -> None:
+    processor = LoyaltyProcessor()
+    state = processor.apply(None, scan("01R" + "0" * 23), RULES).state
+    second_scan = {**DEFAULT_ACHIEVEMENT_ROWS[0], "brand_id": 7, "achievement_key": "brand_scan",
+                   "rewards": {"points": 7}}
+    reloaded = RuleCatalog([*DEFAULT_ACHIEVEMENT_ROWS, second_scan]).for_brand("7")
+    # a session moves no scan count, but the state was judged against another rule set
+    session = seed_event("000_7_user_session_started.json", "01R" + "0" * 22 + "1")
+    outcome = processor.apply(state, session, reloaded)
+    assert outcome.unlocked == ["brand_scan"]
+    assert outcome.state.points_balance == 400 + 100 + 7
+    # judged against the reloaded set now: another session unlocks nothing
+    assert processor.apply(outcome.state, {**session, "event_id": "01R" + "0" * 22 + "2"},
+                           reloaded).unlocked == []
+
+
+def test_unlocks_left_when_the_unlock_rounds_ran_out_come_with_the_next_event(seed_event: Any) -> None:
+    chain = [{**DEFAULT_ACHIEVEMENT_ROWS[0], "achievement_key": f"a{n}",
+              "criteria": {"metric": "achievements_unlocked", "operator": ">=", "value": n}} for n in range(12)]
+    rules = RuleCatalog(chain).for_brand("7")
+    processor = LoyaltyProcessor()
+    session = seed_event("000_7_user_session_started.json", "01S" + "0" * 23)
+    first = processor.apply(None, session, rules)
+    assert first.unlocked == ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9"]  # 10 rounds
+    ended = seed_event("000_8_user_session_ended.json", "01S" + "0" * 22 + "1")
+    assert processor.apply(first.state, ended, rules).unlocked == ["a10", "a11"]
+
+
+def test_judging_only_moved_rules_unlocks_as_judging_every_rule_on_every_event(
+    scan: EventFactory, seed_event: Any,
+) -> None:
+    names = ["000_6_reward_redeemed.json", WISHLIST, "000_7_user_session_started.json",
+             "000_3_referral_converted.json", "001_3_wishlist_added.json", "000_8_user_session_ended.json"]
+    events = []
+    for n in range(30):
+        if n % 3:
+            events.append(scan(f"01T{n:023d}", f"2024-06-{1 + n % 9:02d}T10:00:00Z", points_award=350))
+        else:
+            events.append(seed_event(names[n // 3 % len(names)], f"01T{n:023d}",
+                                     f"2024-06-{1 + n % 9:02d}T11:00:00Z"))
+    events[12]["name"] = "wishlist_removed"
+    chain = {**DEFAULT_ACHIEVEMENT_ROWS[0], "achievement_key": "big_spender",
+             "criteria": {"metric": "lifetime_points", "operator": ">", "value": 3000}}
+    rules = RuleCatalog([*DEFAULT_ACHIEVEMENT_ROWS, chain]).for_brand("7")
+    processor = LoyaltyProcessor()
+    judged, every_rule = None, None
+    judged_emits, every_rule_emits = [], []
+    for event in events:
+        judged_outcome = processor.apply(judged, event, rules)
+        if every_rule is not None:
+            every_rule.rules_judged = None  # as if every rule were judged on every event
+        every_outcome = processor.apply(every_rule, event, rules)
+        judged, every_rule = judged_outcome.state, every_outcome.state
+        judged_emits += judged_outcome.emits
+        every_rule_emits += every_outcome.emits
+    assert judged_emits == every_rule_emits
+    assert judged.achievements == every_rule.achievements
+    # By hand: scan days 2, 3, 5, 6, 8, 9 (no 7-day streak); 350 a scan at bronze, 438 at silver, 700 at
+    # gold; first_scan (n=1) 450, sprint at the 5th scan (n=7) 2326, big_spender past 3000 at n=10 3302,
+    # scans_10 at n=14 4866; the redemption at n=0 is refused, at n=18 it spends 5000 and unlocks
+    # first_redemption and achievement_hunter (the 5th unlock) 6604; 8 more gold scans: 12204.
+    assert sorted(judged.achievements) == ["achievement_hunter", "big_spender", "first_redemption",
+                                           "first_scan", "scan_sprint", "scans_10"]
+    assert (judged.lifetime_points, judged.points_balance) == (12_204, 7_204)
+    assert (every_rule.lifetime_points, every_rule.points_balance) == (12_204, 7_204)
+
+
+def test_a_state_from_an_older_changelog_decodes_unjudged() -> None:
+    state = UserState.from_bytes(b'{"brand_id":"7","user_id":"u","version":3,"achievements":{"first_scan":5}}')
+    assert (state.version, state.achievements, state.rules_judged) == (3, {"first_scan": 5}, None)

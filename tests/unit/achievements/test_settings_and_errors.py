@@ -65,3 +65,4 @@ def test_postgres_failures_are_sorted_into_retry_dead_letter_or_crash(
     error: BaseException, retryable: bool, rejected: bool
 ) -> None:
     assert (is_retryable_db_error(error), is_data_rejected(error)) == (retryable, rejected)
+

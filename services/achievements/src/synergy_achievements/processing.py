@@ -15,20 +15,14 @@ from synergy_schemas.envelope import SCHEMA_VERSION, derive_event_id
 from synergy_schemas.events import CLIENT_EVENTS
 from synergy_schemas.keys import partition_key
 
-from synergy_achievements.rules import (
-    AchievementRule,
-    BrandRules,
-    Rank,
-    compare,
-    counted_event,
-)
+from synergy_achievements.rules import AchievementRule, BrandRules, Rank
 from synergy_achievements.snapshot import (
     EngagementThresholds,
     derived_fields,
     iso,
     user_snapshot,
 )
-from synergy_achievements.state import APPLIED_IDS_KEPT, UserState, max_in_window
+from synergy_achievements.state import APPLIED_IDS_KEPT, UserState
 
 SOURCE = "achievements"
 REFERRAL_AWARD = "referral_award"  # the internal message that carries a referrer's points
@@ -46,8 +40,29 @@ def counted_name(name: str) -> str:
 
 Channel = Literal["loyalty", "snapshot", "referral_award"]
 
+# What an applied event can move of what rules read (`Criteria.reads`): its own count (and recent times),
+# plus what EconomyRules (or the referral award) changes for it. Keep in step with EconomyRules.apply.
+_MOVES_BESIDES_ITS_COUNT: dict[str, frozenset[str]] = {
+    "product_scanned": frozenset({"scan_streak_days", "lifetime_points"}),
+    "reward_redeemed": frozenset({"reward_redeemed_rejected"}),  # a rejected redemption counts there
+    "wishlist_item_added": frozenset({"wishlist_items"}),
+    "wishlist_item_removed": frozenset({"wishlist_items"}),
+    "order_completed": frozenset({"purchase_amount"}),
+    REFERRAL_AWARD: frozenset({"referral_count", "lifetime_points"}),
+}
+MOVED_BY_AN_UNLOCK = frozenset({"achievements_unlocked", "lifetime_points"})  # the count, and the reward
+_MOVED_BY: dict[str, frozenset[str]] = {}
 
-@dataclass(frozen=True)
+
+def moved_by(name: str) -> frozenset[str]:
+    """What applying an event of this (counted) name can move of what rules read."""
+    moved = _MOVED_BY.get(name)
+    if moved is None:
+        moved = _MOVED_BY[name] = frozenset({name}) | _MOVES_BESIDES_ITS_COUNT.get(name, frozenset())
+    return moved
+
+
+@dataclass(frozen=True, slots=True)
 class Emit:
     channel: Channel
     key: str
@@ -55,7 +70,7 @@ class Emit:
     value: dict[str, Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     state: UserState
     emits: list[Emit] = field(default_factory=list)
@@ -131,37 +146,6 @@ def referrer_of(user_id: str, referral: dict[str, Any]) -> str | None:
 
 def scan_points(points_award: int, rank: Rank, bonus_multiplier: float) -> int:
     return int(points_award * rank.point_multiplier * bonus_multiplier + 0.5)
-
-
-def metric_value(state: UserState, rule: AchievementRule) -> float:
-    criteria = rule.criteria
-    event = counted_event(criteria.metric)
-    if criteria.timeframe is not None and event is not None:
-        return max_in_window(state.recent.get(event, []), criteria.timeframe.total_seconds())
-    metric = criteria.metric
-    if event is not None:
-        return state.count(event)
-    if metric == "referral_count":
-        return state.referrals_completed
-    if metric == "wishlist_items":
-        return state.wishlist_size
-    if metric == "achievements_unlocked":
-        return len(state.achievements)
-    if metric == "scan_streak_days":
-        return state.longest_streak
-    if metric == "lifetime_points":
-        return state.lifetime_points
-    if metric == "purchase_amount":
-        return state.purchase_total
-    return 0
-
-
-def progress(state: UserState, rule: AchievementRule) -> dict[str, Any]:
-    current = metric_value(state, rule)
-    target = rule.criteria.value
-    done = rule.key in state.achievements
-    ratio = 1.0 if done else (min(1.0, current / target) if target > 0 else 0.0)
-    return {"current": current, "target": target, "percent": round(ratio * 100, 1)}
 
 
 def achievement_data(rule: AchievementRule) -> dict[str, Any]:
@@ -305,20 +289,27 @@ class RankKeeper:
 
 
 class AchievementJudge:
-    """Unlocks every rule the state now meets, once per user, and pays its reward."""
+    """Unlocks every rule the state now meets, once per user, and pays its reward.
+
+    Judges only the rules whose metric the event moved (`moved`): once a state has been judged against
+    every rule of a rule set (`UserState.rules_judged` holds that set's fingerprint) a rule it does not
+    meet can only come to be met when its metric moves. A state judged against no or another rule set
+    (new, older changelog, rules reloaded) is judged against every rule first. The unlocks are the
+    same, in the same order, as judging every rule on every event."""
 
     def apply(
         self, state: UserState, event: dict[str, Any], at: int, rules: BrandRules, snapshot_of: Any,
-        ranks: RankKeeper, outcome: Outcome,
+        ranks: RankKeeper, outcome: Outcome, moved: frozenset[str],
     ) -> None:
+        book = rules.book
+        candidates = book.reading(moved) if state.rules_judged == book.fingerprint else book.rules
+        achievements = state.achievements
         for _ in range(MAX_UNLOCK_ROUNDS):  # a reward can unlock a meta-achievement
-            met = [
-                rule for rule in rules.achievements
-                if rule.key not in state.achievements
-                and compare(metric_value(state, rule), rule.criteria.operator, rule.criteria.value)
-            ]
+            met = [rule.rule for rule in candidates if rule.key not in achievements and rule.met(state)]
             if not met:
+                state.rules_judged = book.fingerprint
                 return
+            candidates = book.reading(MOVED_BY_AN_UNLOCK)  # all else was judged on this state already
             for rule in met:
                 state.achievements[rule.key] = at
                 EconomyRules.add_points(state, rule.points)
@@ -337,6 +328,7 @@ class AchievementJudge:
                     Emit("loyalty", partition_key(event["brand_id"], state.user_id), "achievement_unlocked",
                          value)
                 )
+        state.rules_judged = None  # out of rounds, a rule may still be met: judge every rule next time
 
 
 class SnapshotPublisher:
@@ -357,8 +349,8 @@ class SnapshotPublisher:
                 "state_version": state.version,
                 "achievements": {key: iso(at) for key, at in sorted(state.achievements.items())},
                 "progress": {
-                    rule.key: progress(state, rule) for rule in rules.achievements
-                    if rule.key not in state.achievements and rule.show_progress
+                    rule.key: rule.progress(state) for rule in rules.book.shown
+                    if rule.key not in state.achievements
                 },
                 "current_streak_days": state.current_streak(),
                 "longest_streak_days": state.longest_streak,
@@ -451,7 +443,7 @@ class LoyaltyProcessor:
         else:
             self.economy.apply(state, name, event, at, rules, outcome, rules.timed_events)
         self.ranks.apply(state, event, rules, snapshot_of, outcome)
-        self.judge.apply(state, event, at, rules, snapshot_of, self.ranks, outcome)
+        self.judge.apply(state, event, at, rules, snapshot_of, self.ranks, outcome, moved_by(name))
         state.mark_applied(event["event_id"], self.applied_ids_kept)
         return at
 

@@ -6,7 +6,9 @@ every brand unless the brand has a row with the same achievement_key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+import operator
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property, lru_cache
@@ -14,8 +16,10 @@ from typing import Any
 
 from synergy_common.durations import parse_duration
 
+from synergy_achievements.state import UserState, max_in_window
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Rank:
     key: str
     name: str
@@ -64,17 +68,13 @@ OPERATORS: dict[str, str] = {
 }
 
 
-def compare(value: float, operator: str, target: float) -> bool:
-    op = OPERATORS[operator]
-    if op == ">=":
-        return value >= target
-    if op == ">":
-        return value > target
-    if op == "==":
-        return value == target
-    if op == "<=":
-        return value <= target
-    return value < target
+COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge, ">": operator.gt, "==": operator.eq, "<=": operator.le, "<": operator.lt,
+}
+
+
+def compare(value: float, operator_name: str, target: float) -> bool:
+    return COMPARISONS[OPERATORS[operator_name]](value, target)
 
 
 # Metrics an achievement's criteria may name. `event_count:<event name>` counts any event.
@@ -98,7 +98,17 @@ def counted_event(metric: str) -> str | None:
     return EVENTS_OF_METRIC.get(metric)
 
 
-@dataclass(frozen=True)
+# The UserState attribute a metric reads, for metrics that are one attribute.
+METRIC_ATTRIBUTES: dict[str, str] = {
+    "referral_count": "referrals_completed",
+    "wishlist_items": "wishlist_size",
+    "scan_streak_days": "longest_streak",
+    "lifetime_points": "lifetime_points",
+    "purchase_amount": "purchase_total",
+}
+
+
+@dataclass(frozen=True, slots=True)
 class Criteria:
     metric: str
     operator: str
@@ -119,8 +129,29 @@ class Criteria:
             raise ValueError(f"metric {metric!r} counts no event, so it cannot have a timeframe")
         return cls(metric, operator, float(raw["value"]), timeframe)
 
+    @property
+    def reads(self) -> str:
+        """What moves this criterion's value: the event a counting metric counts (its count, or its
+        recent times for a timeframe), else the metric itself."""
+        return counted_event(self.metric) or self.metric
 
-@dataclass(frozen=True)
+    def reader(self) -> Callable[[UserState], float]:
+        """The criterion's metric as one call on a state."""
+        event = counted_event(self.metric)
+        if self.timeframe is not None and event is not None:
+            seconds = self.timeframe.total_seconds()
+            return lambda state: max_in_window(state.recent.get(event, []), seconds)
+        if event is not None:
+            return lambda state: state.counts.get(event, 0)
+        attribute = METRIC_ATTRIBUTES.get(self.metric)
+        if attribute is not None:
+            return operator.attrgetter(attribute)
+        if self.metric == "achievements_unlocked":
+            return lambda state: len(state.achievements)
+        return lambda state: 0
+
+
+@dataclass(frozen=True, slots=True)
 class AchievementRule:
     key: str
     name: str
@@ -159,6 +190,55 @@ class AchievementRule:
 ALWAYS_TIMED_EVENTS = frozenset({"product_scanned"})  # the power-user window needs recent scans
 
 
+class CompiledRule:
+    """An achievement rule as the hot path judges it: its metric one call, its operator one function."""
+
+    __slots__ = ("key", "read", "reads", "rule", "show_progress", "target", "test")
+
+    def __init__(self, rule: AchievementRule) -> None:
+        self.key = rule.key
+        self.rule = rule
+        self.reads = rule.criteria.reads
+        self.read = rule.criteria.reader()
+        self.test = COMPARISONS[OPERATORS[rule.criteria.operator]]
+        self.target = rule.criteria.value
+        self.show_progress = rule.show_progress
+
+    def met(self, state: UserState) -> bool:
+        return self.test(self.read(state), self.target)
+
+    def progress(self, state: UserState) -> dict[str, Any]:
+        """The progress of a rule the state has not unlocked yet."""
+        current = self.read(state)
+        target = self.target
+        ratio = min(1.0, current / target) if target > 0 else 0.0
+        return {"current": current, "target": target, "percent": round(ratio * 100, 1)}
+
+
+class RuleBook:
+    """A brand's rules compiled once: every rule, and per set of things an event moves (see
+    `Criteria.reads`) the rules that read one of them, in the brand's order. Only those can change
+    from unmet to met through that event."""
+
+    def __init__(self, achievements: tuple[AchievementRule, ...]) -> None:
+        self.rules = tuple(CompiledRule(rule) for rule in achievements)
+        self.shown = tuple(rule for rule in self.rules if rule.show_progress)
+        self._reading: dict[frozenset[str], tuple[CompiledRule, ...]] = {}
+        criteria = [
+            (rule.key, rule.criteria.metric, OPERATORS[rule.criteria.operator], rule.criteria.value,
+             rule.criteria.timeframe.total_seconds() if rule.criteria.timeframe is not None else None)
+            for rule in achievements
+        ]
+        # What decides whether a rule is met, as a stable text (str hashes differ between processes).
+        self.fingerprint = hashlib.blake2b(repr(criteria).encode(), digest_size=8).hexdigest()
+
+    def reading(self, moved: frozenset[str]) -> tuple[CompiledRule, ...]:
+        rules = self._reading.get(moved)
+        if rules is None:
+            rules = self._reading[moved] = tuple(rule for rule in self.rules if rule.reads in moved)
+        return rules
+
+
 @dataclass(frozen=True)
 class BrandRules:
     achievements: tuple[AchievementRule, ...]
@@ -178,6 +258,10 @@ class BrandRules:
 
     def by_key(self, key: str) -> AchievementRule | None:
         return next((rule for rule in self.achievements if rule.key == key), None)
+
+    @cached_property
+    def book(self) -> RuleBook:
+        return RuleBook(self.achievements)
 
 
 def _default(

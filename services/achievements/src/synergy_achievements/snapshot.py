@@ -39,27 +39,43 @@ def _days_since(then: int | None, as_of: int) -> int | None:
 
 
 def engagement_block(state: UserState, as_of: int, thresholds: EngagementThresholds) -> dict[str, Any]:
-    last_activity = max(
-        (t for t in (state.last_time("session"), state.last_time("scan"), state.last_time("redemption"))
-         if t is not None),
-        default=None,
-    )
-    inactive_days = _days_since(last_activity, as_of)
-    recent_scans = count_since(
-        state.recent.get("product_scanned", []), as_of - thresholds.power_user_window_days * DAY
-    )
+    """The engagement block; a field whose time is unknown is left out. Built in one pass, as it is built
+    for every snapshot."""
+    first_last = state.first_last
+    session = first_last.get("session")
+    scan = first_last.get("scan")
+    redemption = first_last.get("redemption")
+    last_session = session[1] if session else None
+    last_scan = scan[1] if scan else None
+    last_redemption = redemption[1] if redemption else None
+    counts = state.counts
     block: dict[str, Any] = {
-        "total_scans": state.count("product_scanned"),
-        "total_redemptions": state.count("reward_redeemed"),
+        "total_scans": counts.get("product_scanned", 0),
+        "total_redemptions": counts.get("reward_redeemed", 0),
         "total_achievements_unlocked": len(state.achievements),
-        "days_since_signup": _days_since(state.signup_at or state.first_seen, as_of),
-        "days_since_last_session": _days_since(state.last_time("session"), as_of),
-        "days_since_last_scan": _days_since(state.last_time("scan"), as_of),
-        "days_since_last_redemption": _days_since(state.last_time("redemption"), as_of),
-        "is_dormant": inactive_days is not None and inactive_days >= thresholds.dormant_after_days,
-        "is_power_user": recent_scans >= thresholds.power_user_min_scans,
     }
-    return {key: value for key, value in block.items() if value is not None}
+    signup = state.signup_at or state.first_seen
+    if signup is not None:
+        block["days_since_signup"] = max(0, (as_of - signup) // DAY)
+    last_activity = None
+    if last_session is not None:
+        block["days_since_last_session"] = max(0, (as_of - last_session) // DAY)
+        last_activity = last_session
+    if last_scan is not None:
+        block["days_since_last_scan"] = max(0, (as_of - last_scan) // DAY)
+        if last_activity is None or last_scan > last_activity:
+            last_activity = last_scan
+    if last_redemption is not None:
+        block["days_since_last_redemption"] = max(0, (as_of - last_redemption) // DAY)
+        if last_activity is None or last_redemption > last_activity:
+            last_activity = last_redemption
+    block["is_dormant"] = (
+        last_activity is not None and max(0, (as_of - last_activity) // DAY) >= thresholds.dormant_after_days
+    )
+    scans = state.recent.get("product_scanned")
+    recent_scans = count_since(scans, as_of - thresholds.power_user_window_days * DAY) if scans else 0
+    block["is_power_user"] = recent_scans >= thresholds.power_user_min_scans
+    return block
 
 
 DERIVED_FIELDS = (

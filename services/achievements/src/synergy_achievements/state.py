@@ -21,7 +21,7 @@ RECENT_TIMES_KEPT = 300
 RECENT_WINDOW_SECONDS = 90 * 86400  # timeframes and the power-user window must fit in this
 
 
-@dataclass
+@dataclass(slots=True)
 class UserState:
     brand_id: str
     user_id: str
@@ -46,6 +46,10 @@ class UserState:
     profile: dict[str, Any] = field(default_factory=dict)  # blocks passed through from user_snapshot
     applied: list[str] = field(default_factory=list)  # most recent event ids, oldest first
     derived: dict[str, Any] | None = None  # the time-dependent fields of the last snapshot sent
+    # The fingerprint of the rule set every achievement was last judged against (BrandRules.fingerprint).
+    # While it matches, an event needs only the rules whose metric it can move (rules.RuleBook); a state
+    # without one (new, or from an older changelog) or with another one has every rule judged once.
+    rules_judged: str | None = None
 
     # --- idempotence -------------------------------------------------------------------------------
 
@@ -136,23 +140,27 @@ def longest_run(sorted_days: list[str]) -> int:
 
 def run_through(sorted_days: list[str], index: int) -> int:
     """The length of the run of consecutive days that contains sorted_days[index] (a new day can only
-    lengthen the runs it joins, so the longest streak is the larger of this and the previous longest)."""
-    ordinals = [day_number(text) for text in sorted_days[max(0, index - 1): index + 2]]
-    middle = 1 if index > 0 else 0
-    start = end = index
-    if index > 0 and ordinals[middle] - ordinals[middle - 1] == 1:
-        start = index - 1
-        while start > 0 and _consecutive(sorted_days[start - 1], sorted_days[start]):
-            start -= 1
-    if middle + 1 < len(ordinals) and ordinals[middle + 1] - ordinals[middle] == 1:
-        end = index + 1
-        while end + 1 < len(sorted_days) and _consecutive(sorted_days[end], sorted_days[end + 1]):
-            end += 1
-    return end - start + 1
+    lengthen the runs it joins, so the longest streak is the larger of this and the previous longest).
 
-
-def _consecutive(earlier: str, later: str) -> bool:
-    return day_number(later) - day_number(earlier) == 1
+    The days are distinct and sorted, so their day numbers strictly increase: days i..j form one run
+    exactly when number(j) - number(i) == j - i. Both ends are found by bisection, O(log n)."""
+    number = day_number(sorted_days[index])
+    low, high = 0, index  # the run's first index is the smallest i with number - number(i) == index - i
+    while low < high:
+        middle = (low + high) // 2
+        if number - day_number(sorted_days[middle]) == index - middle:
+            high = middle
+        else:
+            low = middle + 1
+    start = low
+    low, high = index, len(sorted_days) - 1  # its last: the largest j with number(j) - number == j - index
+    while low < high:
+        middle = (low + high + 1) // 2
+        if day_number(sorted_days[middle]) - number == middle - index:
+            low = middle
+        else:
+            high = middle - 1
+    return low - start + 1
 
 
 @lru_cache(maxsize=4096)

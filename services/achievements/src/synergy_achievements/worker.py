@@ -366,7 +366,8 @@ class AchievementsWorker:
             by_user.setdefault(key, []).append(envelope)
         for key, envelopes in by_user.items():
             rules = self.rules.catalog.for_brand(str(envelopes[0]["brand_id"]))
-            outcome = self.processor.apply_stored(self.table.get(key), envelopes, rules)
+            # the store itself: Table.get adds faust's per-key sensor hook and a second look-up
+            outcome = self.processor.apply_stored(self.table.data.get(key), envelopes, rules)
             if outcome.applied:
                 step = steps[self.partition_of(key)]
                 step.states.append((key, outcome.state))
@@ -454,11 +455,11 @@ class AchievementsWorker:
     @staticmethod
     def _count(outcome: Outcome) -> None:
         for name in outcome.applied:
-            metrics.EVENTS_PROCESSED.labels(name, "applied").inc()
+            metrics.events_processed(name, "applied").inc()
         for name in outcome.duplicates:
-            metrics.EVENTS_PROCESSED.labels(name, "duplicate").inc()
+            metrics.events_processed(name, "duplicate").inc()
         for achievement in outcome.unlocked:
-            metrics.UNLOCKS.labels(achievement).inc()
+            metrics.unlocks(achievement).inc()
         if outcome.rejected_redemptions:
             metrics.REDEMPTIONS_REJECTED.inc(outcome.rejected_redemptions)
 
