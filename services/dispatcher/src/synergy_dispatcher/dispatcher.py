@@ -23,6 +23,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 from synergy_common.brands import CredentialCipher
 from synergy_streaming import (
@@ -262,11 +263,14 @@ class Dispatcher:
             # A user's later items after the failed one were not tried: they carry no attempt.
             attempted = outcome if work.key not in tried else None
             tried.add(work.key)
-            attempts, first, next_at = first_schedule(attempted, work.attempts, work.first_attempt_wall,
+            # The runtime counts an attempt once it has failed: this one is not in `work.attempts` yet.
+            attempts, first, next_at = first_schedule(attempted, work.attempts + 1, work.first_attempt_wall,
                                                       self.retry, now)
             record = source.record
+            # The decoded envelope is freed once prepared; the event id is read again from the value.
+            event_id = str(orjson.loads(record.value)["event_id"])
             rows.append(BacklogRow(
-                destination_id, work.key, str(source.payload["event_id"]), record.value, record.key,
+                destination_id, work.key, event_id, record.value, record.key,
                 record.headers, record.partition.topic, record.partition.partition, record.offset,
                 attempts, first, next_at, outcome.reason if isinstance(outcome, Retry) else None))
             moved.append(index)
