@@ -47,7 +47,7 @@ tools:
 	@bash deploy/tools/ensure-tools.sh
 
 test: install tools
-	$(UV) run pytest -q -p no:cacheprovider
+	$(UV) run pytest -q -p no:cacheprovider --durations=25
 
 # The fault tests alone: a three-node KRaft cluster, ingest under 200 events/s, one broker SIGKILLed
 # (about two minutes; `make test` runs them too).
