@@ -279,18 +279,7 @@ async def change_preferences_batch(
     for item, applied in zip(batch, results, strict=True):
         if not applied.any:
             continue
-        envelope = preferences_changed_envelope(item.brand_id, item.user_id, applied, item.source, item.now)
-        changes = {name: [_jsonable(old), _jsonable(new)] for name, (old, new) in applied.changed.items()}
-        audit.append(
-            (
-                item.brand_id,
-                item.user_id,
-                item.source,
-                orjson.dumps(changes).decode(),
-                envelope.to_json_bytes().decode(),
-                item.now,
-            )
-        )
+        audit.append(_audit_row(item, applied))
     if audit:
         changed_keys = {(i.brand_id, i.user_id) for i, r in zip(batch, results, strict=True) if r.any}
         changed_rows = sorted((key, prefs) for key, prefs in stored.items() if key in changed_keys)
