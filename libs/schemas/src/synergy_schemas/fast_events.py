@@ -80,7 +80,7 @@ def _at_most_two_decimals(value: int | float | None) -> bool:
     return value is None or type(value) is int or round(value, 2) == value
 
 
-class _Strict(Struct, forbid_unknown_fields=True):
+class _Strict(Struct, forbid_unknown_fields=True, gc=False):
     pass
 
 

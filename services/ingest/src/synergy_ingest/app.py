@@ -47,6 +47,7 @@ from synergy_ingest.client_events import (
     accept_event,
     parse_client_event,
 )
+from synergy_ingest.fast_batch import fast_batch, fast_event
 from synergy_ingest.metrics import (
     BATCH_SIZE,
     EVENTS_ACCEPTED,
@@ -492,12 +493,18 @@ def _route(
 def _add_event_routes(app: FastAPI, settings: IngestSettings, hot: dict[str, tuple[Handler, object]]) -> None:
     async def post_event(request: IncomingRequest) -> Response:
         context = await _request_context(request)
-        body = parse_json(await read_asgi_body(request.headers, request.receive, settings.max_event_bytes))
-        BATCH_SIZE.observe(1)
-        try:
-            event = accept_event(parse_client_event(body), context, settings.max_event_bytes)
-        except EventRejected as rejected:
-            raise _rejection_problem(rejected) from rejected
+        body = await read_asgi_body(request.headers, request.receive, settings.max_event_bytes)
+        fast = fast_event(body, context, settings.max_event_bytes)
+        if fast is not None:
+            BATCH_SIZE.observe(1)
+            event = fast
+        else:  # the strict path decides, and names the field
+            parsed = parse_json(body)
+            BATCH_SIZE.observe(1)
+            try:
+                event = accept_event(parse_client_event(parsed), context, settings.max_event_bytes)
+            except EventRejected as rejected:
+                raise _rejection_problem(rejected) from rejected
         await _admit(request, context.brand_id, 1)
         await _publish_one(request, event)
         return OrjsonResponse(
@@ -521,10 +528,14 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings, hot: dict[str, tup
     async def post_batch(request: IncomingRequest) -> Response:
         context = await _request_context(request)
         body = await read_asgi_body(request.headers, request.receive, settings.max_batch_bytes)
-        items = _batch_items(parse_json(body), settings.max_batch_events)
-        outcome = _build_batch(
-            items, lambda item: accept_event(parse_client_event(item), context, settings.max_event_bytes)
-        )
+        fast = fast_batch(body, context, settings.max_batch_events, settings.max_event_bytes)
+        if fast is not None:
+            outcome = BatchOutcome(list(enumerate(fast)), [])
+        else:  # some event is refused, or needs what only the strict path does: it decides them all
+            items = _batch_items(parse_json(body), settings.max_batch_events)
+            outcome = _build_batch(
+                items, lambda item: accept_event(parse_client_event(item), context, settings.max_event_bytes)
+            )
         return await _answer_batch(request, context.brand_id, outcome, 202)
 
     _route(
