@@ -205,7 +205,11 @@ def test_every_edge_value_in_every_field_of_the_event() -> None:
         ("brand_id", {"brand_id": "8"}, 403),
         ("name", {"name": "achievement_unlocked"}, 422),
         ("name", {"name": "no_such_event"}, 422),
-        ("data.product_snapshot.economy.msrp", {"data": {"product_snapshot": {"economy": {"msrp": 1.001}}}}, 422),
+        (
+            "data.product_snapshot.economy.msrp",
+            {"data": {"product_snapshot": {"economy": {"msrp": 1.001}}}},
+            422,
+        ),
         ("timestamp", {"timestamp": "2024-05-22T18:35:12"}, 422),
     ],
 )
@@ -256,7 +260,9 @@ def test_the_request_facts_are_filled_as_the_strict_path_fills_them(
     data: dict[str, Any] = {"product_snapshot": {"identity": {"product_id": 45}}}
     if event_context is not None:
         data["event_context"] = event_context
-    assert check_event({"name": "product_scanned", "identifiers": {"id": "u"}, "data": data}, context(**facts))
+    assert check_event(
+        {"name": "product_scanned", "identifiers": {"id": "u"}, "data": data}, context(**facts)
+    )
 
 
 def test_a_body_with_white_space_gives_the_same_envelope() -> None:

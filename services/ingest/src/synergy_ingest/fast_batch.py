@@ -24,7 +24,12 @@ from synergy_schemas.envelope import MAX_ID_LENGTH, SCHEMA_VERSION, derive_event
 from synergy_schemas.events import EVENT_ALIASES, RESERVED_EVENTS
 from synergy_schemas.fast_events import FAST_CLIENT_EVENT_DATA, DeviceContext
 
-from synergy_ingest.client_events import AcceptedEvent, envelope_json_bytes, record_headers, with_request_facts
+from synergy_ingest.client_events import (
+    AcceptedEvent,
+    envelope_json_bytes,
+    record_headers,
+    with_request_facts,
+)
 from synergy_ingest.publish_outcome import OutgoingRecord
 from synergy_ingest.request_context import RequestContext
 
@@ -33,7 +38,9 @@ from synergy_ingest.request_context import RequestContext
 _PRINTABLE = "^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\\Z"
 # RFC 3339 with a `T`, seconds, at most 6 decimals and a `Z` or an offset: a form pydantic's
 # AwareDatetime and datetime.fromisoformat read alike. Other forms go to the strict path.
-_PLAIN_TIMESTAMP = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})\\Z"
+_PLAIN_TIMESTAMP = (
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})\\Z"
+)
 
 Identifier = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=_PRINTABLE)]
 
@@ -150,7 +157,9 @@ def _accept(event: FastClientEvent, request: RequestContext, max_event_bytes: in
                 "name": name,
                 "brand_id": request.brand_id,
                 "identifiers": identifiers,
-                "data": with_request_facts(orjson.loads(bytes(event.data)), request.user_agent, request.client_ip),
+                "data": with_request_facts(
+                    orjson.loads(bytes(event.data)), request.user_agent, request.client_ip
+                ),
                 "timestamp": timestamp,
                 "received_at": request.received_at,
                 "source": request.source,
@@ -175,8 +184,8 @@ def _accept(event: FastClientEvent, request: RequestContext, max_event_bytes: in
         )
     if len(value) > max_event_bytes:
         return None
-    user_id = identifiers.id
-    key = f"{request.brand_id}:{user_id}" if user_id else f"{request.brand_id}:anon:{identifiers.anonymous_id}"
+    brand_id, user_id = request.brand_id, identifiers.id
+    key = f"{brand_id}:{user_id}" if user_id else f"{brand_id}:anon:{identifiers.anonymous_id}"
     record = OutgoingRecord(key.encode(), value, record_headers(name, SCHEMA_VERSION, request.correlation_id))
     return AcceptedEvent(event_id, "track", record)
 
