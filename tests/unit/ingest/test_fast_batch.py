@@ -19,8 +19,16 @@ from typing import Any
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
+from synergy_ingest.app import _segment_acceptor
 from synergy_ingest.client_events import AcceptedEvent, EventRejected, accept_event, parse_client_event
-from synergy_ingest.fast_batch import fast_batch, fast_event
+from synergy_ingest.fast_batch import (
+    accept_segment_batch,
+    accept_segment_track,
+    decode_segment_batch,
+    decode_segment_track,
+    fast_batch,
+    fast_event,
+)
 from synergy_ingest.request_context import RequestContext
 from synergy_schemas.envelope import is_ulid
 
@@ -280,3 +288,145 @@ def test_a_body_with_white_space_gives_the_same_envelope() -> None:
 def test_the_fast_path_agrees_with_the_strict_path_on_data_variants(variant: tuple[str, Any]) -> None:
     name, data = variant
     check_event({"name": name, "identifiers": {"id": "u"}, "event_id": "e-1", "data": copy.deepcopy(data)})
+
+
+# --- the Segment-compatible routes ---------------------------------------------------------------
+
+
+def segment_strict(
+    message: Any, request: RequestContext, route_type: str | None
+) -> AcceptedEvent | EventRejected:
+    try:
+        return _segment_acceptor(request, MAX_EVENT_BYTES, route_type)(message)
+    except EventRejected as rejected:
+        return rejected
+
+
+def check_segment(message: Any, request: RequestContext | None = None) -> AcceptedEvent | None:
+    """Both paths on one Segment message, on /v1/track and in a /v1/batch of one."""
+    request = request or context()
+    body = dumps(message)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    answers = []
+    for route_type, fast in (
+        ("track", _segment_track(body, request)),
+        (None, _segment_batch(b'{"batch":[' + body + b"]}", request)),
+    ):
+        slow = segment_strict(parsed, request, route_type) if parsed is not None else None
+        if not isinstance(slow, AcceptedEvent):
+            assert fast is None, f"fast path accepted what the strict path refuses ({slow}): {message!r}"
+        elif fast is not None:
+            same_record(fast, slow)
+        answers.append(fast)
+    return answers[0]
+
+
+def _segment_track(body: bytes, request: RequestContext) -> AcceptedEvent | None:
+    message = decode_segment_track(body)
+    return None if message is None else accept_segment_track(message, request, MAX_EVENT_BYTES)
+
+
+def _segment_batch(body: bytes, request: RequestContext) -> AcceptedEvent | None:
+    batch = decode_segment_batch(body)
+    accepted = None if batch is None else accept_segment_batch(batch, request, MAX_EVENTS, MAX_EVENT_BYTES)
+    return None if accepted is None else accepted[0]
+
+
+def segment_message(event: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": event["identifiers"].get("id"),
+        "event": event["name"],
+        "properties": event.get("data", {}),
+        "messageId": "m-1",
+        "timestamp": "2024-05-22T18:35:12Z",
+        "context": {"library": {"name": "analytics.js"}, "userAgent": IPHONE, "ip": "198.51.100.4"},
+        "integrations": {},
+        "sentAt": "2024-05-22T18:35:13Z",
+    }
+
+
+def test_the_segment_fast_path_takes_every_example_as_the_strict_path_does() -> None:
+    for event in example_events():
+        assert check_segment(segment_message(event)) is not None, event["name"]
+
+
+def test_a_segment_batch_of_every_example() -> None:
+    request = context()
+    messages = [segment_message(event) for event in example_events()]
+    body = orjson.dumps({"batch": messages, "sentAt": "2024-05-22T18:35:13Z", "writeKey": "k"})
+    batch = decode_segment_batch(body)
+    assert batch is not None and batch.writeKey == "k"
+    fast = accept_segment_batch(batch, request, MAX_EVENTS, MAX_EVENT_BYTES)
+    assert fast is not None and len(fast) == 35
+    for message, accepted in zip(messages, fast, strict=True):
+        slow = segment_strict(message, request, None)
+        assert isinstance(slow, AcceptedEvent)
+        same_record(accepted, slow)
+        assert orjson.loads(accepted.record.value)["source"] == "segment"
+
+
+SEGMENT_FIELDS = ["type", "userId", "anonymousId", "messageId", "event", "properties", "timestamp", "context"]
+SEGMENT_EDGE_VALUES: list[Any] = [
+    *EVENT_EDGE_VALUES, 7, 0, -1, True, {"userAgent": 5}, {"ip": ""}, {"userAgent": "", "ip": None},
+    {"ip": "10.0.0.1"}, {"userAgent": "curl/8"}, {"library": "x"}, "identify", "page",
+]  # fmt: skip
+
+
+def test_every_edge_value_in_every_field_of_a_segment_message() -> None:
+    taken = 0
+    for original in [
+        segment_message(seed_event(SEEDS / "000_1_product_scanned.json")),
+        segment_message(example_events()[-1]),
+    ]:
+        for field in SEGMENT_FIELDS:
+            for value in SEGMENT_EDGE_VALUES:
+                taken += check_segment({**original, field: value}) is not None
+            taken += check_segment({k: v for k, v in original.items() if k != field}) is not None
+        taken += check_segment({**original, "userId": None, "anonymousId": "anon-1"}) is not None
+        taken += check_segment({**original, "userId": "", "anonymousId": "anon-1"}) is not None
+        check_segment({**original, "userId": "", "anonymousId": ""})
+        check_segment({**original, "writeKey": 5, "unknown": {"a": [1, 2]}})
+    assert taken > 40
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("userId", {"userId": "u\x00"}),
+        ("anonymousId", {"userId": None, "anonymousId": "a\u2029"}),
+        ("messageId", {"messageId": "m\x1b"}),
+        ("event", {"event": "product_scanned\x7f"}),
+        ("userId", {"userId": None}),
+        (
+            "properties.product_snapshot.economy.msrp",
+            {"properties": {"product_snapshot": {"economy": {"msrp": -1}}}},
+        ),
+    ],
+)
+def test_a_refused_segment_message_is_left_to_the_strict_path(field: str, value: dict[str, Any]) -> None:
+    message = {**segment_message(seed_event(SEEDS / "000_1_product_scanned.json")), **value}
+    slow = segment_strict(message, context(), "track")
+    assert isinstance(slow, EventRejected)
+    assert (slow.field, slow.status) == (field, 422)
+    assert _segment_track(orjson.dumps(message), context()) is None
+    assert _segment_batch(orjson.dumps({"batch": [message]}), context()) is None
+
+
+def test_segment_bodies_the_fast_path_cannot_take() -> None:
+    assert decode_segment_track(b'{"userId": "u", "event": "product_scanned", "x": "\xff"}') is None
+    assert (
+        decode_segment_batch(b'{"batch": [{"userId": "u", "event": "product_scanned"}]}') is None
+    )  # no type
+    assert decode_segment_batch(b'{"batch": [{"type": "identify", "userId": "u"}]}') is None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(variants())
+def test_the_segment_fast_path_agrees_with_the_strict_path_on_data_variants(variant: tuple[str, Any]) -> None:
+    name, data = variant
+    message = segment_message({"name": name, "identifiers": {"id": "u"}, "data": copy.deepcopy(data)})
+    check_segment(message, context(user_agent=None))

@@ -98,15 +98,12 @@ def fast_batch(
     body: bytes, request: RequestContext, max_events: int, max_event_bytes: int
 ) -> list[AcceptedEvent] | None:
     """Every event of the batch accepted, in order; None when the strict path must decide."""
-    try:
-        events = BATCH_DECODER.decode(body).batch
-    except msgspec.DecodeError:
-        return None
-    if not events or len(events) > max_events:
+    batch = _decode(BATCH_DECODER, body)
+    if batch is None or not batch.batch or len(batch.batch) > max_events:
         return None
     accepted = []
-    for event in events:
-        one = _accept(event, request, max_event_bytes)
+    for event in batch.batch:
+        one = _accept_client_event(event, request, max_event_bytes)
         if one is None:
             return None
         accepted.append(one)
@@ -115,39 +112,151 @@ def fast_batch(
 
 def fast_event(body: bytes, request: RequestContext, max_event_bytes: int) -> AcceptedEvent | None:
     """The single event accepted; None when the strict path must decide."""
+    event = _decode(EVENT_DECODER, body)
+    return None if event is None else _accept_client_event(event, request, max_event_bytes)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """The body as Structs, or None. msgspec skips the values of unknown keys (and keeps Raw ones)
+    without checking their UTF-8, which orjson refuses with a 400: the whole body is checked here."""
     try:
-        event = EVENT_DECODER.decode(body)
-    except msgspec.DecodeError:
+        body.decode()
+        return decoder.decode(body)
+    except (UnicodeDecodeError, msgspec.DecodeError):
         return None
-    return _accept(event, request, max_event_bytes)
 
 
-def _accept(event: FastClientEvent, request: RequestContext, max_event_bytes: int) -> AcceptedEvent | None:
-    identifiers = event.identifiers
-    name = event.name
-    if (
-        event.type != "track"
-        or name is None
-        or (identifiers.id is None and identifiers.anonymous_id is None)
-        or (event.brand_id is not None and event.brand_id != request.brand_id)
-    ):
+def _accept_client_event(
+    event: FastClientEvent, request: RequestContext, max_event_bytes: int
+) -> AcceptedEvent | None:
+    if event.type != "track" or (event.brand_id is not None and event.brand_id != request.brand_id):
+        return None
+    return _accept_track(
+        event.identifiers, event.event_id, event.name, event.data, event.timestamp, request, max_event_bytes
+    )
+
+
+# --- the Segment-compatible routes: track messages (segment.segment_to_client_event) ---------------
+
+SegmentIdentifier = Annotated[str, Meta(max_length=MAX_ID_LENGTH, pattern=_PRINTABLE)]
+
+
+class FastSegmentContext(Struct, gc=False):
+    userAgent: Any = None
+    ip: Any = None
+
+
+class FastSegmentTrack(Struct, gc=False):
+    """A Segment track message (Segment's field names): the fields segment_to_client_event reads; it
+    ignores the others (integrations, sentAt...), and so does this. userId "" means none, as there."""
+
+    type: Literal["track"] = "track"
+    userId: SegmentIdentifier | None = None
+    anonymousId: SegmentIdentifier | None = None
+    messageId: Annotated[str, Meta(min_length=1, max_length=100, pattern=_PRINTABLE)] | None = None
+    event: Annotated[str, Meta(min_length=1, max_length=100, pattern=_PRINTABLE)] | None = None
+    properties: Raw = Raw(b"{}")
+    timestamp: Annotated[str, Meta(pattern=_PLAIN_TIMESTAMP)] | None = None
+    context: FastSegmentContext | None = None
+    writeKey: Any = None
+
+
+class FastSegmentBatchMessage(FastSegmentTrack, kw_only=True):
+    type: Literal["track"]  # a batch's message says its own type
+
+
+class FastSegmentBatch(Struct, gc=False):
+    batch: list[FastSegmentBatchMessage]
+    writeKey: Any = None
+
+
+SEGMENT_TRACK_DECODER = msgspec.json.Decoder(FastSegmentTrack)
+SEGMENT_BATCH_DECODER = msgspec.json.Decoder(FastSegmentBatch)
+
+
+def decode_segment_track(body: bytes) -> FastSegmentTrack | None:
+    message: FastSegmentTrack | None = _decode(SEGMENT_TRACK_DECODER, body)
+    return message
+
+
+def decode_segment_batch(body: bytes) -> FastSegmentBatch | None:
+    batch: FastSegmentBatch | None = _decode(SEGMENT_BATCH_DECODER, body)
+    return batch
+
+
+def accept_segment_track(
+    message: FastSegmentTrack, request: RequestContext, max_event_bytes: int
+) -> AcceptedEvent | None:
+    user_id, anonymous_id = message.userId or None, message.anonymousId or None
+    if user_id is None and anonymous_id is None:
+        return None
+    context = message.context
+    user_agent = context.userAgent if context is not None else None
+    client_ip = context.ip if context is not None else None
+    message_request = RequestContext(
+        brand_id=request.brand_id,
+        received_at=request.received_at,
+        correlation_id=request.correlation_id,
+        user_agent=user_agent if user_agent and isinstance(user_agent, str) else request.user_agent,
+        client_ip=client_ip if client_ip and isinstance(client_ip, str) else request.client_ip,
+        source="segment",
+    )
+    return _accept_track(
+        FastIdentifiers(user_id, anonymous_id),
+        message.messageId,
+        message.event,
+        message.properties,
+        message.timestamp,
+        message_request,
+        max_event_bytes,
+    )
+
+
+def accept_segment_batch(
+    batch: FastSegmentBatch, request: RequestContext, max_events: int, max_event_bytes: int
+) -> list[AcceptedEvent] | None:
+    if not batch.batch or len(batch.batch) > max_events:
+        return None
+    accepted = []
+    for message in batch.batch:
+        one = accept_segment_track(message, request, max_event_bytes)
+        if one is None:
+            return None
+        accepted.append(one)
+    return accepted
+
+
+# --- both ---------------------------------------------------------------------------------------
+
+
+def _accept_track(
+    identifiers: FastIdentifiers,
+    client_event_id: str | None,
+    name: str | None,
+    raw_data: Raw,
+    client_timestamp: str | None,
+    request: RequestContext,
+    max_event_bytes: int,
+) -> AcceptedEvent | None:
+    """accept_event for a track event whose own fields the Structs checked."""
+    if name is None or (identifiers.id is None and identifiers.anonymous_id is None):
         return None
     name = EVENT_ALIASES.get(name, name)
     decoder = _DATA_DECODERS.get(name)
     if decoder is None:
         return None
     try:
-        data = decoder.decode(event.data)
+        data = decoder.decode(raw_data)
     except msgspec.DecodeError:  # msgspec.ValidationError is one, and so is a __post_init__ refusal
         return None
-    if event.timestamp is None:
+    if client_timestamp is None:
         timestamp = request.received_at
     else:
         try:
-            timestamp = datetime.fromisoformat(event.timestamp)
+            timestamp = datetime.fromisoformat(client_timestamp)
         except ValueError:
             return None
-    event_id = derive_event_id(request.brand_id, event.event_id, at=request.received_at)
+    event_id = derive_event_id(request.brand_id, client_event_id, at=request.received_at)
     if _needs_request_facts(data.event_context, request):
         # Rare (the client left the device or address out): the data as a dict, as the strict path does.
         value = envelope_json_bytes(
@@ -158,7 +267,7 @@ def _accept(event: FastClientEvent, request: RequestContext, max_event_bytes: in
                 "brand_id": request.brand_id,
                 "identifiers": identifiers,
                 "data": with_request_facts(
-                    orjson.loads(bytes(event.data)), request.user_agent, request.client_ip
+                    orjson.loads(bytes(raw_data)), request.user_agent, request.client_ip
                 ),
                 "timestamp": timestamp,
                 "received_at": request.received_at,
@@ -174,7 +283,7 @@ def _accept(event: FastClientEvent, request: RequestContext, max_event_bytes: in
                 name=name,
                 brand_id=request.brand_id,
                 identifiers=identifiers,
-                data=event.data,
+                data=raw_data,
                 timestamp=timestamp,
                 received_at=request.received_at,
                 schema_version=SCHEMA_VERSION,
