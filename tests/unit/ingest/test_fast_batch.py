@@ -31,6 +31,7 @@ from synergy_ingest.fast_batch import (
 )
 from synergy_ingest.request_context import RequestContext
 from synergy_schemas.envelope import is_ulid
+from ulid import ULID
 
 from tests.unit.test_schemas_fast_path import EDGE_SCALARS, EXAMPLES, variants
 
@@ -430,3 +431,16 @@ def test_the_segment_fast_path_agrees_with_the_strict_path_on_data_variants(vari
     name, data = variant
     message = segment_message({"name": name, "identifiers": {"id": "u"}, "data": copy.deepcopy(data)})
     check_segment(message, context(user_agent=None))
+
+
+def test_events_without_a_client_id_get_distinct_ulids_of_the_request_time() -> None:
+    request = context()
+    event = {k: v for k, v in seed_event(SEEDS / "000_1_product_scanned.json").items() if k != "event_id"}
+    accepted = fast_batch(orjson.dumps({"batch": [event] * 500}), request, MAX_EVENTS, MAX_EVENT_BYTES)
+    assert accepted is not None
+    ids = [one.event_id for one in accepted]
+    assert len(set(ids)) == 500
+    for one in accepted:
+        assert is_ulid(one.event_id) and one.event_id == one.event_id.upper()
+        assert ULID.from_str(one.event_id).milliseconds == 1716403201000  # 2024-05-22T18:40:01.000250Z
+        assert orjson.loads(one.record.value)["event_id"] == one.event_id
