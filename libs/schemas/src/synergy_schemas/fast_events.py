@@ -80,7 +80,7 @@ def _at_most_two_decimals(value: int | float | None) -> bool:
     return value is None or type(value) is int or round(value, 2) == value
 
 
-class _Strict(Struct, forbid_unknown_fields=True):
+class _Strict(Struct, forbid_unknown_fields=True, gc=False):
     pass
 
 
@@ -90,8 +90,11 @@ class _WithDecimals(_Strict):
     _decimals: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        # _at_most_two_decimals inlined (it runs for every such block of every event); a float
+        # with no fractional part is exact below the bounds, so only the others need round().
         for name in self._decimals:
-            if not _at_most_two_decimals(getattr(self, name)):
+            value = getattr(self, name)
+            if type(value) is float and not value.is_integer() and round(value, 2) != value:
                 raise ValueError(f"{name}: at most 2 decimals")
 
 

@@ -47,6 +47,14 @@ from synergy_ingest.client_events import (
     accept_event,
     parse_client_event,
 )
+from synergy_ingest.fast_batch import (
+    accept_segment_batch,
+    accept_segment_track,
+    decode_segment_batch,
+    decode_segment_track,
+    fast_batch,
+    fast_event,
+)
 from synergy_ingest.metrics import (
     BATCH_SIZE,
     EVENTS_ACCEPTED,
@@ -365,8 +373,11 @@ def _batch_items(body: Any, max_events: int) -> list[Any]:
 
 
 def _body_write_key(body: Any) -> str | None:
-    key = body.get("writeKey") if isinstance(body, dict) else None
-    return key if isinstance(key, str) and key else None
+    return _write_key(body.get("writeKey") if isinstance(body, dict) else None)
+
+
+def _write_key(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 SEGMENT_FIELD_NAMES = {
@@ -492,12 +503,18 @@ def _route(
 def _add_event_routes(app: FastAPI, settings: IngestSettings, hot: dict[str, tuple[Handler, object]]) -> None:
     async def post_event(request: IncomingRequest) -> Response:
         context = await _request_context(request)
-        body = parse_json(await read_asgi_body(request.headers, request.receive, settings.max_event_bytes))
-        BATCH_SIZE.observe(1)
-        try:
-            event = accept_event(parse_client_event(body), context, settings.max_event_bytes)
-        except EventRejected as rejected:
-            raise _rejection_problem(rejected) from rejected
+        body = await read_asgi_body(request.headers, request.receive, settings.max_event_bytes)
+        fast = fast_event(body, context, settings.max_event_bytes)
+        if fast is not None:
+            BATCH_SIZE.observe(1)
+            event = fast
+        else:  # the strict path decides, and names the field
+            parsed = parse_json(body)
+            BATCH_SIZE.observe(1)
+            try:
+                event = accept_event(parse_client_event(parsed), context, settings.max_event_bytes)
+            except EventRejected as rejected:
+                raise _rejection_problem(rejected) from rejected
         await _admit(request, context.brand_id, 1)
         await _publish_one(request, event)
         return OrjsonResponse(
@@ -521,10 +538,14 @@ def _add_event_routes(app: FastAPI, settings: IngestSettings, hot: dict[str, tup
     async def post_batch(request: IncomingRequest) -> Response:
         context = await _request_context(request)
         body = await read_asgi_body(request.headers, request.receive, settings.max_batch_bytes)
-        items = _batch_items(parse_json(body), settings.max_batch_events)
-        outcome = _build_batch(
-            items, lambda item: accept_event(parse_client_event(item), context, settings.max_event_bytes)
-        )
+        fast = fast_batch(body, context, settings.max_batch_events, settings.max_event_bytes)
+        if fast is not None:
+            outcome = BatchOutcome(list(enumerate(fast)), [])
+        else:  # some event is refused, or needs what only the strict path does: it decides them all
+            items = _batch_items(parse_json(body), settings.max_batch_events)
+            outcome = _build_batch(
+                items, lambda item: accept_event(parse_client_event(item), context, settings.max_event_bytes)
+            )
         return await _answer_batch(request, context.brand_id, outcome, 202)
 
     _route(
@@ -545,18 +566,23 @@ def _add_segment_routes(
     app: FastAPI, settings: IngestSettings, hot: dict[str, tuple[Handler, object]]
 ) -> None:
     async def segment_single(request: IncomingRequest, route_type: str) -> Response:
-        body = parse_json(
-            await read_asgi_body(
-                request.headers, request.receive, settings.max_event_bytes, any_content_type=True
-            )
+        raw = await read_asgi_body(
+            request.headers, request.receive, settings.max_event_bytes, any_content_type=True
         )
-        context = await _request_context(request, _body_write_key(body))
-        if isinstance(body, dict):
-            body = {k: v for k, v in body.items() if k not in ("writeKey", "sentAt")}
-        try:
-            event = _segment_acceptor(context, settings.max_event_bytes, route_type)(body)
-        except EventRejected as rejected:
-            raise _rejection_problem(rejected) from rejected
+        message = decode_segment_track(raw) if route_type == "track" else None
+        event = None
+        if message is not None:
+            context = await _request_context(request, _write_key(message.writeKey))
+            event = accept_segment_track(message, context, settings.max_event_bytes)
+        if event is None:  # the strict path decides, and names the field
+            body = parse_json(raw)
+            context = await _request_context(request, _body_write_key(body))
+            if isinstance(body, dict):
+                body = {k: v for k, v in body.items() if k not in ("writeKey", "sentAt")}
+            try:
+                event = _segment_acceptor(context, settings.max_event_bytes, route_type)(body)
+            except EventRejected as rejected:
+                raise _rejection_problem(rejected) from rejected
         BATCH_SIZE.observe(1)
         await _admit(request, context.brand_id, 1)
         await _publish_one(request, event)
@@ -581,11 +607,21 @@ def _add_segment_routes(
         register(route_type)
 
     async def segment_batch(request: IncomingRequest) -> Response:
-        body = parse_json(
-            await read_asgi_body(
-                request.headers, request.receive, settings.max_batch_bytes, any_content_type=True
-            )
+        raw = await read_asgi_body(
+            request.headers, request.receive, settings.max_batch_bytes, any_content_type=True
         )
+        batch = decode_segment_batch(raw)
+        if batch is not None:
+            context = await _request_context(request, _write_key(batch.writeKey))
+            fast = accept_segment_batch(
+                batch, context, settings.max_segment_batch_events, settings.max_event_bytes
+            )
+            if fast is not None:
+                return await _answer_batch(
+                    request, context.brand_id, BatchOutcome(list(enumerate(fast)), []), 200
+                )
+        # some message is refused, or needs what only the strict path does: it decides them all
+        body = parse_json(raw)
         context = await _request_context(request, _body_write_key(body))
         items = _batch_items(body, settings.max_segment_batch_events)
         outcome = _build_batch(items, _segment_acceptor(context, settings.max_event_bytes, None))
