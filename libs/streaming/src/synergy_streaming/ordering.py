@@ -103,17 +103,26 @@ class KeyedQueues(Generic[T]):
         budget = limit
         ready, queues = self._ready, self._queues
         if self.counted:
+            keys: list[str] = []
             for key in ready:
                 if budget <= 0:
                     break
                 queue = queues[key]
                 if len(queue) == 1:
-                    run = queue[:]
+                    taken.append((key, queue[:]))
                     budget -= queue[0].count  # type: ignore[attr-defined]
                 else:
                     run = queue[:per_key]
                     budget -= sum([item.count for item in run])  # type: ignore[attr-defined]
-                taken.append((key, run))
+                    taken.append((key, run))
+                keys.append(key)
+            if len(keys) == len(ready):
+                ready.clear()
+            else:
+                for key in keys:
+                    del ready[key]
+            self._busy.update(keys)
+            return taken
         else:
             for key in ready:
                 if budget <= 0:

@@ -538,12 +538,11 @@ class StreamProcessor:
             self.commits.settled(source)
             self._made_room()
 
-    def _settle_delivered(self, items: list[Work]) -> None:
-        """The common case, a whole batch delivered: settled in one pass."""
+    def _settle_delivered(self, items: list[Work], count: int) -> None:
+        """The common case, a whole batch (of `count` records) delivered: settled in one pass."""
         brake, generation = self.brake, self.generation
         if self.in_runs:
             runs: list[Any] = items
-            count = sum([run.count for run in runs])
             self._settled_counter("delivered").inc(count)
             brake.succeeded(count, was_held=brake.engaged and any(run.held for run in runs))
             self.commits.tracker.settle_runs(runs)  # of this generation: the caller checked
@@ -658,12 +657,10 @@ class StreamProcessor:
                 self.order.queues.give_back(key)
 
     def _spawn_delivery(self, target: Hashable, groups: list[tuple[str, list[Work]]]) -> None:
-        task = asyncio.ensure_future(self._deliver_batch(target, groups))
+        items = groups[0][1] if len(groups) == 1 else [work for _, run in groups for work in run]
+        count = sum([work.count for work in items]) if self.in_runs else len(items)  # records
+        task = asyncio.ensure_future(self._deliver_batch(target, groups, items, count))
         self._in_flight.add(task)
-        if self.in_runs:
-            count = sum([work.count for _, run in groups for work in run])
-        else:
-            count = sum([len(run) for _, run in groups])
         self._in_flight_items += count
 
         def finished(t: asyncio.Task[Any]) -> None:
@@ -676,12 +673,12 @@ class StreamProcessor:
 
         task.add_done_callback(finished)
 
-    async def _deliver_batch(self, target: Hashable, groups: list[tuple[str, list[Work]]]) -> None:
+    async def _deliver_batch(self, target: Hashable, groups: list[tuple[str, list[Work]]], items: list[Work],
+                             count: int) -> None:
         generation = self.generation
-        items = groups[0][1] if len(groups) == 1 else [work for _, run in groups for work in run]
         now, wall = self.clock.now(), time.time()
+        self._batch_size.observe(count)
         if self.in_runs:
-            self._batch_size.observe(sum([run.count for run in items]))
             first = await self.deliver.call(target, items)
             if generation != self.generation:
                 return
@@ -698,12 +695,11 @@ class StreamProcessor:
                 if generation != self.generation:
                     return
         else:
-            self._batch_size.observe(len(items))
             answered = await self.deliver.batch_outcome(target, items)
             if generation != self.generation:
                 return
         if type(answered) is Delivered:
-            self._settle_delivered(items)
+            self._settle_delivered(items, count)
             self.order.queues.done_many(groups)
             self._made_room()
             return

@@ -192,12 +192,12 @@ def decode_records(partition: Partition, records: list[Any], indices: list[int] 
         values = [record.value for record in records]
         try:
             payloads = list(map(orjson.loads, values))
-        except _JSON_ERROR:
+        except (_JSON_ERROR, TypeError):  # TypeError: a record without a value (a tombstone)
             payloads = []
             for value in values:
                 try:
                     payloads.append(orjson.loads(value))
-                except _JSON_ERROR:
+                except (_JSON_ERROR, TypeError):
                     payloads.append(None)
         ids = _ID_TYPES
         bad = [index for index, envelope in enumerate(payloads)
@@ -211,6 +211,8 @@ def decode_records(partition: Partition, records: list[Any], indices: list[int] 
                 rejected.append((index, Undecodable("malformed_message", "not an envelope")))
             except Undecodable as exc:  # says why it is not an envelope
                 rejected.append((index, exc))
+            except TypeError:
+                rejected.append((index, Undecodable("malformed_message", "no value")))
         return payloads, rejected
     payloads = [None] * len(records)
     for index in range(len(records)) if indices is None else indices:
