@@ -62,7 +62,10 @@ class KeyedQueues(Generic[T]):
                 parked = self._park_one(parked, item)
                 continue
             queue.append(item)
-            if may_park and key in may_park and self._pending(queue) > self.max_pending_per_key:
+            # a key with a run in flight is not parked now: its queue's head is that run, not one message
+            # (its backlog is parked at the next push once the run is answered)
+            if (may_park and key in may_park and key not in busy
+                    and self._pending(queue) > self.max_pending_per_key):
                 backlog = queue[1:]
                 del queue[1:]
                 self._size -= len(backlog)
@@ -73,8 +76,9 @@ class KeyedQueues(Generic[T]):
     def _pending(self, queue: list[Any]) -> int:
         return sum([item.count for item in queue]) if self.counted else len(queue)
 
-    def replace_head(self, key: str, taken: Sequence[T], pieces: list[T]) -> None:
-        """The key's taken run `taken` (at the head of its queue) stands as `pieces` from now on."""
+    def replace_head(self, key: str, taken: Sequence[T], pieces: Sequence[list[T]]) -> None:
+        """Each item of the key's taken run `taken` (at the head of its queue) stands as its `pieces`
+        from now on."""
         queue = self._queues.get(key)
         if not queue:
             return
@@ -83,8 +87,9 @@ class KeyedQueues(Generic[T]):
             if queued is not item:
                 break
             present += 1
-        queue[:present] = pieces
-        self._size += len(pieces) - present
+        replacement = [piece for item_pieces in pieces[:present] for piece in item_pieces]
+        queue[:present] = replacement
+        self._size += len(replacement) - present
 
     def _park_one(self, parked: list[T], item: T) -> list[T]:
         self._size -= 1

@@ -721,13 +721,15 @@ class StreamProcessor:
         per_record: list[ItemOutcome] = []
         for key, runs in groups:
             pieces: list[Work] = []
+            parts_of_runs: list[list[Work]] = []
             for run in runs:
-                parts = run.split() if type(run) is Run and run.count > 1 else [run]
+                parts: list[Work] = list(run.split()) if type(run) is Run and run.count > 1 else [run]
+                parts_of_runs.append(parts)
                 pieces.extend(parts)
                 if per_run is not None:
                     per_record.extend([next(per_run)] * len(parts))
             if len(pieces) != len(runs):
-                self.order.queues.replace_head(key, runs, pieces)
+                self.order.queues.replace_head(key, runs, parts_of_runs)
             split_groups.append((key, pieces))
         return split_groups, per_record if per_run is not None else answer
 
