@@ -373,9 +373,8 @@ class StreamProcessor:
         keys: list[str] = []
         works: list[Work] = []
         for source, result in zip(sources, results, strict=True):
-            # The decoded value is prepare's input only: dropped now, not held until the record settles
-            # (what deliver needs is in the Work); the next records' values reuse its memory.
-            source.payload = None
+            # source.payload stays: a deliver function may read it (the dispatcher's backlog reads the
+            # event id of the work it moves); dropping it here broke that with a TypeError per item.
             kind = type(result)
             if kind is list and len(result) == 1:
                 work = result[0]
