@@ -9,7 +9,8 @@ and decodes each value with orjson (what any envelope consumer must do). The pip
 key of each poll chunk (grouped by the record key with `PolledChunk.by_key`, once per chunk), and a
 deliver answers DELIVERED: decode and envelope checks, per-key order (one run of a key in flight),
 batching by record count, settling and done-prefix commits, all real; nothing else. (The per-record
-API, one Work a record, runs the same steps with one unit a record: `BENCH_API=records`.)
+API, one Work a record, runs the same steps with one unit a record: `BENCH_API=records`. Knobs for
+experiments, both loops alike: `BENCH_POLL_RECORDS` (2,000), and `BENCH_READ_AHEAD` for the runtime.)
 Each rate is records per second from the first record handled to the last. The load generator (the
 producer) fills the topic before any timing, so it takes no CPU from the loops under test; its share
 of the CPU during the timed runs is printed (0 %), and the process's own CPU share during each run.
