@@ -5,9 +5,12 @@
 Both read the same pre-filled topic from the start, each in a consumer group of its own, alternately,
 twice each (medians compared). The bare loop polls (`getmany`, 2,000 records at most, as the runtime)
 and decodes each value with orjson (what any envelope consumer must do). The pipeline is
-`StreamProcessor` with a prepare that makes one Work per record (as `prepare_many`, once per poll
-chunk) and a deliver that answers DELIVERED: decode, per-key order, batching, settling and
-done-prefix commits, all real; nothing else.
+`StreamProcessor` in runs, the natural API of a batch consumer: `prepare_runs` answers one `Run` per
+key of each poll chunk (grouped by the record key with `PolledChunk.by_key`, once per chunk), and a
+deliver answers DELIVERED: decode and envelope checks, per-key order (one run of a key in flight),
+batching by record count, settling and done-prefix commits, all real; nothing else. (The per-record
+API, one Work a record, runs the same steps with one unit a record: `BENCH_API=records`. Knobs for
+experiments, both loops alike: `BENCH_POLL_RECORDS` (2,000), and `BENCH_READ_AHEAD` for the runtime.)
 Each rate is records per second from the first record handled to the last. The load generator (the
 producer) fills the topic before any timing, so it takes no CPU from the loops under test; its share
 of the CPU during the timed runs is printed (0 %), and the process's own CPU share during each run.
@@ -31,6 +34,8 @@ from synergy_streaming import (
     DELIVERED,
     BatchOutcome,
     KafkaConsumer,
+    PolledChunk,
+    Run,
     Source,
     StreamConfig,
     StreamProcessor,
@@ -41,7 +46,8 @@ RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
 USERS = 5000
 PARTITIONS = 6
 RUNS = 2
-MAX_POLL_RECORDS = 2000
+MAX_POLL_RECORDS = int(os.environ.get("BENCH_POLL_RECORDS", "2000"))
+API = os.environ.get("BENCH_API", "runs")
 
 
 async def fill(bootstrap: str, topic: str) -> tuple[float, float]:
@@ -102,16 +108,23 @@ async def pipeline(bootstrap: str, topic: str, **overrides: Any) -> tuple[float,
         return [Work(key=source.record.key.decode() if source.record.key else "", target="noop", payload=None)
                 for source in sources]
 
+    def prepare_runs(chunk: PolledChunk) -> list[Run]:
+        nonlocal first, cpu
+        if not first:
+            first, cpu = time.monotonic(), time.process_time()
+        return [Run(key.decode() if key else "", "noop", indices) for key, indices in chunk.by_key().items()]
+
     async def deliver(target: Hashable, items: Sequence[Work]) -> BatchOutcome:
         nonlocal delivered
-        delivered += len(items)
+        delivered += sum([item.count for item in items])
         if delivered >= RECORDS:
             done.set()
         return DELIVERED
 
     consumer = KafkaConsumer(bootstrap, group_id=f"bench-runtime-{uuid.uuid4().hex[:8]}", client_id="bench")
+    api: dict[str, Any] = {"prepare_runs": prepare_runs} if API == "runs" else {"prepare_many": prepare_many}
     processor = StreamProcessor(StreamConfig(service="bench", topics=[topic], **overrides), consumer, prepare,
-                                deliver, prepare_many=prepare_many)
+                                deliver, **api)
     await consumer.start()
     task = asyncio.create_task(processor.run())
     try:
@@ -135,19 +148,30 @@ async def main() -> None:
               "before timing; its CPU share during the timed runs: 0%", flush=True)
         bare: list[float] = []
         runtime: list[float] = []
+        bare_cpu: list[float] = []  # µs of CPU a record: robust to a busy machine, unlike the rates
+        runtime_cpu: list[float] = []
         for run in range(RUNS):  # alternately, so both see the same spells of noise on a shared machine
             rate, cpu = await bare_loop(infra.bootstrap_servers, topic)
             bare.append(rate)
-            print(f"run {run + 1}: bare loop {rate:,.0f} records/s (process CPU {cpu:.0%})", flush=True)
-            rate, cpu = await pipeline(infra.bootstrap_servers, topic)
+            bare_cpu.append(cpu / rate * 1e6)
+            print(f"run {run + 1}: bare loop {rate:,.0f} records/s (process CPU {cpu:.0%}, "
+                  f"{bare_cpu[-1]:.2f} µs CPU a record)", flush=True)
+            rate, cpu = await pipeline(infra.bootstrap_servers, topic, max_poll_records=MAX_POLL_RECORDS,
+                                       **({"read_ahead": int(os.environ["BENCH_READ_AHEAD"])}
+                                          if "BENCH_READ_AHEAD" in os.environ else {}))
             runtime.append(rate)
-            print(f"run {run + 1}: runtime   {rate:,.0f} records/s (process CPU {cpu:.0%})", flush=True)
+            runtime_cpu.append(cpu / rate * 1e6)
+            print(f"run {run + 1}: runtime   {rate:,.0f} records/s (process CPU {cpu:.0%}, "
+                  f"{runtime_cpu[-1]:.2f} µs CPU a record)", flush=True)
     finally:
         await asyncio.to_thread(infra.close)
     ceiling, figure = statistics.median(bare), statistics.median(runtime)
     print(f"bare aiokafka consume loop: {ceiling:,.0f} records/s (ceiling, median of {RUNS})")
-    print(f"streaming runtime, no-op steps: {figure:,.0f} records/s (median of {RUNS})  "
+    print(f"streaming runtime, no-op steps ({API}): {figure:,.0f} records/s (median of {RUNS})  "
           f"ratio {figure / ceiling:.2f} (target >= 0.7)")
+    per_record = statistics.median(bare_cpu) / statistics.median(runtime_cpu)
+    print(f"CPU a record: bare {statistics.median(bare_cpu):.2f} µs, runtime {statistics.median(runtime_cpu):.2f} µs: "
+          f"ratio {per_record:.2f} (what the rate ratio is when both loops get a whole core)")
 
 
 if __name__ == "__main__":

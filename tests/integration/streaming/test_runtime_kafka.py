@@ -144,7 +144,9 @@ async def test_a_rebalance_shares_the_work_and_loses_no_message(
         await publish(kafka_producer, topic, messages[:1200])
         await wait_until(lambda: len(delivered["a"]) >= 100, 30, "a's first deliveries")
         async with running(b):
-            await wait_until(lambda: bool(b.assigned), 30, "b's share of the partitions")
+            # each member learns its share from its own SyncGroup answer: b's may come before a's
+            await wait_until(lambda: bool(b.assigned) and bool(a.assigned) and not a.assigned & b.assigned,
+                             30, "the partitions shared between a and b")
             in_flight_at_rebalance = 1200 - len(delivered["a"])
             assert in_flight_at_rebalance > 0
             assert a.assigned and not a.assigned & b.assigned and len(a.assigned | b.assigned) == 4

@@ -88,10 +88,11 @@ def processor_factory(broker: LocalBroker, clock: FakeClock) -> Any:
                    group: str = "g", **config: Any) -> AsyncIterator[StreamProcessor]:
         brake = config.pop("brake", DlqBrake())
         prepare_many = config.pop("prepare_many", None)
+        prepare_runs = config.pop("prepare_runs", None)
         processor = StreamProcessor(
             StreamConfig(service="test", topics=[TOPIC], brake=brake, **config),
             broker.consumer(group), prepare, deliver, dead_letters=writer,  # type: ignore[arg-type]
-            clock=clock, prepare_many=prepare_many,
+            clock=clock, prepare_many=prepare_many, prepare_runs=prepare_runs,
         )
         task = asyncio.create_task(processor.run())
         running.append((processor, task))

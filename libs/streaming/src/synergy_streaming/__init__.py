@@ -3,6 +3,8 @@
 A service supplies two plain functions and the runtime does the rest:
 - `prepare(source) -> list[Work] | Skip | Reject`: what the record means (pure where it can be);
 - `async deliver(target, items) -> outcome(s)`: the I/O, for a batch of one target.
+A batch consumer may instead pass `prepare_runs(chunk: PolledChunk) -> list[Run | RejectRecord]`: one
+`Run` per key of a poll chunk, the unit of work from then on.
 """
 
 from synergy_streaming.brake import DlqBrake
@@ -18,7 +20,9 @@ from synergy_streaming.message import (
     Partition,
     Record,
     Reject,
+    RejectRecord,
     Retry,
+    Run,
     Skip,
     Source,
     SplitBatch,
@@ -27,7 +31,7 @@ from synergy_streaming.message import (
 from synergy_streaming.rate_limit import RateLimits
 from synergy_streaming.retry import RetryPolicy
 from synergy_streaming.runtime import StreamConfig, StreamProcessor, is_retryable_error
-from synergy_streaming.steps import Undecodable, decode_envelope
+from synergy_streaming.steps import PolledChunk, Undecodable, decode_envelope
 
 __all__ = [
     "DELIVERED",
@@ -43,11 +47,14 @@ __all__ = [
     "KafkaConsumer",
     "MonotonicClock",
     "Partition",
+    "PolledChunk",
     "RateLimits",
     "Record",
     "Reject",
+    "RejectRecord",
     "Retry",
     "RetryPolicy",
+    "Run",
     "Skip",
     "Source",
     "SplitBatch",

@@ -22,6 +22,7 @@ class Consumer(Protocol):
     # Optional, and what the runtime uses when a consumer has it: one (partition, records) per partition,
     # each record built by make(partition, offset, key, value, headers, timestamp_ms):
     # async def poll_chunks(self, timeout, max_records, make=Record) -> list[tuple[Partition, list[R]]]
+    # (make=None: the consumer's own records, with .offset, .key, .value, .headers and .timestamp)
     def pause(self, partitions: Iterable[Partition]) -> None: ...
     def resume(self, partitions: Iterable[Partition]) -> None: ...
     async def commit(self, offsets: dict[Partition, int]) -> None: ...
@@ -80,13 +81,17 @@ class KafkaConsumer:
         return [record for _, records in chunks for record in records]
 
     async def poll_chunks(self, timeout: float, max_records: int,
-                          make: Callable[..., R] = Record) -> list[tuple[Partition, list[R]]]:
+                          make: Callable[..., R] | None = Record) -> list[tuple[Partition, list[Any]]]:
         """What one getmany brought, one (partition, records in offset order) per partition; each
-        record built by `make(partition, offset, key, value, headers, timestamp_ms)`."""
+        record built by `make(partition, offset, key, value, headers, timestamp_ms)`, or aiokafka's
+        own records as they are with `make=None` (`.offset`, `.key`, `.value`, `.headers`, `.timestamp`)."""
         batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000), max_records=max_records)
-        chunks: list[tuple[Partition, list[R]]] = []
+        chunks: list[tuple[Partition, list[Any]]] = []
         for tp, records in batches.items():
             partition = Partition(tp.topic, tp.partition)
+            if make is None:
+                chunks.append((partition, records))
+                continue
             chunks.append((partition, [
                 make(partition, r.offset, r.key, r.value, tuple(r.headers) if r.headers else (), r.timestamp)
                 for r in records

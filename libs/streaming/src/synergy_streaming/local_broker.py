@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from synergy_streaming.consumer import AssignmentCallback
 from synergy_streaming.message import Partition, Record
@@ -131,9 +131,12 @@ class LocalConsumer:
         return records
 
     async def poll_chunks(self, timeout: float, max_records: int,
-                          make: Callable[..., R] = Record) -> list[tuple[Partition, list[R]]]:
-        """As KafkaConsumer's: every record a new object (the log's own are shared by all groups)."""
-        chunks: dict[Partition, list[R]] = {}
+                          make: Callable[..., R] | None = Record) -> list[tuple[Partition, list[Any]]]:
+        """As KafkaConsumer's: every record a new object (the log's own are shared by all groups);
+        `make=None`: Record copies (what the runtime works on in runs)."""
+        chunks: dict[Partition, list[Any]] = {}
+        if make is None:
+            make = Record
         for r in await self.poll(timeout, max_records):
             chunks.setdefault(r.partition, []).append(
                 make(r.partition, r.offset, r.key, r.value, r.headers, r.timestamp_ms))

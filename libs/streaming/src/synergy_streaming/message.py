@@ -106,6 +106,68 @@ class Work:
     first_attempt_wall: float | None = None  # epoch seconds, for the dead letter
     held: bool = False  # held back once by the DLQ brake
 
+    @property
+    def count(self) -> int:
+        """Records this work settles: one (a Run: its records)."""
+        return 1
+
+
+class Run(Work):
+    """One key's records of one poll chunk, delivered, retried and settled as one unit of work.
+
+    What `prepare_runs` answers (see `StreamProcessor`): `indices` are the records' places in the
+    chunk (`PolledChunk.records`), in offset order; `items` (optional) what deliver needs of each, in
+    the same order; `size` the run's bytes for `max_batch_bytes` (default: one unit a record). A record
+    belongs to one run at most; a record in none is settled as skipped. Delivered whole, a run settles
+    all its records in one step. When its batch is not delivered whole, the runtime splits it into runs
+    of one record each, in its place in the key's queue, so a refused batch is bisected down to the bad
+    record, a retry holds back the rest of the key in order, and a dead letter names one record.
+    """
+
+    __slots__ = ("chunk", "count", "generation", "indices", "items")
+
+    def __init__(self, key: str, target: Hashable, indices: list[int], items: list[Any] | None = None,
+                 size: int | None = None) -> None:
+        self.key = key
+        self.target = target
+        self.indices = indices
+        self.items = items
+        self.count = len(indices)  # type: ignore[misc]  # a slot here, a property of Work
+        self.size = self.count if size is None else size
+        self.payload = None
+        self.source = None
+        self.attempts = 0
+        self.first_attempt_at = None
+        self.first_attempt_wall = None
+        self.held = False
+        self.chunk: Any = None  # set by the runtime: the offsets.Chunk of the poll
+        self.generation = 0  # set by the runtime
+
+    def split(self) -> list[Run]:
+        """Runs of one record each, in order, with this run's attempts so far."""
+        items, count = self.items, self.count
+        size = max(1, self.size // count) if count else 1
+        pieces = []
+        for position, index in enumerate(self.indices):
+            piece = Run(self.key, self.target, [index], None if items is None else [items[position]], size)
+            piece.attempts, piece.first_attempt_at = self.attempts, self.first_attempt_at
+            piece.first_attempt_wall, piece.held = self.first_attempt_wall, self.held
+            piece.chunk, piece.generation = self.chunk, self.generation
+            pieces.append(piece)
+        return pieces
+
+    def __repr__(self) -> str:
+        return f"Run({self.key!r}, {self.target!r}, indices={self.indices}, attempts={self.attempts})"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectRecord:
+    """A prepare_runs answer: the record at `index` of the chunk can never be delivered (dead letter)."""
+
+    index: int
+    reason: str
+    detail: str = ""
+
 
 # --- what a prepare function answers for a record -----------------------------------------------
 

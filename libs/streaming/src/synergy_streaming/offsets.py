@@ -24,6 +24,7 @@ class Chunk:
     pending: int
     size: int = 0  # bytes of the records' values: what the chunk holds in memory
     progress: PartitionProgress | None = None  # None once its partition is forgotten (revoked)
+    records: list[Any] | None = None  # the consumer's records, when the runtime works in runs
 
     @property
     def end(self) -> int:
@@ -118,6 +119,32 @@ class OffsetTracker:
             chunk.pending -= 1
             if chunk.pending <= 0:
                 finished.append(chunk)
+        self.outstanding -= count
+        for chunk in finished:
+            if chunk.progress is not None:
+                self.outstanding_bytes -= chunk.progress.drop_settled()
+        return count
+
+    def settle_runs(self, runs: Iterable[Any]) -> int:
+        """Settle every record of each run (an object with `.chunk` and `.indices`: a message.Run) in
+        one pass. Returns how many were newly settled; as settle_many, settling twice is a no-op."""
+        count = 0
+        finished: list[Chunk] = []
+        for run in runs:
+            chunk = run.chunk
+            if chunk.progress is None:
+                continue
+            done = chunk.done
+            newly = 0
+            for index in run.indices:
+                if not done[index]:
+                    done[index] = True
+                    newly += 1
+            if newly:
+                count += newly
+                chunk.pending -= newly
+                if chunk.pending <= 0:
+                    finished.append(chunk)
         self.outstanding -= count
         for chunk in finished:
             if chunk.progress is not None:

@@ -8,6 +8,10 @@ A key held back through no fault of its own (`park=False`: the target paused) is
 
 A key's queue is a plain list: a run is taken as one slice and settled as one `del`, and a chunk of
 records is queued by `push_many` in one pass.
+
+`counted=True` (the runtime working in runs): each queued item stands for `item.count` messages (a
+message.Run: one key's records of a poll chunk), and the budgets (`take_ready`'s limit, `ready_at_least`,
+the hot-key bound) count messages, not items.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ _NONE: list[Any] = []  # returned, never changed: nothing parked
 @dataclass
 class KeyedQueues(Generic[T]):
     max_pending_per_key: int = 1_000
+    counted: bool = False
     _queues: dict[str, list[T]] = field(default_factory=dict)
     _ready: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
     _busy: set[str] = field(default_factory=set)
@@ -57,13 +62,34 @@ class KeyedQueues(Generic[T]):
                 parked = self._park_one(parked, item)
                 continue
             queue.append(item)
-            if may_park and key in may_park and len(queue) > self.max_pending_per_key:
+            # a key with a run in flight is not parked now: its queue's head is that run, not one message
+            # (its backlog is parked at the next push once the run is answered)
+            if (may_park and key in may_park and key not in busy
+                    and self._pending(queue) > self.max_pending_per_key):
                 backlog = queue[1:]
                 del queue[1:]
                 self._size -= len(backlog)
                 parked_keys.add(key)
                 parked = backlog if parked is _NONE else parked + backlog
         return parked
+
+    def _pending(self, queue: list[Any]) -> int:
+        return sum([item.count for item in queue]) if self.counted else len(queue)
+
+    def replace_head(self, key: str, taken: Sequence[T], pieces: Sequence[list[T]]) -> None:
+        """Each item of the key's taken run `taken` (at the head of its queue) stands as its `pieces`
+        from now on."""
+        queue = self._queues.get(key)
+        if not queue:
+            return
+        present = 0
+        for queued, item in zip(queue, taken, strict=False):
+            if queued is not item:
+                break
+            present += 1
+        replacement = [piece for item_pieces in pieces[:present] for piece in item_pieces]
+        queue[:present] = replacement
+        self._size += len(replacement) - present
 
     def _park_one(self, parked: list[T], item: T) -> list[T]:
         self._size -= 1
@@ -81,13 +107,35 @@ class KeyedQueues(Generic[T]):
         taken: list[tuple[str, list[T]]] = []
         budget = limit
         ready, queues = self._ready, self._queues
-        for key in ready:
-            if budget <= 0:
-                break
-            queue = queues[key]
-            run = queue[:per_key if per_key < budget else budget]
-            budget -= len(run)
-            taken.append((key, run))
+        if self.counted:
+            keys: list[str] = []
+            for key in ready:
+                if budget <= 0:
+                    break
+                queue = queues[key]
+                if len(queue) == 1:
+                    taken.append((key, queue[:]))
+                    budget -= queue[0].count  # type: ignore[attr-defined]
+                else:
+                    run = queue[:per_key]
+                    budget -= sum([item.count for item in run])  # type: ignore[attr-defined]
+                    taken.append((key, run))
+                keys.append(key)
+            if len(keys) == len(ready):
+                ready.clear()
+            else:
+                for key in keys:
+                    del ready[key]
+            self._busy.update(keys)
+            return taken
+        else:
+            for key in ready:
+                if budget <= 0:
+                    break
+                queue = queues[key]
+                run = queue[:per_key if per_key < budget else budget]
+                budget -= len(run)
+                taken.append((key, run))
         for key, _ in taken:
             del ready[key]
         self._busy.update(key for key, _ in taken)
@@ -111,6 +159,13 @@ class KeyedQueues(Generic[T]):
         self._unblock(now)
         count = 0
         queues = self._queues
+        if self.counted:
+            for key in self._ready:
+                queue = queues[key]
+                count += queue[0].count if len(queue) == 1 else self._pending(queue)  # type: ignore[attr-defined]
+                if count >= wanted:
+                    break
+            return count
         for key in self._ready:
             count += len(queues[key])
             if count >= wanted:

@@ -26,6 +26,7 @@ from synergy_streaming.clock import Clock, MonotonicClock
 from synergy_streaming.consumer import Consumer
 from synergy_streaming.dlq import REPLAY_FOR, DeadLetter, DeadLetterWriter
 from synergy_streaming.message import (
+    DELIVERED,
     Delivered,
     Failed,
     ItemOutcome,
@@ -33,7 +34,9 @@ from synergy_streaming.message import (
     PolledSource,
     Record,
     Reject,
+    RejectRecord,
     Retry,
+    Run,
     Skip,
     Source,
     Work,
@@ -52,7 +55,9 @@ from synergy_streaming.steps import (
     Prepare,
     PrepareFn,
     PrepareManyFn,
+    PrepareRunsFn,
     decode_envelope,
+    to_record,
 )
 
 log = structlog.get_logger()
@@ -118,6 +123,7 @@ class StreamProcessor:
         on_dead_letter: Callable[[Work | None, DeadLetter], None] | None = None,
         clock: Clock | None = None,
         prepare_many: PrepareManyFn | None = None,
+        prepare_runs: PrepareRunsFn | None = None,
     ) -> None:
         self.config = config
         self.service = config.service
@@ -128,10 +134,16 @@ class StreamProcessor:
         self.dead_letters = DeadLetterPolicy(self.service, dead_letters, self.brake, destination_of)
         self._on_dead_letter = on_dead_letter
         self.prepare = Prepare(self.service, decode, prepare, is_retryable, self.retry, self.clock,
-                               prepare_many=prepare_many, skip=self._foreign_replay)
+                               prepare_many=prepare_many, skip=self._foreign_replay,
+                               prepare_runs=prepare_runs)
         self.order = OrderByKey(config.max_pending_per_key)
         self.batching = BatchByTarget(config.max_batch_items, config.max_batch_bytes, config.max_batch_wait,
                                       config.max_run_per_key)
+        # In runs (the service passes prepare_runs): the unit of work is a key's run of a poll chunk.
+        self.in_runs = prepare_runs is not None
+        if self.in_runs:
+            self.order.queues.counted = self.batching.counted = True
+            self.prepare.accept_runs = self._accept_runs
         self.deliver = Deliver(self.service, deliver, is_retryable, rate_limits, self.clock)
         self.commits = CommitOffsets(OffsetTracker())
         self.generation = 0
@@ -154,6 +166,10 @@ class StreamProcessor:
         self._waiting_for_room = False
         self._in_flight_items = 0  # work items in deliveries now
         self._read_ahead = config.read_ahead or config.max_in_flight * config.max_batch_items
+        if self.in_runs and not config.read_ahead:
+            # in runs the records are the consumer's own, and polls come whole: reading ahead only two
+            # polls' worth left the loop waiting on fetches (CPU 91-93 %); four keep it busy.
+            self._read_ahead = max(self._read_ahead, 4 * config.max_poll_records)
         self._buffered_gauge = metrics.BUFFERED.labels(self.service)
         self._paused_gauge = metrics.PAUSED.labels(self.service)
         self._batch_size = metrics.BATCH_SIZE.labels(self.service)
@@ -298,11 +314,15 @@ class StreamProcessor:
                     if self._read_enough():
                         continue
             if poll_chunks is not None:
-                chunks = await poll_chunks(config.poll_timeout, config.max_poll_records, PolledSource)
+                chunks = await poll_chunks(config.poll_timeout, config.max_poll_records,
+                                           None if self.in_runs else PolledSource)
             else:
                 chunks = _by_partition(await self.consumer.poll(config.poll_timeout, config.max_poll_records))
             if chunks:
-                self._track(chunks)
+                if self.in_runs:
+                    self._track_runs(chunks)
+                else:
+                    self._track(chunks)
             elif self.paused:
                 await clock.sleep(config.poll_timeout)
 
@@ -327,6 +347,24 @@ class StreamProcessor:
                     self.service, partition.topic)
             counter.inc(len(records))
 
+    def _track_runs(self, chunks: list[tuple[Partition, list[Any]]]) -> None:
+        """In runs: the consumer's records as they are, one chunk a partition; nothing per record but
+        their offsets and sizes."""
+        generation, tracker, prepare = self.generation, self.commits.tracker, self.prepare
+        for partition, records in chunks:
+            if not records:
+                continue
+            size = sum(map(len, [record.value or b"" for record in records]))
+            chunk = tracker.track_chunk(partition.topic, partition.partition,
+                                        [record.offset for record in records], size)
+            chunk.records = records
+            prepare.submit_runs(partition, chunk, generation)
+            counter = self._consumed_counters.get(partition.topic)
+            if counter is None:
+                counter = self._consumed_counters[partition.topic] = metrics.CONSUMED.labels(
+                    self.service, partition.topic)
+            counter.inc(len(records))
+
     # --- prepare outcomes ------------------------------------------------------------------------
 
     def _accept_many(self, sources: list[Source], results: Sequence[Any]) -> None:
@@ -335,9 +373,8 @@ class StreamProcessor:
         keys: list[str] = []
         works: list[Work] = []
         for source, result in zip(sources, results, strict=True):
-            # The decoded value is prepare's input only: dropped now, not held until the record settles
-            # (what deliver needs is in the Work); the next records' values reuse its memory.
-            source.payload = None
+            # source.payload stays: a deliver function may read it (the dispatcher's backlog reads the
+            # event id of the work it moves); dropping it here broke that with a TypeError per item.
             kind = type(result)
             if kind is list and len(result) == 1:
                 work = result[0]
@@ -360,6 +397,73 @@ class StreamProcessor:
             for item in self.order.queues.push_many(keys, works):
                 self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
             self._wake.set()
+
+    def _accept_runs(self, queued: Any, eligible: int, indices: list[int] | None, results: Sequence[Any],
+                     held: bool) -> None:
+        """What prepare_runs answered for a chunk: its runs queued by key in one pass; a RejectRecord
+        dead-lettered; the records in no run settled as skipped."""
+        chunk, generation, max_items = queued.chunk, queued.generation, self.config.max_batch_items
+        if not held and {type(run) for run in results} == {Run}:  # the common case, in one pass each
+            counts = [run.count for run in results]
+            if max(counts) <= max_items:
+                for run in results:
+                    run.chunk, run.generation = chunk, generation
+                if sum(counts) < eligible:
+                    self._settle_uncovered(chunk, generation, indices, results, False)
+                for item in self.order.queues.push_many([run.key for run in results], results):
+                    self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
+                self._wake.set()
+                return
+        keys: list[str] = []
+        runs: list[Run] = []
+        covered = 0
+        for run in results:
+            if type(run) is not Run:
+                if isinstance(run, RejectRecord):
+                    covered += 1
+                    self._reject(self.prepare.source_at(queued, run.index), run.reason, run.detail)
+                    continue
+                raise TypeError(f"prepare_runs answered {run!r}, not a Run or a RejectRecord")
+            count = run.count
+            if not count:
+                continue
+            covered += count
+            run.chunk, run.generation = chunk, generation
+            if held:
+                run.held = True
+            if count > max_items:  # a batch holds max_batch_items records at most: the run goes in parts
+                for start in range(0, count, max_items):
+                    part = Run(run.key, run.target, run.indices[start:start + max_items],
+                               None if run.items is None else run.items[start:start + max_items],
+                               max(1, run.size * min(max_items, count - start) // count))
+                    part.chunk, part.generation, part.held = chunk, generation, run.held
+                    keys.append(part.key)
+                    runs.append(part)
+                continue
+            keys.append(run.key)
+            runs.append(run)
+        if covered < eligible:
+            self._settle_uncovered(chunk, generation, indices, results, held)
+        if runs:
+            for item in self.order.queues.push_many(keys, runs):
+                self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
+            self._wake.set()
+
+    def _settle_uncovered(self, chunk: Any, generation: int, indices: list[int] | None,
+                          results: Sequence[Any],
+                          held: bool) -> None:
+        """The records of a chunk prepared in runs that no run (nor RejectRecord) covers: skipped."""
+        covered = {index for run in results if type(run) is Run for index in run.indices}
+        covered.update(run.index for run in results if isinstance(run, RejectRecord))
+        wanted = range(len(chunk.records)) if indices is None else indices
+        skipped = [(chunk, index) for index in wanted if index not in covered]
+        if not skipped:
+            return
+        self._settled_counter("skipped").inc(len(skipped))
+        self.brake.succeeded(len(skipped), was_held=held)
+        if generation == self.generation:
+            self.commits.tracker.settle_many(skipped)
+            self._made_room()
 
     def _accept(self, source: Source, result: Any) -> None:
         self._accept_many([source], [result])
@@ -414,6 +518,14 @@ class StreamProcessor:
             self._made_room()
 
     def _settle_work(self, work: Work, outcome: str) -> None:
+        if type(work) is Run:
+            self._settled_counter(outcome).inc(work.count)
+            if outcome != "dead_lettered":
+                self.brake.succeeded(work.count, was_held=work.held)
+            if work.generation == self.generation:
+                self.commits.tracker.settle_runs((work,))
+                self._made_room()
+            return
         self._settled_counter(outcome).inc()
         if outcome != "dead_lettered":
             self.brake.succeeded(was_held=work.held)
@@ -425,12 +537,17 @@ class StreamProcessor:
             self.commits.settled(source)
             self._made_room()
 
-    def _settle_delivered(self, items: list[Work]) -> None:
-        """The common case, a whole batch delivered: settled in one pass."""
+    def _settle_delivered(self, items: list[Work], count: int) -> None:
+        """The common case, a whole batch (of `count` records) delivered: settled in one pass."""
+        brake, generation = self.brake, self.generation
+        if self.in_runs:
+            runs: list[Any] = items
+            self._settled_counter("delivered").inc(count)
+            brake.succeeded(count, was_held=brake.engaged and any(run.held for run in runs))
+            self.commits.tracker.settle_runs(runs)  # of this generation: the caller checked
+            return
         self._settled_counter("delivered").inc(len(items))
-        brake = self.brake
         brake.succeeded(len(items), was_held=brake.engaged and any(work.held for work in items))
-        generation = self.generation
         finished: list[Source] = []
         for work in items:
             source = work.source
@@ -441,18 +558,31 @@ class StreamProcessor:
         self.commits.tracker.settle_many(finished)
 
     def _dead_letter_work(self, work: Work, reason: str, detail: str) -> None:
-        assert work.source is not None
-        letter = self.dead_letters.letter(work.source.record, reason, detail, work)
+        if type(work) is Run:  # one letter a record of the run
+            records, partition = work.chunk.records, self._partition_of(work)
+            letters = [self.dead_letters.letter(to_record(partition, records[index]), reason, detail, work)
+                       for index in work.indices]
+        else:
+            assert work.source is not None
+            letters = [self.dead_letters.letter(work.source.record, reason, detail, work)]
         generation = self.generation
 
         async def write() -> None:
-            await self.dead_letters.write([letter])
+            await self.dead_letters.write(letters)
             if self._on_dead_letter is not None:
-                self._on_dead_letter(work, letter)
+                for letter in letters:
+                    self._on_dead_letter(work, letter)
             if generation == self.generation:
                 self._settle_work(work, "dead_lettered")
 
         self._spawn_write(write())
+
+    @staticmethod
+    def _partition_of(run: Run) -> Partition:
+        record = run.chunk.records[run.indices[0]]
+        if isinstance(record, Record):
+            return record.partition
+        return Partition(record.topic, record.partition)
 
     def _note_brake(self) -> None:
         if not self.brake.engaged:
@@ -507,7 +637,11 @@ class StreamProcessor:
         self._held_retry_at = None
         self.brake.reset_streak()
         for source in held:
-            self.prepare.submit(source)
+            if self.in_runs:
+                self.prepare.submit_runs(source.partition, source.chunk, source.generation, [source.index],
+                                         held=True)
+            else:
+                self.prepare.submit(source)
         if self.brake.engaged:
             self._held_retry_at = now + self.brake.retry_interval
 
@@ -522,9 +656,10 @@ class StreamProcessor:
                 self.order.queues.give_back(key)
 
     def _spawn_delivery(self, target: Hashable, groups: list[tuple[str, list[Work]]]) -> None:
-        task = asyncio.ensure_future(self._deliver_batch(target, groups))
+        items = groups[0][1] if len(groups) == 1 else [work for _, run in groups for work in run]
+        count = sum([work.count for work in items]) if self.in_runs else len(items)  # records
+        task = asyncio.ensure_future(self._deliver_batch(target, groups, items, count))
         self._in_flight.add(task)
-        count = sum([len(run) for _, run in groups])
         self._in_flight_items += count
 
         def finished(t: asyncio.Task[Any]) -> None:
@@ -537,16 +672,33 @@ class StreamProcessor:
 
         task.add_done_callback(finished)
 
-    async def _deliver_batch(self, target: Hashable, groups: list[tuple[str, list[Work]]]) -> None:
+    async def _deliver_batch(self, target: Hashable, groups: list[tuple[str, list[Work]]], items: list[Work],
+                             count: int) -> None:
         generation = self.generation
-        items = groups[0][1] if len(groups) == 1 else [work for _, run in groups for work in run]
         now, wall = self.clock.now(), time.time()
-        self._batch_size.observe(len(items))
-        answered = await self.deliver.batch_outcome(target, items)
-        if generation != self.generation:
-            return
+        self._batch_size.observe(count)
+        if self.in_runs:
+            first = await self.deliver.call(target, items)
+            if generation != self.generation:
+                return
+            if type(first) is Delivered or (type(first) is list and len(first) == len(items)
+                                            and all(type(o) is Delivered for o in first)):
+                answered: Any = DELIVERED
+            else:
+                # Not delivered whole: each run of the batch is split into runs of one record, in its
+                # place in its key's queue, and the answer is applied to those (a refused batch bisected
+                # down to the bad record; a retry holding back the rest of the key, in order).
+                groups, first = self._split_runs(groups, first)
+                items = [work for _, run in groups for work in run]
+                answered = await self.deliver.outcomes(target, items, first)
+                if generation != self.generation:
+                    return
+        else:
+            answered = await self.deliver.batch_outcome(target, items)
+            if generation != self.generation:
+                return
         if type(answered) is Delivered:
-            self._settle_delivered(items)
+            self._settle_delivered(items, count)
             self.order.queues.done_many(groups)
             self._made_room()
             return
@@ -558,6 +710,27 @@ class StreamProcessor:
         outcomes = iter(answered)
         for key, run in groups:
             self._apply_run(key, run, [next(outcomes) for _ in run])
+
+    def _split_runs(self, groups: list[tuple[str, list[Work]]], answer: Any) -> tuple[
+            list[tuple[str, list[Work]]], Any]:
+        """Each run of the batch split into runs of one record, in the key queues too; a per-run
+        answer (a list) repeated for each record of its run."""
+        split_groups: list[tuple[str, list[Work]]] = []
+        per_run = iter(answer) if type(answer) is list else None
+        per_record: list[ItemOutcome] = []
+        for key, runs in groups:
+            pieces: list[Work] = []
+            parts_of_runs: list[list[Work]] = []
+            for run in runs:
+                parts: list[Work] = list(run.split()) if type(run) is Run and run.count > 1 else [run]
+                parts_of_runs.append(parts)
+                pieces.extend(parts)
+                if per_run is not None:
+                    per_record.extend([next(per_run)] * len(parts))
+            if len(pieces) != len(runs):
+                self.order.queues.replace_head(key, runs, parts_of_runs)
+            split_groups.append((key, pieces))
+        return split_groups, per_record if per_run is not None else answer
 
     def _apply_run(self, key: str, run: list[Work], outcomes: list[ItemOutcome]) -> None:
         """Settle the run's done prefix; from its first retry on, the key waits, in order."""

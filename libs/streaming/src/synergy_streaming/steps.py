@@ -30,9 +30,12 @@ from synergy_streaming.message import (
     Delivered,
     Failed,
     ItemOutcome,
+    Partition,
     Record,
     Reject,
+    RejectRecord,
     Retry,
+    Run,
     Skip,
     Source,
     SplitBatch,
@@ -140,6 +143,101 @@ def decode_chunk(sources: list[Source], decode: Callable[[Record], Any]) -> list
     return rejected
 
 
+def to_record(partition: Partition, raw: Any) -> Record:
+    """A Record of a consumer's record (aiokafka's ConsumerRecord, or a Record already)."""
+    if isinstance(raw, Record):
+        return raw
+    headers = tuple(raw.headers) if raw.headers else ()
+    return Record(partition, raw.offset, raw.key, raw.value, headers, raw.timestamp)
+
+
+class PolledChunk:
+    """What `prepare_runs` is given: one partition's records of one poll, decoded.
+
+    `records` are the consumer's own (`.key`, `.value`, `.offset`, `.headers`), `payloads[i]` the
+    decoded envelope of `records[i]`, and `indices` the records to prepare (the others were
+    undecodable, or replays for another service, and are handled already); `None`: all of them.
+    """
+
+    __slots__ = ("indices", "partition", "payloads", "records")
+
+    def __init__(self, partition: Partition, records: list[Any], payloads: list[Any],
+                 indices: list[int] | None = None) -> None:
+        self.partition, self.records, self.payloads, self.indices = partition, records, payloads, indices
+
+    def by_key(self) -> dict[bytes | None, list[int]]:
+        """The indices to prepare grouped by Kafka record key, each group in offset order."""
+        groups: dict[bytes | None, list[int]] = {}
+        records = self.records
+        if self.indices is None:
+            for index, record in enumerate(records):
+                groups.setdefault(record.key, []).append(index)
+        else:
+            for index in self.indices:
+                groups.setdefault(records[index].key, []).append(index)
+        return groups
+
+
+RunsResult: TypeAlias = Sequence[Run | RejectRecord]
+PrepareRunsFn = Callable[[PolledChunk], Awaitable[RunsResult] | RunsResult]
+
+
+def decode_records(partition: Partition, records: list[Any], indices: list[int] | None,
+                   decode: Callable[[Record], Any]) -> tuple[list[Any], list[tuple[int, Undecodable]]]:
+    """The decoded value of each record (None where undecodable or not asked for), and the
+    undecodable ones with why. All records (`indices=None`) in bulk: one orjson call a record and the
+    envelope checks in one comprehension."""
+    rejected: list[tuple[int, Undecodable]] = []
+    if indices is None and decode is decode_envelope:
+        values = [record.value for record in records]
+        try:
+            payloads = list(map(orjson.loads, values))
+        except (_JSON_ERROR, TypeError):  # TypeError: a record without a value (a tombstone)
+            payloads = []
+            for value in values:
+                try:
+                    payloads.append(orjson.loads(value))
+                except (_JSON_ERROR, TypeError):
+                    payloads.append(None)
+        ids = _ID_TYPES
+        bad = [index for index, envelope in enumerate(payloads)
+               if not (type(envelope) is dict and (event_id := envelope.get("event_id"))
+                       and type(event_id) in ids and (brand_id := envelope.get("brand_id"))
+                       and type(brand_id) in ids)]
+        for index in bad:
+            payloads[index] = None
+            try:
+                decode_envelope(to_record(partition, records[index]))
+                rejected.append((index, Undecodable("malformed_message", "not an envelope")))
+            except Undecodable as exc:  # says why it is not an envelope
+                rejected.append((index, exc))
+            except TypeError:
+                rejected.append((index, Undecodable("malformed_message", "no value")))
+        return payloads, rejected
+    payloads = [None] * len(records)
+    for index in range(len(records)) if indices is None else indices:
+        try:
+            payloads[index] = decode(to_record(partition, records[index]))
+        except Undecodable as exc:
+            rejected.append((index, exc))
+    return payloads, rejected
+
+
+class _QueuedRuns:
+    """A chunk to be prepared in runs (`prepare_runs`); `indices`: only these records (None: all)."""
+
+    __slots__ = ("chunk", "generation", "held", "indices", "next", "one_by_one", "partition", "payloads")
+
+    def __init__(self, partition: Partition, chunk: Any, generation: int, indices: list[int] | None,
+                 held: bool) -> None:
+        self.partition, self.chunk, self.generation, self.indices = partition, chunk, generation, indices
+        self.held, self.next, self.one_by_one = held, 0, False
+        self.payloads: list[Any] | None = None
+
+
+AcceptRuns = Callable[[Any, int, "list[int] | None", Sequence[Any], bool], None]
+
+
 class _Queued:
     """A chunk of sources waiting to be prepared, in consumption order; `next` is the first not done."""
 
@@ -166,12 +264,14 @@ class Prepare:
     def __init__(self, service: str, decode: Callable[[Record], Any], prepare: PrepareFn,
                  is_retryable: ErrorClassifier, retry: RetryPolicy, clock: Clock,
                  prepare_many: PrepareManyFn | None = None,
-                 skip: Callable[[Source], Skip | None] | None = None) -> None:
+                 skip: Callable[[Source], Skip | None] | None = None,
+                 prepare_runs: PrepareRunsFn | None = None) -> None:
         self.service = service
         self._decode, self._prepare, self._is_retryable = decode, prepare, is_retryable
-        self._prepare_many, self._skip = prepare_many, skip
+        self._prepare_many, self._skip, self._prepare_runs = prepare_many, skip, prepare_runs
         self._retry, self._clock = retry, clock
-        self.queue: deque[_Queued] = deque()
+        self.queue: deque[Any] = deque()  # _Queued, or _QueuedRuns when the service prepares runs
+        self.accept_runs: AcceptRuns | None = None  # set by the runtime when the service prepares runs
         self._wake = asyncio.Event()
         self._failures = 0
 
@@ -185,8 +285,16 @@ class Prepare:
             self.queue.append(_Queued(sources))
             self._wake.set()
 
+    def submit_runs(self, partition: Partition, chunk: Any, generation: int, indices: list[int] | None = None,
+                    held: bool = False) -> None:
+        """A chunk (its records in `chunk.records`) to be prepared by `prepare_runs`."""
+        self.queue.append(_QueuedRuns(partition, chunk, generation, indices, held))
+        self._wake.set()
+
     def __len__(self) -> int:
-        return sum(len(queued.sources) - queued.next for queued in self.queue)
+        return sum(len(queued.sources) - queued.next if type(queued) is _Queued
+                   else len(queued.indices if queued.indices is not None else queued.chunk.records)
+                   for queued in self.queue)
 
     def drain(self) -> None:
         self.queue.clear()
@@ -200,6 +308,16 @@ class Prepare:
                 await self._wake.wait()
                 continue
             queued = self.queue[0]
+            if type(queued) is _QueuedRuns:
+                if queued.generation != current_generation():
+                    self.queue.popleft()
+                    continue
+                if not await self._prepare_in_runs(queued, current_generation, reject, settle_skipped):
+                    continue
+                if self.queue and self.queue[0] is queued:
+                    self.queue.popleft()
+                await asyncio.sleep(0)
+                continue
             if queued.sources[0].generation != current_generation():
                 self.queue.popleft()
                 continue
@@ -234,6 +352,92 @@ class Prepare:
         if not dropped:
             return sources
         return [source for source in sources if id(source) not in dropped]
+
+    def source_at(self, queued: _QueuedRuns, index: int) -> Source:
+        """A Source of one record of a chunk in runs (for the rare paths: reject, skip, dead letter)."""
+        return Source(to_record(queued.partition, queued.chunk.records[index]), queued.generation,
+                      queued.chunk, index, 1, queued.held)
+
+    async def _prepare_in_runs(self, queued: _QueuedRuns, current_generation: Callable[[], int],
+                               reject: Callable[[Source, str, str], None],
+                               settle_skipped: Callable[[Source, Skip], None]) -> bool:
+        """prepare_runs over the chunk (or, after a non-retryable failure, record by record). True
+        when the chunk is done; False while a retryable failure waits at its head."""
+        assert self._prepare_runs is not None and self.accept_runs is not None
+        records = queued.chunk.records
+        if queued.payloads is None:
+            payloads, rejected = decode_records(queued.partition, records, queued.indices, self._decode)
+            dropped: set[int] = set()
+            for index, exc in rejected:
+                dropped.add(index)
+                reject(self.source_at(queued, index), exc.reason, exc.detail)
+            if self._skip is not None:
+                with_headers = ([index for index, record in enumerate(records) if record.headers]
+                                if queued.indices is None else
+                                [index for index in queued.indices if records[index].headers])
+                for index in with_headers:
+                    if index not in dropped:
+                        source = self.source_at(queued, index)
+                        skip = self._skip(source)
+                        if skip is not None:
+                            dropped.add(index)
+                            settle_skipped(source, skip)
+            if dropped:
+                wanted = range(len(records)) if queued.indices is None else queued.indices
+                queued.indices = [index for index in wanted if index not in dropped]
+            queued.payloads = payloads
+        if queued.indices is not None and not queued.indices:
+            return True
+        if not queued.one_by_one:
+            polled = PolledChunk(queued.partition, records, queued.payloads, queued.indices)
+            try:
+                results = await self._call_prepare_runs(polled)
+            except Exception as exc:
+                if self._is_retryable(exc):
+                    await self._back_off(exc)
+                    return False
+                log.warning("prepare_runs failed; preparing the chunk record by record", service=self.service,
+                            error=repr(exc))
+                queued.one_by_one = True
+                return False
+            self._failures = 0
+            if queued.generation == current_generation():
+                self.accept_runs(queued, len(records) if queued.indices is None else len(queued.indices),
+                                 queued.indices, results, queued.held)
+            return True
+        wanted = list(range(len(records))) if queued.indices is None else queued.indices
+        since_yield = 0
+        while queued.next < len(wanted):
+            index = wanted[queued.next]
+            since_yield += 1
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+                if queued.generation != current_generation():
+                    return True
+            try:
+                results = await self._call_prepare_runs(
+                    PolledChunk(queued.partition, records, queued.payloads, [index]))
+            except Exception as exc:
+                if self._is_retryable(exc):
+                    await self._back_off(exc)
+                    return False
+                queued.next += 1
+                if queued.generation == current_generation():
+                    reject(self.source_at(queued, index), "prepare_failed", repr(exc)[:500])
+                continue
+            self._failures = 0
+            queued.next += 1
+            if queued.generation == current_generation():
+                self.accept_runs(queued, 1, [index], results, queued.held)
+        return True
+
+    async def _call_prepare_runs(self, polled: PolledChunk) -> Sequence[Any]:
+        assert self._prepare_runs is not None
+        results = self._prepare_runs(polled)
+        if inspect.isawaitable(results):
+            results = await results
+        return results
 
     async def _back_off(self, exc: BaseException) -> None:
         self._failures += 1
@@ -338,6 +542,7 @@ class BatchByTarget:
     max_bytes: int = 1_000_000
     max_wait: float = 0.05
     max_run_per_key: int = 50
+    counted: bool = False  # items are runs of `item.count` records: the count budget counts records
 
     def pack(self, taken: list[tuple[str, list[Work]]]) -> list[tuple[Hashable, Runs]]:
         """Batches of (key, run); a run never spans two batches, and may be cut to fit."""
@@ -349,13 +554,20 @@ class BatchByTarget:
             for key, run in taken:
                 by_target.setdefault(run[0].target, []).append((key, run))
         batches: list[tuple[Hashable, Runs]] = []
-        max_items, max_bytes = self.max_items, self.max_bytes
+        max_items, max_bytes, counted = self.max_items, self.max_bytes, self.counted
         for target, runs in by_target.items():
             current: Runs = []
             count = size = 0
             for key, run in runs:
                 length = len(run)
-                run_size = run[0].size if length == 1 else sum([work.size for work in run])
+                if length == 1:
+                    run_size = run[0].size
+                    if counted:
+                        length = run[0].count
+                else:
+                    run_size = sum([work.size for work in run])
+                    if counted:
+                        length = sum([work.count for work in run])
                 if current and (count + length > max_items or size + run_size > max_bytes):
                     batches.append((target, current))
                     current, count, size = [], 0, 0
@@ -370,7 +582,7 @@ class BatchByTarget:
                         break
                     cut.append(work)
                     size += work.size
-                    count += 1
+                    count += work.count if counted else 1
                 current.append((key, cut))
             if current:
                 batches.append((target, current))
@@ -397,6 +609,10 @@ class Deliver:
         while (wait := limit.window_wait(self._clock.now())) > 0:
             await self._clock.sleep(wait)
         limit.sent(self._clock.now())
+
+    async def call(self, target: Hashable, items: Sequence[Work]) -> BatchOutcome:
+        """The deliver function's own answer for the batch (rate-limited; an exception classified)."""
+        return await self._call(target, items)
 
     async def _call(self, target: Hashable, items: Sequence[Work]) -> BatchOutcome:
         await self._wait_for_slot(target)
