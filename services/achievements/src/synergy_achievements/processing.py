@@ -171,9 +171,13 @@ class ProfileKeeper:
 
     def apply(self, state: UserState, data: dict[str, Any]) -> None:
         snapshot = data.get("user_snapshot") or {}
+        profile = state.profile
         for block in self.OWN_BLOCKS:
-            if snapshot.get(block):
-                state.profile[block] = {**state.profile.get(block, {}), **snapshot[block]}
+            incoming = snapshot.get(block)
+            if incoming:
+                kept = profile.get(block)
+                if kept is None or not kept.items() >= incoming.items():  # else merging changes nothing
+                    profile[block] = {**(kept or {}), **incoming}
         for block, name in (("economy", "currency_name"), ("status", "status_name")):
             value = (snapshot.get(block) or {}).get(name)
             if value:
@@ -398,6 +402,12 @@ class LoyaltyProcessor:
         """`apply_many` on a state as the table stores it (serialised): decoding makes a fresh state, so
         it is not copied first."""
         return self._apply_to_own(UserState.from_bytes(stored) if stored else None, events, rules)
+
+    def apply_owned(
+        self, state: UserState | None, events: Sequence[dict[str, Any]], rules: BrandRules
+    ) -> Outcome:
+        """`apply_many` on a state no one else holds: the events are applied to `state` itself."""
+        return self._apply_to_own(state, events, rules)
 
     def _apply_to_own(
         self, state: UserState | None, events: Sequence[dict[str, Any]], rules: BrandRules
