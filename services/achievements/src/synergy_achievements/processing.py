@@ -403,12 +403,6 @@ class LoyaltyProcessor:
         it is not copied first."""
         return self._apply_to_own(UserState.from_bytes(stored) if stored else None, events, rules)
 
-    def apply_owned(
-        self, state: UserState | None, events: Sequence[dict[str, Any]], rules: BrandRules
-    ) -> Outcome:
-        """`apply_many` on a state no one else holds: the events are applied to `state` itself."""
-        return self._apply_to_own(state, events, rules)
-
     def _apply_to_own(
         self, state: UserState | None, events: Sequence[dict[str, Any]], rules: BrandRules
     ) -> Outcome:

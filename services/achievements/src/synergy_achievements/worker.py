@@ -55,8 +55,6 @@ RECOMPUTE_CHUNK = 500
 EXIT_BATCH_UNFINISHED = 70
 TOPIC_ALREADY_EXISTS = 36
 OWNERS_KEPT = 1 << 16  # users whose partition key and partition are remembered
-# The states last written for this many users are kept decoded, saving a decode of a user met again.
-STATES_KEPT = 10_000
 SERVICE = "achievements"  # the dead letters' service, and what a replay for this worker is marked with
 
 
@@ -295,7 +293,6 @@ class AchievementsWorker:
         self._rules_watch: asyncio.Future[None] | None = None
         self.last_offsets: dict[tuple[str, int], int] = {}
         self._owners: dict[tuple[Any, Any], tuple[bytes, int]] = {}
-        self._states: dict[bytes, tuple[bytes, UserState]] = {}  # key -> (value written, its state)
         self.events_topic = EVENTS.name
         self.awards_topic = referral_awards_topic()
         hosts = settings.kafka_bootstrap_servers.split(",")
@@ -409,12 +406,12 @@ class AchievementsWorker:
                                            for tp, offset in step.input_offsets.items()):
             self.last_offsets[(topic, partition)] = offset
         counts = BatchCounts()
+        store = self.table.data  # the store itself: Table.get adds faust's per-key sensor hook and a look-up
         for_brand = self.rules.catalog.for_brand
-        apply_owned = self.processor.apply_owned
-        stored_state = self._stored_state
+        apply_stored = self.processor.apply_stored
         output = self._output
         for key, envelopes in by_user.items():
-            outcome = apply_owned(stored_state(key), envelopes, for_brand(str(envelopes[0]["brand_id"])))
+            outcome = apply_stored(store.get(key), envelopes, for_brand(str(envelopes[0]["brand_id"])))
             if outcome.applied:
                 step = steps[self.partition_of(key)]
                 step.states.append((key, outcome.state))
@@ -453,25 +450,6 @@ class AchievementsWorker:
         ]
         if entries:
             self.table.apply_changelog_batch(entries)
-            states = self._states
-            for (key, state), record in zip(step.states, changelog, strict=True):
-                states.pop(key, None)
-                states[key] = (record.value, state)
-                if len(states) > STATES_KEPT:
-                    del states[next(iter(states))]  # the least recently written
-
-    def _stored_state(self, key: bytes) -> UserState | None:
-        """The user's state as the table stores it, decoded; the state this worker last wrote for the key
-        when the store still holds exactly what it wrote (its own, so applying to it in place is safe:
-        a batch that fails after that ends the process)."""
-        # the store itself: Table.get adds faust's per-key sensor hook and a second look-up
-        stored = self.table.data.get(key)
-        if stored is None:
-            return None
-        written = self._states.pop(key, None)
-        if written is not None and written[0] == stored:
-            return written[1]
-        return UserState.from_bytes(stored)
 
     async def _take_over(self, assigned: set[TP]) -> None:
         """On every assignment, before faust restores the table: one transactional producer per assigned
