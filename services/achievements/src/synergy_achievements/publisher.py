@@ -104,10 +104,12 @@ async def send_records(
             headers = [*record.headers, (WRITER_HEADER, WRITER)]
             while batch.append(key=record.key, value=record.value, timestamp=None,
                                headers=headers) is None:  # full: send it, start another
+                batch.close()
                 acknowledgement = await producer.send_batch(batch, topic, partition=partition)
                 sent.append((in_batch, acknowledgement))
                 batch, in_batch = producer.create_batch(), []
             in_batch.append(index)
+        batch.close()  # a closed batch is sent at once; an open one would wait out linger_ms first
         sent.append((in_batch, await producer.send_batch(batch, topic, partition=partition)))
     offsets = [0] * len(records)
     for indices, acknowledgement in sent:

@@ -206,7 +206,7 @@ class CompiledRule:
         self.test = COMPARISONS[OPERATORS[rule.criteria.operator]]
         self.target = rule.criteria.value
         self.show_progress = rule.show_progress
-        self._progress: dict[float, dict[str, Any]] = {}  # by the metric's value; read-only dicts
+        self._progress: dict[int, dict[str, Any]] = {}  # by the metric's (integer) value; read-only dicts
 
     def met(self, state: UserState) -> bool:
         return self.test(self.read(state), self.target)
@@ -214,13 +214,15 @@ class CompiledRule:
     def progress(self, state: UserState) -> dict[str, Any]:
         """The progress of a rule the state has not unlocked yet."""
         current = self.read(state)
-        progress = self._progress.get(current)
+        # 3 and 3.0 print apart: only integer values are looked up and kept
+        exact = current if type(current) is int else None
+        progress = self._progress.get(exact) if exact is not None else None
         if progress is None:
             target = self.target
             ratio = min(1.0, current / target) if target > 0 else 0.0
             progress = {"current": current, "target": target, "percent": round(ratio * 100, 1)}
-            if len(self._progress) < PROGRESS_KEPT:
-                self._progress[current] = progress
+            if exact is not None and len(self._progress) < PROGRESS_KEPT:
+                self._progress[exact] = progress
         return progress
 
 
