@@ -292,7 +292,7 @@ class AchievementsWorker:
         self.pool_ready = asyncio.Event()
         self._rules_watch: asyncio.Future[None] | None = None
         self.last_offsets: dict[tuple[str, int], int] = {}
-        self._owners: dict[tuple[Any, Any], tuple[bytes, int]] = {}
+        self._owners: dict[tuple[str, str], tuple[bytes, int]] = {}
         self.events_topic = EVENTS.name
         self.awards_topic = referral_awards_topic()
         hosts = settings.kafka_bootstrap_servers.split(",")
@@ -500,6 +500,9 @@ class AchievementsWorker:
     def _owner_of(self, brand_id: Any, user_id: Any) -> tuple[bytes, int]:
         """A user's partition key and the partition the default partitioner gives it (murmur2 is pure
         Python in aiokafka), remembered for the users seen lately."""
+        if type(brand_id) is not str or type(user_id) is not str:  # e.g. 1 == True: keys would mix up
+            key = partition_key(brand_id, user_id).encode()
+            return key, self.partition_of(key)
         found = self._owners.get((brand_id, user_id))
         if found is None:
             if len(self._owners) >= OWNERS_KEPT:
