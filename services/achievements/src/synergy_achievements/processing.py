@@ -171,13 +171,9 @@ class ProfileKeeper:
 
     def apply(self, state: UserState, data: dict[str, Any]) -> None:
         snapshot = data.get("user_snapshot") or {}
-        profile = state.profile
         for block in self.OWN_BLOCKS:
-            incoming = snapshot.get(block)
-            if incoming:
-                kept = profile.get(block)
-                if kept is None or not kept.items() >= incoming.items():  # else merging changes nothing
-                    profile[block] = {**(kept or {}), **incoming}
+            if snapshot.get(block):
+                state.profile[block] = {**state.profile.get(block, {}), **snapshot[block]}
         for block, name in (("economy", "currency_name"), ("status", "status_name")):
             value = (snapshot.get(block) or {}).get(name)
             if value:
