@@ -6,7 +6,7 @@ the same run: a bare aiokafka consume-and-produce loop, and a bare faust agent t
 
 The topic is filled before any loop runs, so no load generator shares the CPU with a loop under test.
 The loops consume the same filled topic (from the start, in their own consumer group), poll at most
-500 records at a time and produce through `durable_producer` with the worker's PRODUCER_SETTINGS; they
+500 records at a time and produce through `durable_producer` with the worker's PRODUCER_SETTINGS (and its lz4 level, `compress_lz4_fast`); they
 run alternately, twice each, and the medians are compared. Each rate is input events per second on the
 broker timestamps of what the loop wrote, read after the loop has finished: the bare loop's copies (one
 per event), the worker's snapshots (one per user per batch, counted as the events their state_version
@@ -38,7 +38,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from synergy_achievements.processing import LoyaltyProcessor
-from synergy_achievements.publisher import PRODUCER_SETTINGS
+from synergy_achievements.publisher import PRODUCER_SETTINGS, compress_lz4_fast
 from synergy_achievements.rules import default_rules
 from synergy_common.kafka import durable_producer
 from ulid import ULID
@@ -150,6 +150,7 @@ async def bare_loop(source: str, sink: str) -> Rate:
     consumer = AIOKafkaConsumer(source, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
                                 group_id=f"bench-bare-{uuid.uuid4().hex[:6]}", enable_auto_commit=True,
                                 max_poll_records=MAX_POLL_RECORDS)
+    compress_lz4_fast()  # as the worker compresses
     producer = durable_producer(BOOTSTRAP, client_id="bench-bare", **PRODUCER_SETTINGS)
     await consumer.start()
     await producer.start()

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import faust
-from synergy_achievements.publisher import PRODUCER_SETTINGS
+from synergy_achievements.publisher import PRODUCER_SETTINGS, compress_lz4_fast
 from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.kafka import durable_producer
 
@@ -42,4 +42,5 @@ async def drain(stream: Any) -> None:
 
 if __name__ == "__main__":
     tune_garbage_collector()
+    compress_lz4_fast()  # as the worker compresses
     faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()

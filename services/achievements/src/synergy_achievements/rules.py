@@ -187,13 +187,16 @@ class AchievementRule:
         )
 
 
+# Per rule, the progress dicts of this many metric values are kept and shared between snapshots (they
+# are only serialised): a snapshot shows the progress of every locked rule, and most values recur.
+PROGRESS_KEPT = 4096
 ALWAYS_TIMED_EVENTS = frozenset({"product_scanned"})  # the power-user window needs recent scans
 
 
 class CompiledRule:
     """An achievement rule as the hot path judges it: its metric one call, its operator one function."""
 
-    __slots__ = ("key", "read", "reads", "rule", "show_progress", "target", "test")
+    __slots__ = ("_progress", "key", "read", "reads", "rule", "show_progress", "target", "test")
 
     def __init__(self, rule: AchievementRule) -> None:
         self.key = rule.key
@@ -203,6 +206,7 @@ class CompiledRule:
         self.test = COMPARISONS[OPERATORS[rule.criteria.operator]]
         self.target = rule.criteria.value
         self.show_progress = rule.show_progress
+        self._progress: dict[int, dict[str, Any]] = {}  # by the metric's (integer) value; read-only dicts
 
     def met(self, state: UserState) -> bool:
         return self.test(self.read(state), self.target)
@@ -210,9 +214,16 @@ class CompiledRule:
     def progress(self, state: UserState) -> dict[str, Any]:
         """The progress of a rule the state has not unlocked yet."""
         current = self.read(state)
-        target = self.target
-        ratio = min(1.0, current / target) if target > 0 else 0.0
-        return {"current": current, "target": target, "percent": round(ratio * 100, 1)}
+        # 3 and 3.0 print apart: only integer values are looked up and kept
+        exact = current if type(current) is int else None
+        progress = self._progress.get(exact) if exact is not None else None
+        if progress is None:
+            target = self.target
+            ratio = min(1.0, current / target) if target > 0 else 0.0
+            progress = {"current": current, "target": target, "percent": round(ratio * 100, 1)}
+            if exact is not None and len(self._progress) < PROGRESS_KEPT:
+                self._progress[exact] = progress
+        return progress
 
 
 class RuleBook:

@@ -54,6 +54,7 @@ RECOMPUTE_CHUNK = 500
 # reads the batch again from the last committed offsets.
 EXIT_BATCH_UNFINISHED = 70
 TOPIC_ALREADY_EXISTS = 36
+OWNERS_KEPT = 1 << 16  # users whose partition key and partition are remembered
 SERVICE = "achievements"  # the dead letters' service, and what a replay for this worker is marked with
 
 
@@ -130,6 +131,35 @@ class PartitionStep:
     @property
     def has_records(self) -> bool:
         return bool(self.letters or self.outputs or self.states)
+
+
+class BatchCounts:
+    """A batch's outcome counts, added to the Prometheus counters once per batch (one `inc` per name)."""
+
+    __slots__ = ("applied", "duplicates", "rejected_redemptions", "unlocked")
+
+    def __init__(self) -> None:
+        self.applied: dict[str, int] = {}
+        self.duplicates: dict[str, int] = {}
+        self.unlocked: dict[str, int] = {}
+        self.rejected_redemptions = 0
+
+    def add(self, outcome: Outcome) -> None:
+        for counts, names in ((self.applied, outcome.applied), (self.duplicates, outcome.duplicates),
+                              (self.unlocked, outcome.unlocked)):
+            for name in names:
+                counts[name] = counts.get(name, 0) + 1
+        self.rejected_redemptions += outcome.rejected_redemptions
+
+    def publish(self) -> None:
+        for name, count in self.applied.items():
+            metrics.events_processed(name, "applied").inc(count)
+        for name, count in self.duplicates.items():
+            metrics.events_processed(name, "duplicate").inc(count)
+        for achievement, count in self.unlocked.items():
+            metrics.unlocks(achievement).inc(count)
+        if self.rejected_redemptions:
+            metrics.REDEMPTIONS_REJECTED.inc(self.rejected_redemptions)
 
 
 class RejectedByPostgres(Exception):
@@ -262,6 +292,7 @@ class AchievementsWorker:
         self.pool_ready = asyncio.Event()
         self._rules_watch: asyncio.Future[None] | None = None
         self.last_offsets: dict[tuple[str, int], int] = {}
+        self._owners: dict[tuple[str, str], tuple[bytes, int]] = {}
         self.events_topic = EVENTS.name
         self.awards_topic = referral_awards_topic()
         hosts = settings.kafka_bootstrap_servers.split(",")
@@ -340,12 +371,15 @@ class AchievementsWorker:
         input offsets; once committed, the states go into the table's store. Only then may faust ack."""
         by_user: dict[bytes, list[dict[str, Any]]] = {}
         steps: dict[int, PartitionStep] = {}
+        owner_of = self._owner_of
         for event in events:
             message = event.message
-            self.last_offsets[(message.topic, message.partition)] = message.offset
-            step = steps.setdefault(message.partition, PartitionStep())
-            step.input_offsets[(message.topic, message.partition)] = message.offset + 1
-            if not self._is_for_this_service(message):
+            partition = message.partition
+            step = steps.get(partition)
+            if step is None:
+                step = steps[partition] = PartitionStep()
+            step.input_offsets[(message.topic, partition)] = message.offset + 1
+            if message.headers and not self._is_for_this_service(message):
                 continue
             envelope = self._parse(message.value)
             if envelope is None:
@@ -357,22 +391,33 @@ class AchievementsWorker:
                 name = counted_name(envelope.get("name") or "")
                 metrics.EVENTS_PROCESSED.labels(name, "anonymous_skipped").inc()
                 continue
-            key = partition_key(envelope["brand_id"], user_id).encode()
-            if message.partition != (owner := self.partition_of(key)):
+            key, owner = owner_of(envelope["brand_id"], user_id)
+            if partition != owner:
                 # Another partition holds (or will hold) this user's state: applying it here would split it.
                 step.letters.append(self._dead_letter(
                     message, "wrong_partition", f"key {key!r} belongs to partition {owner}"))
                 continue
-            by_user.setdefault(key, []).append(envelope)
+            envelopes = by_user.get(key)
+            if envelopes is None:
+                by_user[key] = [envelope]
+            else:
+                envelopes.append(envelope)
+        for (topic, partition), offset in ((tp, offset - 1) for step in steps.values()
+                                           for tp, offset in step.input_offsets.items()):
+            self.last_offsets[(topic, partition)] = offset
+        counts = BatchCounts()
+        store = self.table.data  # the store itself: Table.get adds faust's per-key sensor hook and a look-up
+        for_brand = self.rules.catalog.for_brand
+        apply_stored = self.processor.apply_stored
+        output = self._output
         for key, envelopes in by_user.items():
-            rules = self.rules.catalog.for_brand(str(envelopes[0]["brand_id"]))
-            # the store itself: Table.get adds faust's per-key sensor hook and a second look-up
-            outcome = self.processor.apply_stored(self.table.data.get(key), envelopes, rules)
+            outcome = apply_stored(store.get(key), envelopes, for_brand(str(envelopes[0]["brand_id"])))
             if outcome.applied:
                 step = steps[self.partition_of(key)]
                 step.states.append((key, outcome.state))
-                step.outputs.extend(self._output(emit) for emit in outcome.emits)
-            self._count(outcome)
+                step.outputs.extend([output(emit) for emit in outcome.emits])
+            counts.add(outcome)
+        counts.publish()
         await self._commit_steps(steps)
 
     async def _commit_steps(self, steps: Mapping[int, PartitionStep]) -> None:
@@ -452,16 +497,19 @@ class AchievementsWorker:
     def partition_of(self, key: bytes) -> int:
         return key_partition(key, self.partitions)
 
-    @staticmethod
-    def _count(outcome: Outcome) -> None:
-        for name in outcome.applied:
-            metrics.events_processed(name, "applied").inc()
-        for name in outcome.duplicates:
-            metrics.events_processed(name, "duplicate").inc()
-        for achievement in outcome.unlocked:
-            metrics.unlocks(achievement).inc()
-        if outcome.rejected_redemptions:
-            metrics.REDEMPTIONS_REJECTED.inc(outcome.rejected_redemptions)
+    def _owner_of(self, brand_id: Any, user_id: Any) -> tuple[bytes, int]:
+        """A user's partition key and the partition the default partitioner gives it (murmur2 is pure
+        Python in aiokafka), remembered for the users seen lately."""
+        if type(brand_id) is not str or type(user_id) is not str:  # e.g. 1 == True: keys would mix up
+            key = partition_key(brand_id, user_id).encode()
+            return key, self.partition_of(key)
+        found = self._owners.get((brand_id, user_id))
+        if found is None:
+            if len(self._owners) >= OWNERS_KEPT:
+                self._owners.clear()
+            key = partition_key(brand_id, user_id).encode()
+            found = self._owners[(brand_id, user_id)] = (key, self.partition_of(key))
+        return found
 
     def _output(self, emit: Emit) -> Record:
         value = emit.value
