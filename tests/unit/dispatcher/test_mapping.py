@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 from synergy_dispatcher.mapping import (
+    event_uuid,
     order_key,
     posthog_batch_body,
     posthog_item,
@@ -117,3 +119,9 @@ def test_a_brand_gets_its_own_and_the_deployments_destinations_but_not_disabled_
     paused = Destination("5", "7", "ph", "posthog", state="paused")
     assert [d.id for d in destinations_for("7", [mine, theirs, deployment, gone, paused])] == ["1", "3", "5"]
     assert [d.id for d in destinations_for("8", [mine, theirs, deployment, gone, paused])] == ["2", "3"]
+
+
+def test_the_uuid_is_the_standard_uuid5_of_the_event_id() -> None:
+    namespace = uuid.UUID("6f1c2b1e-3d4a-5b6c-9d7e-8f9a0b1c2d3e")
+    for event_id in ("01J9ZX4T7Q8N6F5R3W2Y1V0B9C", "", "é-ünïcode", "x" * 300):
+        assert event_uuid(event_id) == str(uuid.uuid5(namespace, event_id))

@@ -191,7 +191,7 @@ class Dispatcher:
             max_batch_items=s.dispatcher_posthog_batch_items,
             # A batch of one PostHog destination is one request: its items' bytes stay under 5 MB.
             max_batch_bytes=s.dispatcher_posthog_max_request_bytes - 1024,
-            max_in_flight=s.dispatcher_max_in_flight, max_batch_wait=0.05)
+            max_in_flight=s.dispatcher_max_in_flight, read_ahead=s.dispatcher_read_ahead, max_batch_wait=0.05)
 
     # --- prepare: which destinations get the event --------------------------------------------
 

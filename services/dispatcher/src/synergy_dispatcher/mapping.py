@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 # PostHog deduplicates on uuid (+ event, timestamp, distinct_id); a fixed namespace makes the uuid a
 # function of the event id alone, so a redelivery after a crash is the same row to PostHog.
 EVENT_UUID_NAMESPACE = uuid.UUID("6f1c2b1e-3d4a-5b6c-9d7e-8f9a0b1c2d3e")
+_NAMESPACE_BYTES = EVENT_UUID_NAMESPACE.bytes
 
 POSTHOG_EVENT_NAMES = {"identify": "$identify", "page": "$pageview", "screen": "$screen"}
 
@@ -80,7 +82,12 @@ def webhook_body(envelope: Mapping[str, Any]) -> bytes:
 
 
 def event_uuid(event_id: str) -> str:
-    return str(uuid.uuid5(EVENT_UUID_NAMESPACE, str(event_id)))
+    """`str(uuid.uuid5(EVENT_UUID_NAMESPACE, event_id))` without the UUID object (a fifth of prepare)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + str(event_id).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def posthog_item(envelope: Mapping[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,9 @@ class DispatcherSettings(BaseSettings):
     # (a claimed user's items go out one after another: per_user x the webhook timeout at worst).
     dispatcher_backlog_lease: str = "6m"
     dispatcher_max_in_flight: int = 32  # batches; a batch's slowest key no longer idles the 32 webhook slots
+    # Records read ahead beyond those in deliveries (the runtime's default, in-flight x batch items, is
+    # 32,000: records that wait that long have left the CPU's caches). A few PostHog batches' worth.
+    dispatcher_read_ahead: int = 4_000
 
     def seconds(self, name: str) -> float:
         return parse_duration(getattr(self, name)).total_seconds()
