@@ -17,7 +17,6 @@ from typing import Any
 
 import asyncpg
 import structlog
-from synergy_common.kafka import durable_producer
 from synergy_schemas.topics import EVENTS, INSIGHTS
 from synergy_streaming import (
     DELIVERED,
@@ -35,6 +34,7 @@ from synergy_streaming import (
 )
 
 from synergy_marketing import metrics, store
+from synergy_marketing.consumer_loop import run_restarting
 from synergy_marketing.settings import MarketingSettings
 from synergy_marketing.state import (
     ANONYMOUS_PREFIX,
@@ -321,28 +321,12 @@ async def run_consumer(
     group_id: str | None = None,
 ) -> None:
     """Runs until cancelled; retried from the committed offsets when Kafka is away at start."""
-    while True:
-        producer = durable_producer(settings.kafka_bootstrap_servers, client_id="synergy-marketing-dlq")
-        processor, _ = build_processor(
-            pool,
-            settings,
-            events_topic=events_topic,
-            insights_topic=insights_topic,
-            group_id=group_id,
-            dead_letter_producer=producer,
-        )
-        try:
-            await producer.start()
-            await processor.consumer.start()
-            try:
-                await processor.run()
-            finally:
-                await processor.consumer.stop()
-        except asyncio.CancelledError:
-            processor.stop()
-            raise
-        except Exception as exc:
-            log.error("marketing consumer stopped; restarting", error=repr(exc))
-            await asyncio.sleep(2)
-        finally:
-            await producer.stop()
+
+    def build(producer: Any) -> StreamProcessor:
+        processor, _ = build_processor(pool, settings, events_topic=events_topic,
+                                       insights_topic=insights_topic, group_id=group_id,
+                                       dead_letter_producer=producer)
+        return processor
+
+    await run_restarting("marketing consumer", settings.kafka_bootstrap_servers, "synergy-marketing-dlq",
+                         build)

@@ -11,13 +11,11 @@ and applying the same webhook twice changes nothing the second time.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import structlog
-from synergy_common.kafka import durable_producer
 from synergy_schemas.topics import INSIGHTS
 from synergy_streaming import (
     DELIVERED,
@@ -33,6 +31,7 @@ from synergy_streaming import (
 )
 
 from synergy_marketing import preference_metrics as pm
+from synergy_marketing.consumer_loop import run_restarting
 from synergy_marketing.email_preferences import SubscriptionChange, subscription_change_from_insight
 from synergy_marketing.preferences_store import PreferenceChangeRelay, apply_subscription_change
 from synergy_marketing.settings import MarketingSettings
@@ -108,28 +107,10 @@ async def run_subscription_consumer(
     group_id: str | None = None,
 ) -> None:
     """Runs until cancelled; restarted from the committed offsets when Kafka is away."""
-    while True:
-        producer = durable_producer(settings.kafka_bootstrap_servers, client_id="synergy-marketing-subs-dlq")
-        processor = build_subscription_processor(
-            pool,
-            settings,
-            relay,
-            insights_topic=insights_topic,
-            group_id=group_id,
-            dead_letter_producer=producer,
-        )
-        try:
-            await producer.start()
-            await processor.consumer.start()
-            try:
-                await processor.run()
-            finally:
-                await processor.consumer.stop()
-        except asyncio.CancelledError:
-            processor.stop()
-            raise
-        except Exception as exc:
-            log.error("subscription consumer stopped; restarting", error=repr(exc))
-            await asyncio.sleep(2)
-        finally:
-            await producer.stop()
+
+    def build(producer: Any) -> StreamProcessor:
+        return build_subscription_processor(pool, settings, relay, insights_topic=insights_topic,
+                                            group_id=group_id, dead_letter_producer=producer)
+
+    await run_restarting("subscription consumer", settings.kafka_bootstrap_servers,
+                         "synergy-marketing-subs-dlq", build)
