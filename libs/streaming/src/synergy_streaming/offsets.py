@@ -119,11 +119,7 @@ class OffsetTracker:
             chunk.pending -= 1
             if chunk.pending <= 0:
                 finished.append(chunk)
-        self.outstanding -= count
-        for chunk in finished:
-            if chunk.progress is not None:
-                self.outstanding_bytes -= chunk.progress.drop_settled()
-        return count
+        return self._settled(count, finished)
 
     def settle_runs(self, runs: Iterable[Any]) -> int:
         """Settle every record of each run (an object with `.chunk` and `.indices`: a message.Run) in
@@ -145,6 +141,10 @@ class OffsetTracker:
                 chunk.pending -= newly
                 if chunk.pending <= 0:
                     finished.append(chunk)
+        return self._settled(count, finished)
+
+    def _settled(self, count: int, finished: list[Chunk]) -> int:
+        """Account for `count` newly settled records, and drop the settled prefix of finished chunks."""
         self.outstanding -= count
         for chunk in finished:
             if chunk.progress is not None:
