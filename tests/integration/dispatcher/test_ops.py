@@ -31,8 +31,8 @@ async def test_the_dispatcher_process_is_alive_ready_serves_metrics_and_delivers
         harness: DispatcherHarness, brand: Brand) -> None:
     h, brand_id = harness, brand.brand_id
     hook_id, hook = await h.webhook(brand_id)
-    delivered = (f'synergy_dispatcher_delivered_total{{type="webhook",brand_id="{brand_id}",'
-                 f'destination="webhook:{hook_id}"}} 5.0')
+    delivered = (f'synergy_dispatcher_delivered_total{{brand_id="{brand_id}",destination="webhook:{hook_id}",'
+                 'type="webhook"} 5.0')
     envelopes = user_events(brand_id, 5, users=2)
     port = free_port()
     async with (dispatcher_process(h, {"DISPATCHER_PORT": str(port)}),
