@@ -216,11 +216,14 @@ async def test_postgres_away_while_the_backlog_is_written_loses_nothing(
             lag_during_outage = sum(running.processor.lag.values())
         await h.publish(envelopes[100:])
         await eventually(lambda: _backlog_holds(h, down_id, 150), timeout=90, what="the backlog, complete")
+        held = await backlog_ids(h, down_id)
         await eventually(lambda: committed_is(h, 150), timeout=30, what="every offset committed")
         down.responder = None
         await eventually(lambda: len(down.accepted) >= 150, timeout=60, what="the backlog delivered")
 
     assert lag_during_outage > 0  # the unwritten items stayed unsettled: their offsets waited
+    assert sorted(held) == sorted(ids)  # the backlog written after the outage holds each event once
+    assert per_user(held, envelopes) == per_user(ids, envelopes)
     assert sorted(down.accepted_ids()) == sorted(ids)
     assert per_user(down.accepted_ids(), envelopes) == per_user(ids, envelopes)
     assert sorted(up.accepted_ids()) == sorted(ids)
