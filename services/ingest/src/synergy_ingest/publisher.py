@@ -45,7 +45,7 @@ class KafkaUnavailable(Exception):
     """Nothing was handed to the producer: Kafka is known to be unreachable."""
 
 
-def producer_config(bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 1) -> dict[str, Any]:
+def producer_config(bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 0) -> dict[str, Any]:
     """Idempotent, acks=all, lz4; every record settles within `timeout_seconds`."""
     return {
         "bootstrap.servers": bootstrap_servers,
@@ -109,7 +109,7 @@ def _finish(done: asyncio.Future[None]) -> None:
 class EventPublisher:
     """Owns the producer and the loop task that polls it; tracks whether any broker is reachable."""
 
-    def __init__(self, bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 1) -> None:
+    def __init__(self, bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 0) -> None:
         self._config = producer_config(bootstrap_servers, timeout_seconds, linger_ms)
         self._timeout = timeout_seconds
         self._producer: Producer | None = None
