@@ -27,11 +27,14 @@ from contextlib import suppress
 from functools import partial
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from synergy_schemas import topics
 
 from synergy_ingest.metrics import PUBLISH_LATENCY
 from synergy_ingest.publish_outcome import OutgoingRecord, PublishOutcome, settle
+
+_log = structlog.get_logger("synergy_ingest.publisher")
 
 # The report thread's longest wait in poll(); a report ends the wait at once. It bounds how long
 # stop() waits for the thread.
@@ -157,7 +160,10 @@ class EventPublisher:
             producer = self._producer
             if producer is None:
                 return
-            producer.poll(REPORT_WAIT_SECONDS)
+            try:
+                producer.poll(REPORT_WAIT_SECONDS)
+            except Exception:  # a callback raised: the thread must go on serving everyone's reports
+                _log.exception("delivery_report_failed")
 
     def _expire_overdue(self) -> None:
         """Answers the requests past their bound with what has been reported (later reports are
