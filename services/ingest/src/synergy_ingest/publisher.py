@@ -76,7 +76,7 @@ def producer_config(bootstrap_servers: str, timeout_seconds: float, linger_ms: i
 
 class _RequestDeliveries:
     """One request's records: handed to the producer by the next hand-over on the loop, then their
-    delivery reports, filled while the loop polls the producer."""
+    delivery reports, filled on the report thread."""
 
     __slots__ = ("done", "errors", "expected", "handed", "loop", "reason", "records", "retried")
 
@@ -116,7 +116,8 @@ def _finish(done: asyncio.Future[None]) -> None:
 
 
 class EventPublisher:
-    """Owns the producer and the loop task that polls it; tracks whether any broker is reachable."""
+    """Owns the producer and the thread that serves its delivery reports; tracks whether any broker
+    is reachable."""
 
     def __init__(self, bootstrap_servers: str, timeout_seconds: float, linger_ms: int = 0) -> None:
         self._config = producer_config(bootstrap_servers, timeout_seconds, linger_ms)
