@@ -92,18 +92,14 @@ def parse_event(envelope: Mapping[str, Any]) -> Event:
     brand_id = str(envelope["brand_id"])
     if not brand_id.isdigit():
         raise InvalidEvent("brand_id must be a brand's numeric id")
+    event_id = str(envelope["event_id"])
+    kind = envelope.get("type", "track")
+    kind = kind if type(kind) is str else str(kind)
+    timestamp = _timestamp(envelope.get("timestamp"))
     if not user_id and not anonymous_id:
         person_of(user_id, anonymous_id)  # raises InvalidEvent: neither id nor anonymous_id
-    kind = envelope.get("type", "track")
     return Event(
-        str(envelope["event_id"]),
-        brand_id,
-        kind if type(kind) is str else str(kind),
-        name,
-        user_id,
-        anonymous_id,
-        _timestamp(envelope.get("timestamp")),
-        data,
+        event_id, brand_id, kind, name, user_id, anonymous_id, timestamp, data
     )
 
 
