@@ -694,3 +694,26 @@ def test_customer_io_opens_and_clicks_are_matched_by_the_trigger_event_id() -> N
     assert prepare_insight(envelope("email_delivered", {"metric": "delivered"})) == Skip(
         "not_an_engagement_with_a_trigger"
     )
+
+
+def test_optional_fields_read_inline_keep_the_strict_readers_rules() -> None:
+    """The common cases are read inline in prepare (a string, an absent field); everything else goes
+    through the strict readers exactly as before."""
+    data = {"product_id": "p", "view_id": 42, "session_id": "", "referrer": None, "device_type": "mobile",
+            "product_price": None, "product_snapshot": {"price": 5, "name": "Snapshot name"}}
+    (work,) = prepare_event(envelope("product_viewed", data))  # type: ignore[misc]
+    _, viewed = work.payload
+    assert (viewed.view_id, viewed.session_id, viewed.referrer, viewed.device_type) == ("42", None, None, "mobile")
+    # an explicit null price is no price (the snapshot's price counts only when the field is absent)
+    assert viewed.price is None
+    assert viewed.product_name == "Snapshot name"
+    (work,) = prepare_event(envelope("product_viewed", {"product_id": "p", "product_snapshot": {"price": 5}}))  # type: ignore[misc]
+    assert work.payload[1].price == Decimal("5")
+    assert prepare_event(envelope("product_viewed", {"product_id": "p", "browser": True})) == Reject(
+        "invalid_event", "data.browser must be a string")
+    assert prepare_event(envelope("cart_item_added", {"product_id": "p", "sku": ["a"]})) == Reject(
+        "invalid_event", "data.sku must be a string")
+    assert prepare_event(envelope("product_viewed", {"product_id": "p"}, id="x" * 151)) == Reject(
+        "invalid_event", "identifiers.id must be a string of 1 to 150 characters")
+    assert prepare_event(envelope("product_viewed", {"product_id": "p"}, anonymous_id="")) == Reject(
+        "invalid_event", "identifiers.anonymous_id must be a string of 1 to 150 characters")

@@ -79,9 +79,10 @@ def parse_event(envelope: Mapping[str, Any]) -> Event:
         raise InvalidEvent("identifiers must be an object")
     user_id = identifiers.get("id")
     anonymous_id = identifiers.get("anonymous_id")
-    for field, value in (("id", user_id), ("anonymous_id", anonymous_id)):
-        if value is not None and (not isinstance(value, str) or not value or len(value) > 150):
-            raise InvalidEvent(f"identifiers.{field} must be a string of 1 to 150 characters")
+    if user_id is not None and not _is_identifier(user_id):
+        raise InvalidEvent("identifiers.id must be a string of 1 to 150 characters")
+    if anonymous_id is not None and not _is_identifier(anonymous_id):
+        raise InvalidEvent("identifiers.anonymous_id must be a string of 1 to 150 characters")
     data = envelope.get("data", {})
     if type(data) is not dict and not isinstance(data, Mapping):
         raise InvalidEvent("data must be an object")
@@ -91,18 +92,19 @@ def parse_event(envelope: Mapping[str, Any]) -> Event:
     brand_id = str(envelope["brand_id"])
     if not brand_id.isdigit():
         raise InvalidEvent("brand_id must be a brand's numeric id")
-    event = Event(
-        event_id=str(envelope["event_id"]),
-        brand_id=brand_id,
-        type=str(envelope.get("type", "track")),
-        name=name,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        timestamp=_timestamp(envelope.get("timestamp")),
-        data=data,
+    event_id = str(envelope["event_id"])
+    kind = envelope.get("type", "track")
+    kind = kind if type(kind) is str else str(kind)
+    timestamp = _timestamp(envelope.get("timestamp"))
+    if not user_id and not anonymous_id:
+        person_of(user_id, anonymous_id)  # raises InvalidEvent: neither id nor anonymous_id
+    return Event(
+        event_id, brand_id, kind, name, user_id, anonymous_id, timestamp, data
     )
-    person_of(user_id, anonymous_id)
-    return event
+
+
+def _is_identifier(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 150
 
 
 def is_relevant(event: Event) -> bool:

@@ -37,8 +37,8 @@ class MarketingSettings(BaseSettings):
     marketing_scheduler_workers: int = 2
     marketing_consumer_group: str = "synergy-marketing"
     # Events per consumer batch (one transaction, one statement per table) and batches in flight at once.
-    marketing_consumer_batch: int = 2000
-    marketing_consumer_in_flight: int = 4
+    marketing_consumer_batch: int = 4000
+    marketing_consumer_in_flight: int = 2
     # How long a batch may wait to fill: fewer, larger transactions at moderate rates; adds at most this
     # to a deadline's arming (the windows are hours).
     marketing_consumer_batch_wait: str = "250ms"
