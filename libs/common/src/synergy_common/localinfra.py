@@ -952,7 +952,7 @@ class LocalInfra:
             str(bindir / "postgres"), "-D", str(self.pg_data_dir), "-p", str(self.pg_port),
             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
             "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300",
-            "-c", "logging_collector=off",
+            "-c", "max_locks_per_transaction=256", "-c", "logging_collector=off",
         ]  # fmt: skip
         pid, offset = self._spawn(cmd, self.postgres_log, user)
         log.info("PostgreSQL starting (pid %d, log %s)", pid, self.postgres_log)

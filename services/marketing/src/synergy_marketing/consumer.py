@@ -330,5 +330,29 @@ async def run_consumer(
                                        dead_letter_producer=producer)
         return processor
 
+    await warn_when_locks_may_run_out(pool, settings)
     await run_restarting("marketing consumer", settings.kafka_bootstrap_servers, "synergy-marketing-dlq",
                          build)
+
+
+def locks_may_run_out(batch: int, in_flight: int, lock_table_slots: int) -> bool:
+    """A batch holds one advisory lock per person until it commits. With every batch of this replica in
+    flight at once taking more than half of the lock table, two replicas (or the scheduler) can exhaust
+    it: Postgres then refuses a batch with "out of shared memory" until batches commit."""
+    return batch * in_flight * 2 > lock_table_slots
+
+
+async def warn_when_locks_may_run_out(pool: asyncpg.Pool, settings: MarketingSettings) -> None:
+    try:
+        async with pool.acquire() as conn:
+            slots = await store.lock_table_slots(conn)
+    except (OSError, asyncpg.PostgresError):
+        return  # Postgres away at start: the consumer's own retries report it
+    batch, in_flight = settings.marketing_consumer_batch, settings.marketing_consumer_in_flight
+    if locks_may_run_out(batch, in_flight, slots):
+        log.warning(
+            "marketing batches may exhaust Postgres's lock table: raise max_locks_per_transaction"
+            " or lower MARKETING_CONSUMER_BATCH / MARKETING_CONSUMER_IN_FLIGHT",
+            locks_per_replica=batch * in_flight,
+            lock_table_slots=slots,
+        )

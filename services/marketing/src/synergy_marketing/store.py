@@ -162,6 +162,15 @@ async def keyed_access_only(conn: asyncpg.Connection) -> None:
     await conn.execute("SET LOCAL enable_seqscan = off")
 
 
+async def lock_table_slots(conn: asyncpg.Connection) -> int:
+    """The nominal size of Postgres's shared lock table, which every transaction's advisory locks share."""
+    slots: int = await conn.fetchval(
+        "SELECT current_setting('max_locks_per_transaction')::int"
+        " * (current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int)"
+    )
+    return slots
+
+
 async def try_lock_persons(
     conn: asyncpg.Connection, persons: Iterable[tuple[str, str]]
 ) -> set[tuple[str, str]]:
