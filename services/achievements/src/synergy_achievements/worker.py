@@ -184,26 +184,38 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def read_committed_faust_consumer() -> None:
-    """faust builds its consumer read_committed only with processing_guarantee="exactly_once"
+def faust_consumer_reads_committed_and_fetches_briskly(fetch_max_wait_ms: int) -> None:
+    """Two settings of faust's aiokafka consumer that faust does not expose.
+
+    Read committed: faust builds its consumer read_committed only with processing_guarantee="exactly_once"
     (faust/transport/drivers/aiokafka.py `_create_worker_consumer` reads `consumer.in_transaction`), which
     this worker does not use (see the README). Its consumer must read read_committed all the same: the
     changelog it restores the table from, the referral awards it applies and the outputs the read model
     is written from are all written in transactions, and an aborted record must not count. The flag is
-    raised only while the aiokafka consumer is built, so faust's commits and highwaters stay as they are."""
+    raised only while the aiokafka consumer is built, so faust's commits and highwaters stay as they are.
+
+    Fetch wait: faust passes `fetch_max_wait_ms=1500`. aiokafka's fetcher leaves a partition out of the
+    next fetch while records it fetched for it are still unread, and sends at most one fetch per broker
+    at a time: when every events partition has unread records, the fetch holds only partitions with
+    nothing new (the referral awards), the broker keeps it up to the wait, and once the unread records
+    are drained the stream starves until it returns. That was the ~700 ms stall before about every
+    tenth batch (README, issue 15 point 8); a short wait bounds it."""
     original = AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "read_committed", False):
-        return
+    if getattr(original, "patched_by_worker", False):
+        original = original.original  # type: ignore[attr-defined]
 
     def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
         in_transaction = self.consumer.in_transaction
         self.consumer.in_transaction = True
         try:
-            return original(self, transport)
+            consumer = original(self, transport)
         finally:
             self.consumer.in_transaction = in_transaction
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when the consumer starts its fetcher
+        return consumer
 
-    create.read_committed = True  # type: ignore[attr-defined]
+    create.patched_by_worker = True  # type: ignore[attr-defined]
+    create.original = original  # type: ignore[attr-defined]
     AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
@@ -296,7 +308,8 @@ class AchievementsWorker:
         self.events_topic = EVENTS.name
         self.awards_topic = referral_awards_topic()
         hosts = settings.kafka_bootstrap_servers.split(",")
-        read_committed_faust_consumer()
+        faust_consumer_reads_committed_and_fetches_briskly(
+            int(settings.seconds(settings.achievements_fetch_max_wait) * 1000))
         recovery_waits_for_the_last_committed_record()
         app = FencingApp(
             settings.achievements_app_id,
