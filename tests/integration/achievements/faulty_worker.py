@@ -5,6 +5,9 @@ records that it fired, with the pid of the process it fired in):
 - `publish`: the first send of a batch's records with two or more loyalty outputs sends half of them inside
   the partition's transaction, then raises;
 - `persist`: the first Postgres write of two or more records writes half of them, then raises;
+- `slow_publish`: the first send of a batch's records with a loyalty output waits 3 s inside the
+  partition's transaction (three of faust's 1 s commit intervals, long after faust acked the batch), then
+  raises;
 - `stop_in_transaction`: the first send of a batch's records with a loyalty output sends them all inside
   the partition's transaction, then stops the process with SIGSTOP before the commit (a zombie to be
   resumed with SIGCONT by the test).
@@ -12,6 +15,7 @@ records that it fired, with the pid of the process it fired in):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,6 +52,9 @@ async def send_records_with_faults(
     if len(loyalty) >= 2 and fire_once("publish"):
         await original_send_records(producer, records[: len(records) // 2], partitions_of)
         raise RuntimeError("injected fault: publish failed half-way through a batch")
+    if loyalty and fire_once("slow_publish"):
+        await asyncio.sleep(3.0)
+        raise RuntimeError("injected fault: publish failed after 3 s, with the batch acked by faust")
     offsets = await original_send_records(producer, records, partitions_of)
     if loyalty and fire_once("stop_in_transaction"):
         (FAULT_DIR / "stopped.offsets").write_text(",".join(map(str, offsets)))

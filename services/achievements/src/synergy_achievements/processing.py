@@ -97,6 +97,50 @@ def event_time(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
+_TEXT_FIELDS = ("event_id", "brand_id", "timestamp")  # required, non-empty strings
+_OPTIONAL_TEXT_FIELDS = ("name", "type", "received_at", "correlation_id", "source")
+
+
+def envelope_problem(envelope: Any) -> str | None:
+    """Why the worker cannot apply this parsed events-topic value, or None when it can.
+
+    Ingest validates what it accepts (synergy_schemas.envelope.Envelope), but any producer can write to
+    the topic. A field of the wrong type would be written into the user's state (e.g. a numeric
+    `brand_id`), which then no longer decodes as a UserState, and every later batch of that user would
+    fail: such an event is a poison pill and is dead-lettered instead. Checked are the fields the state,
+    the partition key, the outputs and their headers take over; `data` is read defensively by the rules."""
+    if not isinstance(envelope, dict):
+        return "not a JSON object"
+    for name in _TEXT_FIELDS:
+        value = envelope.get(name)
+        if type(value) is not str or not value:
+            return f"{name} must be a non-empty string, got {_shown(value)}"
+    for name in _OPTIONAL_TEXT_FIELDS:
+        value = envelope.get(name)
+        if value is not None and type(value) is not str:
+            return f"{name} must be a string, got {_shown(value)}"
+    identifiers = envelope.get("identifiers")
+    if identifiers is not None:
+        if not isinstance(identifiers, dict):
+            return f"identifiers must be an object, got {_shown(identifiers)}"
+        for name in ("id", "anonymous_id"):
+            value = identifiers.get(name)
+            if value is not None and type(value) is not str:
+                return f"identifiers.{name} must be a string, got {_shown(value)}"
+    data = envelope.get("data")
+    if data is not None and not isinstance(data, dict):
+        return f"data must be an object, got {_shown(data)}"
+    try:
+        event_time(envelope["timestamp"])
+    except (ValueError, OverflowError, OSError):
+        return f"timestamp is not an ISO 8601 time: {envelope['timestamp'][:40]!r}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    return f"{type(value).__name__} {str(value)[:40]!r}" if value is not None else "nothing"
+
+
 def output_envelope(
     trigger: dict[str, Any], suffix: str, name: str, user_id: str, data: dict[str, Any],
     timestamp: str | None = None,
@@ -398,6 +442,35 @@ class LoyaltyProcessor:
         """`apply_many` on a state as the table stores it (serialised): decoding makes a fresh state, so
         it is not copied first."""
         return self._apply_to_own(UserState.from_bytes(stored) if stored else None, events, rules)
+
+    def apply_each_alone(
+        self, stored: bytes | None, events: Sequence[dict[str, Any]], rules: BrandRules
+    ) -> tuple[Outcome | None, list[tuple[dict[str, Any], Exception]]]:
+        """For a user's events `apply_stored` raised on: each applied alone, in order, on the state the
+        ones before it left; an event that raises is refused and leaves the state as it was (a poison
+        pill must not stop the user's other events, nor anyone else's). Returns the outcome of those
+        applied (None if none was) and the refused events with what they raised."""
+        combined: Outcome | None = None
+        refused: list[tuple[dict[str, Any], Exception]] = []
+        current = stored
+        for event in events:
+            try:
+                outcome = self.apply_stored(current, [event], rules)
+                encoded = outcome.state.to_bytes()
+            except Exception as exc:
+                refused.append((event, exc))
+                continue
+            current = encoded
+            if combined is None:
+                combined = outcome
+                continue
+            combined.state = outcome.state
+            combined.emits.extend(outcome.emits)
+            combined.applied.extend(outcome.applied)
+            combined.duplicates.extend(outcome.duplicates)
+            combined.unlocked.extend(outcome.unlocked)
+            combined.rejected_redemptions += outcome.rejected_redemptions
+        return combined, refused
 
     def _apply_to_own(
         self, state: UserState | None, events: Sequence[dict[str, Any]], rules: BrandRules

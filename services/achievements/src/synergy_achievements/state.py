@@ -114,10 +114,25 @@ class UserState:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
-        return _DECODER.decode(raw)
+        try:
+            return _DECODER.decode(raw)
+        except msgspec.ValidationError:
+            return _repaired(raw)
 
     def copy(self) -> UserState:
         return _DECODER.decode(_ENCODER.encode(self))
+
+
+def _repaired(raw: bytes) -> UserState:
+    """A state written before the worker refused events with a numeric brand_id or user id (it stored the
+    number: `{"brand_id": 7, ...}`) under the same key as the string's ("7:u"). The ids are the key's
+    text, so they are read back as strings; anything else wrong raises as before."""
+    document = msgspec.json.decode(raw)
+    if isinstance(document, dict):
+        for name in ("brand_id", "user_id"):
+            if isinstance(document.get(name), int | float) and not isinstance(document.get(name), bool):
+                document[name] = str(document[name])
+    return msgspec.convert(document, UserState)
 
 
 # msgspec writes the same JSON objects orjson.dumps(asdict(state)) did (older changelogs still decode),

@@ -6,6 +6,9 @@ changes, referral awards, rejections, snapshots), dead letters, changelog record
 and the batch is read again. A new owner of a partition fences the old one before it restores the table,
 so a worker paused past its session timeout can write nothing more that counts. faust's own consumer
 reads read_committed (its table recovery, the referral awards, the read model's input).
+
+A batch's transactions commit while faust fills and the worker applies the next one (CommitPipeline);
+only the transactions commit the offsets of the topics the batches read, never faust.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from synergy_streaming.dlq import REPLAY_FOR, DeadLetter, DeadLetterWriter, even
 from synergy_achievements import metrics
 from synergy_achievements.api import create_api
 from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected
-from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome, counted_name
+from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome, counted_name, envelope_problem
 from synergy_achievements.publisher import BatchPublisher, PartitionTransactions, Record, key_partition
 from synergy_achievements.settings import AchievementsSettings, referral_awards_topic
 from synergy_achievements.state import UserState
@@ -126,7 +129,7 @@ class PartitionStep:
     input_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to read
     letters: list[DeadLetter] = field(default_factory=list)
     outputs: list[Record] = field(default_factory=list)
-    states: list[tuple[bytes, UserState]] = field(default_factory=list)
+    states: list[tuple[bytes, bytes]] = field(default_factory=list)  # key, serialised state
 
     @property
     def has_records(self) -> bool:
@@ -162,12 +165,56 @@ class BatchCounts:
             metrics.REDEMPTIONS_REJECTED.inc(self.rejected_redemptions)
 
 
+class CommitPipeline:
+    """Batch N's transactions commit while faust fills batch N+1 and the worker applies it.
+
+    `submit` waits for the previous batch's transactions, then starts this batch's and returns: at most
+    one batch is in flight (the backpressure), and a partition's transactions commit in batch order
+    (the partition's producer runs one at a time). The states a batch wrote are `pending` until its
+    transaction has committed; the next batch applies its events on them. If a commit fails, the process
+    ends at once (70): the next batch's transactions never start, its pending states die with the
+    process, and the new worker reads both batches again from the offsets the last committed
+    transactions stored. faust's own offset commits leave these topics alone (`FencingApp`), so faust's
+    ack of a batch whose transactions are still open commits nothing."""
+
+    def __init__(self, commit: Callable[[Mapping[int, PartitionStep]], Awaitable[None]]) -> None:
+        self._commit = commit
+        self._in_flight: asyncio.Future[None] | None = None
+        self.pending: dict[bytes, bytes] = {}  # key -> newest serialised state, not yet committed
+
+    async def submit(self, steps: Mapping[int, PartitionStep], events: list[Any]) -> None:
+        await self.drain()
+        self._in_flight = asyncio.ensure_future(self._run(steps, events))
+
+    async def drain(self) -> None:
+        """Until the batch in flight, if any, has committed (or ended the process)."""
+        in_flight = self._in_flight
+        if in_flight is not None:
+            await asyncio.shield(in_flight)  # a cancelled waiter must not cancel the commit itself
+            if self._in_flight is in_flight:
+                self._in_flight = None
+
+    def committed(self, states: list[tuple[bytes, bytes]]) -> None:
+        """These states are in the store now; a key a later batch wrote again stays pending."""
+        pending = self.pending
+        for key, value in states:
+            if pending.get(key) is value:
+                del pending[key]
+
+    async def _run(self, steps: Mapping[int, PartitionStep], events: list[Any]) -> None:
+        try:
+            await self._commit(steps)
+        except BaseException as exc:  # fenced, Kafka gone, a bug, or cancelled: the batch is not committed
+            exit_unacked("commit", events, exc)
+
+
 class RejectedByPostgres(Exception):
     """Postgres refused the data itself (it will refuse it on every retry)."""
 
 
 def exit_unacked(step: str, events: list[Any], exc: BaseException) -> NoReturn:
-    """Ends the process at once, so faust can neither ack nor commit the unfinished batch."""
+    """Ends the process at once: the unfinished batch's offsets are never committed (only its own
+    transactions commit them), and no restarted agent can skip it."""
     offsets = sorted({(e.message.topic, e.message.partition, e.message.offset) for e in events})[:1]
     log.critical("batch_unfinished_exiting", step=step, events=len(events), first=offsets,
                  error=repr(exc), exc_info=exc)
@@ -184,26 +231,38 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def read_committed_faust_consumer() -> None:
-    """faust builds its consumer read_committed only with processing_guarantee="exactly_once"
+def faust_consumer_reads_committed_and_fetches_briskly(fetch_max_wait_ms: int) -> None:
+    """Two settings of faust's aiokafka consumer that faust does not expose.
+
+    Read committed: faust builds its consumer read_committed only with processing_guarantee="exactly_once"
     (faust/transport/drivers/aiokafka.py `_create_worker_consumer` reads `consumer.in_transaction`), which
     this worker does not use (see the README). Its consumer must read read_committed all the same: the
     changelog it restores the table from, the referral awards it applies and the outputs the read model
     is written from are all written in transactions, and an aborted record must not count. The flag is
-    raised only while the aiokafka consumer is built, so faust's commits and highwaters stay as they are."""
+    raised only while the aiokafka consumer is built, so faust's commits and highwaters stay as they are.
+
+    Fetch wait: faust passes `fetch_max_wait_ms=1500`. aiokafka's fetcher leaves a partition out of the
+    next fetch while records it fetched for it are still unread, and sends at most one fetch per broker
+    at a time: when every events partition has unread records, the fetch holds only partitions with
+    nothing new (the referral awards), the broker keeps it up to the wait, and once the unread records
+    are drained the stream starves until it returns. That was the ~700 ms stall before about every
+    tenth batch (README, issue 15 point 8); a short wait bounds it."""
     original = AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "read_committed", False):
-        return
+    if getattr(original, "patched_by_worker", False):
+        original = original.original  # type: ignore[attr-defined]
 
     def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
         in_transaction = self.consumer.in_transaction
         self.consumer.in_transaction = True
         try:
-            return original(self, transport)
+            consumer = original(self, transport)
         finally:
             self.consumer.in_transaction = in_transaction
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when the consumer starts its fetcher
+        return consumer
 
-    create.read_committed = True  # type: ignore[attr-defined]
+    create.patched_by_worker = True  # type: ignore[attr-defined]
+    create.original = original  # type: ignore[attr-defined]
     AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
@@ -232,16 +291,37 @@ def recovery_waits_for_the_last_committed_record() -> None:
 
 
 class FencingApp(faust.App):
-    """faust's App, taking partitions over (fencing their previous owner) before anything else on assignment:
-    faust restores the tables and fetches input only after `take_over` returns."""
+    """faust's App, taking partitions over (fencing their previous owner) before anything else on
+    assignment: faust restores the tables and fetches input only after `take_over` returns; and leaving
+    the offsets of `committed_by_transactions` topics to the worker's transactions.
+
+    faust commits the offsets its streams acked (every `broker_commit_interval`, on a rebalance, at
+    stop). For the topics the batches read, the batch's transactions commit the same offsets
+    (`send_offsets_to_transaction`), and faust's ack comes when the batch is handed to the commit
+    pipeline, before its transactions have committed: a commit by faust then could store the offsets
+    of a batch that is lost. So faust's commit skips those topics (its bookkeeping of acked offsets goes
+    on as if it had committed them); it still commits the others (the read model's inputs)."""
 
     take_over: Callable[[set[TP]], Awaitable[None]] | None = None
     last_committed_offsets: Callable[[dict[TP, int]], Awaitable[dict[TP, int]]] | None = None
+    committed_by_transactions: frozenset[str] = frozenset()
 
     async def _on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         if self.take_over is not None and not self.should_stop:
             await self.take_over(assigned)
         await super()._on_partitions_assigned(assigned, generation_id)
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        commit_to_kafka = consumer._commit  # type: ignore[attr-defined]
+
+        async def commit_others(offsets: Mapping[TP, int]) -> bool:
+            own = self.committed_by_transactions
+            others = {tp: offset for tp, offset in offsets.items() if tp.topic not in own}
+            return await commit_to_kafka(others) if others else True
+
+        consumer._commit = commit_others  # type: ignore[attr-defined]
+        return consumer
 
 
 async def last_committed_offsets(
@@ -296,7 +376,8 @@ class AchievementsWorker:
         self.events_topic = EVENTS.name
         self.awards_topic = referral_awards_topic()
         hosts = settings.kafka_bootstrap_servers.split(",")
-        read_committed_faust_consumer()
+        faust_consumer_reads_committed_and_fetches_briskly(
+            int(settings.seconds(settings.achievements_fetch_max_wait) * 1000))
         recovery_waits_for_the_last_committed_record()
         app = FencingApp(
             settings.achievements_app_id,
@@ -333,8 +414,11 @@ class AchievementsWorker:
             settings.kafka_bootstrap_servers, settings.achievements_app_id)
         app.take_over = self._take_over
         app.last_committed_offsets = self._last_committed_offsets
+        app.committed_by_transactions = frozenset({self.events_topic, self.awards_topic})
+        self.pipeline = CommitPipeline(self._commit_steps)
         self.state_lock = asyncio.Lock()  # one writer of user states at a time: batches or the recompute
         app.on_before_shutdown.connect(self._stop_publisher)  # type: ignore[arg-type]
+        app.on_partitions_revoked.connect(self._commit_before_revoking)  # type: ignore[arg-type]
         app.on_rebalance_complete.connect(self._hold_deliveries_until_streams_resume)  # type: ignore[arg-type]
         self.output_topics = {"loyalty": LOYALTY.name, "snapshot": SNAPSHOTS.name,
                               "referral_award": self.awards_topic}
@@ -353,23 +437,29 @@ class AchievementsWorker:
             async with asyncio.timeout(self.settings.seconds(self.settings.achievements_rules_wait)):
                 await self.rules.loaded.wait()
         # faust's take_events acks a batch in a `finally` when the loop body leaves it, whether the body
-        # finished or raised, and its default supervisor restarts the agent: a failed batch would be
-        # committed unapplied. So a batch the body did not finish ends the process before that can happen.
+        # finished or raised, and its default supervisor restarts the agent. An ack commits nothing here
+        # (the events' offsets are committed only by the batch's transactions, `FencingApp`), but a batch
+        # the body did not finish must not be skipped by a restarted agent: it ends the process instead.
+        # The body applies the batch and hands its transactions to `self.pipeline`, which commits them
+        # while faust fills the next batch (at most one batch in flight; see `CommitPipeline`).
         async for events in stream.take_events(self.settings.achievements_batch_size,
                                                within=self.settings.achievements_batch_wait_seconds):
             started = time.perf_counter()
             try:
                 async with self.state_lock:
-                    await self.apply_batch(events)
+                    steps = self.apply_batch(events)
+                    await self.pipeline.submit(steps, events)
             except BaseException as exc:  # a cancelled batch is unfinished too
                 exit_unacked("apply-events", events, exc)
             metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
 
-    async def apply_batch(self, events: list[Any]) -> None:
-        """One step per batch: each user's events applied together; then, per input partition, one
-        transaction with the partition's dead letters, outputs, changed states (on the changelog) and
-        input offsets; once committed, the states go into the table's store. Only then may faust ack."""
+    def apply_batch(self, events: list[Any]) -> dict[int, PartitionStep]:
+        """One step per batch: each user's events applied together, on the newest state (the store's, or
+        one the previous batch wrote and has not committed yet); per input partition, what its
+        transaction writes: the partition's dead letters, outputs, changed states (for the changelog)
+        and input offsets. The new states are pending until their transaction has committed."""
         by_user: dict[bytes, list[dict[str, Any]]] = {}
+        source_of: dict[int, Any] = {}  # id(envelope) -> its message, to dead-letter it
         steps: dict[int, PartitionStep] = {}
         owner_of = self._owner_of
         for event in events:
@@ -381,10 +471,9 @@ class AchievementsWorker:
             step.input_offsets[(message.topic, partition)] = message.offset + 1
             if message.headers and not self._is_for_this_service(message):
                 continue
-            envelope = self._parse(message.value)
+            envelope, problem = self._parse_event(message.value)
             if envelope is None:
-                step.letters.append(self._dead_letter(message, "invalid_envelope", "not a JSON envelope with "
-                                                      "event_id, brand_id and timestamp"))
+                step.letters.append(self._dead_letter(message, "invalid_envelope", problem))
                 continue
             user_id = (envelope.get("identifiers") or {}).get("id")
             if not user_id:
@@ -397,6 +486,7 @@ class AchievementsWorker:
                 step.letters.append(self._dead_letter(
                     message, "wrong_partition", f"key {key!r} belongs to partition {owner}"))
                 continue
+            source_of[id(envelope)] = message
             envelopes = by_user.get(key)
             if envelopes is None:
                 by_user[key] = [envelope]
@@ -406,39 +496,56 @@ class AchievementsWorker:
                                            for tp, offset in step.input_offsets.items()):
             self.last_offsets[(topic, partition)] = offset
         counts = BatchCounts()
-        store = self.table.data  # the store itself: Table.get adds faust's per-key sensor hook and a look-up
+        store_get = self.table.data.get  # the store itself: Table.get adds faust's per-key sensor hook
+        pending = self.pipeline.pending
         for_brand = self.rules.catalog.for_brand
         apply_stored = self.processor.apply_stored
         output = self._output
         for key, envelopes in by_user.items():
-            outcome = apply_stored(store.get(key), envelopes, for_brand(str(envelopes[0]["brand_id"])))
+            stored = pending.get(key)
+            if stored is None:
+                stored = store_get(key)
+            rules = for_brand(envelopes[0]["brand_id"])
+            step = steps[self.partition_of(key)]
+            try:
+                outcome = apply_stored(stored, envelopes, rules)
+            except Exception:  # one of these events cannot be applied: find it, apply the others
+                outcome, refused = self.processor.apply_each_alone(stored, envelopes, rules)
+                for envelope, exc in refused:
+                    step.letters.append(self._dead_letter(source_of[id(envelope)], "unprocessable_event",
+                                                          f"applying it raised {exc!r}"))
+                    log.error("event_unprocessable", key=key.decode(errors="replace"),
+                              event_id=envelope.get("event_id"), error=repr(exc))
+                if outcome is None:
+                    continue
             if outcome.applied:
-                step = steps[self.partition_of(key)]
-                step.states.append((key, outcome.state))
+                value = outcome.state.to_bytes()
+                pending[key] = value
+                step.states.append((key, value))
                 step.outputs.extend([output(emit) for emit in outcome.emits])
             counts.add(outcome)
         counts.publish()
-        await self._commit_steps(steps)
+        return steps
 
     async def _commit_steps(self, steps: Mapping[int, PartitionStep]) -> None:
-        """The partitions' transactions, concurrently (one producer each). A partition whose batch only
-        skipped events writes nothing: faust commits its offsets after the ack, as for any batch."""
+        """The partitions' transactions, concurrently (one producer each). Every partition of the batch
+        commits its input offsets, even one whose events were all skipped: faust commits none of them."""
         letters = [letter for step in steps.values() for letter in step.letters]
         if letters:  # Postgres first (`synergy dlq list`); the records go into the transactions
             if self.settings.achievements_persist:
                 await self.pool_ready.wait()
             await DeadLetterWriter(None, self.pool).write_until_durable(letters)
-        await asyncio.gather(*(self._commit_partition(partition, step)
-                               for partition, step in steps.items() if step.has_records))
+        await asyncio.gather(*(self._commit_partition(partition, step) for partition, step in steps.items()
+                               if step.has_records or step.input_offsets))
 
     async def _commit_partition(self, partition: int, step: PartitionStep) -> None:
-        """Each state, serialised, to the changelog partition of its key (the partition of the user's
-        events: input topics are keyed and partitioned by user) in the partition's transaction and, once
-        committed, to the table's store, as faust's changelog recovery would put it there (this replaces
-        a `table[key] = value` per user, whose per-key changelog machinery cost 3/4 of the throughput)."""
+        """Each state to the changelog partition of its key (the partition of the user's events: input
+        topics are keyed and partitioned by user) in the partition's transaction and, once committed, to
+        the table's store, as faust's changelog recovery would put it there (this replaces a
+        `table[key] = value` per user, whose per-key changelog machinery cost 3/4 of the throughput)."""
         changelog = [
-            Record(self.changelog_topic, key, state.to_bytes(), partition=key_partition(key, self.partitions))
-            for key, state in step.states
+            Record(self.changelog_topic, key, value, partition=key_partition(key, self.partitions))
+            for key, value in step.states
         ]
         letters = [Record(DLQ.name, letter.key or b"", letter.value, letter.kafka_headers())
                    for letter in step.letters]
@@ -450,12 +557,14 @@ class AchievementsWorker:
         ]
         if entries:
             self.table.apply_changelog_batch(entries)
+        self.pipeline.committed(step.states)
 
     async def _take_over(self, assigned: set[TP]) -> None:
         """On every assignment, before faust restores the table: one transactional producer per assigned
         events partition, each fencing that partition's previous owner. A failure ends the worker (the
         supervisor restarts it): without its producers it could commit nothing."""
         partitions = {tp.partition for tp in assigned if tp.topic == self.events_topic}
+        await self.pipeline.drain()  # normally done on revocation already
         try:
             await self.transactions.take_over(partitions)
         except BaseException as exc:
@@ -468,7 +577,14 @@ class AchievementsWorker:
     async def _last_committed_offsets(self, highwaters: dict[TP, int]) -> dict[TP, int]:
         return await last_committed_offsets(self.settings.kafka_bootstrap_servers, highwaters)
 
+    async def _commit_before_revoking(self, app: Any, *_: Any, **__: Any) -> None:
+        """faust sends on_partitions_revoked once every agent has finished (acked) its batch: the last
+        batch's transactions commit before the partitions move, so a worker that gives up a partition in
+        an ordinary rebalance is not fenced with a transaction open."""
+        await self.pipeline.drain()
+
     async def _stop_publisher(self, app: Any, *_: Any, **__: Any) -> None:
+        await self.pipeline.drain()
         await self.transactions.release()
         await self.publisher.stop()
 
@@ -528,6 +644,18 @@ class AchievementsWorker:
         if not isinstance(envelope, dict) or any(not envelope.get(field) for field in required):
             return None
         return envelope
+
+    @staticmethod
+    def _parse_event(raw: bytes | None) -> tuple[dict[str, Any] | None, str]:
+        """An events-topic value as the envelope to apply, or None and why it cannot be applied."""
+        try:
+            envelope = orjson.loads(raw or b"")
+        except orjson.JSONDecodeError:
+            return None, "not JSON"
+        problem = envelope_problem(envelope)
+        if problem is not None:
+            return None, problem
+        return envelope, ""
 
     @staticmethod
     def _headers(message: Any) -> list[tuple[str, bytes]]:
@@ -638,6 +766,7 @@ class AchievementsWorker:
         keys = [key for key in list(self.table.keys()) if self.partition_of(key) in active]
         for start in range(0, len(keys), RECOMPUTE_CHUNK):
             async with self.state_lock:  # states read and written here are not being changed by a batch
+                await self.pipeline.drain()  # and the last batch's states are in the store
                 steps: dict[int, PartitionStep] = {}
                 for key in keys[start:start + RECOMPUTE_CHUNK]:
                     stored = self.table.get(key)
@@ -649,7 +778,7 @@ class AchievementsWorker:
                     if outcome.emits:
                         step = steps.setdefault(self.partition_of(key), PartitionStep())
                         step.outputs.extend(self._output(emit) for emit in outcome.emits)
-                        step.states.append((key, outcome.state))
+                        step.states.append((key, outcome.state.to_bytes()))
                 await self._commit_steps(steps)
                 metrics.SNAPSHOTS_RECOMPUTED.inc(sum(len(step.states) for step in steps.values()))
 
