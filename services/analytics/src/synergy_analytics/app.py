@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ import structlog
 from fastapi import FastAPI, Header, Query
 from synergy_common.db import create_pool
 from synergy_common.durations import parse_duration
+from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import (
     ProblemError,
     WriteKeyAuthenticator,
@@ -82,15 +82,6 @@ async def running_analytics(settings: AnalyticsSettings) -> AsyncIterator[Runnin
         yield Running(analytics, processor, consumer, pool)
 
 
-def settle_heap(young_objects: int) -> None:
-    """Once started: the objects made so far (modules, pools, the consumer) leave the cyclic collector's
-    sight (gc.freeze), so a full collection walks only what the stream holds; the young generation is
-    collected after `young_objects` allocations instead of 700 (the buffered events are short-lived)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(young_objects, *gc.get_threshold()[1:])
-
-
 @contextlib.asynccontextmanager
 async def serving(settings: AnalyticsSettings) -> AsyncIterator[Running]:
     async with running_analytics(settings) as running:
@@ -144,7 +135,7 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         configure_logging("analytics", settings.log_level)
         async with serving(settings) as started:
-            settle_heap(settings.analytics_gc_young_objects)
+            tune_garbage_collector(settings.analytics_gc_young_objects)  # once started: freezes its heap
             state["running"], state["auth"] = started, WriteKeyAuthenticator(started.pool, "analytics")
             yield
 
