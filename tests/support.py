@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +18,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def service_process(module: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m <module>` with `env` over this process's environment; on exit SIGTERM, and SIGKILL
+    if it has not stopped within 20 s."""
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", module, env={**os.environ, **env})
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 @asynccontextmanager

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 from synergy_common.brands import CredentialCipher
 from synergy_common.db import create_pool
 
-from tests.integration.dispatcher.harness import DispatcherHarness
+from tests.integration.dispatcher.harness import Brand, DispatcherHarness
 
 ENCRYPTION_KEY = CredentialCipher.generate_key()
 
@@ -44,6 +44,12 @@ async def harness(kafka_bootstrap: str, dispatcher_database_url: str, kafka_prod
     finally:
         await built.close()
         await built.pool.close()
+
+
+@pytest.fixture
+async def brand(harness: DispatcherHarness) -> Brand:
+    """A brand of its own in the harness's database."""
+    return Brand(*await harness.brand())
 
 
 @pytest.fixture

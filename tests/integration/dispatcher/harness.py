@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +14,17 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_dispatcher import store
 from synergy_dispatcher.app import Running, serving
 from synergy_dispatcher.settings import DispatcherSettings
 from ulid import ULID
 
+from tests.fakes.http_server import Response
 from tests.fakes.posthog import PostHogFake
 from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.support import free_port, service_process
 
 SEED_EXAMPLES = Path(__file__).parents[2] / "fixtures" / "seed_examples"
 SECRET = "whsec_" + "c3luZXJneS1kaXNwYXRjaGVyLXRlc3Qtc2VjcmV0"  # base64 of "synergy-dispatcher-test-secret"
@@ -44,6 +48,35 @@ def make_envelope(brand_id: str, user: str | None, name: str = "product_scanned"
         "timestamp": timestamp, "received_at": "2024-05-22T18:35:13Z", "schema_version": 1,
         "source": source, "correlation_id": str(uuid.uuid4()),
     }
+
+
+def user_events(brand_id: str, count: int, users: int, first: int = 0) -> list[dict[str, Any]]:
+    """`count` events of the brand, `data.n` numbered from `first`, event n by user `u{n % users}`."""
+    return [make_envelope(brand_id, f"u{n % users}", data={"n": n}) for n in range(first, first + count)]
+
+
+def event_ids(envelopes: list[dict[str, Any]]) -> list[str]:
+    return [e["event_id"] for e in envelopes]
+
+
+def per_user(ids_in_order: list[str], envelopes: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The event ids grouped by user, each user's in the order given."""
+    user_of = {e["event_id"]: e["identifiers"]["id"] for e in envelopes}
+    order: dict[str, list[str]] = defaultdict(list)
+    for event_id in ids_in_order:
+        order[user_of[event_id]].append(event_id)
+    return dict(order)
+
+
+def unavailable(retry_after: str = "1") -> Response:
+    """An endpoint in maintenance: 503 with Retry-After."""
+    return Response(503, b'{"error":"maintenance"}', {"retry-after": retry_after})
+
+
+@dataclass(frozen=True)
+class Brand:
+    brand_id: str
+    write_key: str
 
 
 def key_of(envelope: dict[str, Any]) -> bytes:
@@ -87,9 +120,13 @@ class DispatcherHarness:
                                      CredentialCipher(self.encryption_key))
         return created.brand_id, created.write_key
 
-    async def webhook(self, brand_id: str, secrets: list[str] | None = None,
-                      name: str = "hook") -> tuple[str, WebhookReceiver]:
+    async def webhook(self, brand_id: str, secrets: list[str] | None = None, name: str = "hook",
+                      in_maintenance: bool = False) -> tuple[str, WebhookReceiver]:
+        """A webhook destination and its receiver; `in_maintenance`: it answers 503 (Retry-After: 1)
+        until its responder is reset."""
         receiver = await WebhookReceiver(secrets or [SECRET]).start()
+        if in_maintenance:
+            receiver.responder = lambda _: unavailable()
         self.fakes.append(receiver)
         destination_id = await store.add_destination(
             self.pool, CredentialCipher(self.encryption_key), brand_id, name, "webhook", {"url": receiver.url},
@@ -141,3 +178,30 @@ async def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: 
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"waited {timeout:.0f}s for {what}; last: {last!r}")
+
+
+async def committed(h: DispatcherHarness) -> int:
+    """The consumer group's committed offsets on the events topic, summed."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=h.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(h.group_id)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == h.topics["events"] and meta.offset > 0)
+
+
+async def committed_is(h: DispatcherHarness, count: int) -> bool:
+    return await committed(h) == count
+
+
+def dispatcher_process(h: DispatcherHarness, extra_env: dict[str, str] | None = None,
+                       ) -> contextlib.AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """`python -m synergy_dispatcher` on the harness's topics and database; SIGTERM (then SIGKILL) on exit."""
+    settings = h.settings()
+    env = {"KAFKA_BOOTSTRAP_SERVERS": h.kafka_bootstrap, "DATABASE_URL": h.database_url,
+           "SYNERGY_ENCRYPTION_KEY": h.encryption_key, "DISPATCHER_TOPICS": settings.dispatcher_topics,
+           "DISPATCHER_GROUP_ID": h.group_id, "DISPATCHER_PORT": str(free_port()),
+           "DISPATCHER_HOST": "127.0.0.1", "DISPATCHER_RETRY_BASE": "200ms", "DISPATCHER_RETRY_CAP": "1s",
+           "SYNERGY_TOPIC_DLQ": h.topics["dlq"], "LOG_LEVEL": "WARNING", **(extra_env or {})}
+    return service_process("synergy_dispatcher", env)

@@ -21,12 +21,17 @@ from synergy_common.settings import common_settings
 from synergy_common.testinfra import Infra
 from synergy_dispatcher.app import create_app
 
-from tests.fakes.http_server import Response
-from tests.integration.dispatcher.harness import DispatcherHarness, eventually, make_envelope
-from tests.integration.dispatcher.test_faults import per_user
-from tests.integration.dispatcher.test_restart import committed, dispatcher_process
-
-UNAVAILABLE = Response(503, b'{"error":"maintenance"}', {"retry-after": "1"})
+from tests.integration.dispatcher.harness import (
+    Brand,
+    DispatcherHarness,
+    committed,
+    committed_is,
+    dispatcher_process,
+    event_ids,
+    eventually,
+    per_user,
+    user_events,
+)
 
 
 async def backlog_ids(h: DispatcherHarness, destination_id: str) -> list[str]:
@@ -43,10 +48,6 @@ async def _backlog_holds(h: DispatcherHarness, destination_id: str, count: int) 
         return False  # Postgres on its way back
 
 
-async def _committed_is(h: DispatcherHarness, count: int) -> bool:
-    return await committed(h) == count
-
-
 async def destinations_list(h: DispatcherHarness, monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
     monkeypatch.setenv("DATABASE_URL", h.database_url)
     monkeypatch.setenv("SYNERGY_ENCRYPTION_KEY", h.encryption_key)
@@ -59,16 +60,14 @@ async def destinations_list(h: DispatcherHarness, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.timeout(300)
 async def test_a_webhook_down_for_long_holds_back_only_itself_while_the_others_get_more_than_the_buffer(
-        harness: DispatcherHarness, monkeypatch: pytest.MonkeyPatch) -> None:
-    h = harness
-    brand_id, write_key = await h.brand()
-    down_id, down = await h.webhook(brand_id, name="down")
+        harness: DispatcherHarness, brand: Brand, monkeypatch: pytest.MonkeyPatch) -> None:
+    h, brand_id = harness, brand.brand_id
+    down_id, down = await h.webhook(brand_id, name="down", in_maintenance=True)
     up_id, up = await h.webhook(brand_id, name="up")
     _, posthog = await h.posthog(brand_id)
-    down.responder = lambda _: UNAVAILABLE
-    envelopes = [make_envelope(brand_id, f"u{i % 25}", data={"n": i}) for i in range(1000)]
-    later = [make_envelope(brand_id, f"u{i % 25}", data={"n": 1000 + i}) for i in range(50)]
-    ids = [e["event_id"] for e in envelopes]
+    envelopes = user_events(brand_id, 1000, users=25)
+    later = user_events(brand_id, 50, users=25, first=1000)
+    ids = event_ids(envelopes)
     label = {"brand_id": brand_id, "destination": f"webhook:{down_id}"}
     async with h.running(dispatcher_max_buffered=200) as running:
         for start in range(0, 1000, 200):  # a steady stream, five times the buffer
@@ -77,7 +76,7 @@ async def test_a_webhook_down_for_long_holds_back_only_itself_while_the_others_g
         await eventually(lambda: sorted(up.accepted_ids()) == sorted(ids), timeout=30,
                          what="the other webhook, while this one is down")
         await eventually(lambda: len(posthog.order) == 1000, timeout=30, what="PostHog, meanwhile")
-        await eventually(lambda: _committed_is(h, 1000), timeout=30, what="every offset committed")
+        await eventually(lambda: committed_is(h, 1000), timeout=30, what="every offset committed")
         await eventually(lambda: _backlog_holds(h, down_id, 1000), timeout=30, what="the backlog")
         held = await backlog_ids(h, down_id)
         await eventually(lambda: REGISTRY.get_sample_value(
@@ -86,7 +85,7 @@ async def test_a_webhook_down_for_long_holds_back_only_itself_while_the_others_g
         app = create_app(running.dispatcher.settings, running=running)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://d") as client:
             answer = await client.get("/v1/destinations/status",
-                                      headers={"Authorization": f"Bearer {write_key}"})
+                                      headers={"Authorization": f"Bearer {brand.write_key}"})
         listed = await destinations_list(h, monkeypatch, "--brand", brand_id, "--json")
         table = await destinations_list(h, monkeypatch, "--brand", brand_id)
         accepted_while_down = len(down.accepted)
@@ -116,7 +115,7 @@ async def test_a_webhook_down_for_long_holds_back_only_itself_while_the_others_g
     (down_row,) = [line.split() for line in table.output.splitlines() if line.split()[:1] == [down_id]]
     assert down_row[3:5] == ["down", "active"] and down_row[8:10] == ["1000", "1000"]  # lag, backlog
     everything = envelopes + later
-    all_ids = [e["event_id"] for e in everything]
+    all_ids = event_ids(everything)
     assert sorted(down.accepted_ids()) == sorted(all_ids)  # nothing lost, none twice
     assert per_user(down.accepted_ids(), everything) == per_user(all_ids, everything)
     assert per_user(up.accepted_ids(), everything) == per_user(all_ids, everything)
@@ -129,19 +128,17 @@ async def test_a_webhook_down_for_long_holds_back_only_itself_while_the_others_g
 
 @pytest.mark.timeout(300)
 async def test_a_dispatcher_killed_mid_drain_loses_nothing_and_posthog_counts_nothing_twice(
-        harness: DispatcherHarness) -> None:
-    h = harness
-    brand_id, _ = await h.brand()
-    hook_id, hook = await h.webhook(brand_id)
+        harness: DispatcherHarness, brand: Brand) -> None:
+    h, brand_id = harness, brand.brand_id
+    hook_id, hook = await h.webhook(brand_id, in_maintenance=True)
     posthog_id, posthog = await h.posthog(brand_id)
-    hook.responder = lambda _: UNAVAILABLE
     posthog.fail_for(3600, 503, retry_after="1")
-    envelopes = [make_envelope(brand_id, f"u{i % 10}", data={"n": i}) for i in range(200)]
-    ids = [e["event_id"] for e in envelopes]
+    envelopes = user_events(brand_id, 200, users=10)
+    ids = event_ids(envelopes)
     await h.publish(envelopes)
     env = {"DISPATCHER_BACKLOG_LEASE": "5s", "DISPATCHER_BACKLOG_PER_USER": "5"}
     async with dispatcher_process(h, env) as first:
-        await eventually(lambda: _committed_is(h, 200), timeout=60, what="every offset committed")
+        await eventually(lambda: committed_is(h, 200), timeout=60, what="every offset committed")
         await eventually(lambda: _backlog_holds(h, hook_id, 200), what="the webhook's backlog")
         await eventually(lambda: _backlog_holds(h, posthog_id, 200), what="PostHog's backlog")
         posthog.faults.clear()
@@ -176,13 +173,11 @@ async def test_a_dispatcher_killed_mid_drain_loses_nothing_and_posthog_counts_no
 
 @pytest.mark.timeout(300)
 async def test_two_replicas_draining_one_backlog_deliver_each_item_once_in_per_user_order(
-        harness: DispatcherHarness) -> None:
-    h = harness
-    brand_id, _ = await h.brand()
-    hook_id, hook = await h.webhook(brand_id)
-    hook.responder = lambda _: UNAVAILABLE
-    envelopes = [make_envelope(brand_id, f"u{i % 20}", data={"n": i}) for i in range(400)]
-    ids = [e["event_id"] for e in envelopes]
+        harness: DispatcherHarness, brand: Brand) -> None:
+    h, brand_id = harness, brand.brand_id
+    hook_id, hook = await h.webhook(brand_id, in_maintenance=True)
+    envelopes = user_events(brand_id, 400, users=20)
+    ids = event_ids(envelopes)
     small_rounds = {"dispatcher_backlog_users": 2, "dispatcher_backlog_per_user": 5}
     async with h.running(**small_rounds):
         await h.publish(envelopes)
@@ -205,14 +200,12 @@ async def test_two_replicas_draining_one_backlog_deliver_each_item_once_in_per_u
 
 @pytest.mark.timeout(300)
 async def test_postgres_away_while_the_backlog_is_written_loses_nothing(
-        harness: DispatcherHarness, postgres_control: Infra) -> None:
-    h = harness
-    brand_id, _ = await h.brand()
-    down_id, down = await h.webhook(brand_id, name="down")
+        harness: DispatcherHarness, brand: Brand, postgres_control: Infra) -> None:
+    h, brand_id = harness, brand.brand_id
+    down_id, down = await h.webhook(brand_id, name="down", in_maintenance=True)
     _, up = await h.webhook(brand_id, name="up")
-    down.responder = lambda _: UNAVAILABLE
-    envelopes = [make_envelope(brand_id, f"u{i % 10}", data={"n": i}) for i in range(150)]
-    ids = [e["event_id"] for e in envelopes]
+    envelopes = user_events(brand_id, 150, users=10)
+    ids = event_ids(envelopes)
     async with h.running() as running:
         await h.publish(envelopes[:50])
         await eventually(lambda: _backlog_holds(h, down_id, 50), timeout=30, what="the backlog")
@@ -223,11 +216,14 @@ async def test_postgres_away_while_the_backlog_is_written_loses_nothing(
             lag_during_outage = sum(running.processor.lag.values())
         await h.publish(envelopes[100:])
         await eventually(lambda: _backlog_holds(h, down_id, 150), timeout=90, what="the backlog, complete")
-        await eventually(lambda: _committed_is(h, 150), timeout=30, what="every offset committed")
+        held = await backlog_ids(h, down_id)
+        await eventually(lambda: committed_is(h, 150), timeout=30, what="every offset committed")
         down.responder = None
         await eventually(lambda: len(down.accepted) >= 150, timeout=60, what="the backlog delivered")
 
     assert lag_during_outage > 0  # the unwritten items stayed unsettled: their offsets waited
+    assert sorted(held) == sorted(ids)  # the backlog written after the outage holds each event once
+    assert per_user(held, envelopes) == per_user(ids, envelopes)
     assert sorted(down.accepted_ids()) == sorted(ids)
     assert per_user(down.accepted_ids(), envelopes) == per_user(ids, envelopes)
     assert sorted(up.accepted_ids()) == sorted(ids)

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from typing import Any
 
 from prometheus_client import REGISTRY
 from synergy_dispatcher import store
 
 from tests.fakes.http_server import Response
 from tests.fakes.webhook_receiver import Delivery, answer_for_a_while
-from tests.integration.dispatcher.harness import DispatcherHarness, eventually, make_envelope
-
-
-def per_user(ids_in_order: list[str], envelopes: list[dict[str, Any]]) -> dict[str, list[str]]:
-    user_of = {e["event_id"]: e["identifiers"]["id"] for e in envelopes}
-    order: dict[str, list[str]] = defaultdict(list)
-    for event_id in ids_in_order:
-        order[user_of[event_id]].append(event_id)
-    return dict(order)
+from tests.integration.dispatcher.harness import (
+    Brand,
+    DispatcherHarness,
+    event_ids,
+    eventually,
+    make_envelope,
+    per_user,
+    user_events,
+)
 
 
 async def test_a_410_disables_the_webhook_says_why_and_dead_letters_what_was_queued_for_it(
-        harness: DispatcherHarness) -> None:
-    h = harness
-    brand_id, _ = await h.brand()
+        harness: DispatcherHarness, brand: Brand) -> None:
+    h, brand_id = harness, brand.brand_id
     hook_id, hook = await h.webhook(brand_id)
     posthog_id, posthog = await h.posthog(brand_id)
     hook.responder = lambda _: Response(410, b'{"error":"endpoint deleted"}')
@@ -69,13 +66,12 @@ async def _counted(h: DispatcherHarness, destination_id: str) -> bool:
 
 
 async def test_a_posthog_429_storm_loses_nothing_keeps_order_and_does_not_slow_the_webhook(
-        harness: DispatcherHarness) -> None:
-    h = harness
-    brand_id, _ = await h.brand()
+        harness: DispatcherHarness, brand: Brand) -> None:
+    h, brand_id = harness, brand.brand_id
     _, hook = await h.webhook(brand_id)
     posthog_id, posthog = await h.posthog(brand_id)
-    envelopes = [make_envelope(brand_id, f"u{i % 10}", data={"n": i}) for i in range(200)]
-    ids = [e["event_id"] for e in envelopes]
+    envelopes = user_events(brand_id, 200, users=10)
+    ids = event_ids(envelopes)
     posthog.fail_for(8.0, 429, retry_after="1")
     async with h.running():
         await h.publish(envelopes)
@@ -95,12 +91,11 @@ async def test_a_posthog_429_storm_loses_nothing_keeps_order_and_does_not_slow_t
 
 
 async def test_poison_events_are_dead_lettered_with_why_and_everything_else_is_delivered_in_order(
-        harness: DispatcherHarness) -> None:
-    h = harness
-    brand_id, _ = await h.brand()
+        harness: DispatcherHarness, brand: Brand) -> None:
+    h, brand_id = harness, brand.brand_id
     hook_id, hook = await h.webhook(brand_id)
     posthog_id, posthog = await h.posthog(brand_id)
-    good = [make_envelope(brand_id, f"u{i % 4}", data={"n": i}) for i in range(40)]
+    good = user_events(brand_id, 40, users=4)
     refused = make_envelope(brand_id, "u1", "product_scanned", {"n": "refused"})
     # Kafka's own 1 MB limit keeps PostHog's out of reach here: the test lowers the dispatcher's.
     huge = make_envelope(brand_id, "u2", "product_scanned", {"blob": "x" * 60_000})
@@ -134,7 +129,7 @@ async def test_poison_events_are_dead_lettered_with_why_and_everything_else_is_d
     assert rejected["detail"].startswith('HTTP 422: {"error": "unknown field n", "trace": "ttt')
     assert len(rejected["detail"]) == len("HTTP 422: ") + 200
     assert letters[("posthog_event_too_large", f"posthog:{posthog_id}")]["event_id"] == huge["event_id"]
-    ids = [e["event_id"] for e in good]
+    ids = event_ids(good)
     assert per_user([i for i in hook.accepted_ids() if i in set(ids)], good) == per_user(ids, good)
     assert posthog.duplicates == 0 and len(hook.accepted) == 41
 
@@ -143,18 +138,18 @@ async def _letters(h: DispatcherHarness, count: int) -> bool:
     return len(await h.dead_letters()) == count
 
 
-async def test_a_webhook_5xx_with_retry_after_is_retried_until_it_answers(harness: DispatcherHarness) -> None:
-    h = harness
-    brand_id, _ = await h.brand()
+async def test_a_webhook_5xx_with_retry_after_is_retried_until_it_answers(
+        harness: DispatcherHarness, brand: Brand) -> None:
+    h, brand_id = harness, brand.brand_id
     hook_id, hook = await h.webhook(brand_id)
     hook.responder = answer_for_a_while(3.0, 503, retry_after="1")
-    envelopes = [make_envelope(brand_id, f"u{i % 5}", data={"n": i}) for i in range(50)]
+    envelopes = user_events(brand_id, 50, users=5)
     async with h.running():
         await h.publish(envelopes)
         await eventually(lambda: len(hook.accepted) == 50, timeout=30, what="every event")
         await eventually(lambda: _lag_is(h, hook_id, 0), what="the lag back to 0")
 
-    ids = [e["event_id"] for e in envelopes]
+    ids = event_ids(envelopes)
     assert sorted(hook.accepted_ids()) == sorted(ids)
     assert per_user(hook.accepted_ids(), envelopes) == per_user(ids, envelopes)
     assert any(d.status == 503 for d in hook.answered)
@@ -167,14 +162,13 @@ async def _lag_is(h: DispatcherHarness, destination_id: str, lag: int) -> bool:
 
 
 async def test_a_refused_posthog_key_pauses_the_destination_and_nothing_is_dead_lettered(
-        harness: DispatcherHarness) -> None:
-    h = harness
-    brand_id, _ = await h.brand()
+        harness: DispatcherHarness, brand: Brand) -> None:
+    h, brand_id = harness, brand.brand_id
     posthog_id, posthog = await h.posthog(brand_id)
     _, hook = await h.webhook(brand_id)
     posthog.api_keys.clear()  # the project key was revoked: every request is answered 401
-    envelopes = [make_envelope(brand_id, f"u{i % 4}", data={"n": i}) for i in range(40)]
-    ids = [e["event_id"] for e in envelopes]
+    envelopes = user_events(brand_id, 40, users=4)
+    ids = event_ids(envelopes)
     async with h.running(dispatcher_paused_retry="500ms") as running:
         await h.publish(envelopes)
         await eventually(lambda: _state(h, posthog_id, "paused"), what="the destination paused")
@@ -202,13 +196,12 @@ async def _state(h: DispatcherHarness, destination_id: str, state: str) -> bool:
 
 
 async def test_an_endpoint_failing_past_the_retry_window_dead_letters_with_the_last_answer(
-        harness: DispatcherHarness) -> None:
+        harness: DispatcherHarness, brand: Brand) -> None:
     """The window is shrunk to seconds here; deployments keep >= 24 h."""
-    h = harness
-    brand_id, _ = await h.brand()
+    h, brand_id = harness, brand.brand_id
     hook_id, hook = await h.webhook(brand_id)
     hook.responder = lambda _: Response(500, b'{"error":"boom"}')
-    envelopes = [make_envelope(brand_id, f"u{i % 2}", data={"n": i}) for i in range(6)]
+    envelopes = user_events(brand_id, 6, users=2)
     async with h.running(dispatcher_retry_window="2s", dispatcher_retry_attempts=3,
                          dispatcher_retry_base="100ms", dispatcher_retry_cap="300ms"):
         await h.publish(envelopes)

@@ -7,22 +7,27 @@ import asyncio
 import pytest
 from synergy_dispatcher import store
 
-from tests.fakes.http_server import Response
-from tests.integration.dispatcher.harness import DispatcherHarness, eventually, make_envelope
-from tests.integration.dispatcher.test_faults import per_user
+from tests.integration.dispatcher.harness import (
+    Brand,
+    DispatcherHarness,
+    event_ids,
+    eventually,
+    per_user,
+    unavailable,
+    user_events,
+)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 async def test_a_two_minute_webhook_outage_loses_nothing_and_keeps_per_user_order(
-        harness: DispatcherHarness) -> None:
-    h = harness
-    brand_id, _ = await h.brand()
+        harness: DispatcherHarness, brand: Brand) -> None:
+    h, brand_id = harness, brand.brand_id
     hook_id, hook = await h.webhook(brand_id)
+    hook.responder = lambda _: unavailable(retry_after="5")
     _, posthog = await h.posthog(brand_id)
-    envelopes = [make_envelope(brand_id, f"u{i % 10}", data={"n": i}) for i in range(300)]
-    ids = [e["event_id"] for e in envelopes]
-    hook.responder = lambda _: Response(503, b'{"error":"maintenance"}', {"retry-after": "5"})
+    envelopes = user_events(brand_id, 300, users=10)
+    ids = event_ids(envelopes)
     async with h.running():
         await h.publish(envelopes[:150])
         await asyncio.sleep(60)  # one minute of 503s

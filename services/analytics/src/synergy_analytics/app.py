@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -12,18 +11,10 @@ from typing import Any
 import asyncpg
 import structlog
 from fastapi import FastAPI, Header, Query
-from synergy_common.db import create_pool
+from synergy_common.consumer_service import consumer_service_app, open_pool_and_producer, processing
 from synergy_common.durations import parse_duration
 from synergy_common.gc_tuning import tune_garbage_collector
-from synergy_common.http import (
-    ProblemError,
-    WriteKeyAuthenticator,
-    authenticate_brand,
-    install_problem_handlers,
-    ops_router,
-)
-from synergy_common.kafka import durable_producer
-from synergy_common.logging import configure_logging
+from synergy_common.http import ProblemError, authenticate_brand
 from synergy_streaming import DeadLetterWriter, KafkaConsumer, RetryPolicy, StreamProcessor
 
 from synergy_analytics import metrics, queries, store
@@ -48,11 +39,8 @@ class Running:
 async def running_analytics(settings: AnalyticsSettings) -> AsyncIterator[Running]:
     """Pools, producer (dead letters) and consumer started, partitions made ahead; not yet running."""
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(settings.database_url, min_size=1, max_size=8)
-        stack.push_async_callback(pool.close)
-        producer = durable_producer(settings.kafka_bootstrap_servers, client_id="synergy-analytics")
-        await producer.start()
-        stack.push_async_callback(producer.stop)
+        pool, producer = await open_pool_and_producer(stack, settings.database_url,
+                                                      settings.kafka_bootstrap_servers, "synergy-analytics")
         log_pool = await store.create_log_pool(
             settings.database_url, max_size=settings.analytics_max_in_flight + 1
         )
@@ -84,19 +72,11 @@ async def running_analytics(settings: AnalyticsSettings) -> AsyncIterator[Runnin
 
 @contextlib.asynccontextmanager
 async def serving(settings: AnalyticsSettings) -> AsyncIterator[Running]:
-    async with running_analytics(settings) as running:
-        tasks = [
-            asyncio.create_task(running.processor.run(), name="analytics-processor"),
-            asyncio.create_task(running.analytics.maintenance_loop(), name="analytics-maintenance"),
-        ]
-        try:
-            yield running
-        finally:
-            running.processor.stop()
-            tasks[1].cancel()
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(result, Exception):
-                    log.error("analytics task failed", error=repr(result))
+    """Analytics running: processor and maintenance loop in tasks, stopped (settled, committed) on exit."""
+    async with (running_analytics(settings) as running,
+                processing("analytics", running.processor, running.analytics.maintenance_loop(),
+                           "maintenance")):
+        yield running
 
 
 def parse_time(name: str, value: str | None, default: datetime) -> datetime:
@@ -129,36 +109,13 @@ def event_name(field: str, value: str) -> str:
 def create_app(settings: AnalyticsSettings | None = None, running: Running | None = None) -> FastAPI:
     """The service; given a `running` analytics (tests), only its HTTP surface, without a lifespan."""
     settings = settings or AnalyticsSettings()
-    state: dict[str, Any] = {}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        configure_logging("analytics", settings.log_level)
-        async with serving(settings) as started:
-            tune_garbage_collector(settings.analytics_gc_young_objects)  # once started: freezes its heap
-            state["running"], state["auth"] = started, WriteKeyAuthenticator(started.pool, "analytics")
-            yield
-
-    if running is not None:
-        state["running"], state["auth"] = running, WriteKeyAuthenticator(running.pool, "analytics")
-    app = FastAPI(title="synergy analytics", lifespan=None if running is not None else lifespan)
-    install_problem_handlers(app, metrics.REQUESTS)
-
-    async def postgres_ready() -> bool:
-        return bool(await state["running"].pool.fetchval("SELECT 1"))
-
-    async def kafka_ready() -> bool:
-        return bool(await state["running"].consumer.ping())
-
-    async def brake_released() -> bool:
-        return all(state["running"].processor.readiness().values())
-
-    app.include_router(
-        ops_router({"postgres": postgres_ready, "kafka": kafka_ready, "dlq_brake_released": brake_released})
-    )
+    young_objects = settings.analytics_gc_young_objects  # the runtime's gc_young_threshold too
+    app, state = consumer_service_app("analytics", settings.log_level, lambda: serving(settings),
+                                      metrics.REQUESTS, running,
+                                      on_started=lambda: tune_garbage_collector(young_objects))
 
     async def brand_of(authorization: str | None) -> int:
-        return int(await authenticate_brand(state["auth"], authorization))
+        return int(await authenticate_brand(state.auth, authorization))
 
     async def measured(kpi: str, query: Awaitable[Any]) -> Any:
         with metrics.QUERY_SECONDS.labels(kpi).time():
@@ -195,7 +152,7 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
         result: dict[str, Any] = await measured(
             "funnel",
             queries.funnel(
-                state["running"].pool,
+                state.running.pool,
                 brand_id,
                 names,
                 start,
@@ -219,7 +176,7 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
         result: dict[str, Any] = await measured(
             "time_to_first",
             queries.time_to_first(
-                state["running"].pool,
+                state.running.pool,
                 brand_id,
                 event_name("action", action),
                 event_name("from", from_),
@@ -245,7 +202,7 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
         result: dict[str, Any] = await measured(
             "retention",
             queries.retention(
-                state["running"].pool,
+                state.running.pool,
                 brand_id,
                 event_name("start", start),
                 [event_name("return", r) for r in return_.split(",")],
@@ -263,7 +220,7 @@ def create_app(settings: AnalyticsSettings | None = None, running: Running | Non
         """The user's read models (wishlist, goals, referrals) and action counts; 404 outside the brand."""
         brand_id = await brand_of(authorization)
         try:
-            found = await user_read_models(state["running"].pool, brand_id, user_id)
+            found = await user_read_models(state.running.pool, brand_id, user_id)
         except (OSError, asyncpg.PostgresError) as exc:
             raise ProblemError(
                 503, "Store unavailable", "try again shortly", headers={"Retry-After": "5"}

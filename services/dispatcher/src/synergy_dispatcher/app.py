@@ -12,16 +12,8 @@ import asyncpg
 import structlog
 from fastapi import FastAPI, Header
 from synergy_common.brands import CredentialCipher
-from synergy_common.db import create_pool
-from synergy_common.http import (
-    ProblemError,
-    WriteKeyAuthenticator,
-    authenticate_brand,
-    install_problem_handlers,
-    ops_router,
-)
-from synergy_common.kafka import durable_producer
-from synergy_common.logging import configure_logging
+from synergy_common.consumer_service import consumer_service_app, open_pool_and_producer, processing
+from synergy_common.http import ProblemError, authenticate_brand
 from synergy_streaming import DeadLetterWriter, KafkaConsumer, RetryPolicy, StreamProcessor
 from synergy_streaming.consumer import AssignmentCallback
 from synergy_streaming.message import Partition
@@ -75,11 +67,8 @@ def retry_policy(settings: DispatcherSettings) -> RetryPolicy:
 async def running_dispatcher(settings: DispatcherSettings) -> AsyncIterator[Running]:
     """Pool, producer (dead letters), consumer and HTTP client started; the processor not yet run."""
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(settings.database_url, min_size=1, max_size=8)
-        stack.push_async_callback(pool.close)
-        producer = durable_producer(settings.kafka_bootstrap_servers, client_id="synergy-dispatcher")
-        await producer.start()
-        stack.push_async_callback(producer.stop)
+        pool, producer = await open_pool_and_producer(stack, settings.database_url,
+                                                      settings.kafka_bootstrap_servers, "synergy-dispatcher")
         client = http_client()
         stack.push_async_callback(client.close)
         registry = Registry(pool, CredentialCipher(settings.synergy_encryption_key), settings)
@@ -106,57 +95,23 @@ async def running_dispatcher(settings: DispatcherSettings) -> AsyncIterator[Runn
 @contextlib.asynccontextmanager
 async def serving(settings: DispatcherSettings) -> AsyncIterator[Running]:
     """The dispatcher running: processor and status loop in tasks, stopped (settled, committed) on exit."""
-    async with running_dispatcher(settings) as running:
-        tasks = [asyncio.create_task(running.processor.run(), name="dispatcher-processor"),
-                 asyncio.create_task(running.dispatcher.status_loop(), name="dispatcher-status")]
-        try:
-            yield running
-        finally:
-            running.processor.stop()
-            tasks[1].cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for result in results:
-                if isinstance(result, Exception):
-                    log.error("dispatcher task failed", error=repr(result))
+    async with (running_dispatcher(settings) as running,
+                processing("dispatcher", running.processor, running.dispatcher.status_loop(), "status")):
+        yield running
 
 
 def create_app(settings: DispatcherSettings | None = None, running: Running | None = None) -> FastAPI:
     """The service; given a `running` dispatcher (tests), only its HTTP surface, without a lifespan."""
     settings = settings or DispatcherSettings()
-    state: dict[str, Any] = {}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        configure_logging("dispatcher", settings.log_level)
-        async with serving(settings) as started:
-            state["running"] = started
-            state["auth"] = WriteKeyAuthenticator(started.pool, "dispatcher")
-            yield
-
-    if running is not None:
-        state["running"], state["auth"] = running, WriteKeyAuthenticator(running.pool, "dispatcher")
-    app = FastAPI(title="synergy dispatcher", lifespan=None if running is not None else lifespan)
-    install_problem_handlers(app, metrics.ANSWERS)
-
-    async def postgres_ready() -> bool:
-        return bool(await state["running"].pool.fetchval("SELECT 1"))
-
-    async def kafka_ready() -> bool:
-        return bool(await state["running"].consumer.ping())
-
-    async def brake_released() -> bool:
-        return all(state["running"].processor.readiness().values())
-
-    app.include_router(ops_router({"postgres": postgres_ready, "kafka": kafka_ready,
-                                   "dlq_brake_released": brake_released}))
+    app, state = consumer_service_app("dispatcher", settings.log_level, lambda: serving(settings),
+                                      metrics.ANSWERS, running)
 
     @app.get("/v1/destinations/status")
     async def destinations_status(authorization: str | None = Header(default=None)) -> dict[str, Any]:
         """The brand's destinations: state (and why), delivered / failed / dead-lettered, lag."""
-        running: Running = state["running"]
-        brand_id = await authenticate_brand(state["auth"], authorization)
+        brand_id = await authenticate_brand(state.auth, authorization)
         try:
-            statuses = await store.destination_statuses(running.pool, brand_id)
+            statuses = await store.destination_statuses(state.running.pool, brand_id)
         except (OSError, asyncpg.PostgresError) as exc:
             raise ProblemError(503, "Status store unavailable", "try again shortly",
                                headers={"Retry-After": "5"}) from exc

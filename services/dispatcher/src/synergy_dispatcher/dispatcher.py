@@ -23,7 +23,6 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 import structlog
 from synergy_common.brands import CredentialCipher
 from synergy_streaming import (
@@ -267,10 +266,9 @@ class Dispatcher:
             attempts, first, next_at = first_schedule(attempted, work.attempts + 1, work.first_attempt_wall,
                                                       self.retry, now)
             record = source.record
-            # The decoded envelope is freed once prepared; the event id is read again from the value.
-            event_id = str(orjson.loads(record.value)["event_id"])
+            # The runtime keeps the decoded envelope on the source until it settles (no second parse).
             rows.append(BacklogRow(
-                destination_id, work.key, event_id, record.value, record.key,
+                destination_id, work.key, str(source.payload["event_id"]), record.value, record.key,
                 record.headers, record.partition.topic, record.partition.partition, record.offset,
                 attempts, first, next_at, outcome.reason if isinstance(outcome, Retry) else None))
             moved.append(index)

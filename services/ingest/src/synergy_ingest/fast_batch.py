@@ -15,8 +15,9 @@ which decides and names the field. `tests/unit/ingest/test_fast_batch.py` compar
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import orjson
@@ -93,6 +94,7 @@ _DATA_DECODERS = {
     if name not in RESERVED_EVENTS
 }
 _ENCODER = msgspec.json.Encoder()
+_Item = TypeVar("_Item")
 
 
 def fast_batch(
@@ -100,15 +102,9 @@ def fast_batch(
 ) -> list[AcceptedEvent] | None:
     """Every event of the batch accepted, in order; None when the strict path must decide."""
     batch = _decode(BATCH_DECODER, body)
-    if batch is None or not batch.batch or len(batch.batch) > max_events:
+    if batch is None:
         return None
-    accepted = []
-    for event in batch.batch:
-        one = _accept_client_event(event, request, max_event_bytes)
-        if one is None:
-            return None
-        accepted.append(one)
-    return accepted
+    return _accept_whole(batch.batch, _accept_client_event, request, max_events, max_event_bytes)
 
 
 def fast_event(body: bytes, request: RequestContext, max_event_bytes: int) -> AcceptedEvent | None:
@@ -216,18 +212,29 @@ def accept_segment_track(
 def accept_segment_batch(
     batch: FastSegmentBatch, request: RequestContext, max_events: int, max_event_bytes: int
 ) -> list[AcceptedEvent] | None:
-    if not batch.batch or len(batch.batch) > max_events:
+    return _accept_whole(batch.batch, accept_segment_track, request, max_events, max_event_bytes)
+
+
+# --- both ---------------------------------------------------------------------------------------
+
+
+def _accept_whole(
+    items: Sequence[_Item],
+    accept_one: Callable[[_Item, RequestContext, int], AcceptedEvent | None],
+    request: RequestContext,
+    max_events: int,
+    max_event_bytes: int,
+) -> list[AcceptedEvent] | None:
+    """Every item accepted, in order; None as soon as one is not (or the batch is empty or too long)."""
+    if not items or len(items) > max_events:
         return None
     accepted = []
-    for message in batch.batch:
-        one = accept_segment_track(message, request, max_event_bytes)
+    for item in items:
+        one = accept_one(item, request, max_event_bytes)
         if one is None:
             return None
         accepted.append(one)
     return accepted
-
-
-# --- both ---------------------------------------------------------------------------------------
 
 
 def _accept_track(
