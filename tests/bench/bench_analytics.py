@@ -12,7 +12,7 @@
 
 The load generator (a producer filling the topic) runs before the timed window, so it takes no CPU from
 it; its CPU share of the timed window is printed (0 by construction) with its own time. Its events are
-freed before the window, and the heap settled as the service does once started (app.settle_heap).
+freed before the window, and the heap settled as the service does once started (gc_tuning.tune_garbage_collector).
 Infrastructure: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set (the database must be migrated), else the
 project's test infrastructure with a fresh, migrated database.
 """
@@ -33,7 +33,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 from synergy_analytics import queries
-from synergy_analytics.app import serving, settle_heap
+from synergy_analytics.app import serving
 from synergy_analytics.records import process_message
 from synergy_analytics.settings import AnalyticsSettings
 from synergy_analytics.store import (
@@ -46,6 +46,7 @@ from synergy_analytics.store import (
 )
 from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.db import create_pool, migrate
+from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.localinfra import create_topic
 
 NAMES = (
@@ -194,7 +195,7 @@ async def ingest_rate(kafka: str, database: str, pool, count: int) -> None:  # t
     )
     # The load generator's ~1 M objects would make every full collection of the service's GC walk them.
     del events, futures
-    settle_heap(settings.analytics_gc_young_objects)  # as the service does once started
+    tune_garbage_collector(settings.analytics_gc_young_objects)  # as the service does once started
     async with serving(settings) as running:
         # timed from the first batch written (the group join and partition premaking are not throughput)
         tracker = running.processor.commits.tracker

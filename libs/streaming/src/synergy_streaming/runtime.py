@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 import structlog
 from synergy_common.db_errors import is_retryable_db_error
+from synergy_common.gc_tuning import YOUNG_THRESHOLD, tune_garbage_collector
 
 from synergy_streaming import metrics
 from synergy_streaming.brake import DlqBrake
@@ -100,8 +100,9 @@ class StreamConfig:
     brake: DlqBrake = field(default_factory=DlqBrake)
     # The records in flight (tens of thousands, each a few objects) outlive CPython's default young
     # generation (700 allocations): they were promoted and swept by full collections over and over, half
-    # of the runtime's CPU. run() raises the young threshold to this (never lowers it; None: leave it).
-    gc_young_threshold: int | None = 50_000
+    # of the runtime's CPU. run() sets the young threshold to this (synergy_common.gc_tuning, the one
+    # place the collector is tuned; None: leave it as the service set it).
+    gc_young_threshold: int | None = YOUNG_THRESHOLD
 
 
 class StreamProcessor:
@@ -186,7 +187,8 @@ class StreamProcessor:
     async def run(self) -> None:
         """Until stop(): consume, deliver, commit. Commits what is settled before returning."""
         self._running = True
-        _raise_gc_young_threshold(self.config.gc_young_threshold)
+        if self.config.gc_young_threshold is not None:
+            tune_garbage_collector(self.config.gc_young_threshold, freeze=False)
         self.consumer.subscribe(list(self.config.topics), self._on_assigned, self._on_revoked)
         loops = [
             asyncio.create_task(self._poll_loop(), name=f"{self.service}-poll"),
@@ -281,6 +283,15 @@ class StreamProcessor:
         if self._waiting_for_room and not self._full() and not self._read_enough():
             self._room.set()
 
+    async def _wait_for_room(self) -> None:
+        """Until records settle (`_made_room`) or a poll timeout passes."""
+        self._room.clear()
+        self._waiting_for_room = True
+        try:
+            await self.clock.wait(self._room, self.config.poll_timeout)
+        finally:
+            self._waiting_for_room = False
+
     async def _poll_loop(self) -> None:
         config, clock = self.config, self.clock
         poll_chunks = getattr(self.consumer, "poll_chunks", None)
@@ -294,23 +305,13 @@ class StreamProcessor:
                 if self.brake.engaged or now - full_since >= config.pause_after:
                     self._pause()
                 if not self.paused:
-                    self._room.clear()
-                    self._waiting_for_room = True
-                    try:
-                        await clock.wait(self._room, config.poll_timeout)
-                    finally:
-                        self._waiting_for_room = False
+                    await self._wait_for_room()
                     continue
             else:
                 full_since = None
                 self._resume()
                 if self._read_enough():
-                    self._room.clear()
-                    self._waiting_for_room = True
-                    try:
-                        await clock.wait(self._room, config.poll_timeout)
-                    finally:
-                        self._waiting_for_room = False
+                    await self._wait_for_room()
                     if self._read_enough():
                         continue
             if poll_chunks is not None:
@@ -807,12 +808,6 @@ class StreamProcessor:
             self.lag[partition] = max(0, highwater - committed)
             metrics.CONSUMER_LAG.labels(self.service, partition.topic, str(partition.partition)).set(
                 self.lag[partition])
-
-
-def _raise_gc_young_threshold(threshold: int | None) -> None:
-    young, *older = gc.get_threshold()
-    if threshold is not None and young < threshold:
-        gc.set_threshold(threshold, *older)
 
 
 def _by_partition(records: list[Record]) -> list[tuple[Partition, list[Record]]]:

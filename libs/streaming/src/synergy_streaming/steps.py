@@ -365,45 +365,19 @@ class Prepare:
         when the chunk is done; False while a retryable failure waits at its head."""
         assert self._prepare_runs is not None and self.accept_runs is not None
         records = queued.chunk.records
-        if queued.payloads is None:
-            payloads, rejected = decode_records(queued.partition, records, queued.indices, self._decode)
-            dropped: set[int] = set()
-            for index, exc in rejected:
-                dropped.add(index)
-                reject(self.source_at(queued, index), exc.reason, exc.detail)
-            if self._skip is not None:
-                with_headers = ([index for index, record in enumerate(records) if record.headers]
-                                if queued.indices is None else
-                                [index for index in queued.indices if records[index].headers])
-                for index in with_headers:
-                    if index not in dropped:
-                        source = self.source_at(queued, index)
-                        skip = self._skip(source)
-                        if skip is not None:
-                            dropped.add(index)
-                            settle_skipped(source, skip)
-            if dropped:
-                wanted = range(len(records)) if queued.indices is None else queued.indices
-                queued.indices = [index for index in wanted if index not in dropped]
-            queued.payloads = payloads
+        payloads = queued.payloads
+        if payloads is None:
+            payloads = self._decode_queued(queued, reject, settle_skipped)
         if queued.indices is not None and not queued.indices:
             return True
         if not queued.one_by_one:
-            polled = PolledChunk(queued.partition, records, queued.payloads, queued.indices)
             try:
-                results = await self._call_prepare_runs(polled)
+                results = await self._call_prepare_runs(
+                    PolledChunk(queued.partition, records, payloads, queued.indices))
             except Exception as exc:
-                if self._is_retryable(exc):
-                    await self._back_off(exc)
-                    return False
-                log.warning("prepare_runs failed; preparing the chunk record by record", service=self.service,
-                            error=repr(exc))
-                queued.one_by_one = True
+                await self._failed_whole(queued, exc, "prepare_runs")
                 return False
-            self._failures = 0
-            if queued.generation == current_generation():
-                self.accept_runs(queued, len(records) if queued.indices is None else len(queued.indices),
-                                 queued.indices, results, queued.held)
+            self._accept_prepared(queued, results, current_generation())
             return True
         wanted = list(range(len(records))) if queued.indices is None else queued.indices
         since_yield = 0
@@ -417,7 +391,7 @@ class Prepare:
                     return True
             try:
                 results = await self._call_prepare_runs(
-                    PolledChunk(queued.partition, records, queued.payloads, [index]))
+                    PolledChunk(queued.partition, records, payloads, [index]))
             except Exception as exc:
                 if self._is_retryable(exc):
                     await self._back_off(exc)
@@ -438,6 +412,51 @@ class Prepare:
         if inspect.isawaitable(results):
             results = await results
         return results
+
+    def _decode_queued(self, queued: _QueuedRuns, reject: Callable[[Source, str, str], None],
+                       settle_skipped: Callable[[Source, Skip], None]) -> list[Any]:
+        """Decode the chunk's values (`queued.payloads`, answered too); the undecodable ones rejected,
+        replays for another service skipped, and both left out of `queued.indices`."""
+        records = queued.chunk.records
+        payloads, rejected = decode_records(queued.partition, records, queued.indices, self._decode)
+        dropped: set[int] = set()
+        for index, exc in rejected:
+            dropped.add(index)
+            reject(self.source_at(queued, index), exc.reason, exc.detail)
+        if self._skip is not None:
+            with_headers = ([index for index, record in enumerate(records) if record.headers]
+                            if queued.indices is None else
+                            [index for index in queued.indices if records[index].headers])
+            for index in with_headers:
+                if index not in dropped:
+                    source = self.source_at(queued, index)
+                    skip = self._skip(source)
+                    if skip is not None:
+                        dropped.add(index)
+                        settle_skipped(source, skip)
+        if dropped:
+            wanted = range(len(records)) if queued.indices is None else queued.indices
+            queued.indices = [index for index in wanted if index not in dropped]
+        queued.payloads = payloads
+        return payloads
+
+    def _accept_prepared(self, queued: _QueuedRuns, results: Sequence[Any], generation: int) -> None:
+        assert self.accept_runs is not None
+        self._failures = 0
+        if queued.generation == generation:
+            eligible = len(queued.chunk.records) if queued.indices is None else len(queued.indices)
+            self.accept_runs(queued, eligible, queued.indices, results, queued.held)
+
+    async def _failed_whole(self, queued: _Queued | _QueuedRuns, exc: Exception, what: str) -> None:
+        """A chunk's prepare call failed: a retryable error backs off (the chunk stays at the head,
+        tried again); any other has the chunk prepared record by record, so only the failing record
+        is dead-lettered."""
+        if self._is_retryable(exc):
+            await self._back_off(exc)
+            return
+        log.warning(f"{what} failed; preparing the chunk record by record", service=self.service,
+                    error=repr(exc))
+        queued.one_by_one = True
 
     async def _back_off(self, exc: BaseException) -> None:
         self._failures += 1
@@ -460,12 +479,7 @@ class Prepare:
             if len(results) != len(sources):
                 raise ValueError(f"prepare_many answered {len(results)} results for {len(sources)} records")
         except Exception as exc:
-            if self._is_retryable(exc):
-                await self._back_off(exc)
-                return False
-            log.warning("prepare_many failed; preparing the chunk record by record", service=self.service,
-                        error=repr(exc))
-            queued.one_by_one = True
+            await self._failed_whole(queued, exc, "prepare_many")
             return False
         self._failures = 0
         queued.next = len(queued.sources)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +13,7 @@ import structlog
 from fastapi import FastAPI, Header, Query
 from synergy_common.consumer_service import consumer_service_app, open_pool_and_producer, processing
 from synergy_common.durations import parse_duration
+from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.http import ProblemError, authenticate_brand
 from synergy_streaming import DeadLetterWriter, KafkaConsumer, RetryPolicy, StreamProcessor
 
@@ -70,15 +70,6 @@ async def running_analytics(settings: AnalyticsSettings) -> AsyncIterator[Runnin
         yield Running(analytics, processor, consumer, pool)
 
 
-def settle_heap(young_objects: int) -> None:
-    """Once started: the objects made so far (modules, pools, the consumer) leave the cyclic collector's
-    sight (gc.freeze), so a full collection walks only what the stream holds; the young generation is
-    collected after `young_objects` allocations instead of 700 (the buffered events are short-lived)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(young_objects, *gc.get_threshold()[1:])
-
-
 @contextlib.asynccontextmanager
 async def serving(settings: AnalyticsSettings) -> AsyncIterator[Running]:
     """Analytics running: processor and maintenance loop in tasks, stopped (settled, committed) on exit."""
@@ -118,9 +109,10 @@ def event_name(field: str, value: str) -> str:
 def create_app(settings: AnalyticsSettings | None = None, running: Running | None = None) -> FastAPI:
     """The service; given a `running` analytics (tests), only its HTTP surface, without a lifespan."""
     settings = settings or AnalyticsSettings()
+    young_objects = settings.analytics_gc_young_objects  # the runtime's gc_young_threshold too
     app, state = consumer_service_app("analytics", settings.log_level, lambda: serving(settings),
                                       metrics.REQUESTS, running,
-                                      on_started=lambda: settle_heap(settings.analytics_gc_young_objects))
+                                      on_started=lambda: tune_garbage_collector(young_objects))
 
     async def brand_of(authorization: str | None) -> int:
         return int(await authenticate_brand(state.auth, authorization))

@@ -60,6 +60,7 @@ class Analytics:
             max_run_per_key=s.analytics_batch_items,
             max_in_flight=s.analytics_max_in_flight,
             max_batch_wait=s.seconds("analytics_batch_wait"),
+            gc_young_threshold=s.analytics_gc_young_objects,
         )
 
     def decode(self, record: Record) -> Processed | dict[str, Any]:
