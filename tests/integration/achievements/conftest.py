@@ -107,3 +107,11 @@ async def ingest_client(
     async with ingest_in_process(kafka_bootstrap, database_url, events_topic) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield client
+
+
+@pytest.fixture
+def fault_dir(tmp_path: Path) -> Path:
+    """Where faulty_worker.py leaves a marker for each fault it fired (each fires once)."""
+    directory = tmp_path / "faults"
+    directory.mkdir()
+    return directory

@@ -7,107 +7,38 @@ writes straight to the events topic, so they can count exactly what went in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 from aiokafka.partitioner import murmur2
-from synergy_common.brands import CredentialCipher, create_brand
 from synergy_common.db import create_pool
 from synergy_schemas.envelope import Envelope
 from synergy_schemas.events import AchievementUnlockedData
 from synergy_schemas.snapshots import UserSnapshot
 from ulid import ULID
 
+from tests.integration.achievements.harness import (
+    SEED_EXAMPLES,
+    SIX_SCANS_OF_25,
+    TWELVE_SCANS_OF_10,
+    assert_every_user_reached,
+    assert_users_reached_with_each_unlock_once,
+    dead_letter_rows,
+    final_snapshots,
+    new_brand,
+    produce,
+    scan_event,
+    user_events,
+    wait_for_postgres,
+    wait_until_ready,
+    worker_metric,
+)
 from tests.support import free_port
-
-SEED_EXAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "seed_examples"
-
-
-def scan_event(
-    brand_id: str, user_id: str, event_id: str, timestamp: str, points_award: int
-) -> dict[str, Any]:
-    example = json.loads((SEED_EXAMPLES / "000_1_product_scanned.json").read_text())
-    example["data"]["product_snapshot"]["economy"]["points_award"] = points_award
-    return {
-        **example,
-        "event_id": event_id,
-        "type": "track",
-        "brand_id": brand_id,
-        "identifiers": {"id": user_id},
-        "timestamp": timestamp,
-        "received_at": timestamp,
-        "schema_version": 1,
-        "source": "ingest",
-        "correlation_id": f"c-{event_id}",
-    }
-
-
-async def new_brand(database_url: str) -> tuple[str, str]:
-    pool = await create_pool(database_url)
-    try:
-        brand = await create_brand(pool, f"ach-{ULID()}", CredentialCipher(None))
-    finally:
-        await pool.close()
-    return brand.brand_id, brand.write_key
-
-
-async def produce(producer: Any, topic: str, events: list[dict[str, Any]]) -> None:
-    futures = [
-        await producer.send(topic, orjson.dumps(e), key=f"{e['brand_id']}:{e['identifiers']['id']}".encode())
-        for e in events
-    ]
-    await asyncio.gather(*futures)
-
-
-def user_events(brand_id: str, users: list[str], per_user: int, points_award: int) -> list[dict[str, Any]]:
-    events = []
-    for n in range(per_user):
-        for user in users:
-            events.append(
-                scan_event(
-                    brand_id, user, str(ULID()), f"2024-06-0{1 + n % 5}T1{n % 10}:00:00Z", points_award
-                )
-            )
-    return events
-
-
-# Hand-computed with the default rules (bronze rank, multiplier 1): scans on June 1st to 5th earn
-# first_scan (100) at the 1st, scan_sprint (300, 5 scans within 7 days) at the 5th, scans_10 (250) at the 10th.
-# 12 scans of 10 points: 12 * 10 + 100 + 300 + 250 = 770.
-TWELVE_SCANS_OF_10 = {"version": 12, "balance": 770, "lifetime": 770,
-                      "achievements": {"first_scan", "scan_sprint", "scans_10"}}
-# 6 scans of 25 points: 6 * 25 + 100 + 300 = 550.
-SIX_SCANS_OF_25 = {"version": 6, "balance": 550, "lifetime": 550, "achievements": {"first_scan", "scan_sprint"}}
-
-
-async def final_snapshots(
-    consume_all: Any, topic: str, brand_id: str, versions: dict[str, int], timeout: float = 90
-) -> dict[str, dict[str, Any]]:
-    """The highest-version snapshot of each user, once every user has reached the version expected."""
-    latest: dict[str, dict[str, Any]] = {}
-
-    def version(value: dict[str, Any] | None) -> int:
-        return -1 if value is None else int(value["data"]["loyalty"]["state_version"])
-
-    def complete(records: list[Any]) -> bool:
-        for record in records:
-            value = record.json()
-            user = value["identifiers"]["id"]
-            if version(value) > version(latest.get(user)):
-                latest[user] = value
-        return all(version(latest.get(user)) == wanted for user, wanted in versions.items())
-
-    await consume_all(
-        topic, until=complete, timeout=timeout, where=lambda r: r.json()["brand_id"] == brand_id
-    )
-    return latest
 
 
 async def test_new_users_scan_posted_through_ingest_yields_first_scan_in_seed_shape_and_a_snapshot(
@@ -191,110 +122,6 @@ async def test_new_users_scan_posted_through_ingest_yields_first_scan_in_seed_sh
         assert 'synergy_achievements_unlocks_total{achievement="first_scan"}' in metrics
 
 
-def unlock_ids(records: list[Any]) -> dict[tuple[str, str], set[str]]:
-    """The distinct event ids published for each (user, achievement) unlock."""
-    ids: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for record in records:
-        value = record.json()
-        if value["name"] == "achievement_unlocked":
-            ids[(value["identifiers"]["id"], value["data"]["achievement_data"]["achievement_id"])].add(
-                value["event_id"]
-            )
-    return ids
-
-
-def assert_every_user_reached(latest: dict[str, dict[str, Any]], users: list[str], expected: dict[str, Any]) -> None:
-    for user in users:
-        economy = latest[user]["data"]["user_snapshot"]["economy"]
-        loyalty = latest[user]["data"]["loyalty"]
-        assert (loyalty["state_version"], economy["points_balance"], economy["lifetime_points"]) == (
-            expected["version"], expected["balance"], expected["lifetime"]
-        ), user
-        assert set(loyalty["achievements"]) == expected["achievements"], user
-
-
-async def assert_each_unlock_published_under_one_id(
-    consume_all: Any, topic: str, brand_id: str, users: list[str], achievements: set[str]
-) -> None:
-    unlocks = await consume_all(topic, timeout=30, where=lambda r: r.json()["brand_id"] == brand_id)
-    assert {key: len(ids) for key, ids in unlock_ids(unlocks).items()} == {
-        (user, key): 1 for user in users for key in achievements
-    }
-
-
-async def postgres_loyalty(database_url: str, brand_id: str) -> dict[str, tuple[int, int, int, set[str]]]:
-    """Per user of the brand: balance, lifetime points, state version and unlocked achievements in Postgres."""
-    pool = await create_pool(database_url)
-    try:
-        rows = await pool.fetch(
-            """SELECT u.external_id, u.points_balance, u.lifetime_points, u.loyalty_state_version,
-                      array_remove(array_agg(c.achievement_key ORDER BY c.achievement_key), NULL) AS keys,
-                      count(ua.*) AS unlock_rows
-               FROM users u
-               LEFT JOIN user_achievements ua ON ua.user_id = u.id
-               LEFT JOIN achievement_configs c ON c.id = ua.achievement_config_id
-               WHERE u.brand_id = $1 GROUP BY u.id""",
-            int(brand_id),
-        )
-    finally:
-        await pool.close()
-    result = {}
-    for row in rows:
-        assert row["unlock_rows"] == len(set(row["keys"])), row  # never two rows for one unlock
-        result[row["external_id"]] = (
-            row["points_balance"], row["lifetime_points"], row["loyalty_state_version"], set(row["keys"])
-        )
-    return result
-
-
-async def wait_for_postgres(
-    database_url: str, brand_id: str, wanted: dict[str, tuple[int, int, int, set[str]]], timeout: float
-) -> dict[str, tuple[int, int, int, set[str]]]:
-    deadline = time.monotonic() + timeout
-    found = await postgres_loyalty(database_url, brand_id)
-    while found != wanted and time.monotonic() < deadline:
-        await asyncio.sleep(0.25)
-        found = await postgres_loyalty(database_url, brand_id)
-    return found
-
-
-async def dead_letter_rows(database_url: str, brand_id: str) -> list[dict[str, Any]]:
-    pool = await create_pool(database_url)
-    try:
-        rows = await pool.fetch(
-            "SELECT * FROM dlq_messages WHERE brand_id = $1 AND service = 'achievements' ORDER BY id",
-            int(brand_id),
-        )
-    finally:
-        await pool.close()
-    return [dict(row) for row in rows]
-
-
-async def worker_metric(port: int, name: str, **labels: str) -> float:
-    """The sum of a metric's samples (those with these labels) on a worker's /metrics."""
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-        text = (await client.get("/metrics")).text
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name) or line[len(name):len(name) + 1] not in ("{", " "):
-            continue
-        if all(f'{key}="{value}"' in line for key, value in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-async def wait_until_ready(port: int, process: Any, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, f"the worker on port {port} exited with {process.returncode}"
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.25)
-    raise AssertionError(f"the worker on port {port} was not ready within {timeout:.0f}s")
-
-
 async def test_sigkill_mid_stream_loses_no_points_and_duplicates_no_unlock(
     start_worker: Any,
     achievements_topics: dict[str, str],
@@ -327,13 +154,8 @@ async def test_sigkill_mid_stream_loses_no_points_and_duplicates_no_unlock(
     await produce(kafka_producer, achievements_topics["SYNERGY_TOPIC_EVENTS"], events[120:])
     start_worker()
 
-    latest = await final_snapshots(
-        consume_all, achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], brand_id, dict.fromkeys(users, 12)
-    )
-    assert_every_user_reached(latest, users, TWELVE_SCANS_OF_10)
-    await assert_each_unlock_published_under_one_id(
-        consume_all, achievements_topics["SYNERGY_TOPIC_LOYALTY"], brand_id, users,
-        TWELVE_SCANS_OF_10["achievements"],
+    await assert_users_reached_with_each_unlock_once(
+        consume_all, achievements_topics, brand_id, users, TWELVE_SCANS_OF_10
     )
 
 
@@ -343,14 +165,12 @@ async def test_a_publish_and_a_postgres_write_failing_half_way_end_the_worker_an
     kafka_producer: Any,
     consume_all: Any,
     database_url: str,
-    tmp_path: Path,
+    fault_dir: Path,
 ) -> None:
     """Each fault fires once (faulty_worker.py); the test restarts the worker as a supervisor would."""
     brand_id, _ = await new_brand(database_url)
     users = [f"user-{ULID()}" for _ in range(10)]
     events = user_events(brand_id, users, 12, 10)
-    fault_dir = tmp_path / "faults"
-    fault_dir.mkdir()
     markers = [fault_dir / "publish.fired", fault_dir / "persist.fired"]
     workers = [start_worker(faults="publish,persist", fault_dir=fault_dir)]
     await produce(kafka_producer, achievements_topics["SYNERGY_TOPIC_EVENTS"], events)
@@ -369,14 +189,8 @@ async def test_a_publish_and_a_postgres_write_failing_half_way_end_the_worker_an
         workers.append(start_worker(faults="publish,persist", fault_dir=fault_dir))
     assert {worker.pid for worker in workers[:-1]} == failed_pids
 
-    latest = await final_snapshots(
-        consume_all, achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], brand_id, dict.fromkeys(users, 12),
-        timeout=120,
-    )
-    assert_every_user_reached(latest, users, TWELVE_SCANS_OF_10)
-    await assert_each_unlock_published_under_one_id(
-        consume_all, achievements_topics["SYNERGY_TOPIC_LOYALTY"], brand_id, users,
-        TWELVE_SCANS_OF_10["achievements"],
+    await assert_users_reached_with_each_unlock_once(
+        consume_all, achievements_topics, brand_id, users, TWELVE_SCANS_OF_10, timeout=120
     )
     wanted = {user: (770, 770, 12, {"first_scan", "scan_sprint", "scans_10"}) for user in users}
     assert await wait_for_postgres(database_url, brand_id, wanted, timeout=30) == wanted

@@ -15,11 +15,9 @@ from typing import Any
 
 from ulid import ULID
 
-from tests.integration.achievements.test_achievements_worker import (
+from tests.integration.achievements.harness import (
     SIX_SCANS_OF_25,
-    assert_each_unlock_published_under_one_id,
-    assert_every_user_reached,
-    final_snapshots,
+    assert_users_reached_with_each_unlock_once,
     new_brand,
     produce,
     user_events,
@@ -32,13 +30,11 @@ async def test_a_batch_acked_by_faust_whose_transaction_fails_late_is_read_again
     kafka_producer: Any,
     consume_all: Any,
     database_url: str,
-    tmp_path: Path,
+    fault_dir: Path,
 ) -> None:
     brand_id, _ = await new_brand(database_url)
     users = [f"user-{ULID()}" for _ in range(8)]
     events = user_events(brand_id, users, 6, 25)
-    fault_dir = tmp_path / "faults"
-    fault_dir.mkdir()
     failing = start_worker(faults="slow_publish", fault_dir=fault_dir)
     await produce(kafka_producer, achievements_topics["SYNERGY_TOPIC_EVENTS"], events)
 
@@ -50,10 +46,6 @@ async def test_a_batch_acked_by_faust_whose_transaction_fails_late_is_read_again
     assert (fault_dir / "slow_publish.fired").read_text() == str(failing.pid)
 
     start_worker()  # as the supervisor would
-    latest = await final_snapshots(
-        consume_all, achievements_topics["SYNERGY_TOPIC_SNAPSHOTS"], brand_id, dict.fromkeys(users, 6)
-    )
-    assert_every_user_reached(latest, users, SIX_SCANS_OF_25)
-    await assert_each_unlock_published_under_one_id(
-        consume_all, achievements_topics["SYNERGY_TOPIC_LOYALTY"], brand_id, users, SIX_SCANS_OF_25["achievements"],
+    await assert_users_reached_with_each_unlock_once(
+        consume_all, achievements_topics, brand_id, users, SIX_SCANS_OF_25
     )

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from ulid import ULID
 
-from tests.integration.achievements.test_achievements_worker import (
+from tests.integration.achievements.harness import (
     dead_letter_rows,
     final_snapshots,
     new_brand,

@@ -19,7 +19,7 @@ from typing import Any
 
 from ulid import ULID
 
-from tests.integration.achievements.test_achievements_worker import (
+from tests.integration.achievements.harness import (
     SIX_SCANS_OF_25,
     assert_every_user_reached,
     final_snapshots,
@@ -51,13 +51,12 @@ async def test_a_paused_worker_whose_partitions_moved_writes_nothing_visible_aft
     consume_all: Any,
     database_url: str,
     tmp_path: Path,
+    fault_dir: Path,
 ) -> None:
     brand_id, _ = await new_brand(database_url)
     users = [f"user-{ULID()}" for _ in range(8)]
     events = user_events(brand_id, users, 6, 25)  # 3 scans per user before the takeover, 3 after
     events_topic = achievements_topics["SYNERGY_TOPIC_EVENTS"]
-    fault_dir = tmp_path / "faults"
-    fault_dir.mkdir()
     ports = [free_port(), free_port()]
 
     zombie = start_worker(ports[0], faults="stop_in_transaction", fault_dir=fault_dir)
