@@ -429,15 +429,15 @@ class StreamProcessor:
                     run.chunk, run.generation = chunk, generation
                 if sum(counts) < eligible:
                     self._settle_uncovered(chunk, generation, indices, results, False)
-                whole: list[Run] = list(results)
+                whole: list[Run] = results if type(results) is list else list(results)
                 run_keys = [run.key for run in whole]
-                key_set = set(run_keys)
-                if (self.config.chunk_lane and len(key_set) == len(run_keys)
-                        and len({run.target for run in whole}) == 1
-                        and self._to_lane(queued.partition, key_set, whole, counts)):
-                    self._wake.set()
-                    return
-                self._queue_by_key(run_keys, whole, key_set)
+                if self.config.chunk_lane:
+                    key_set = set(run_keys)
+                    if (len(key_set) == len(run_keys) and len({run.target for run in whole}) == 1
+                            and self._to_lane(queued.partition, key_set, whole, counts)):
+                        self._wake.set()
+                        return
+                self._queue_by_key(run_keys, whole)
                 self._wake.set()
                 return
         keys: list[str] = []
@@ -471,13 +471,14 @@ class StreamProcessor:
         if covered < eligible:
             self._settle_uncovered(chunk, generation, indices, results, held)
         if runs:
-            self._queue_by_key(keys, runs, set(keys))
+            self._queue_by_key(keys, runs)
             self._wake.set()
 
-    def _queue_by_key(self, keys: list[str], runs: list[Any], key_set: set[str]) -> None:
+    def _queue_by_key(self, keys: list[str], runs: list[Any]) -> None:
         """Runs queued by key. A lane's chunks behind its head that share a key go first (they came
         earlier), and a key the head chunk has out is held until it settles."""
         if self._lanes:
+            key_set = set(keys)
             hits = [p for p, lane_keys in self._lane_keys.items() if not key_set.isdisjoint(lane_keys)]
             for partition in hits:
                 self._flush_lane(partition)
