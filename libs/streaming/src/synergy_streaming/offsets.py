@@ -12,8 +12,9 @@ offset of its partition; records settle in any order, across chunks too.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any
 
 
@@ -142,6 +143,16 @@ class OffsetTracker:
                 if chunk.pending <= 0:
                     finished.append(chunk)
         return self._settled(count, finished)
+
+    def settle_fresh(self, chunk: Chunk, runs: Sequence[Any], count: int) -> int:
+        """Settle the `count` records of `runs` (objects with `.indices`), all of `chunk` and none
+        settled before (a slice of a chunk delivered whole the first time): their flags set in C."""
+        if chunk.progress is None:
+            return 0
+        indices = list(chain.from_iterable([run.indices for run in runs]))
+        deque(map(chunk.done.__setitem__, indices, repeat(True)), 0)
+        chunk.pending -= count
+        return self._settled(count, [chunk] if chunk.pending <= 0 else [])
 
     def _settled(self, count: int, finished: list[Chunk]) -> int:
         """Account for `count` newly settled records, and drop the settled prefix of finished chunks."""

@@ -235,6 +235,43 @@ class KeyedQueues(Generic[T]):
         if self._queues.get(key):
             self._ready[key] = None
 
+    def untouched(self, keys: set[str]) -> bool:
+        """None of `keys` is queued, in flight, waiting for a retry or parked (set operations, no loop)."""
+        return (keys.isdisjoint(self._queues) and keys.isdisjoint(self._blocked_until)
+                and keys.isdisjoint(self._parked) and keys.isdisjoint(self._busy))
+
+    def hold(self, keys: set[str]) -> None:
+        """`keys` have a run in flight outside these queues: what is queued for them waits for release()."""
+        self._busy |= keys
+        ready = self._ready
+        for key in keys:
+            ready.pop(key, None)
+
+    def release(self, keys: set[str]) -> None:
+        """The runs in flight outside these queues of `keys` (see hold) are settled: the next may go."""
+        self._busy -= keys
+        queues, ready, blocked = self._queues, self._ready, self._blocked_until
+        for key in keys:
+            if queues.get(key) and key not in blocked:
+                ready[key] = None
+
+    def put_taken(self, items: Sequence[T]) -> None:
+        """Items (one a key: `item.key`) in flight outside these queues come back as the taken head of
+        their keys' queues, ahead of what is queued for them, as take_ready left them."""
+        queues, ready = self._queues, self._ready
+        keys = []
+        for item in items:
+            key = item.key  # type: ignore[attr-defined]
+            keys.append(key)
+            queue = queues.get(key)
+            if queue is None:
+                queues[key] = [item]
+            else:
+                queue.insert(0, item)
+            ready.pop(key, None)
+        self._busy.update(keys)
+        self._size += len(items)
+
     def any_blocked(self) -> bool:
         """Some key waits for a retry (its messages, and those queued behind, are held back)."""
         return bool(self._blocked_until)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import structlog
@@ -87,6 +90,9 @@ class StreamConfig:
     # more): records polled long before they are handled have left the CPU's caches, and cost a quarter
     # more to handle. A key retrying lifts it, so that other keys flow past it up to max_buffered.
     read_ahead: int | None = None
+    # In runs: a chunk none of whose keys is queued, in flight, retrying or parked skips the per-key
+    # queues (see StreamProcessor._to_lane). Off: every chunk goes by key.
+    chunk_lane: bool = True
     max_batch_items: int = 500
     max_batch_bytes: int = 1_000_000  # in Work.size units
     max_batch_wait: float = 0.05
@@ -166,6 +172,14 @@ class StreamProcessor:
         self._room = asyncio.Event()  # set when records settle while the poll loop waits for room
         self._waiting_for_room = False
         self._in_flight_items = 0  # work items in deliveries now
+        # The chunk lane (in runs): a chunk none of whose keys is queued, in flight, retrying or parked
+        # elsewhere goes as batch-sized slices of its runs, without per-key queueing. A partition's lane
+        # chunks go one at a time, in order (their slices in parallel: one run a key in a chunk); the
+        # head chunk's keys are held in the key queues while it is out.
+        self._lanes: dict[Partition, deque[_LaneChunk]] = {}
+        self._lane_keys: dict[Partition, set[str]] = {}  # keys of a partition's lane chunks
+        self._lane_ready: deque[tuple[_LaneChunk, list[Run], int]] = deque()  # slices of head chunks
+        self._lane_held: set[str] = set()  # keys held in the key queues for a head chunk's run
         self._read_ahead = config.read_ahead or config.max_in_flight * config.max_batch_items
         if self.in_runs and not config.read_ahead:
             # in runs the records are the consumer's own, and polls come whole: reading ahead only two
@@ -237,6 +251,10 @@ class StreamProcessor:
         self.generation += 1
         self.prepare.drain()
         self.order.queues.drain()
+        self._lanes.clear()
+        self._lane_keys.clear()
+        self._lane_ready.clear()
+        self._lane_held.clear()
         self.held.clear()
         self.commits.tracker.forget(list(self.commits.tracker.partitions))
         self.assigned -= set(revoked)
@@ -411,8 +429,15 @@ class StreamProcessor:
                     run.chunk, run.generation = chunk, generation
                 if sum(counts) < eligible:
                     self._settle_uncovered(chunk, generation, indices, results, False)
-                for item in self.order.queues.push_many([run.key for run in results], results):
-                    self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
+                whole: list[Run] = results if type(results) is list else list(results)
+                run_keys = [run.key for run in whole]
+                if self.config.chunk_lane:
+                    key_set = set(run_keys)
+                    if (len(key_set) == len(run_keys) and len({run.target for run in whole}) == 1
+                            and self._to_lane(queued.partition, key_set, whole, counts)):
+                        self._wake.set()
+                        return
+                self._queue_by_key(run_keys, whole)
                 self._wake.set()
                 return
         keys: list[str] = []
@@ -446,9 +471,109 @@ class StreamProcessor:
         if covered < eligible:
             self._settle_uncovered(chunk, generation, indices, results, held)
         if runs:
-            for item in self.order.queues.push_many(keys, runs):
-                self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
+            self._queue_by_key(keys, runs)
             self._wake.set()
+
+    def _queue_by_key(self, keys: list[str], runs: list[Any]) -> None:
+        """Runs queued by key. A lane's chunks behind its head that share a key go first (they came
+        earlier), and a key the head chunk has out is held until it settles."""
+        if self._lanes:
+            key_set = set(keys)
+            hits = [p for p, lane_keys in self._lane_keys.items() if not key_set.isdisjoint(lane_keys)]
+            for partition in hits:
+                self._flush_lane(partition)
+            for partition in hits:
+                held = key_set & self._lane_keys[partition]
+                if held:
+                    self.order.queues.hold(held)
+                    self._lane_held |= held
+        for item in self.order.queues.push_many(keys, runs):
+            self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
+
+    def _to_lane(self, partition: Partition, key_set: set[str], runs: list[Run], counts: list[int]) -> bool:
+        """The chunk's runs (one a key) into the partition's lane, if none of its keys is anywhere else."""
+        if not self.order.queues.untouched(key_set):
+            return False
+        for other, lane_keys in self._lane_keys.items():
+            if other != partition and not key_set.isdisjoint(lane_keys):
+                return False
+        # batch-sized slices, cut as BatchByTarget.pack cuts (whole runs, within both budgets)
+        max_items, max_bytes = self.config.max_batch_items, self.config.max_batch_bytes
+        counts = list(accumulate(counts))
+        sizes = counts if all([run.size == run.count for run in runs]) else list(
+            accumulate([run.size for run in runs]))
+        slices: list[tuple[list[Run], int]] = []
+        start, total = 0, len(runs)
+        while start < total:
+            base_count = counts[start - 1] if start else 0
+            base_size = sizes[start - 1] if start else 0
+            end = min(bisect_right(counts, base_count + max_items, start),
+                      bisect_right(sizes, base_size + max_bytes, start))
+            end = max(end, start + 1)  # a run over the byte budget goes alone
+            slices.append((runs[start:end], counts[end - 1] - base_count))
+            start = end
+        lane = _LaneChunk(partition, key_set, runs, slices)
+        fifo = self._lanes.get(partition)
+        if fifo is None:
+            self._lanes[partition] = deque((lane,))
+            self._lane_keys[partition] = set(key_set)
+            self._lane_ready.extend([(lane, part, part_count) for part, part_count in slices])
+        else:
+            fifo.append(lane)
+            self._lane_keys[partition] |= key_set
+        return True
+
+    def _flush_lane(self, partition: Partition) -> None:
+        """The partition's lane chunks behind its head go to the key queues, in order."""
+        fifo = self._lanes[partition]
+        if len(fifo) == 1:
+            return
+        waiting = list(fifo)[1:]
+        head = fifo[0]
+        self._lanes[partition] = deque((head,))
+        self._lane_keys[partition] = set(head.keys)
+        queues, head_keys = self.order.queues, head.keys
+        for lane in waiting:
+            held = lane.keys & head_keys
+            if held:
+                queues.hold(held)
+                self._lane_held |= held
+            for item in queues.push_many([run.key for run in lane.runs], lane.runs):
+                self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
+
+    def _lane_slice_out(self, lane: _LaneChunk) -> None:
+        """One slice of a head chunk settled (or handed to the key queues); the chunk's last frees its
+        keys and lets the partition's next chunk go."""
+        lane.outstanding -= 1
+        if lane.outstanding > 0 or lane.generation != self.generation:
+            return
+        fifo = self._lanes[lane.partition]
+        fifo.popleft()
+        if self._lane_held:
+            released = lane.keys & self._lane_held
+            if released:
+                self._lane_held -= released
+                self.order.queues.release(released)
+        if fifo:
+            head = fifo[0]
+            self._lane_keys[lane.partition] = set().union(*[chunk.keys for chunk in fifo])
+            self._lane_ready.extend([(head, part, part_count) for part, part_count in head.slices])
+        else:
+            del self._lanes[lane.partition]
+            del self._lane_keys[lane.partition]
+        self._wake.set()
+
+    def _lane_to_keys(self, lane: _LaneChunk, runs: list[Run]) -> list[tuple[str, list[Work]]]:
+        """A head chunk's slice not delivered whole: its runs become the taken heads of their keys'
+        queues (and the partition's later lane chunks queue behind them), to be answered run by run."""
+        self._flush_lane(lane.partition)
+        keys = {run.key for run in runs}
+        lane.keys = lane.keys - keys
+        self._lane_keys[lane.partition] = set(lane.keys)
+        self._lane_held -= keys
+        self.order.queues.put_taken(runs)
+        self._lane_slice_out(lane)
+        return [(run.key, [run]) for run in runs]
 
     def _settle_uncovered(self, chunk: Any, generation: int, indices: list[int] | None,
                           results: Sequence[Any],
@@ -615,6 +740,10 @@ class StreamProcessor:
             free = self.config.max_in_flight - len(self._in_flight)
             timeout = 0.5
             if free > 0:
+                if self._lane_ready:  # slices are as full as their chunk allows: no lingering
+                    self._start_lane_batches(free)
+                    free = self.config.max_in_flight - len(self._in_flight)
+            if free > 0:
                 ready = self.order.queues.ready_at_least(now, self.config.max_batch_items)
                 if ready:
                     if self._linger_since is None:
@@ -656,10 +785,20 @@ class StreamProcessor:
             for key, _ in groups:
                 self.order.queues.give_back(key)
 
+    def _start_lane_batches(self, free: int) -> None:
+        ready = self._lane_ready
+        while free > 0 and ready:
+            lane, runs, count = ready.popleft()
+            self._track_delivery(self._deliver_lane(lane, runs, count), count)
+            free -= 1
+
     def _spawn_delivery(self, target: Hashable, groups: list[tuple[str, list[Work]]]) -> None:
         items = groups[0][1] if len(groups) == 1 else [work for _, run in groups for work in run]
         count = sum([work.count for work in items]) if self.in_runs else len(items)  # records
-        task = asyncio.ensure_future(self._deliver_batch(target, groups, items, count))
+        self._track_delivery(self._deliver_batch(target, groups, items, count), count)
+
+    def _track_delivery(self, coro: Any, count: int) -> None:
+        task = asyncio.ensure_future(coro)
         self._in_flight.add(task)
         self._in_flight_items += count
 
@@ -703,6 +842,39 @@ class StreamProcessor:
             self.order.queues.done_many(groups)
             self._made_room()
             return
+        self._apply_answer(groups, items, answered, now, wall)
+
+    async def _deliver_lane(self, lane: _LaneChunk, runs: list[Run], count: int) -> None:
+        generation = self.generation
+        now, wall = self.clock.now(), time.time()
+        self._batch_size.observe(count)
+        target = runs[0].target
+        first = await self.deliver.call(target, runs)
+        if generation != self.generation:
+            return
+        if type(first) is Delivered or (type(first) is list and len(first) == len(runs)
+                                        and all(type(o) is Delivered for o in first)):
+            self._settled_counter("delivered").inc(count)
+            brake = self.brake
+            brake.succeeded(count, was_held=False)  # a lane never carries held records
+            self.commits.tracker.settle_fresh(runs[0].chunk, runs, count)
+            self._lane_slice_out(lane)
+            self._made_room()
+            return
+        groups, first = self._split_runs(self._lane_to_keys(lane, runs), first)
+        items = [work for _, run in groups for work in run]
+        answered = await self.deliver.outcomes(target, items, first)
+        if generation != self.generation:
+            return
+        if type(answered) is Delivered:
+            self._settle_delivered(items, count)
+            self.order.queues.done_many(groups)
+            self._made_room()
+            return
+        self._apply_answer(groups, items, answered, now, wall)
+
+    def _apply_answer(self, groups: list[tuple[str, list[Work]]], items: list[Work], answered: Any,
+                      now: float, wall: float) -> None:
         # An attempt counts for the retry policy and the dead letter; a delivered item never reads it.
         for work in items:
             work.attempts += 1
@@ -808,6 +980,18 @@ class StreamProcessor:
             self.lag[partition] = max(0, highwater - committed)
             metrics.CONSUMER_LAG.labels(self.service, partition.topic, str(partition.partition)).set(
                 self.lag[partition])
+
+
+class _LaneChunk:
+    """A chunk's runs in the lane: its keys, and its batch-sized slices (runs, records) not yet settled."""
+
+    __slots__ = ("generation", "keys", "outstanding", "partition", "runs", "slices")
+
+    def __init__(self, partition: Partition, keys: set[str], runs: list[Run],
+                 slices: list[tuple[list[Run], int]]) -> None:
+        self.partition, self.keys, self.runs, self.slices = partition, keys, runs, slices
+        self.outstanding = len(slices)
+        self.generation = runs[0].generation
 
 
 def _by_partition(records: list[Record]) -> list[tuple[Partition, list[Record]]]:
