@@ -821,22 +821,30 @@ class StreamProcessor:
             first = await self.deliver.call(target, items)
             if generation != self.generation:
                 return
-            if type(first) is Delivered or (type(first) is list and len(first) == len(items)
-                                            and all(type(o) is Delivered for o in first)):
-                answered: Any = DELIVERED
+            if _delivered_whole(first, len(items)):
+                self._settle_or_apply(groups, items, DELIVERED, count, now, wall)
             else:
-                # Not delivered whole: each run of the batch is split into runs of one record, in its
-                # place in its key's queue, and the answer is applied to those (a refused batch bisected
-                # down to the bad record; a retry holding back the rest of the key, in order).
-                groups, first = self._split_runs(groups, first)
-                items = [work for _, run in groups for work in run]
-                answered = await self.deliver.outcomes(target, items, first)
-                if generation != self.generation:
-                    return
-        else:
-            answered = await self.deliver.batch_outcome(target, items)
-            if generation != self.generation:
-                return
+                await self._answer_split(target, groups, first, count, generation, now, wall)
+            return
+        answered = await self.deliver.batch_outcome(target, items)
+        if generation != self.generation:
+            return
+        self._settle_or_apply(groups, items, answered, count, now, wall)
+
+    async def _answer_split(self, target: Hashable, groups: list[tuple[str, list[Work]]], first: Any,
+                            count: int, generation: int, now: float, wall: float) -> None:
+        """A batch of runs not delivered whole: each run is split into runs of one record, in its place
+        in its key's queue, and the answer is applied to those (a refused batch bisected down to the bad
+        record; a retry holding back the rest of the key, in order)."""
+        groups, first = self._split_runs(groups, first)
+        items = [work for _, run in groups for work in run]
+        answered = await self.deliver.outcomes(target, items, first)
+        if generation != self.generation:
+            return
+        self._settle_or_apply(groups, items, answered, count, now, wall)
+
+    def _settle_or_apply(self, groups: list[tuple[str, list[Work]]], items: list[Work], answered: Any,
+                         count: int, now: float, wall: float) -> None:
         if type(answered) is Delivered:
             self._settle_delivered(items, count)
             self.order.queues.done_many(groups)
@@ -852,8 +860,7 @@ class StreamProcessor:
         first = await self.deliver.call(target, runs)
         if generation != self.generation:
             return
-        if type(first) is Delivered or (type(first) is list and len(first) == len(runs)
-                                        and all(type(o) is Delivered for o in first)):
+        if _delivered_whole(first, len(runs)):
             self._settled_counter("delivered").inc(count)
             brake = self.brake
             brake.succeeded(count, was_held=False)  # a lane never carries held records
@@ -861,17 +868,7 @@ class StreamProcessor:
             self._lane_slice_out(lane)
             self._made_room()
             return
-        groups, first = self._split_runs(self._lane_to_keys(lane, runs), first)
-        items = [work for _, run in groups for work in run]
-        answered = await self.deliver.outcomes(target, items, first)
-        if generation != self.generation:
-            return
-        if type(answered) is Delivered:
-            self._settle_delivered(items, count)
-            self.order.queues.done_many(groups)
-            self._made_room()
-            return
-        self._apply_answer(groups, items, answered, now, wall)
+        await self._answer_split(target, self._lane_to_keys(lane, runs), first, count, generation, now, wall)
 
     def _apply_answer(self, groups: list[tuple[str, list[Work]]], items: list[Work], answered: Any,
                       now: float, wall: float) -> None:
@@ -992,6 +989,13 @@ class _LaneChunk:
         self.partition, self.keys, self.runs, self.slices = partition, keys, runs, slices
         self.outstanding = len(slices)
         self.generation = runs[0].generation
+
+
+def _delivered_whole(first: Any, count: int) -> bool:
+    """Whether a first delivery answer says every one of `count` items was delivered."""
+    return type(first) is Delivered or (
+        type(first) is list and len(first) == count and all(type(o) is Delivered for o in first)
+    )
 
 
 def _by_partition(records: list[Record]) -> list[tuple[Partition, list[Record]]]:
