@@ -6,7 +6,7 @@ Both read the same pre-filled topic from the start, each in a consumer group of 
 twice each (medians compared). The bare loop polls (`getmany`, 2,000 records at most, as the runtime)
 and decodes each value with orjson (what any envelope consumer must do). The pipeline is
 `StreamProcessor` in runs, the natural API of a batch consumer: `prepare_runs` answers one `Run` per
-key of each poll chunk (grouped by the record key with `PolledChunk.by_key`, once per chunk), and a
+key of each poll chunk (`PolledChunk.runs`: grouped by the record key, once per chunk), and a
 deliver answers DELIVERED: decode and envelope checks, per-key order (one run of a key in flight),
 batching by record count, settling and done-prefix commits, all real; nothing else. (The per-record
 API, one Work a record, runs the same steps with one unit a record: `BENCH_API=records`. Knobs for
@@ -112,7 +112,7 @@ async def pipeline(bootstrap: str, topic: str, **overrides: Any) -> tuple[float,
         nonlocal first, cpu
         if not first:
             first, cpu = time.monotonic(), time.process_time()
-        return [Run(key.decode() if key else "", "noop", indices) for key, indices in chunk.by_key().items()]
+        return chunk.runs("noop")
 
     async def deliver(target: Hashable, items: Sequence[Work]) -> BatchOutcome:
         nonlocal delivered

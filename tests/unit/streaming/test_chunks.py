@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from synergy_streaming import DELIVERED, Partition, Reject, Retry, Skip, Work
+from synergy_streaming import DELIVERED, Partition, PolledChunk, Reject, Retry, Run, Skip, Work
 from synergy_streaming.local_broker import LocalBroker
-from synergy_streaming.offsets import OffsetTracker
+from synergy_streaming.offsets import OffsetTracker, RecordOffsets
 
 from tests.unit.streaming.conftest import TOPIC, Recorder, RecordingWriter, envelope, until
 
@@ -52,6 +52,52 @@ def test_settling_twice_or_after_the_partition_is_forgotten_changes_nothing() ->
     assert (tracker.outstanding, tracker.outstanding_bytes) == (0, 0)
     assert tracker.settle_many([(chunk, 0), (chunk, 2)]) == 0
     assert (tracker.outstanding, tracker.outstanding_bytes, tracker.to_commit()) == (0, 0, {})
+
+
+class _Polled:
+    """A consumer's record, as much of it as the tracker and PolledChunk read."""
+
+    def __init__(self, offset: int, key: bytes | None = None) -> None:
+        self.offset, self.key = offset, key
+
+
+def test_slices_settled_fresh_commit_the_prefix_inside_their_chunk_and_a_later_settle_of_them_is_a_no_op() -> None:
+    tracker = OffsetTracker()
+    chunk = tracker.track_chunk("t", 0, RecordOffsets([_Polled(o) for o in (10, 11, 12, 14, 15, 16)]), size=60)
+    a, b, c = Run("a", "x", [0, 2]), Run("b", "x", [1, 4]), Run("c", "x", [3, 5])
+    a.chunk = b.chunk = c.chunk = chunk
+    tracker.settle_fresh(chunk, [a], 2)
+    assert tracker.to_commit() == {("t", 0): 11}  # 11 (index 1) is still out
+    tracker.settle_fresh(chunk, [b], 2)
+    assert tracker.to_commit() == {("t", 0): 13}  # then offset 14 (index 3)
+    assert tracker.settle_runs([a, b]) == 0  # settled already: nothing moves twice
+    assert (tracker.outstanding, tracker.outstanding_bytes) == (2, 60)
+    tracker.settle_fresh(chunk, [c], 2)
+    assert tracker.to_commit() == {("t", 0): 17}
+    assert (tracker.outstanding, tracker.outstanding_bytes) == (0, 0)
+
+
+def test_a_chunk_settled_fresh_whole_is_dropped_and_keeps_no_runs_alive() -> None:
+    tracker = OffsetTracker()
+    chunk = tracker.track_chunk("t", 0, RecordOffsets([_Polled(o) for o in (0, 1, 2)]), size=30)
+    run = Run("a", "x", [0, 1, 2])
+    run.chunk = chunk  # as the runtime sets it: the run and its chunk point at each other
+    tracker.settle_fresh(chunk, [run], 3)
+    assert tracker.to_commit() == {("t", 0): 3}
+    assert chunk.fresh is None  # dropped: the reference cycle through its runs is broken
+    assert (tracker.outstanding, tracker.outstanding_bytes) == (0, 0)
+
+
+def test_polled_chunk_runs_are_one_a_key_in_offset_order_keyed_by_the_key_as_text() -> None:
+    records = [_Polled(0, b"1:u1"), _Polled(1, b"1:u2"), _Polled(2, b"1:u1"), _Polled(3, None),
+               _Polled(4, b"\xff\xfe")]
+    runs = PolledChunk(P0, records, [None] * 5).runs("cio")
+    assert [(run.key, run.target, run.indices, run.count) for run in runs] == [
+        ("1:u1", "cio", [0, 2], 2), ("1:u2", "cio", [1], 1), ("", "cio", [3], 1),
+        ("\udcff\udcfe", "cio", [4], 1),  # not UTF-8: kept apart from every other key, not an error
+    ]
+    only = PolledChunk(P0, records, [None] * 5, indices=[1, 2]).runs("cio")
+    assert [(run.key, run.indices) for run in only] == [("1:u2", [1]), ("1:u1", [2])]
 
 
 # --- the runtime --------------------------------------------------------------------------------------

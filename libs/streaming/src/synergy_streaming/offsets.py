@@ -18,22 +18,54 @@ from itertools import chain, repeat
 from typing import Any
 
 
+class RecordOffsets(Sequence[int]):
+    """The offsets of a consumer's records (`.offset`), read when asked: a commit reads two or three
+    of a chunk's, so a list of all of them is never built."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [record.offset for record in self.records[index]]
+        offset: int = self.records[index].offset
+        return offset
+
+
 @dataclass(slots=True, eq=False)
 class Chunk:
-    offsets: list[int]
+    offsets: Sequence[int]
     done: list[bool]
     pending: int
     size: int = 0  # bytes of the records' values: what the chunk holds in memory
     progress: PartitionProgress | None = None  # None once its partition is forgotten (revoked)
     records: list[Any] | None = None  # the consumer's records, when the runtime works in runs
+    values: list[Any] | None = None  # and their values (read while the records are in the caches)
+    # runs settled by settle_fresh whose done flags are not set yet: set only when something reads
+    # them (a commit inside the chunk, another settle), so a chunk settled whole never sets them
+    fresh: list[Sequence[Any]] | None = None
 
     @property
     def end(self) -> int:
         """The offset after the chunk's last record: what a commit of all of it writes."""
         return self.offsets[-1] + 1
 
+    def flag_fresh(self) -> None:
+        """Set the done flags of the runs settle_fresh settled: each index once, in C."""
+        fresh, self.fresh = self.fresh, None
+        if fresh:
+            indices = list(chain.from_iterable([run.indices for runs in fresh for run in runs]))
+            deque(map(self.done.__setitem__, indices, repeat(True)), 0)
+
     def done_prefix_end(self) -> int | None:
         """The offset after the chunk's longest settled prefix, or None when its first is in flight."""
+        if self.fresh is not None:
+            self.flag_fresh()
         done = self.done
         if done[0] is False:
             return None
@@ -50,6 +82,8 @@ class PartitionProgress:
     settled_end: int | None = None  # the end of the chunks settled whole and dropped
 
     def settle(self, chunk: Chunk, index: int) -> bool:
+        if chunk.fresh is not None:
+            chunk.flag_fresh()
         if chunk.done[index]:
             return False
         chunk.done[index] = True
@@ -64,6 +98,7 @@ class PartitionProgress:
         chunks = self.chunks
         while chunks and chunks[0].pending <= 0:
             chunk = chunks.popleft()
+            chunk.fresh = None  # its runs point back at it: a cycle the collector would have to find
             self.settled_end = chunk.offsets[-1] + 1
             freed += chunk.size
         return freed
@@ -87,7 +122,7 @@ class OffsetTracker:
     _committed: dict[tuple[str, int], int] = field(default_factory=dict)
     _singles: dict[tuple[str, int, int], Chunk] = field(default_factory=dict)
 
-    def track_chunk(self, topic: str, partition: int, offsets: list[int], size: int = 0) -> Chunk:
+    def track_chunk(self, topic: str, partition: int, offsets: Sequence[int], size: int = 0) -> Chunk:
         """Records of one partition, in offset order; settle each by its index in `offsets`."""
         progress = self.partitions.get((topic, partition))
         if progress is None:
@@ -112,6 +147,8 @@ class OffsetTracker:
                 chunk, index = item
             else:
                 chunk, index = item.chunk, item.index
+            if chunk.fresh is not None:
+                chunk.flag_fresh()
             done = chunk.done
             if done[index] or chunk.progress is None:
                 continue
@@ -131,6 +168,8 @@ class OffsetTracker:
             chunk = run.chunk
             if chunk.progress is None:
                 continue
+            if chunk.fresh is not None:
+                chunk.flag_fresh()
             done = chunk.done
             newly = 0
             for index in run.indices:
@@ -146,11 +185,14 @@ class OffsetTracker:
 
     def settle_fresh(self, chunk: Chunk, runs: Sequence[Any], count: int) -> int:
         """Settle the `count` records of `runs` (objects with `.indices`), all of `chunk` and none
-        settled before (a slice of a chunk delivered whole the first time): their flags set in C."""
+        settled before (a slice of a chunk delivered whole the first time). Their done flags are set
+        only when read (`Chunk.flag_fresh`): a chunk that settles whole is dropped without them."""
         if chunk.progress is None:
             return 0
-        indices = list(chain.from_iterable([run.indices for run in runs]))
-        deque(map(chunk.done.__setitem__, indices, repeat(True)), 0)
+        if chunk.fresh is None:
+            chunk.fresh = [runs]
+        else:
+            chunk.fresh.append(runs)
         chunk.pending -= count
         return self._settled(count, [chunk] if chunk.pending <= 0 else [])
 
@@ -194,6 +236,7 @@ class OffsetTracker:
                     self.outstanding -= max(0, chunk.pending)
                     self.outstanding_bytes -= chunk.size
                     chunk.progress = None
+                    chunk.fresh = None
             self._committed.pop(tp, None)
         forgotten = set(tps)
         self._singles = {k: v for k, v in self._singles.items() if (k[0], k[1]) not in forgotten}

@@ -44,7 +44,7 @@ from synergy_streaming.message import (
     Source,
     Work,
 )
-from synergy_streaming.offsets import OffsetTracker
+from synergy_streaming.offsets import OffsetTracker, RecordOffsets
 from synergy_streaming.rate_limit import RateLimits
 from synergy_streaming.retry import GiveUp, RetryPolicy
 from synergy_streaming.steps import (
@@ -373,10 +373,13 @@ class StreamProcessor:
         for partition, records in chunks:
             if not records:
                 continue
-            size = sum(map(len, [record.value or b"" for record in records]))
-            chunk = tracker.track_chunk(partition.topic, partition.partition,
-                                        [record.offset for record in records], size)
-            chunk.records = records
+            values = [record.value for record in records]
+            try:
+                size = sum(map(len, values))
+            except TypeError:  # a record without a value (a tombstone)
+                size = sum(map(len, [value or b"" for value in values]))
+            chunk = tracker.track_chunk(partition.topic, partition.partition, RecordOffsets(records), size)
+            chunk.records, chunk.values = records, values
             prepare.submit_runs(partition, chunk, generation)
             counter = self._consumed_counters.get(partition.topic)
             if counter is None:

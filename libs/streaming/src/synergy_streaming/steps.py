@@ -178,18 +178,31 @@ class PolledChunk:
         return groups
 
 
+    def runs(self, target: Hashable) -> list[Run]:
+        """One Run for `target` per Kafka record key (`by_key`), keyed by the key as text (not UTF-8:
+        decoded with surrogateescape, so two keys never become one); a record without a key: ""."""
+        groups = self.by_key()
+        try:
+            return [Run(key.decode() if key else "", target, indices) for key, indices in groups.items()]
+        except UnicodeDecodeError:
+            return [Run(key.decode("utf-8", "surrogateescape") if key else "", target, indices)
+                    for key, indices in groups.items()]
+
+
 RunsResult: TypeAlias = Sequence[Run | RejectRecord]
 PrepareRunsFn = Callable[[PolledChunk], Awaitable[RunsResult] | RunsResult]
 
 
 def decode_records(partition: Partition, records: list[Any], indices: list[int] | None,
-                   decode: Callable[[Record], Any]) -> tuple[list[Any], list[tuple[int, Undecodable]]]:
+                   decode: Callable[[Record], Any],
+                   values: list[Any] | None = None) -> tuple[list[Any], list[tuple[int, Undecodable]]]:
     """The decoded value of each record (None where undecodable or not asked for), and the
     undecodable ones with why. All records (`indices=None`) in bulk: one orjson call a record and the
-    envelope checks in one comprehension."""
+    envelope checks in one comprehension. `values`: the records' values, when the caller has them."""
     rejected: list[tuple[int, Undecodable]] = []
     if indices is None and decode is decode_envelope:
-        values = [record.value for record in records]
+        if values is None:
+            values = [record.value for record in records]
         try:
             payloads = list(map(orjson.loads, values))
         except (_JSON_ERROR, TypeError):  # TypeError: a record without a value (a tombstone)
@@ -418,7 +431,10 @@ class Prepare:
         """Decode the chunk's values (`queued.payloads`, answered too); the undecodable ones rejected,
         replays for another service skipped, and both left out of `queued.indices`."""
         records = queued.chunk.records
-        payloads, rejected = decode_records(queued.partition, records, queued.indices, self._decode)
+        payloads, rejected = decode_records(queued.partition, records, queued.indices, self._decode,
+                                            getattr(queued.chunk, "values", None))
+        if queued.indices is None:
+            queued.chunk.values = None
         dropped: set[int] = set()
         for index, exc in rejected:
             dropped.add(index)
