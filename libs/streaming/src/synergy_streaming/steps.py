@@ -177,7 +177,6 @@ class PolledChunk:
                 groups.setdefault(records[index].key, []).append(index)
         return groups
 
-
     def runs(self, target: Hashable) -> list[Run]:
         """One Run for `target` per Kafka record key (`by_key`), keyed by the key as text (not UTF-8:
         decoded with surrogateescape, so two keys never become one); a record without a key: ""."""
