@@ -431,7 +431,7 @@ class Prepare:
         replays for another service skipped, and both left out of `queued.indices`."""
         records = queued.chunk.records
         payloads, rejected = decode_records(queued.partition, records, queued.indices, self._decode,
-                                            getattr(queued.chunk, "values", None))
+                                            queued.chunk.values)
         if queued.indices is None:
             queued.chunk.values = None
         dropped: set[int] = set()
