@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncpg
+from synergy_common.db import create_pool
 from synergy_marketing import store
+from synergy_marketing.consumer import warn_when_locks_may_run_out
+
+from tests.integration.marketing.harness import settings_for
 
 
 async def test_lock_table_slots_are_the_servers_settings_multiplied(database_factory) -> None:
@@ -18,22 +22,16 @@ async def test_lock_table_slots_are_the_servers_settings_multiplied(database_fac
         await conn.close()
 
 
-async def test_one_transaction_can_hold_a_default_batch_of_person_locks(database_factory) -> None:
-    """8,000 advisory locks (two default batches of distinct persons) in one transaction: Postgres answers
-    "out of shared memory" when its lock table is too small for them."""
+async def test_start_warns_only_when_the_servers_lock_table_is_too_small_for_the_batches(
+    database_factory, kafka_bootstrap: str
+) -> None:
     url = await database_factory("mktlock", migrate=False)
-    conn = await asyncpg.connect(url)
+    pool = await create_pool(url, min_size=1, max_size=1)
     try:
-        async with conn.transaction():
-            keys = [f"brand:person-{i}" for i in range(8000)]
-            taken = await conn.fetchval(
-                "SELECT count(*) FROM unnest($1::text[]) k WHERE pg_try_advisory_xact_lock(hashtextextended(k, 0))",
-                keys,
-            )
-            assert taken == 8000
-            held = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-            )
-            assert held == 8000
+        # 2 x 10,000,000 person locks: more than half of any server's table
+        huge = settings_for(url, kafka_bootstrap, marketing_consumer_batch=10_000_000, marketing_consumer_in_flight=2)
+        assert await warn_when_locks_may_run_out(pool, huge) is True
+        small = settings_for(url, kafka_bootstrap, marketing_consumer_batch=10, marketing_consumer_in_flight=1)
+        assert await warn_when_locks_may_run_out(pool, small) is False
     finally:
-        await conn.close()
+        await pool.close()

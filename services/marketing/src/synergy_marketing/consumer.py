@@ -342,17 +342,20 @@ def locks_may_run_out(batch: int, in_flight: int, lock_table_slots: int) -> bool
     return batch * in_flight * 2 > lock_table_slots
 
 
-async def warn_when_locks_may_run_out(pool: asyncpg.Pool, settings: MarketingSettings) -> None:
+async def warn_when_locks_may_run_out(pool: asyncpg.Pool, settings: MarketingSettings) -> bool:
+    """Whether it warned: the server's lock table is too small for this replica's batches."""
     try:
         async with pool.acquire() as conn:
             slots = await store.lock_table_slots(conn)
     except (OSError, asyncpg.PostgresError):
-        return  # Postgres away at start: the consumer's own retries report it
+        return False  # Postgres away at start: the consumer's own retries report it
     batch, in_flight = settings.marketing_consumer_batch, settings.marketing_consumer_in_flight
-    if locks_may_run_out(batch, in_flight, slots):
-        log.warning(
-            "marketing batches may exhaust Postgres's lock table: raise max_locks_per_transaction"
-            " or lower MARKETING_CONSUMER_BATCH / MARKETING_CONSUMER_IN_FLIGHT",
-            locks_per_replica=batch * in_flight,
-            lock_table_slots=slots,
-        )
+    if not locks_may_run_out(batch, in_flight, slots):
+        return False
+    log.warning(
+        "marketing batches may exhaust Postgres's lock table: raise max_locks_per_transaction"
+        " or lower MARKETING_CONSUMER_BATCH / MARKETING_CONSUMER_IN_FLIGHT",
+        locks_per_replica=batch * in_flight,
+        lock_table_slots=slots,
+    )
+    return True
