@@ -15,6 +15,7 @@ import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, TypeAlias
 
 import orjson
@@ -38,8 +39,10 @@ from synergy_streaming.message import (
     Run,
     Skip,
     Source,
+    Span,
     SplitBatch,
     Work,
+    key_text,
 )
 from synergy_streaming.offsets import OffsetTracker
 from synergy_streaming.ordering import KeyedQueues
@@ -62,6 +65,7 @@ class Undecodable(Exception):
 
 
 _ID_TYPES = (str, int)
+_HEADERS = attrgetter("headers")
 
 
 def decode_envelope(record: Record) -> dict[str, Any]:
@@ -184,11 +188,16 @@ class PolledChunk:
         try:
             return [Run(key.decode() if key else "", target, indices) for key, indices in groups.items()]
         except UnicodeDecodeError:
-            return [Run(key.decode("utf-8", "surrogateescape") if key else "", target, indices)
-                    for key, indices in groups.items()]
+            return [Run(key_text(key), target, indices) for key, indices in groups.items()]
+
+    def span(self, target: Hashable, items: list[Any] | None = None, size: int | None = None) -> Span:
+        """The records to prepare, of every key, in offset order, as one unit for `target` (see Span):
+        `items[i]` what deliver needs of the i-th of them, `size` their bytes (default: one a record)."""
+        indices = list(range(len(self.records))) if self.indices is None else list(self.indices)
+        return Span(target, indices, items, size)
 
 
-RunsResult: TypeAlias = Sequence[Run | RejectRecord]
+RunsResult: TypeAlias = Sequence[Run | RejectRecord]  # a Span is a Run
 PrepareRunsFn = Callable[[PolledChunk], Awaitable[RunsResult] | RunsResult]
 
 
@@ -438,7 +447,7 @@ class Prepare:
         for index, exc in rejected:
             dropped.add(index)
             reject(self.source_at(queued, index), exc.reason, exc.detail)
-        if self._skip is not None:
+        if self._skip is not None and any(map(_HEADERS, records)):  # in C: most chunks have none
             with_headers = ([index for index, record in enumerate(records) if record.headers]
                             if queued.indices is None else
                             [index for index in queued.indices if records[index].headers])
