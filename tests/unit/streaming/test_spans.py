@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from synergy_streaming import DELIVERED, Partition, PolledChunk, Retry, Run, Span, SplitBatch
 
 from tests.unit.streaming.conftest import TOPIC, RecordingWriter, envelope, until
@@ -18,9 +19,10 @@ P0, P1 = Partition(TOPIC, 0), Partition(TOPIC, 1)
 
 
 def span_of_events(chunk: PolledChunk) -> list[Run]:
-    """The chunk as one span, its items the records' event ids."""
+    """The chunk as one span, its items the records' event ids (a record that is not an envelope reads
+    as None: the runtime takes it out)."""
     wanted = range(len(chunk.records)) if chunk.indices is None else chunk.indices
-    return [chunk.span("t", [chunk.payloads[index]["event_id"] for index in wanted])]
+    return [chunk.span("t", [(payload or {}).get("event_id") for payload in map(chunk.payloads.__getitem__, wanted)])]
 
 
 class SpanRecorder:
@@ -216,3 +218,24 @@ async def test_without_the_lane_a_span_is_cut_by_key(broker, clock, processor_fa
         await until(lambda: broker.committed("g") == {P0: 3}, clock)
     assert sorted(item for call in deliver.calls for item in call) == [
         ("Run", "a", ["a0", "a1"]), ("Run", "b", ["b0"])]
+
+
+async def test_records_that_are_not_envelopes_are_dead_lettered_when_prepare_reads_no_value(
+        broker, clock, processor_factory) -> None:
+    calls: list[list[int]] = []
+
+    async def deliver(target: Any, items: Sequence[Run]) -> Any:
+        calls.append([index for item in items for index in item.indices])
+        return DELIVERED
+
+    produce(broker, 0, [("a0", "a")])
+    broker.produce(TOPIC, 0, b"[1, 2]", key=b"b")  # JSON, not an envelope
+    broker.produce(TOPIC, 0, None, key=b"c")  # type: ignore[arg-type]  # a tombstone: no value
+    broker.produce(TOPIC, 0, orjson.dumps({"event_id": "x", "brand_id": ["1"]}), key=b"d")  # a wrong type
+    produce(broker, 0, [("a4", "a")])
+    writer = RecordingWriter()
+    async with processor_factory(deliver, writer=writer, prepare_runs=lambda chunk: [chunk.span("t")]):
+        await until(lambda: broker.committed("g") == {P0: 5}, clock)
+    assert calls == [[0, 4]]
+    assert [(letter.reason, letter.source_offset) for letter in writer.letters] == [
+        ("malformed_message", 1), ("malformed_message", 2), ("malformed_message", 3)]
