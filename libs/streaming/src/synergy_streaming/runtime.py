@@ -180,7 +180,6 @@ class StreamProcessor:
         # chunks go one at a time, in order (their slices in parallel: one run a key in a chunk); the
         # head chunk's keys are held in the key queues while it is out.
         self._lanes: dict[Partition, deque[_LaneChunk]] = {}
-        self._lane_keys: dict[Partition, set[str]] = {}  # keys of a partition's lane chunks
         self._lane_ready: deque[tuple[_LaneChunk, list[Run], int]] = deque()  # slices of head chunks
         self._lane_held: set[str] = set()  # keys held in the key queues for a head chunk's run
         self._read_ahead = config.read_ahead or config.max_in_flight * config.max_batch_items
@@ -255,7 +254,6 @@ class StreamProcessor:
         self.prepare.drain()
         self.order.queues.drain()
         self._lanes.clear()
-        self._lane_keys.clear()
         self._lane_ready.clear()
         self._lane_held.clear()
         self.held.clear()
@@ -512,9 +510,8 @@ class StreamProcessor:
         keys = _keys_of(span.chunk.records, span.indices)
         if not self.order.queues.untouched(keys):
             return False
-        for other, lane_keys in self._lane_keys.items():
-            if other != partition and not keys.isdisjoint(lane_keys):
-                return False
+        if self._in_another_lane(partition, keys):
+            return False
         per_slice = self.config.max_batch_items
         if span.size != span.count:  # sizes in bytes: as many records as the byte budget holds
             per_slice = max(1, min(per_slice, self.config.max_batch_bytes * span.count // max(1, span.size)))
@@ -525,23 +522,28 @@ class StreamProcessor:
         fifo = self._lanes.get(partition)
         if fifo is None:
             self._lanes[partition] = deque((lane,))
-            self._lane_keys[partition] = set(keys)
             self._lane_ready.extend(lane.slices_ready())
         else:
             fifo.append(lane)
-            self._lane_keys[partition] |= keys
         return True
+
+    def _in_another_lane(self, partition: Partition, keys: set[str]) -> bool:
+        """Whether a lane chunk of another partition has one of `keys` (a key in two partitions: the
+        topic grew, or a producer chose the partition)."""
+        return any([not keys.isdisjoint(lane.keys) for other, fifo in self._lanes.items()
+                    if other != partition for lane in fifo])
 
     def _queue_by_key(self, keys: list[str], runs: list[Any]) -> None:
         """Runs queued by key. A lane's chunks behind its head that share a key go first (they came
         earlier), and a key the head chunk has out is held until it settles."""
         if self._lanes:
             key_set = set(keys)
-            hits = [p for p, lane_keys in self._lane_keys.items() if not key_set.isdisjoint(lane_keys)]
+            hits = [p for p, fifo in self._lanes.items()
+                    if any([not key_set.isdisjoint(lane.keys) for lane in fifo])]
             for partition in hits:
                 self._flush_lane(partition)
             for partition in hits:
-                held = key_set & self._lane_keys[partition]
+                held = key_set & self._lanes[partition][0].keys
                 if held:
                     self.order.queues.hold(held)
                     self._lane_held |= held
@@ -552,9 +554,8 @@ class StreamProcessor:
         """The chunk's runs (one a key) into the partition's lane, if none of its keys is anywhere else."""
         if not self.order.queues.untouched(key_set):
             return False
-        for other, lane_keys in self._lane_keys.items():
-            if other != partition and not key_set.isdisjoint(lane_keys):
-                return False
+        if self._in_another_lane(partition, key_set):
+            return False
         # batch-sized slices, cut as BatchByTarget.pack cuts (whole runs, within both budgets)
         max_items, max_bytes = self.config.max_batch_items, self.config.max_batch_bytes
         counts = list(accumulate(counts))
@@ -574,11 +575,9 @@ class StreamProcessor:
         fifo = self._lanes.get(partition)
         if fifo is None:
             self._lanes[partition] = deque((lane,))
-            self._lane_keys[partition] = set(key_set)
             self._lane_ready.extend(lane.slices_ready())
         else:
             fifo.append(lane)
-            self._lane_keys[partition] |= key_set
         return True
 
     def _flush_lane(self, partition: Partition) -> None:
@@ -589,7 +588,6 @@ class StreamProcessor:
         waiting = list(fifo)[1:]
         head = fifo[0]
         self._lanes[partition] = deque((head,))
-        self._lane_keys[partition] = set(head.keys)
         queues, head_keys = self.order.queues, head.keys
         for lane in waiting:
             held = lane.keys & head_keys
@@ -618,12 +616,9 @@ class StreamProcessor:
                 self._lane_held -= released
                 self.order.queues.release(released)
         if fifo:
-            head = fifo[0]
-            self._lane_keys[lane.partition] = set().union(*[chunk.keys for chunk in fifo])
-            self._lane_ready.extend(head.slices_ready())
+            self._lane_ready.extend(fifo[0].slices_ready())
         else:
             del self._lanes[lane.partition]
-            del self._lane_keys[lane.partition]
         self._wake.set()
 
     def _lane_to_keys(self, lane: _LaneChunk, runs: list[Run]) -> list[tuple[str, list[Work]]]:
@@ -641,7 +636,6 @@ class StreamProcessor:
                     self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
         self._flush_lane(lane.partition)
         lane.keys = lane.keys - keys
-        self._lane_keys[lane.partition] = set(lane.keys)
         self._lane_held -= keys
         self.order.queues.put_taken(runs)
         self._lane_slice_out(lane)
