@@ -239,3 +239,30 @@ async def test_records_that_are_not_envelopes_are_dead_lettered_when_prepare_rea
     assert calls == [[0, 4]]
     assert [(letter.reason, letter.source_offset) for letter in writer.letters] == [
         ("malformed_message", 1), ("malformed_message", 2), ("malformed_message", 3)]
+
+
+async def test_a_span_and_runs_of_another_partition_never_have_one_key_out_at_once(
+        broker, clock, processor_factory) -> None:
+    """Partition 0's chunks answered as spans, partition 1's as one Run a key: key a is in both."""
+    deliver = SpanRecorder(gated="a0")
+
+    def mixed(chunk: PolledChunk) -> list[Run]:
+        if chunk.partition == P0:
+            return span_of_events(chunk)
+        return [Run(key.decode(), "t", indices, [chunk.payloads[i]["event_id"] for i in indices])
+                for key, indices in chunk.by_key().items() if key is not None]
+
+    produce(broker, 0, [("a0", "a"), ("b0", "b")])
+    async with processor_factory(deliver, prepare_runs=mixed):
+        await until(lambda: len(deliver.calls) == 1, clock, limit=5)
+        produce(broker, 1, [("a1", "a"), ("c0", "c")])
+        await until(lambda: "c0" in deliver.delivered, clock, limit=5)
+        since = clock.now()
+        await until(lambda: clock.now() - since >= 2, clock, limit=5)
+        assert "a1" not in deliver.delivered
+        deliver.gate.set()
+        await until(lambda: broker.committed("g") == {P0: 2, P1: 2}, clock)
+    assert [i for i in deliver.delivered if i.startswith("a")] == ["a0", "a1"]
+    assert sorted(deliver.delivered) == ["a0", "a1", "b0", "c0"]
+    p1_runs = [item for call in deliver.calls for item in call if item[0] == "Run"]
+    assert sorted(p1_runs) == [("Run", "a", ["a1"]), ("Run", "c", ["c0"])]

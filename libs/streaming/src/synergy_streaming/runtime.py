@@ -507,10 +507,12 @@ class StreamProcessor:
     def _span_to_lane(self, partition: Partition, span: Span) -> bool:
         """A span into the partition's lane, if none of its keys is anywhere else: as consecutive
         batch-sized slices that go one after the other (a key may have records in several)."""
-        keys = _keys_of(span.chunk.records, span.indices)
-        if not self.order.queues.untouched(keys):
+        raw = _raw_keys_of(span.chunk.records, span.indices)  # decoded only when a key queue compares
+        queues = self.order.queues
+        keys = None if queues.idle() else _decoded(raw)
+        if keys is not None and not queues.untouched(keys):
             return False
-        if self._in_another_lane(partition, keys):
+        if self._in_another_lane(partition, keys, raw):
             return False
         per_slice = self.config.max_batch_items
         if span.size != span.count:  # sizes in bytes: as many records as the byte budget holds
@@ -518,7 +520,7 @@ class StreamProcessor:
         pieces = [span] if span.count <= per_slice else [
             span.cut(start, start + per_slice) for start in range(0, span.count, per_slice)]
         slices: list[tuple[list[Run], int]] = [([piece], piece.count) for piece in pieces]
-        lane = _LaneChunk(partition, keys, [span], slices, sequential=True)
+        lane = _LaneChunk(partition, keys, [span], slices, sequential=True, raw=raw)
         fifo = self._lanes.get(partition)
         if fifo is None:
             self._lanes[partition] = deque((lane,))
@@ -527,11 +529,23 @@ class StreamProcessor:
             fifo.append(lane)
         return True
 
-    def _in_another_lane(self, partition: Partition, keys: set[str]) -> bool:
-        """Whether a lane chunk of another partition has one of `keys` (a key in two partitions: the
-        topic grew, or a producer chose the partition)."""
-        return any([not keys.isdisjoint(lane.keys) for other, fifo in self._lanes.items()
-                    if other != partition for lane in fifo])
+    def _in_another_lane(self, partition: Partition, keys: set[str] | None,
+                         raw: set[bytes] | None = None) -> bool:
+        """Whether a lane chunk of another partition has one of the keys (a key in two partitions: the
+        topic grew, or a producer chose the partition): `keys` as text, or `raw` as the records have them."""
+        for other, fifo in self._lanes.items():
+            if other == partition:
+                continue
+            for lane in fifo:
+                if raw is not None and lane.raw is not None:
+                    if not raw.isdisjoint(lane.raw):
+                        return True
+                    continue
+                if keys is None:
+                    keys = _decoded(raw or set())
+                if not keys.isdisjoint(lane.keys):
+                    return True
+        return False
 
     def _queue_by_key(self, keys: list[str], runs: list[Any]) -> None:
         """Runs queued by key. A lane's chunks behind its head that share a key go first (they came
@@ -1049,16 +1063,29 @@ class StreamProcessor:
 
 class _LaneChunk:
     """A chunk's runs in the lane: its keys, and its batch-sized slices (runs, records) not yet settled.
-    `sequential` (a span's): one slice out at a time, in order; otherwise all at once (one run a key)."""
+    `sequential` (a span's): one slice out at a time, in order; otherwise all at once (one run a key).
+    A span's keys are kept as the records have them (`raw`), and decoded only when a key queue asks."""
 
-    __slots__ = ("generation", "keys", "outstanding", "partition", "runs", "sent", "sequential", "slices")
+    __slots__ = ("_keys", "generation", "outstanding", "partition", "raw", "runs", "sent", "sequential",
+                 "slices")
 
-    def __init__(self, partition: Partition, keys: set[str], runs: list[Run],
-                 slices: list[tuple[list[Run], int]], sequential: bool = False) -> None:
-        self.partition, self.keys, self.runs, self.slices = partition, keys, runs, slices
+    def __init__(self, partition: Partition, keys: set[str] | None, runs: list[Run],
+                 slices: list[tuple[list[Run], int]], sequential: bool = False,
+                 raw: set[bytes] | None = None) -> None:
+        self.partition, self._keys, self.runs, self.slices, self.raw = partition, keys, runs, slices, raw
         self.outstanding = len(slices)
         self.generation = runs[0].generation
         self.sequential, self.sent = sequential, 0
+
+    @property
+    def keys(self) -> set[str]:
+        if self._keys is None:
+            self._keys = _decoded(self.raw or set())
+        return self._keys
+
+    @keys.setter
+    def keys(self, keys: set[str]) -> None:
+        self._keys, self.raw = keys, None
 
     def slices_ready(self) -> list[tuple[_LaneChunk, list[Run], int]]:
         """The slices to send now (and counted as sent)."""
@@ -1075,10 +1102,14 @@ class _LaneChunk:
 _KEY = attrgetter("key")
 
 
-def _keys_of(records: list[Any], indices: list[int]) -> set[str]:
-    """The key queues' keys of the records at `indices` (each distinct key decoded once)."""
+def _raw_keys_of(records: list[Any], indices: list[int]) -> set[bytes]:
+    """The record keys of the records at `indices`, as the records have them."""
     picked = records if len(indices) == len(records) else map(records.__getitem__, indices)
-    raw = set(map(_KEY, picked))
+    return set(map(_KEY, picked))
+
+
+def _decoded(raw: set[bytes]) -> set[str]:
+    """Record keys as the key queues' keys (`key_text`), each decoded once."""
     try:
         return set(map(bytes.decode, raw))
     except (UnicodeDecodeError, TypeError):  # a key that is not UTF-8, or no key
