@@ -3,10 +3,11 @@
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 uv run python -m tests.bench.bench_streaming
 
 Both read the same pre-filled topic from the start, each in a consumer group of its own, alternately,
-twice each (medians compared), in one process whose collector is set as the runtime sets it for
-itself (`tune_garbage_collector`, before the first loop): the runtime's `run()` would otherwise leave
-the bare loops after the first with its settings, and the first alone with CPython's defaults, which
-cost the bare loop ~0.25 µs a record (1.6-1.8 against 1.35-1.4). The bare loop polls (`getmany`,
+four times each (`BENCH_RUNS`; medians compared: one run to the next moves by a fifth on this shared
+machine), in one process whose collector is set as the runtime sets it for itself
+(`tune_garbage_collector`, before the first loop): the runtime's `run()` would otherwise leave the bare
+loops after the first with its settings, and the first alone with CPython's defaults, which cost the
+bare loop ~0.25 µs a record (1.6-1.8 against 1.35-1.4). The bare loop polls (`getmany`,
 2,000 records at most, as the runtime) and decodes each value with orjson (what any envelope consumer
 must do). The pipeline is `StreamProcessor` with `prepare_runs`, the API of a batch consumer; a no-op
 needs no grouping by key, so it answers each poll chunk as one `Span` (`PolledChunk.span`: the
@@ -51,7 +52,7 @@ from synergy_streaming import (
 RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
 USERS = 5000
 PARTITIONS = 6
-RUNS = 2
+RUNS = int(os.environ.get("BENCH_RUNS", "4"))
 MAX_POLL_RECORDS = int(os.environ.get("BENCH_POLL_RECORDS", "2000"))
 API = os.environ.get("BENCH_API", "span")
 
