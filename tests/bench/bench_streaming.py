@@ -3,14 +3,20 @@
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 uv run python -m tests.bench.bench_streaming
 
 Both read the same pre-filled topic from the start, each in a consumer group of its own, alternately,
-twice each (medians compared). The bare loop polls (`getmany`, 2,000 records at most, as the runtime)
-and decodes each value with orjson (what any envelope consumer must do). The pipeline is
-`StreamProcessor` in runs, the natural API of a batch consumer: `prepare_runs` answers one `Run` per
-key of each poll chunk (`PolledChunk.runs`: grouped by the record key, once per chunk), and a
-deliver answers DELIVERED: decode and envelope checks, per-key order (one run of a key in flight),
-batching by record count, settling and done-prefix commits, all real; nothing else. (The per-record
-API, one Work a record, runs the same steps with one unit a record: `BENCH_API=records`. Knobs for
-experiments, both loops alike: `BENCH_POLL_RECORDS` (2,000), and `BENCH_READ_AHEAD` for the runtime.)
+four times each (`BENCH_RUNS`; medians compared: one run to the next moves by a fifth on this shared
+machine), in one process whose collector is set as the runtime sets it for itself
+(`tune_garbage_collector`, before the first loop): the runtime's `run()` would otherwise leave the bare
+loops after the first with its settings, and the first alone with CPython's defaults, which cost the
+bare loop ~0.25 µs a record (1.6-1.8 against 1.35-1.4). The bare loop polls (`getmany`,
+2,000 records at most, as the runtime) and decodes each value with orjson (what any envelope consumer
+must do). The pipeline is `StreamProcessor` with `prepare_runs`, the API of a batch consumer; a no-op
+needs no grouping by key, so it answers each poll chunk as one `Span` (`PolledChunk.span`: the
+chunk's records in offset order, one unit), and a deliver answers DELIVERED: decode and envelope
+checks, per-key order (a partition's spans one at a time while their keys are nowhere else; cut by
+key otherwise), batching by record count, settling and done-prefix commits, all real; nothing else.
+(`BENCH_API=runs`: one `Run` a key of each chunk, `PolledChunk.runs`, what a consumer that groups by
+key answers; `BENCH_API=records`: the per-record API, one Work a record. Knobs for experiments, both
+loops alike: `BENCH_POLL_RECORDS` (2,000), and `BENCH_READ_AHEAD` for the runtime.)
 Each rate is records per second from the first record handled to the last. The load generator (the
 producer) fills the topic before any timing, so it takes no CPU from the loops under test; its share
 of the CPU during the timed runs is printed (0 %), and the process's own CPU share during each run.
@@ -28,6 +34,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from synergy_common.gc_tuning import YOUNG_THRESHOLD, tune_garbage_collector
 from synergy_common.localinfra import create_topic
 from synergy_common.testinfra import aacquire
 from synergy_streaming import (
@@ -45,9 +52,9 @@ from synergy_streaming import (
 RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
 USERS = 5000
 PARTITIONS = 6
-RUNS = 2
+RUNS = int(os.environ.get("BENCH_RUNS", "4"))
 MAX_POLL_RECORDS = int(os.environ.get("BENCH_POLL_RECORDS", "2000"))
-API = os.environ.get("BENCH_API", "runs")
+API = os.environ.get("BENCH_API", "span")
 
 
 async def fill(bootstrap: str, topic: str) -> tuple[float, float]:
@@ -112,7 +119,7 @@ async def pipeline(bootstrap: str, topic: str, **overrides: Any) -> tuple[float,
         nonlocal first, cpu
         if not first:
             first, cpu = time.monotonic(), time.process_time()
-        return chunk.runs("noop")
+        return [chunk.span("noop")] if API == "span" else chunk.runs("noop")
 
     async def deliver(target: Hashable, items: Sequence[Work]) -> BatchOutcome:
         nonlocal delivered
@@ -122,7 +129,7 @@ async def pipeline(bootstrap: str, topic: str, **overrides: Any) -> tuple[float,
         return DELIVERED
 
     consumer = KafkaConsumer(bootstrap, group_id=f"bench-runtime-{uuid.uuid4().hex[:8]}", client_id="bench")
-    api: dict[str, Any] = {"prepare_runs": prepare_runs} if API == "runs" else {"prepare_many": prepare_many}
+    api: dict[str, Any] = {"prepare_many": prepare_many} if API == "records" else {"prepare_runs": prepare_runs}
     processor = StreamProcessor(StreamConfig(service="bench", topics=[topic], **overrides), consumer, prepare,
                                 deliver, **api)
     await consumer.start()
@@ -139,6 +146,7 @@ async def pipeline(bootstrap: str, topic: str, **overrides: Any) -> tuple[float,
 
 
 async def main() -> None:
+    tune_garbage_collector(YOUNG_THRESHOLD, freeze=False)  # the runtime's own settings, for both loops
     infra = await aacquire()
     try:
         topic = f"bench.streaming.{uuid.uuid4().hex[:8]}"

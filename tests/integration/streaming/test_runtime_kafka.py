@@ -20,7 +20,9 @@ from synergy_streaming import (
     DeadLetterWriter,
     Failed,
     KafkaConsumer,
+    PolledChunk,
     Reject,
+    Run,
     Source,
     StreamConfig,
     StreamProcessor,
@@ -166,6 +168,62 @@ async def test_a_rebalance_shares_the_work_and_loses_no_message(
             seen = [i for u, i in delivered[name] if u == user]
             assert seen == sorted(seen), (name, user, seen)
     assert await committed(kafka_bootstrap, group, topic, 4) == await end_offsets(kafka_bootstrap, topic, 4)
+
+
+def span_of_events(chunk: PolledChunk) -> list[Run]:
+    """A poll chunk as one span in offset order, its items (user, i) of each record."""
+    wanted = range(len(chunk.records)) if chunk.indices is None else chunk.indices
+    items = [(payload["user"], payload["i"]) for payload in map(chunk.payloads.__getitem__, wanted)]
+    return [chunk.span("dest", items)]
+
+
+async def test_spans_deliver_every_message_in_each_keys_order_across_a_restart(
+    kafka_bootstrap: str, kafka_producer: AIOKafkaProducer, topic_factory: Callable[..., Awaitable[str]],
+) -> None:
+    """Chunks answered as spans (in slices of 50) on 3 partitions; the first member stops after a
+    third of the messages with slices in flight, the second reads from the committed prefix: every
+    message comes, only what was past that prefix comes twice, and each user's messages in order."""
+    topic = await topic_factory(3, prefix="rt.spans")
+    group = f"rt-spans-{uuid.uuid4().hex[:8]}"
+    total = 3000
+    users = [f"user-{u}" for u in range(30)]
+    await publish(kafka_producer, topic, [(users[i % 30], envelope(i, users[i % 30])) for i in range(total)])
+    runs: list[list[tuple[str, int]]] = []
+    kinds: set[str] = set()
+
+    async def deliver(target: Hashable, items: Sequence[Run]) -> BatchOutcome:
+        await asyncio.sleep(0.01)
+        kinds.update(type(run).__name__ for run in items)
+        runs.append([item for run in items for item in run.items or []])
+        return DELIVERED
+
+    def member() -> StreamProcessor:
+        return StreamProcessor(config(topic, max_batch_items=50), KafkaConsumer(kafka_bootstrap, group, "rt-spans"),
+                               prepare, deliver, prepare_runs=span_of_events)
+
+    async with running(member()):
+        await wait_until(lambda: sum(map(len, runs)) >= total // 3, 30, "a third delivered")
+    first_member = sum(map(len, runs))
+    async with running(member()):
+        await wait_until(lambda: {i for run in runs for _, i in run} >= set(range(total)), 60, "every message")
+        await asyncio.sleep(0.6)  # commits
+    counts: dict[int, int] = {}
+    for run in runs:
+        for _, i in run:
+            counts[i] = counts.get(i, 0) + 1
+    assert set(counts) == set(range(total))  # nothing lost
+    assert "Span" in kinds  # the lane took spans
+    assert max(map(len, runs)) == 50  # in slices of max_batch_items
+    assert sum(n - 1 for n in counts.values()) <= first_member  # again: only what the first had not committed
+    for run in runs:  # one delivery: its users' messages in offset order
+        for user in users:
+            seen = [i for u, i in run if u == user]
+            assert seen == sorted(seen), (user, seen)
+    for user in users:  # and across deliveries, past the duplicates of the restart
+        seen = [i for run in runs for u, i in run if u == user]
+        first_seen = list(dict.fromkeys(seen))
+        assert first_seen == sorted(first_seen), (user, first_seen)
+    assert await committed(kafka_bootstrap, group, topic, 3) == await end_offsets(kafka_bootstrap, topic, 3)
 
 
 async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:

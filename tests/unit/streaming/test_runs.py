@@ -16,16 +16,21 @@ P0, P1 = Partition(TOPIC, 0), Partition(TOPIC, 1)
 
 
 def runs_by_user(chunk: PolledChunk) -> list[Run | RejectRecord]:
-    """One Run per user of the chunk, its items the records' event ids; `unmappable` rejected."""
+    """One Run per user of the chunk, its items the records' event ids; `unmappable` rejected; a record
+    that is not an envelope (None) left to the runtime."""
     groups: dict[str, list[int]] = {}
+    events: dict[int, str] = {}
     answers: list[Run | RejectRecord] = []
     for index in range(len(chunk.records)) if chunk.indices is None else chunk.indices:
         payload = chunk.payloads[index]
+        if payload is None:
+            continue
+        events[index] = payload["event_id"]
         if payload["event_id"] == "unmappable":
             answers.append(RejectRecord(index, "unmappable", "no user"))
             continue
         groups.setdefault(payload["identifiers"]["id"], []).append(index)
-    answers.extend(Run(user, "t", indices, [chunk.payloads[i]["event_id"] for i in indices])
+    answers.extend(Run(user, "t", indices, [events[i] for i in indices])
                    for user, indices in groups.items())
     return answers
 

@@ -4,7 +4,8 @@ A service supplies two plain functions and the runtime does the rest:
 - `prepare(source) -> list[Work] | Skip | Reject`: what the record means (pure where it can be);
 - `async deliver(target, items) -> outcome(s)`: the I/O, for a batch of one target.
 A batch consumer may instead pass `prepare_runs(chunk: PolledChunk) -> list[Run | RejectRecord]`: one
-`Run` per key of a poll chunk, the unit of work from then on.
+`Run` per key of a poll chunk, the unit of work from then on; or one `Span` (`chunk.span(target)`): the
+chunk's records in offset order as one unit, when deliver needs only the order, not a grouping by key.
 """
 
 from synergy_streaming.brake import DlqBrake
@@ -25,6 +26,7 @@ from synergy_streaming.message import (
     Run,
     Skip,
     Source,
+    Span,
     SplitBatch,
     Work,
 )
@@ -57,6 +59,7 @@ __all__ = [
     "Run",
     "Skip",
     "Source",
+    "Span",
     "SplitBatch",
     "StreamConfig",
     "StreamProcessor",

@@ -160,6 +160,67 @@ class Run(Work):
         return f"Run({self.key!r}, {self.target!r}, indices={self.indices}, attempts={self.attempts})"
 
 
+def key_text(key: bytes | None) -> str:
+    """A Kafka record key as the text the key queues use: UTF-8, or (not UTF-8) decoded with
+    surrogateescape, so two keys never become one; no key: ""."""
+    if not key:
+        return ""
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return key.decode("utf-8", "surrogateescape")
+
+
+class Span(Run):
+    """A chunk's records of any keys, in offset order, delivered as one unit: what `prepare_runs`
+    answers (`PolledChunk.span`) when deliver needs no grouping by key, only the order.
+
+    Per-key order still holds: a partition's spans go one at a time, in order, while none of their
+    keys has anything queued, in flight or retrying elsewhere; otherwise (and whenever a span is not
+    delivered whole) the runtime cuts it into one Run a key (`by_key`) and queues those by key. A
+    span longer than `max_batch_items` goes as consecutive slices, one after the other.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, target: Hashable, indices: list[int], items: list[Any] | None = None,
+                 size: int | None = None) -> None:
+        super().__init__("", target, indices, items, size)
+
+    def cut(self, start: int, end: int) -> Span:
+        """The span's records [start:end) (positions in the span) as a span of their own."""
+        items = None if self.items is None else self.items[start:end]
+        piece = Span(self.target, self.indices[start:end], items,
+                     self.count_size(end - start) if self.size != self.count else None)
+        piece.chunk, piece.generation, piece.held = self.chunk, self.generation, self.held
+        return piece
+
+    def count_size(self, records: int) -> int:
+        """The size of `records` of the span's records, in proportion (one unit a record by default)."""
+        return max(1, self.size * records // self.count) if self.count else 1
+
+    def by_key(self) -> list[Run]:
+        """One Run a record key, each in offset order, with the span's items, attempts and place."""
+        records = self.chunk.records
+        positions: dict[bytes | None, list[int]] = {}
+        for position, index in enumerate(self.indices):
+            positions.setdefault(records[index].key, []).append(position)
+        indices, items = self.indices, self.items
+        runs: list[Run] = []
+        for key, places in positions.items():
+            run = Run(key_text(key), self.target, [indices[p] for p in places],
+                      None if items is None else [items[p] for p in places],
+                      None if self.size == self.count else self.count_size(len(places)))
+            run.chunk, run.generation, run.held = self.chunk, self.generation, self.held
+            run.attempts, run.first_attempt_at = self.attempts, self.first_attempt_at
+            run.first_attempt_wall = self.first_attempt_wall
+            runs.append(run)
+        return runs
+
+    def __repr__(self) -> str:
+        return f"Span({self.target!r}, indices={self.indices}, attempts={self.attempts})"
+
+
 @dataclass(frozen=True, slots=True)
 class RejectRecord:
     """A prepare_runs answer: the record at `index` of the chunk can never be delivered (dead letter)."""

@@ -235,6 +235,10 @@ class KeyedQueues(Generic[T]):
         if self._queues.get(key):
             self._ready[key] = None
 
+    def idle(self) -> bool:
+        """No key queued, in flight, waiting for a retry or parked: every key is untouched."""
+        return not (self._queues or self._blocked_until or self._parked or self._busy)
+
     def untouched(self, keys: set[str]) -> bool:
         """None of `keys` is queued, in flight, waiting for a retry or parked (set operations, no loop)."""
         return (keys.isdisjoint(self._queues) and keys.isdisjoint(self._blocked_until)

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from operator import attrgetter
 from typing import Any
 
 import structlog
@@ -42,7 +43,9 @@ from synergy_streaming.message import (
     Run,
     Skip,
     Source,
+    Span,
     Work,
+    key_text,
 )
 from synergy_streaming.offsets import OffsetTracker, RecordOffsets
 from synergy_streaming.rate_limit import RateLimits
@@ -177,7 +180,6 @@ class StreamProcessor:
         # chunks go one at a time, in order (their slices in parallel: one run a key in a chunk); the
         # head chunk's keys are held in the key queues while it is out.
         self._lanes: dict[Partition, deque[_LaneChunk]] = {}
-        self._lane_keys: dict[Partition, set[str]] = {}  # keys of a partition's lane chunks
         self._lane_ready: deque[tuple[_LaneChunk, list[Run], int]] = deque()  # slices of head chunks
         self._lane_held: set[str] = set()  # keys held in the key queues for a head chunk's run
         self._read_ahead = config.read_ahead or config.max_in_flight * config.max_batch_items
@@ -252,7 +254,6 @@ class StreamProcessor:
         self.prepare.drain()
         self.order.queues.drain()
         self._lanes.clear()
-        self._lane_keys.clear()
         self._lane_ready.clear()
         self._lane_held.clear()
         self.held.clear()
@@ -446,7 +447,10 @@ class StreamProcessor:
         keys: list[str] = []
         runs: list[Run] = []
         covered = 0
-        for run in results:
+        for run in self._spans_laned_or_by_key(queued, results, held):
+            if type(run) is Span:  # laned whole
+                covered += run.count
+                continue
             if type(run) is not Run:
                 if isinstance(run, RejectRecord):
                     covered += 1
@@ -477,16 +481,83 @@ class StreamProcessor:
             self._queue_by_key(keys, runs)
             self._wake.set()
 
+    def _spans_laned_or_by_key(self, queued: Any, results: Sequence[Any], held: bool) -> Sequence[Any]:
+        """The answers with each Span either sent to the lane (kept, as done) or cut into one Run a key."""
+        if not any([type(result) is Span for result in results]):
+            return results
+        lane_ok = (not held and self.config.chunk_lane
+                   and [type(result) for result in results if type(result) is not RejectRecord] == [Span])
+        expanded: list[Any] = []
+        for result in results:
+            if type(result) is not Span:
+                expanded.append(result)
+                continue
+            result.chunk, result.generation = queued.chunk, queued.generation
+            if held:
+                result.held = True
+            if not result.count:
+                continue
+            if lane_ok and self._span_to_lane(queued.partition, result):
+                self._wake.set()
+                expanded.append(result)
+            else:
+                expanded.extend(result.by_key())
+        return expanded
+
+    def _span_to_lane(self, partition: Partition, span: Span) -> bool:
+        """A span into the partition's lane, if none of its keys is anywhere else: as consecutive
+        batch-sized slices that go one after the other (a key may have records in several)."""
+        raw = _raw_keys_of(span.chunk.records, span.indices)  # decoded only when a key queue compares
+        queues = self.order.queues
+        keys = None if queues.idle() else _decoded(raw)
+        if keys is not None and not queues.untouched(keys):
+            return False
+        if self._in_another_lane(partition, keys, raw):
+            return False
+        per_slice = self.config.max_batch_items
+        if span.size != span.count:  # sizes in bytes: as many records as the byte budget holds
+            per_slice = max(1, min(per_slice, self.config.max_batch_bytes * span.count // max(1, span.size)))
+        pieces = [span] if span.count <= per_slice else [
+            span.cut(start, start + per_slice) for start in range(0, span.count, per_slice)]
+        slices: list[tuple[list[Run], int]] = [([piece], piece.count) for piece in pieces]
+        lane = _LaneChunk(partition, keys, [span], slices, sequential=True, raw=raw)
+        fifo = self._lanes.get(partition)
+        if fifo is None:
+            self._lanes[partition] = deque((lane,))
+            self._lane_ready.extend(lane.slices_ready())
+        else:
+            fifo.append(lane)
+        return True
+
+    def _in_another_lane(self, partition: Partition, keys: set[str] | None,
+                         raw: set[bytes] | None = None) -> bool:
+        """Whether a lane chunk of another partition has one of the keys (a key in two partitions: the
+        topic grew, or a producer chose the partition): `keys` as text, or `raw` as the records have them."""
+        for other, fifo in self._lanes.items():
+            if other == partition:
+                continue
+            for lane in fifo:
+                if raw is not None and lane.raw is not None:
+                    if not raw.isdisjoint(lane.raw):
+                        return True
+                    continue
+                if keys is None:
+                    keys = _decoded(raw or set())
+                if not keys.isdisjoint(lane.keys):
+                    return True
+        return False
+
     def _queue_by_key(self, keys: list[str], runs: list[Any]) -> None:
         """Runs queued by key. A lane's chunks behind its head that share a key go first (they came
         earlier), and a key the head chunk has out is held until it settles."""
         if self._lanes:
             key_set = set(keys)
-            hits = [p for p, lane_keys in self._lane_keys.items() if not key_set.isdisjoint(lane_keys)]
+            hits = [p for p, fifo in self._lanes.items()
+                    if any([not key_set.isdisjoint(lane.keys) for lane in fifo])]
             for partition in hits:
                 self._flush_lane(partition)
             for partition in hits:
-                held = key_set & self._lane_keys[partition]
+                held = key_set & self._lanes[partition][0].keys
                 if held:
                     self.order.queues.hold(held)
                     self._lane_held |= held
@@ -497,9 +568,8 @@ class StreamProcessor:
         """The chunk's runs (one a key) into the partition's lane, if none of its keys is anywhere else."""
         if not self.order.queues.untouched(key_set):
             return False
-        for other, lane_keys in self._lane_keys.items():
-            if other != partition and not key_set.isdisjoint(lane_keys):
-                return False
+        if self._in_another_lane(partition, key_set):
+            return False
         # batch-sized slices, cut as BatchByTarget.pack cuts (whole runs, within both budgets)
         max_items, max_bytes = self.config.max_batch_items, self.config.max_batch_bytes
         counts = list(accumulate(counts))
@@ -519,11 +589,9 @@ class StreamProcessor:
         fifo = self._lanes.get(partition)
         if fifo is None:
             self._lanes[partition] = deque((lane,))
-            self._lane_keys[partition] = set(key_set)
-            self._lane_ready.extend([(lane, part, part_count) for part, part_count in slices])
+            self._lane_ready.extend(lane.slices_ready())
         else:
             fifo.append(lane)
-            self._lane_keys[partition] |= key_set
         return True
 
     def _flush_lane(self, partition: Partition) -> None:
@@ -534,21 +602,25 @@ class StreamProcessor:
         waiting = list(fifo)[1:]
         head = fifo[0]
         self._lanes[partition] = deque((head,))
-        self._lane_keys[partition] = set(head.keys)
         queues, head_keys = self.order.queues, head.keys
         for lane in waiting:
             held = lane.keys & head_keys
             if held:
                 queues.hold(held)
                 self._lane_held |= held
-            for item in queues.push_many([run.key for run in lane.runs], lane.runs):
+            runs = _by_key(lane.runs)
+            for item in queues.push_many([run.key for run in runs], runs):
                 self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
 
     def _lane_slice_out(self, lane: _LaneChunk) -> None:
         """One slice of a head chunk settled (or handed to the key queues); the chunk's last frees its
         keys and lets the partition's next chunk go."""
         lane.outstanding -= 1
-        if lane.outstanding > 0 or lane.generation != self.generation:
+        if lane.generation != self.generation:
+            return
+        if lane.outstanding > 0:
+            if lane.sequential:
+                self._lane_ready.extend(lane.slices_ready())
             return
         fifo = self._lanes[lane.partition]
         fifo.popleft()
@@ -558,21 +630,26 @@ class StreamProcessor:
                 self._lane_held -= released
                 self.order.queues.release(released)
         if fifo:
-            head = fifo[0]
-            self._lane_keys[lane.partition] = set().union(*[chunk.keys for chunk in fifo])
-            self._lane_ready.extend([(head, part, part_count) for part, part_count in head.slices])
+            self._lane_ready.extend(fifo[0].slices_ready())
         else:
             del self._lanes[lane.partition]
-            del self._lane_keys[lane.partition]
         self._wake.set()
 
     def _lane_to_keys(self, lane: _LaneChunk, runs: list[Run]) -> list[tuple[str, list[Work]]]:
         """A head chunk's slice not delivered whole: its runs become the taken heads of their keys'
         queues (and the partition's later lane chunks queue behind them), to be answered run by run."""
-        self._flush_lane(lane.partition)
+        runs = _by_key(runs)
         keys = {run.key for run in runs}
+        if lane.sequential:  # its slices not sent yet go to the key queues, after this one's runs
+            unsent = [piece for part, _ in lane.slices[lane.sent:] for piece in part]
+            lane.outstanding -= len(lane.slices) - lane.sent
+            lane.keys = set()  # what this one has out is the taken runs' now, held by the key queues
+            if unsent:
+                later = _by_key(unsent)
+                for item in self.order.queues.push_many([run.key for run in later], later):
+                    self._dead_letter_work(item, "hot_key_parked", PARKED_DETAIL)
+        self._flush_lane(lane.partition)
         lane.keys = lane.keys - keys
-        self._lane_keys[lane.partition] = set(lane.keys)
         self._lane_held -= keys
         self.order.queues.put_taken(runs)
         self._lane_slice_out(lane)
@@ -582,7 +659,7 @@ class StreamProcessor:
                           results: Sequence[Any],
                           held: bool) -> None:
         """The records of a chunk prepared in runs that no run (nor RejectRecord) covers: skipped."""
-        covered = {index for run in results if type(run) is Run for index in run.indices}
+        covered = {index for run in results if isinstance(run, Run) for index in run.indices}
         covered.update(run.index for run in results if isinstance(run, RejectRecord))
         wanted = range(len(chunk.records)) if indices is None else indices
         skipped = [(chunk, index) for index in wanted if index not in covered]
@@ -871,6 +948,8 @@ class StreamProcessor:
             self._lane_slice_out(lane)
             self._made_room()
             return
+        if type(runs[0]) is Span and type(first) is list and len(first) == 1:
+            first = first[0]  # the span's one answer: for each of its records, once cut by key
         await self._answer_split(target, self._lane_to_keys(lane, runs), first, count, generation, now, wall)
 
     def _apply_answer(self, groups: list[tuple[str, list[Work]]], items: list[Work], answered: Any,
@@ -983,15 +1062,65 @@ class StreamProcessor:
 
 
 class _LaneChunk:
-    """A chunk's runs in the lane: its keys, and its batch-sized slices (runs, records) not yet settled."""
+    """A chunk's runs in the lane: its keys, and its batch-sized slices (runs, records) not yet settled.
+    `sequential` (a span's): one slice out at a time, in order; otherwise all at once (one run a key).
+    A span's keys are kept as the records have them (`raw`), and decoded only when a key queue asks."""
 
-    __slots__ = ("generation", "keys", "outstanding", "partition", "runs", "slices")
+    __slots__ = ("_keys", "generation", "outstanding", "partition", "raw", "runs", "sent", "sequential",
+                 "slices")
 
-    def __init__(self, partition: Partition, keys: set[str], runs: list[Run],
-                 slices: list[tuple[list[Run], int]]) -> None:
-        self.partition, self.keys, self.runs, self.slices = partition, keys, runs, slices
+    def __init__(self, partition: Partition, keys: set[str] | None, runs: list[Run],
+                 slices: list[tuple[list[Run], int]], sequential: bool = False,
+                 raw: set[bytes] | None = None) -> None:
+        self.partition, self._keys, self.runs, self.slices, self.raw = partition, keys, runs, slices, raw
         self.outstanding = len(slices)
         self.generation = runs[0].generation
+        self.sequential, self.sent = sequential, 0
+
+    @property
+    def keys(self) -> set[str]:
+        if self._keys is None:
+            self._keys = _decoded(self.raw or set())
+        return self._keys
+
+    @keys.setter
+    def keys(self, keys: set[str]) -> None:
+        self._keys, self.raw = keys, None
+
+    def slices_ready(self) -> list[tuple[_LaneChunk, list[Run], int]]:
+        """The slices to send now (and counted as sent)."""
+        if self.sequential:
+            if self.sent >= len(self.slices):
+                return []
+            part, part_count = self.slices[self.sent]
+            self.sent += 1
+            return [(self, part, part_count)]
+        self.sent = len(self.slices)
+        return [(self, part, part_count) for part, part_count in self.slices]
+
+
+_KEY = attrgetter("key")
+
+
+def _raw_keys_of(records: list[Any], indices: list[int]) -> set[bytes]:
+    """The record keys of the records at `indices`, as the records have them."""
+    picked = records if len(indices) == len(records) else map(records.__getitem__, indices)
+    return set(map(_KEY, picked))
+
+
+def _decoded(raw: set[bytes]) -> set[str]:
+    """Record keys as the key queues' keys (`key_text`), each decoded once."""
+    try:
+        return set(map(bytes.decode, raw))
+    except (UnicodeDecodeError, TypeError):  # a key that is not UTF-8, or no key
+        return {key_text(key) for key in raw}
+
+
+def _by_key(runs: list[Run]) -> list[Run]:
+    """Runs with every Span among them cut into one Run a key."""
+    if not any([type(run) is Span for run in runs]):
+        return runs
+    return [piece for run in runs for piece in (run.by_key() if type(run) is Span else (run,))]
 
 
 def _delivered_whole(first: Any, count: int) -> bool:

@@ -15,6 +15,7 @@ import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, TypeAlias
 
 import orjson
@@ -38,8 +39,10 @@ from synergy_streaming.message import (
     Run,
     Skip,
     Source,
+    Span,
     SplitBatch,
     Work,
+    key_text,
 )
 from synergy_streaming.offsets import OffsetTracker
 from synergy_streaming.ordering import KeyedQueues
@@ -62,6 +65,7 @@ class Undecodable(Exception):
 
 
 _ID_TYPES = (str, int)
+_HEADERS = attrgetter("headers")
 
 
 def decode_envelope(record: Record) -> dict[str, Any]:
@@ -152,16 +156,18 @@ def to_record(partition: Partition, raw: Any) -> Record:
 
 
 class PolledChunk:
-    """What `prepare_runs` is given: one partition's records of one poll, decoded.
+    """What `prepare_runs` is given: one partition's records of one poll.
 
     `records` are the consumer's own (`.key`, `.value`, `.offset`, `.headers`), `payloads[i]` the
-    decoded envelope of `records[i]`, and `indices` the records to prepare (the others were
-    undecodable, or replays for another service, and are handled already); `None`: all of them.
+    decoded envelope of `records[i]`, decoded as it is read (`ChunkPayloads`: read each once), None for
+    a record that is not an envelope (the runtime dead-letters it and takes it out of any run); and
+    `indices` the records to prepare (the others were replays for another service, or are handled
+    already); `None`: all of them.
     """
 
     __slots__ = ("indices", "partition", "payloads", "records")
 
-    def __init__(self, partition: Partition, records: list[Any], payloads: list[Any],
+    def __init__(self, partition: Partition, records: list[Any], payloads: Sequence[Any],
                  indices: list[int] | None = None) -> None:
         self.partition, self.records, self.payloads, self.indices = partition, records, payloads, indices
 
@@ -184,55 +190,113 @@ class PolledChunk:
         try:
             return [Run(key.decode() if key else "", target, indices) for key, indices in groups.items()]
         except UnicodeDecodeError:
-            return [Run(key.decode("utf-8", "surrogateescape") if key else "", target, indices)
-                    for key, indices in groups.items()]
+            return [Run(key_text(key), target, indices) for key, indices in groups.items()]
+
+    def span(self, target: Hashable, items: list[Any] | None = None, size: int | None = None) -> Span:
+        """The records to prepare, of every key, in offset order, as one unit for `target` (see Span):
+        `items[i]` what deliver needs of the i-th of them, `size` their bytes (default: one a record)."""
+        indices = list(range(len(self.records))) if self.indices is None else list(self.indices)
+        return Span(target, indices, items, size)
 
 
-RunsResult: TypeAlias = Sequence[Run | RejectRecord]
+RunsResult: TypeAlias = Sequence[Run | RejectRecord]  # a Span is a Run
+
+
+def without_records(results: Sequence[Any], bad: set[int]) -> list[Any]:
+    """prepare_runs' answers with the records at `bad` taken out: of each run (its items and size in
+    step; a run left empty dropped), and any RejectRecord of theirs."""
+    kept: list[Any] = []
+    for result in results:
+        if type(result) is RejectRecord:
+            if result.index not in bad:
+                kept.append(result)
+            continue
+        if bad.isdisjoint(result.indices):
+            kept.append(result)
+            continue
+        places = [place for place, index in enumerate(result.indices) if index not in bad]
+        if not places:
+            continue
+        count = result.count
+        result.indices = [result.indices[place] for place in places]
+        if result.items is not None:
+            result.items = [result.items[place] for place in places]
+        result.size = len(places) if result.size == count else max(1, result.size * len(places) // count)
+        result.count = len(places)
+        kept.append(result)
+    return kept
 PrepareRunsFn = Callable[[PolledChunk], Awaitable[RunsResult] | RunsResult]
 
 
-def decode_records(partition: Partition, records: list[Any], indices: list[int] | None,
-                   decode: Callable[[Record], Any],
-                   values: list[Any] | None = None) -> tuple[list[Any], list[tuple[int, Undecodable]]]:
-    """The decoded value of each record (None where undecodable or not asked for), and the
-    undecodable ones with why. All records (`indices=None`) in bulk: one orjson call a record and the
-    envelope checks in one comprehension. `values`: the records' values, when the caller has them."""
-    rejected: list[tuple[int, Undecodable]] = []
-    if indices is None and decode is decode_envelope:
-        if values is None:
-            values = [record.value for record in records]
-        try:
-            payloads = list(map(orjson.loads, values))
-        except (_JSON_ERROR, TypeError):  # TypeError: a record without a value (a tombstone)
-            payloads = []
-            for value in values:
-                try:
-                    payloads.append(orjson.loads(value))
-                except (_JSON_ERROR, TypeError):
-                    payloads.append(None)
-        ids = _ID_TYPES
-        bad = [index for index, envelope in enumerate(payloads)
-               if not (type(envelope) is dict and (event_id := envelope.get("event_id"))
-                       and type(event_id) in ids and (brand_id := envelope.get("brand_id"))
-                       and type(brand_id) in ids)]
-        for index in bad:
-            payloads[index] = None
+class ChunkPayloads(Sequence[Any]):
+    """A poll chunk's decoded values, each decoded when read (`payloads[i]`), not a whole poll's worth
+    held at once: a service that reads each record once while it builds its runs keeps the decoded
+    envelope in the CPU's caches, and one that needs none never holds any. A record that is not an
+    envelope reads as None, and is dead-lettered whatever prepare answers (`finish`)."""
+
+    __slots__ = ("_decode", "_partition", "_records", "_reported", "_values", "read", "rejected")
+
+    def __init__(self, partition: Partition, records: list[Any], values: list[Any] | None,
+                 decode: Callable[[Record], Any]) -> None:
+        self._partition, self._records, self._decode = partition, records, decode
+        self._values = values if values is not None else [record.value for record in records]
+        self.read = bytearray(len(records))  # 1: decoded (or refused) once
+        self.rejected: dict[int, Undecodable] = {}
+        self._reported: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]  # one record at a time, no slices
+        self.read[index] = 1
+        if self._decode is decode_envelope:
             try:
-                decode_envelope(to_record(partition, records[index]))
-                rejected.append((index, Undecodable("malformed_message", "not an envelope")))
-            except Undecodable as exc:  # says why it is not an envelope
-                rejected.append((index, exc))
-            except TypeError:
-                rejected.append((index, Undecodable("malformed_message", "no value")))
-        return payloads, rejected
-    payloads = [None] * len(records)
-    for index in range(len(records)) if indices is None else indices:
+                envelope = orjson.loads(self._values[index])
+            except (_JSON_ERROR, TypeError):
+                envelope = None
+            if (type(envelope) is dict and (event_id := envelope.get("event_id"))
+                    and type(event_id) in _ID_TYPES and (brand_id := envelope.get("brand_id"))
+                    and type(brand_id) in _ID_TYPES):
+                return envelope
         try:
-            payloads[index] = decode(to_record(partition, records[index]))
-        except Undecodable as exc:
-            rejected.append((index, exc))
-    return payloads, rejected
+            return self._decode(to_record(self._partition, self._records[index]))
+        except Undecodable as exc:  # says why it is not an envelope
+            self.rejected[index] = exc
+        except TypeError:  # a record without a value (a tombstone)
+            self.rejected[index] = Undecodable("malformed_message", "no value")
+        return None
+
+    def finish(self, indices: list[int] | None) -> list[tuple[int, Undecodable]]:
+        """Every record of `indices` (None: all) checked: those prepare did not read are decoded now,
+        one at a time and dropped. The records found not to be envelopes since the last call, with why."""
+        self._check_unread(indices)
+        if len(self._reported) == len(self.rejected):
+            return []
+        fresh = [(index, exc) for index, exc in self.rejected.items() if index not in self._reported]
+        self._reported.update([index for index, _ in fresh])
+        return fresh
+
+    def _check_unread(self, indices: list[int] | None) -> None:
+        read = self.read
+        if read.count(0) == 0:
+            return
+        if indices is None and self._decode is decode_envelope and not any(read):
+            try:  # the common case of a prepare that reads no value: in one pass, nothing kept
+                ids = _ID_TYPES
+                bad = [index for index, envelope in enumerate(map(orjson.loads, self._values))
+                       if not (type(envelope) is dict and (event_id := envelope.get("event_id"))
+                               and type(event_id) in ids and (brand_id := envelope.get("brand_id"))
+                               and type(brand_id) in ids)]
+            except (_JSON_ERROR, TypeError):
+                bad = list(range(len(read)))  # one is not JSON: each of them looked at below
+            if not bad:
+                return
+            unread = bad
+        else:
+            wanted = range(len(read)) if indices is None else indices
+            unread = [index for index in wanted if not read[index]]
+        for index in unread:
+            self.__getitem__(index)  # records why, when it is not an envelope
 
 
 class _QueuedRuns:
@@ -244,7 +308,7 @@ class _QueuedRuns:
                  held: bool) -> None:
         self.partition, self.chunk, self.generation, self.indices = partition, chunk, generation, indices
         self.held, self.next, self.one_by_one = held, 0, False
-        self.payloads: list[Any] | None = None
+        self.payloads: ChunkPayloads | None = None
 
 
 AcceptRuns = Callable[[Any, int, "list[int] | None", Sequence[Any], bool], None]
@@ -379,7 +443,7 @@ class Prepare:
         records = queued.chunk.records
         payloads = queued.payloads
         if payloads is None:
-            payloads = self._decode_queued(queued, reject, settle_skipped)
+            payloads = self._payloads_of(queued, settle_skipped)
         if queued.indices is not None and not queued.indices:
             return True
         if not queued.one_by_one:
@@ -389,6 +453,9 @@ class Prepare:
             except Exception as exc:
                 await self._failed_whole(queued, exc, "prepare_runs")
                 return False
+            undecodable = payloads.finish(queued.indices)
+            if undecodable:
+                results = self._reject_undecodable(queued, undecodable, results, current_generation(), reject)
             self._accept_prepared(queued, results, current_generation())
             return True
         wanted = list(range(len(records))) if queued.indices is None else queued.indices
@@ -414,6 +481,11 @@ class Prepare:
                 continue
             self._failures = 0
             queued.next += 1
+            undecodable = payloads.finish([index])
+            if undecodable:
+                results = self._reject_undecodable(queued, undecodable, results, current_generation(), reject)
+                if any(bad == index for bad, _ in undecodable):
+                    continue
             if queued.generation == current_generation():
                 self.accept_runs(queued, 1, [index], results, queued.held)
         return True
@@ -425,35 +497,43 @@ class Prepare:
             results = await results
         return results
 
-    def _decode_queued(self, queued: _QueuedRuns, reject: Callable[[Source, str, str], None],
-                       settle_skipped: Callable[[Source, Skip], None]) -> list[Any]:
-        """Decode the chunk's values (`queued.payloads`, answered too); the undecodable ones rejected,
-        replays for another service skipped, and both left out of `queued.indices`."""
+    def _payloads_of(self, queued: _QueuedRuns,
+                     settle_skipped: Callable[[Source, Skip], None]) -> ChunkPayloads:
+        """The chunk's values, to be decoded as prepare reads them (`queued.payloads`, answered too);
+        replays for another service skipped, and left out of `queued.indices`."""
         records = queued.chunk.records
-        payloads, rejected = decode_records(queued.partition, records, queued.indices, self._decode,
-                                            queued.chunk.values)
-        if queued.indices is None:
-            queued.chunk.values = None
-        dropped: set[int] = set()
-        for index, exc in rejected:
-            dropped.add(index)
-            reject(self.source_at(queued, index), exc.reason, exc.detail)
-        if self._skip is not None:
+        values = queued.chunk.values if queued.indices is None else None
+        payloads = ChunkPayloads(queued.partition, records, values, self._decode)
+        queued.chunk.values = None
+        if self._skip is not None and any(map(_HEADERS, records)):  # in C: most chunks have none
             with_headers = ([index for index, record in enumerate(records) if record.headers]
                             if queued.indices is None else
                             [index for index in queued.indices if records[index].headers])
+            dropped: set[int] = set()
             for index in with_headers:
-                if index not in dropped:
-                    source = self.source_at(queued, index)
-                    skip = self._skip(source)
-                    if skip is not None:
-                        dropped.add(index)
-                        settle_skipped(source, skip)
-        if dropped:
-            wanted = range(len(records)) if queued.indices is None else queued.indices
-            queued.indices = [index for index in wanted if index not in dropped]
+                source = self.source_at(queued, index)
+                skip = self._skip(source)
+                if skip is not None:
+                    dropped.add(index)
+                    settle_skipped(source, skip)
+            if dropped:
+                wanted = range(len(records)) if queued.indices is None else queued.indices
+                queued.indices = [index for index in wanted if index not in dropped]
         queued.payloads = payloads
         return payloads
+
+    def _reject_undecodable(self, queued: _QueuedRuns, undecodable: list[tuple[int, Undecodable]],
+                            results: Sequence[Any], generation: int,
+                            reject: Callable[[Source, str, str], None]) -> list[Any]:
+        """Records that are not envelopes dead-lettered, left out of `queued.indices`, and taken out of
+        the runs prepare answered (whatever it answered for them)."""
+        bad = {index for index, _ in undecodable}
+        if queued.generation == generation:
+            for index, exc in undecodable:
+                reject(self.source_at(queued, index), exc.reason, exc.detail)
+        wanted = range(len(queued.chunk.records)) if queued.indices is None else queued.indices
+        queued.indices = [index for index in wanted if index not in bad]
+        return without_records(results, bad)
 
     def _accept_prepared(self, queued: _QueuedRuns, results: Sequence[Any], generation: int) -> None:
         assert self.accept_runs is not None
