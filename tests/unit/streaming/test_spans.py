@@ -61,6 +61,18 @@ class SpanRecorder:
         return out
 
 
+def refusing_a0_once() -> Callable[[list[str]], Any]:
+    """An answer script: a Retry (in 10 s) for the first call holding a0, DELIVERED for every other."""
+    refused: list[bool] = []
+
+    def answer(ids: list[str]) -> Any:
+        if "a0" in ids and not refused:
+            refused.append(True)
+            return Retry("503", retry_after=10)
+        return DELIVERED
+    return answer
+
+
 def produce(broker: Any, partition: int, records: list[tuple[str, str]]) -> None:
     for event_id, user in records:
         broker.produce(TOPIC, partition, envelope(event_id, user), key=user.encode())
@@ -95,15 +107,7 @@ async def test_spans_of_two_partitions_go_at_once(broker, clock, processor_facto
 
 
 async def test_a_span_with_a_retrying_key_goes_by_key_behind_it(broker, clock, processor_factory) -> None:
-    failures = {"a0": 1}
-
-    def answer(ids: list[str]) -> Any:
-        if "a0" in ids and failures["a0"]:
-            failures["a0"] -= 1
-            return Retry("503", retry_after=10)
-        return DELIVERED
-
-    deliver = SpanRecorder(answer)
+    deliver = SpanRecorder(refusing_a0_once())
     produce(broker, 0, [("a0", "a")])
     async with processor_factory(deliver, prepare_runs=span_of_events):
         await until(lambda: len(deliver.calls) == 1, clock, limit=5)  # a0 refused: retried in 10 s
@@ -130,15 +134,7 @@ async def test_a_refused_slice_is_bisected_to_the_bad_record_and_only_it_is_dead
 
 
 async def test_a_retried_slice_sends_the_spans_later_slices_by_key_after_it(broker, clock, processor_factory) -> None:
-    failures = {"a0": 1}
-
-    def answer(ids: list[str]) -> Any:
-        if "a0" in ids and failures["a0"]:
-            failures["a0"] -= 1
-            return Retry("503", retry_after=10)
-        return DELIVERED
-
-    deliver = SpanRecorder(answer)
+    deliver = SpanRecorder(refusing_a0_once())
     produce(broker, 0, [("a0", "a"), ("b0", "b"), ("a1", "a"), ("c0", "c")])  # slices [a0 b0] [a1 c0]
     async with processor_factory(deliver, prepare_runs=span_of_events, max_batch_items=2):
         await until(lambda: "c0" in deliver.delivered, clock, limit=5)  # c0 does not wait for a0's retry

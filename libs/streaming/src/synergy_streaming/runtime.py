@@ -520,14 +520,17 @@ class StreamProcessor:
         pieces = [span] if span.count <= per_slice else [
             span.cut(start, start + per_slice) for start in range(0, span.count, per_slice)]
         slices: list[tuple[list[Run], int]] = [([piece], piece.count) for piece in pieces]
-        lane = _LaneChunk(partition, keys, [span], slices, sequential=True, raw=raw)
-        fifo = self._lanes.get(partition)
+        self._lane_append(_LaneChunk(partition, keys, [span], slices, sequential=True, raw=raw))
+        return True
+
+    def _lane_append(self, lane: _LaneChunk) -> None:
+        """A chunk at the end of its partition's lane; at its head, its slices ready, if the lane was empty."""
+        fifo = self._lanes.get(lane.partition)
         if fifo is None:
-            self._lanes[partition] = deque((lane,))
+            self._lanes[lane.partition] = deque((lane,))
             self._lane_ready.extend(lane.slices_ready())
         else:
             fifo.append(lane)
-        return True
 
     def _in_another_lane(self, partition: Partition, keys: set[str] | None,
                          raw: set[bytes] | None = None) -> bool:
@@ -585,13 +588,7 @@ class StreamProcessor:
             end = max(end, start + 1)  # a run over the byte budget goes alone
             slices.append((runs[start:end], counts[end - 1] - base_count))
             start = end
-        lane = _LaneChunk(partition, key_set, runs, slices)
-        fifo = self._lanes.get(partition)
-        if fifo is None:
-            self._lanes[partition] = deque((lane,))
-            self._lane_ready.extend(lane.slices_ready())
-        else:
-            fifo.append(lane)
+        self._lane_append(_LaneChunk(partition, key_set, runs, slices))
         return True
 
     def _flush_lane(self, partition: Partition) -> None:
