@@ -524,7 +524,7 @@ class StreamProcessor:
         return True
 
     def _lane_append(self, lane: _LaneChunk) -> None:
-        """A chunk at the end of its partition's lane; at its head, its slices ready, if the lane was empty."""
+        """A chunk at the end of its partition's lane (at its head, slices ready, if it was empty)."""
         fifo = self._lanes.get(lane.partition)
         if fifo is None:
             self._lanes[lane.partition] = deque((lane,))
