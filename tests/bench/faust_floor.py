@@ -2,9 +2,11 @@
 
     python -m tests.bench.faust_floor   (env: KAFKA_BOOTSTRAP_SERVERS, FLOOR_APP_ID, FLOOR_SOURCE, FLOOR_SINK)
 
-Configured as the worker configures faust (poll size, batch size and wait, memory store, GC tuning), it
-does nothing with the events; per batch it writes one record holding the batch's size, so the bench
-measures it the way it measures the worker: on the broker timestamps of what it wrote.
+Configured as the worker configures faust, from the same settings (ACHIEVEMENTS_BATCH_SIZE,
+_BATCH_WAIT_SECONDS, _MAX_POLL_RECORDS, _FETCH_MAX_WAIT and their defaults): poll size, batch size and
+wait, its consumer read_committed with the worker's fetch wait, memory store, GC tuning, lz4 level. It does
+nothing with the events; per batch it writes one record holding the batch's size, so the bench measures it
+the way it measures the worker: on the broker timestamps of what it wrote.
 """
 
 from __future__ import annotations
@@ -14,19 +16,21 @@ from typing import Any
 
 import faust
 from synergy_achievements.publisher import PRODUCER_SETTINGS, compress_lz4_fast
+from synergy_achievements.settings import settings_from_env
+from synergy_achievements.worker import faust_consumer_reads_committed_and_fetches_briskly
 from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.kafka import durable_producer
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 SOURCE, SINK = os.environ["FLOOR_SOURCE"], os.environ["FLOOR_SINK"]
-BATCH_SIZE = int(os.environ.get("ACHIEVEMENTS_BATCH_SIZE", "1000"))
-BATCH_WAIT = float(os.environ.get("ACHIEVEMENTS_BATCH_WAIT_SECONDS", "0.05"))  # the worker's defaults
+SETTINGS = settings_from_env()  # the worker's own settings, defaults included
 
+faust_consumer_reads_committed_and_fetches_briskly(int(SETTINGS.seconds(SETTINGS.achievements_fetch_max_wait) * 1000))
 app = faust.App(
     os.environ["FLOOR_APP_ID"], broker=f"kafka://{BOOTSTRAP}", store="memory://", web_enabled=False,
     datadir=os.environ.get("FLOOR_DATA_DIR", ".local/bench-faust-floor"),
     consumer_auto_offset_reset="earliest", broker_commit_interval=1.0,
-    broker_max_poll_records=int(os.environ.get("ACHIEVEMENTS_MAX_POLL_RECORDS", "500")),
+    broker_max_poll_records=SETTINGS.achievements_max_poll_records,
     producer_linger=0.005, producer_max_batch_size=512 * 1024,
 )
 source = app.topic(SOURCE, key_serializer="raw", value_serializer="raw")  # type: ignore[arg-type]
@@ -36,7 +40,8 @@ source = app.topic(SOURCE, key_serializer="raw", value_serializer="raw")  # type
 async def drain(stream: Any) -> None:
     producer = durable_producer(BOOTSTRAP, client_id="bench-faust-floor", **PRODUCER_SETTINGS)
     await producer.start()
-    async for events in stream.take_events(BATCH_SIZE, within=BATCH_WAIT):
+    async for events in stream.take_events(SETTINGS.achievements_batch_size,
+                                           within=SETTINGS.achievements_batch_wait_seconds):
         await producer.send_and_wait(SINK, str(len(events)).encode())
 
 

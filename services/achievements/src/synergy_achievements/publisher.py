@@ -21,9 +21,8 @@ import importlib
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiokafka.codec
 import structlog
@@ -88,12 +87,11 @@ WRITER = f"{socket.gethostname()}:{os.getpid()}".encode()
 TRANSACTION_TIMEOUT_MS = 60_000
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):  # a tuple: made ~2 times per event, and a frozen dataclass's init is slow
     topic: str
     key: bytes
     value: bytes
-    headers: Sequence[tuple[str, bytes]] = field(default=())
+    headers: Sequence[tuple[str, bytes]] = ()
     partition: int | None = None  # None: the key's partition, as Kafka's default partitioner picks it
 
 

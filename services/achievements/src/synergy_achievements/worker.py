@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import asyncpg
 import faust
@@ -103,8 +103,7 @@ async def ensure_topics(bootstrap: str, events_topic: str) -> int:
         await admin.close()
 
 
-@dataclass(frozen=True)
-class ChangelogEntry:
+class ChangelogEntry(NamedTuple):
     """A state record Kafka has acknowledged on the table's changelog, in the shape of the changelog
     events faust applies to a table's store on recovery (`Table.apply_changelog_batch`)."""
 
