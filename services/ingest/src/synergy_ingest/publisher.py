@@ -52,6 +52,12 @@ EXPIRY_SWEEP_SECONDS = 0.1
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 CLIENT_ID = "synergy-ingest"
 QUEUE_FULL_RETRY_SECONDS = 0.05
+# Records waiting for the iteration's hand-over that are produced at once instead: a batch goes to
+# librdkafka as soon as it is validated, so Kafka writes it while the loop validates the next one
+# (batch path, alternating: 30,300 to 31,600 events/s against 28,000 to 28,500 when every request
+# waited for the end of the iteration). Single-event requests still go in one burst per iteration
+# (handing each over at once, or every 4, cost more CPU and did not serve more).
+HAND_OVER_AT_RECORDS = 64
 
 
 class KafkaUnavailable(Exception):
@@ -147,6 +153,8 @@ class EventPublisher:
         self._retired: set[asyncio.Task[None]] = set()
         self._pending: list[_RequestDeliveries] = []
         self._hand_over_handle: asyncio.Handle | None = None
+        self._pending_records = 0
+        self._retry_scheduled = False
         self.topic = topics.EVENTS.name
 
     @property
@@ -315,7 +323,12 @@ class EventPublisher:
         deliveries = _RequestDeliveries(loop, records, self._wakeups is not None)
         started = time.perf_counter()
         self._pending.append(deliveries)
-        if self._hand_over_handle is None:
+        self._pending_records += len(records)
+        if self._pending_records >= HAND_OVER_AT_RECORDS and not self._retry_scheduled:
+            if self._hand_over_handle is not None:
+                self._hand_over_handle.cancel()
+            self._hand_over()
+        elif self._hand_over_handle is None:
             self._hand_over_handle = loop.call_soon(self._hand_over)
         # Past the bound, _expire_overdue answers the request with what has been reported.
         self._deadlines.append((time.monotonic() + self._timeout + SETTLE_GRACE_SECONDS, deliveries.done))
@@ -338,8 +351,11 @@ class EventPublisher:
 
         A produce() onto an empty queue wakes librdkafka's broker thread (~13 us here); the records
         of the requests one loop iteration served go in one burst, so one wake-up serves them all.
+        publish() calls it at once when HAND_OVER_AT_RECORDS are waiting (unless a retry is due).
         """
         self._hand_over_handle = None
+        self._retry_scheduled = False
+        self._pending_records = 0
         pending, self._pending = self._pending, []
         producer = self._producer
         topic = self.topic
@@ -372,6 +388,8 @@ class EventPublisher:
                     deliveries.retried = True
                     producer.poll(0)
                     self._pending[:0] = pending[position:]
+                    self._pending_records += sum(len(d.records) - d.handed for d in pending[position:])
+                    self._retry_scheduled = True
                     self._hand_over_handle = asyncio.get_running_loop().call_later(
                         QUEUE_FULL_RETRY_SECONDS, self._hand_over
                     )
