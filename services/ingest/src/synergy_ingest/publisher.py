@@ -88,7 +88,18 @@ class _RequestDeliveries:
     """One request's records: handed to the producer by the next hand-over on the loop, then their
     delivery reports, filled on the report thread."""
 
-    __slots__ = ("done", "errors", "expected", "handed", "loop", "on_loop", "reason", "records", "retried")
+    __slots__ = (
+        "done",
+        "errors",
+        "expected",
+        "failed",
+        "handed",
+        "loop",
+        "on_loop",
+        "reason",
+        "records",
+        "retried",
+    )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, records: Sequence[OutgoingRecord], on_loop: bool
@@ -100,6 +111,7 @@ class _RequestDeliveries:
         self.reason: str | None = None
         self.retried = False
         self.errors: dict[int, int | None] = {}
+        self.failed = 0  # reports with an error
         self.expected = -1
         self.done: asyncio.Future[None] = loop.create_future()
 
@@ -107,7 +119,11 @@ class _RequestDeliveries:
         # Runs where poll() runs: on the loop, or on the report thread (the future is the loop's).
         if self.done.done():
             return
-        self.errors[index] = None if error is None else error.code()
+        if error is None:
+            self.errors[index] = None
+        else:
+            self.errors[index] = error.code()
+            self.failed += 1
         if len(self.errors) == self.expected:
             if self.on_loop:
                 self.done.set_result(None)
@@ -337,9 +353,12 @@ class EventPublisher:
         if handed == 0:
             raise KafkaUnavailable(deliveries.reason or "nothing could be handed to the producer")
         errors = deliveries.snapshot()
-        for index in range(handed, len(records)):
-            errors[index] = KafkaError._QUEUE_FULL
-        outcome = settle(len(records), errors, deliveries.reason)
+        if deliveries.failed == 0 and len(errors) == len(records):  # the common case: all acknowledged
+            outcome = PublishOutcome(written=list(range(len(records))), reason=deliveries.reason)
+        else:
+            for index in range(handed, len(records)):
+                errors[index] = KafkaError._QUEUE_FULL
+            outcome = settle(len(records), errors, deliveries.reason)
         if outcome.all_written:
             PUBLISH_LATENCY.observe(time.perf_counter() - started)
         elif outcome.reason is None:
