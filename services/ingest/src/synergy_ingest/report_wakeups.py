@@ -68,8 +68,8 @@ def _producer_handle(lib: ctypes.CDLL, producer: Producer, client_id: str) -> in
 
 
 class ReportWakeups:
-    """`fd` becomes readable when the producer's report queue goes from empty to not empty; after
-    `drain()` and a `poll(0)`, the next report makes it readable again."""
+    """`fd` becomes readable when the producer's report queue goes from empty to not empty (and once
+    at the start); after `drain()` and a `poll(0)`, the next report makes it readable again."""
 
     def __init__(self, lib: ctypes.CDLL, queue: int, read_fd: int, write_fd: int) -> None:
         self._lib = lib
@@ -95,6 +95,9 @@ class ReportWakeups:
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)  # a full pipe already means "poll me"
         lib.rd_kafka_queue_io_event_enable(queue, write_fd, _WAKE_BYTE, 1)
+        # librdkafka signals only when the queue goes from empty to not empty: whatever it held
+        # already (a connection error, say) needs a poll first, so the pipe starts readable.
+        os.write(write_fd, b"r")
         return cls(lib, queue, read_fd, write_fd)
 
     def drain(self) -> None:
