@@ -5,12 +5,15 @@ every request is answered with its own records written, and every record lands o
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
+from confluent_kafka import KafkaError
 from synergy_ingest import publisher as publisher_module
+from synergy_ingest import report_wakeups
 from synergy_ingest.publish_outcome import OutgoingRecord
 from synergy_ingest.report_wakeups import ReportWakeups
 
@@ -91,3 +94,32 @@ async def test_a_large_request_reaches_librdkafka_before_the_loop_turns(
         assert len(producer) >= 100
         assert (await small).written == [0]
         assert (await large).written == list(range(100))
+
+
+@pytest.mark.parametrize("new_one_attaches", [True, False], ids=["pipe", "thread"])
+async def test_after_a_fatal_error_the_new_producer_still_gets_its_reports_served(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., Awaitable[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    new_one_attaches: bool,
+) -> None:
+    topic = await topic_factory(partitions=3)
+    async with running_publisher(kafka_bootstrap, topic) as publisher:
+        old = publisher._producer
+        assert old is not None and publisher.reports_on_loop
+        if not new_one_attaches:
+            monkeypatch.setattr(ReportWakeups, "attach", classmethod(lambda cls, producer, client_id: None))
+        lib = report_wakeups._load_librdkafka()
+        assert lib is not None
+        handle = report_wakeups._producer_handle(lib, old, publisher_module.CLIENT_ID)
+        lib.rd_kafka_test_fatal_error.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
+        # what librdkafka raises when the idempotent producer has lost its sequence
+        assert lib.rd_kafka_test_fatal_error(handle, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, b"test") == 0
+        for _ in range(200):  # the error callback runs on the next poll, the replacement on the loop
+            if publisher._producer is not old:
+                break
+            await asyncio.sleep(0.05)
+        assert publisher._producer is not old
+        assert await publisher.wait_started(20)
+        assert publisher.reports_on_loop is new_one_attaches
+        await publish_and_count(publisher, kafka_bootstrap, topic)

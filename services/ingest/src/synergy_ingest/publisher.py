@@ -189,13 +189,16 @@ class EventPublisher:
         self._running = True
         self._attach_wakeups(self._producer)
         if self._wakeups is None:
-            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_SECONDS))
-            self._reporter = threading.Thread(
-                target=self._serve_reports, name="ingest-delivery-reports", daemon=True
-            )
-            self._reporter.start()
+            self._start_report_thread()
         self._sweeper = self._loop.call_later(EXPIRY_SWEEP_SECONDS, self._expire_overdue)
         self._probe_until_up()
+
+    def _start_report_thread(self) -> None:
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_SECONDS))
+        self._reporter = threading.Thread(
+            target=self._serve_reports, name="ingest-delivery-reports", daemon=True
+        )
+        self._reporter.start()
 
     def _attach_wakeups(self, producer: Producer) -> None:
         wakeups = ReportWakeups.attach(producer, CLIENT_ID)
@@ -221,8 +224,8 @@ class EventPublisher:
             return
         try:
             producer.poll(0)
-        except Exception:  # a callback raised: the others' reports must still be served
-            _log.exception("delivery_report_failed")
+        except Exception as exc:  # the others' reports must still be served
+            self._poll_failed(exc)
 
     def _serve_reports(self) -> None:
         """The report thread: delivery reports and client errors, served as soon as they arrive."""
@@ -232,8 +235,18 @@ class EventPublisher:
                 return
             try:
                 producer.poll(REPORT_WAIT_SECONDS)
-            except Exception:  # a callback raised: the thread must go on serving everyone's reports
-                _log.exception("delivery_report_failed")
+            except Exception as exc:  # the thread must go on serving everyone's reports
+                self._poll_failed(exc)
+
+    def _poll_failed(self, exc: Exception) -> None:
+        """confluent-kafka raises a fatal error from poll() (once) instead of passing it to error_cb;
+        anything else is a callback that raised."""
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        if isinstance(error, KafkaError) and error.fatal():
+            _log.warning("producer_fatal_error", error=str(error))
+            self._on_client_error(error)
+        else:
+            _log.exception("delivery_report_failed")
 
     def _expire_overdue(self) -> None:
         """Answers the requests past their bound with what has been reported (later reports are
@@ -268,6 +281,8 @@ class EventPublisher:
         self._producer = Producer({**self._config, "error_cb": self._on_client_error})
         if on_loop:
             self._attach_wakeups(self._producer)
+            if self._wakeups is None:  # the new one cannot be attached: its reports need the thread
+                self._start_report_thread()
         self._mark_down()
         drain = asyncio.create_task(self._drain(old))
         self._retired.add(drain)
@@ -276,7 +291,8 @@ class EventPublisher:
     async def _drain(self, producer: Producer) -> None:
         deadline = time.monotonic() + self._timeout + SETTLE_GRACE_SECONDS
         while len(producer) and time.monotonic() < deadline:
-            producer.poll(0)
+            with suppress(KafkaException):  # its fatal error, raised once more
+                producer.poll(0)
             await asyncio.sleep(0.01)
 
     def _mark_down(self) -> None:
