@@ -8,7 +8,8 @@
   way (tests/bench/bare_fastapi.py: ingest's uvicorn configuration, GC tuning and worker count).
   Target: at least 0.7. The same for POST /v1/track with Segment bodies.
 - Both servers (and the bare producer) stay up for the whole run; each path and its ceiling run in
-  turn, in --rounds slices, so the noise of a shared machine hits both sides of a ratio alike.
+  turn, in --rounds slices, so the noise of a shared machine hits both sides of a ratio alike; every
+  other round each pair runs the other way round, so neither side always runs first.
 - With INGEST_BENCH_PEER_URL (and INGEST_BENCH_PEER_WRITE_KEY), the same Segment bodies go to that
   Segment-compatible gateway (e.g. rudder-server) and to ingest's Segment routes, one at a time;
   skipped when unset.
@@ -317,25 +318,39 @@ async def main() -> None:
             )
         ):
             first = round_index * chunks_per_round
-            cpu = time.process_time()
-            seconds, latencies = await run_chunks(
-                chunks_per_round, options.batch_concurrency, lambda i, first=first: producer_chunk(first + i)
-            )
-            lines["producer"].add(
-                chunks_per_round * BATCH, seconds, latencies, time.process_time() - cpu, 0.0
-            )
-            result, cpu_used = await measured(url, pid, batch_slice, options.batch_concurrency, 202)
-            lines["batch"].add_load(len(batch_slice) * BATCH, result, cpu_used)
-            for name, target, target_pid, requests, status in (
-                ("single", url, pid, single_slice, 202),
-                ("bare", bare_url, bare_pid, single_slice, 202),
-                ("track", url, pid, track_slice, 200),
-                ("bare_track", bare_url, bare_pid, track_slice, 200),
-            ):
-                result, cpu_used = await measured(
-                    target, target_pid, requests, options.single_concurrency, status
+
+            async def producer_slice(first: int = first) -> None:
+                cpu = time.process_time()
+                seconds, latencies = await run_chunks(
+                    chunks_per_round, options.batch_concurrency, lambda i: producer_chunk(first + i)
                 )
-                lines[name].add_load(len(requests), result, cpu_used)
+                lines["producer"].add(
+                    chunks_per_round * BATCH, seconds, latencies, time.process_time() - cpu, 0.0
+                )
+
+            async def batch_slice_run(batch_slice: Sequence[bytes] = batch_slice) -> None:
+                result, cpu_used = await measured(url, pid, batch_slice, options.batch_concurrency, 202)
+                lines["batch"].add_load(len(batch_slice) * BATCH, result, cpu_used)
+
+            # Each pair runs in turn, and every other round the other way round (ABBA): whichever
+            # side runs second no longer always inherits the first one's aftermath (Kafka's and the
+            # kernel's catch-up after 200 kB batches, the other server's idle connections closing).
+            flip = round_index % 2 == 1
+            for job in (batch_slice_run, producer_slice) if flip else (producer_slice, batch_slice_run):
+                await job()
+            pairs = (
+                (("single", url, pid, single_slice, 202), ("bare", bare_url, bare_pid, single_slice, 202)),
+                (
+                    ("track", url, pid, track_slice, 200),
+                    ("bare_track", bare_url, bare_pid, track_slice, 200),
+                ),
+            )
+            for pair in pairs:
+                for name, target, target_pid, requests, status in reversed(pair) if flip else pair:
+                    result, cpu_used = await measured(
+                        target, target_pid, requests, options.single_concurrency, status
+                    )
+                    lines[name].add_load(len(requests), result, cpu_used)
         await publisher.stop()
         lines["producer"].print("bare librdkafka producer (ceiling)", "producer", load_generator=False)
         lines["batch"].print("ingest POST /v1/events/batch")
