@@ -79,20 +79,27 @@ def parse_event(envelope: Mapping[str, Any]) -> Event:
         raise InvalidEvent("identifiers must be an object")
     user_id = identifiers.get("id")
     anonymous_id = identifiers.get("anonymous_id")
-    if user_id is not None and not _is_identifier(user_id):
+    # the common cases inline (a string of 1 to 150 characters, absent); _is_identifier decides the rest
+    if user_id is not None and not (type(user_id) is str and 0 < len(user_id) <= 150) and not _is_identifier(
+            user_id):
         raise InvalidEvent("identifiers.id must be a string of 1 to 150 characters")
-    if anonymous_id is not None and not _is_identifier(anonymous_id):
+    if anonymous_id is not None and not (type(anonymous_id) is str and 0 < len(anonymous_id) <= 150) and not (
+            _is_identifier(anonymous_id)):
         raise InvalidEvent("identifiers.anonymous_id must be a string of 1 to 150 characters")
     data = envelope.get("data", {})
     if type(data) is not dict and not isinstance(data, Mapping):
         raise InvalidEvent("data must be an object")
     name = envelope.get("name")
-    if name is not None and not isinstance(name, str):
+    if name is not None and type(name) is not str and not isinstance(name, str):
         raise InvalidEvent("name must be a string")
-    brand_id = str(envelope["brand_id"])
+    brand_id = envelope["brand_id"]
+    if type(brand_id) is not str:
+        brand_id = str(brand_id)
     if not brand_id.isdigit():
         raise InvalidEvent("brand_id must be a brand's numeric id")
-    event_id = str(envelope["event_id"])
+    event_id = envelope["event_id"]
+    if type(event_id) is not str:
+        event_id = str(event_id)
     kind = envelope.get("type", "track")
     kind = kind if type(kind) is str else str(kind)
     timestamp = _timestamp(envelope.get("timestamp"))
@@ -123,14 +130,22 @@ def work_key(event: Event) -> str:
 
 
 def prepare_event(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
+    prepared = _prepare_event(envelope)
+    return [prepared] if type(prepared) is Work else prepared
+
+
+_NOT_A_MARKETING_EVENT = Skip("not_a_marketing_event")
+
+
+def _prepare_event(envelope: Mapping[str, Any]) -> Work | Skip | Reject:
     try:
         event = parse_event(envelope)
         if not is_relevant(event):
-            return Skip("not_a_marketing_event")
+            return _NOT_A_MARKETING_EVENT
         change = parse_change(event)  # the data is checked here, before the batch depends on it
     except InvalidEvent as exc:
         return Reject("invalid_event", str(exc))
-    return [Work(key=work_key(event), target=STATE, payload=(event, change))]
+    return Work(work_key(event), STATE, (event, change))
 
 
 def prepare_insight(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
@@ -180,6 +195,15 @@ class MarketingConsumer:
         if source.record.partition.topic == self.insights_topic:
             return prepare_insight(source.payload)
         return prepare_event(source.payload)
+
+    def prepare_many(self, sources: Sequence[Source]) -> Sequence[Work | list[Work] | Skip | Reject]:
+        """prepare over one poll chunk (one partition's records, so one topic), in order."""
+        if not sources:
+            return []
+        if sources[0].record.partition.topic == self.insights_topic:
+            return [prepare_insight(source.payload) for source in sources]
+        prepare = _prepare_event
+        return [prepare(source.payload) for source in sources]
 
     async def deliver(self, target: Any, items: Sequence[Work]) -> list[ItemOutcome]:
         if target == ENGAGEMENT:
@@ -307,6 +331,7 @@ def build_processor(
         ),
         consumer.prepare,
         consumer.deliver,
+        prepare_many=consumer.prepare_many,
         dead_letters=DeadLetterWriter(dead_letter_producer, pool),
         retry=RetryPolicy(max_attempts=20, max_window=24 * 3600, base=0.5, cap=60),
         destination_of=lambda target: str(target),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 ANONYMOUS_PREFIX = "anon:"
 CART_ABANDONED = "cart_abandoned"
@@ -476,7 +476,42 @@ def _cart_change(data: Mapping[str, Any]) -> CartChange:
     return CartChange(cart_id, currency, items)
 
 
+# The fields an event's data usually leaves out. When a data object has none of them (checked in one C-level
+# pass), they are all None and the usual fields are read inline; otherwise the strict readers read everything.
+_VIEW_RARE = frozenset(
+    {"image_url", "view_id", "session_id", "referrer", "device_type", "browser", "product_snapshot"}
+)
+_CART_ADD_RARE = frozenset({"sku", "image_url", "product_snapshot", "cart_id", "currency", "cart_items"})
+
+
+def _plain_text(value: Any) -> TypeGuard[str]:
+    return type(value) is str and value != ""
+
+
+def _plain_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
 def _parse_view(data: Mapping[str, Any]) -> Viewed:
+    if type(data) is dict and _VIEW_RARE.isdisjoint(data):
+        product_id = data.get("product_id")
+        duration = data.get("view_duration", 0)
+        name = data.get("product_name")
+        category = data.get("product_category")
+        if (
+            _plain_text(product_id)
+            and _plain_count(duration)
+            and (name is None or _plain_text(name))
+            and (category is None or _plain_text(category))
+        ):
+            return Viewed(
+                product_id, duration, money(data.get("product_price"), "data.product_price"), name, category,
+                None, None, None, None, None, None,
+            )  # fmt: skip
+    return _parse_view_strictly(data)
+
+
+def _parse_view_strictly(data: Mapping[str, Any]) -> Viewed:
     product_id = _required_text(data, "product_id")
     duration = count(data, "view_duration", 0)
     price = data["product_price"] if "product_price" in data else _snapshot(data).get("price")
@@ -495,7 +530,28 @@ def _parse_view(data: Mapping[str, Any]) -> Viewed:
     )
 
 
+_NO_CART_CHANGE = CartChange(None, None, None)
+
+
 def _parse_cart_add(data: Mapping[str, Any]) -> CartAdded:
+    if type(data) is dict and _CART_ADD_RARE.isdisjoint(data):
+        product_id = data.get("product_id")
+        quantity = data.get("quantity", 1)
+        name = data.get("product_name")
+        category = data.get("product_category")
+        if (
+            _plain_text(product_id)
+            and _plain_count(quantity)
+            and (name is None or _plain_text(name))
+            and (category is None or _plain_text(category))
+        ):
+            price = money(data.get("price"), "data.price")
+            line = LineItem(product_id, quantity, name, None, category, price, None)
+            return CartAdded(line, _NO_CART_CHANGE)
+    return _parse_cart_add_strictly(data)
+
+
+def _parse_cart_add_strictly(data: Mapping[str, Any]) -> CartAdded:
     return CartAdded(_line_item(data, "data", with_product_fallbacks=True), _cart_change(data))
 
 
