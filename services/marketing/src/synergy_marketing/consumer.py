@@ -21,6 +21,7 @@ from synergy_schemas.topics import EVENTS, INSIGHTS
 from synergy_streaming import (
     DELIVERED,
     DeadLetterWriter,
+    Delivered,
     Failed,
     ItemOutcome,
     KafkaConsumer,
@@ -55,6 +56,7 @@ STATE = "state"
 ANALYZE_EVERY = 5000
 ENGAGEMENT = "engagement"
 ENGAGEMENT_METRICS = {"opened": "opened", "clicked": "clicked"}
+_WATCH_EVENTS = frozenset({"watchlist_item_added", "watchlist_item_removed"})
 
 
 # --- pure: what a record means ----------------------------------------------------------------
@@ -205,12 +207,12 @@ class MarketingConsumer:
         prepare = _prepare_event
         return [prepare(source.payload) for source in sources]
 
-    async def deliver(self, target: Any, items: Sequence[Work]) -> list[ItemOutcome]:
+    async def deliver(self, target: Any, items: Sequence[Work]) -> Delivered | list[ItemOutcome]:
         if target == ENGAGEMENT:
             return await self._mark_engagements(items)
         return await self.apply_batch(items)
 
-    async def apply_batch(self, items: Sequence[Work]) -> list[ItemOutcome]:
+    async def apply_batch(self, items: Sequence[Work]) -> Delivered | list[ItemOutcome]:
         """One transaction of two statements (two more when an event is anonymous: the identities of the
         anonymous ids): the load (locks, the applied event ids, the state) and the save (every table,
         the conversions)."""
@@ -226,18 +228,20 @@ class MarketingConsumer:
             catalog: set[tuple[str, str]] = set()
             watch_keys: set[tuple[str, str, str]] = set()
             product_keys: set[tuple[str, str]] = set()
+            resolve = state.resolve
             for event in events:
-                if event.name in CATALOG_EVENTS:
+                name = event.name
+                if name in CATALOG_EVENTS:
                     product = str(event.data["product_id"])
                     catalog.add((event.brand_id, product))
                     product_keys.add((event.brand_id, product))
                     continue
-                person = state.resolve(event)
+                person = event.user_id or resolve(event)
                 persons.add((event.brand_id, person))
                 if event.type == "identify" and event.anonymous_id:
                     persons.add((event.brand_id, ANONYMOUS_PREFIX + event.anonymous_id))
                     persons.add((event.brand_id, str(event.user_id)))
-                if event.name in ("watchlist_item_added", "watchlist_item_removed"):
+                if name in _WATCH_EVENTS:
                     product = str(event.data["product_id"])
                     watch_keys.add((event.brand_id, person, product))
                     product_keys.add((event.brand_id, product))
@@ -249,21 +253,20 @@ class MarketingConsumer:
             state.window_timers = loaded.window_timers
             state.watches.update(loaded.watches)
             state.products.update(loaded.products)
-            outcomes: list[ItemOutcome] = []
+            failed: dict[int, Failed] = {}  # by the item's place; every other item is delivered
             applied: Counter[str] = Counter()
-            for item in items:
+            for index, item in enumerate(items):
                 event, change = item.payload
-                if (event.brand_id, event.event_id) not in fresh:
-                    outcomes.append(DELIVERED)  # a redelivery: applied before, changes nothing
-                    continue
-                fresh.discard((event.brand_id, event.event_id))  # the same event twice in one batch
+                if fresh is not None:
+                    if (event.brand_id, event.event_id) not in fresh:
+                        continue  # a redelivery: applied before, changes nothing
+                    fresh.discard((event.brand_id, event.event_id))  # the same event twice in one batch
                 try:
                     apply_event(state, event, change)
                 except InvalidEvent as exc:
-                    outcomes.append(Failed("invalid_event", str(exc)))
+                    failed[index] = Failed("invalid_event", str(exc))
                     continue
                 applied[event.name or event.type] += 1
-                outcomes.append(DELIVERED)
             converted = await store.save_batch(conn, state, self.windows, self.conversion_window)
         for name, applied_count in applied.items():
             metrics.EVENTS_APPLIED.labels(name).inc(applied_count)
@@ -272,7 +275,9 @@ class MarketingConsumer:
             metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "converted").inc()
             if revenue is not None:
                 metrics.RECOVERED_REVENUE.labels(brand, trigger).inc(float(revenue))
-        return outcomes
+        if not failed:
+            return DELIVERED
+        return [failed.get(index, DELIVERED) for index in range(len(items))]
 
     def _keep_statistics_current(self, applied: int) -> None:
         """Every ANALYZE_EVERY applied events, the tables that grew are analyzed in the background (a

@@ -291,7 +291,9 @@ TimerIdentity = tuple[str, str, str, str]
 class LoadedBatch:
     """What a batch reads, as marketing_load_batch answered it."""
 
-    fresh: set[tuple[str, str]]  # the (brand, event_id)s not applied before
+    # The (brand, event_id)s not applied before; None when every event of the batch is new and none of
+    # them came twice (the common case: nothing to look up per event).
+    fresh: set[tuple[str, str]] | None
     persons: dict[tuple[str, str], Person]
     window_timers: dict[TimerIdentity, tuple[int, datetime]]  # identity -> (timer_id, due_at)
     watches: dict[WatchKey, Watch | None]
@@ -377,8 +379,8 @@ async def load_batch(
         watched[(str(row[0]), row[1], row[2])] = Watch(row[1], *row[2:])
     return LoadedBatch(
         fresh=(
-            set(events)
-            if loaded["fresh"] is None  # every event is new
+            None
+            if loaded["fresh"] is None  # every event is new, and none came twice
             else {(str(brand), event_id.strip()) for brand, event_id in loaded["fresh"]}
         ),
         persons=found,
