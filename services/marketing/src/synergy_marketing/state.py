@@ -239,14 +239,29 @@ class BatchState:
 # --- reading event data ----------------------------------------------------------------------------
 
 
+# A catalog's prices repeat from event to event: each positive float's Decimal is made once (a Decimal is
+# immutable, so one can be shared). Bounded: emptied when full.
+_DECIMAL_OF_FLOAT: dict[float, Decimal] = {}
+_DECIMALS_KEPT = 4096
+
+
 def money(value: Any, name: str) -> Decimal | None:
     if value is None:
         return None
     kind = type(value)
+    if kind is float:
+        known = _DECIMAL_OF_FLOAT.get(value)
+        if known is not None:
+            return known
+        if 0 < value < math.inf:
+            if len(_DECIMAL_OF_FLOAT) >= _DECIMALS_KEPT:
+                _DECIMAL_OF_FLOAT.clear()
+            amount = _DECIMAL_OF_FLOAT[value] = Decimal(str(value))
+            return amount
+        if value == 0:
+            return Decimal(str(value))
     if kind is int and value >= 0:
         return Decimal(value)
-    if kind is float and 0 <= value < math.inf:
-        return Decimal(str(value))
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise InvalidEvent(f"{name} must be a number")
     try:
