@@ -666,13 +666,18 @@ def apply_event(state: BatchState, event: Event, change: Change | None = _UNPARS
     if isinstance(change, (PriceChanged, StockChanged)):
         _apply_catalog(state, event, change)
         return
-    person = state.person(event.brand_id, state.resolve(event))
-    state.touched.add((event.brand_id, person.person))
+    brand_id = event.brand_id
+    person_key = (brand_id, event.user_id or state.resolve(event))
+    person = state.persons.get(person_key)
+    if person is None:
+        person = state.persons[person_key] = Person(brand_id, person_key[1])
+    state.touched.add(person_key)
     at = event.timestamp
-    if isinstance(change, Viewed):
-        _view(person, change, at)
-    elif isinstance(change, CartAdded):
-        _cart_add(person, change, at)
+    kind = type(change)
+    if kind is Viewed:
+        _view(person, change, at)  # type: ignore[arg-type]
+    elif kind is CartAdded:
+        _cart_add(person, change, at)  # type: ignore[arg-type]
     elif isinstance(change, CartRemoved):
         _cart_remove(person, change, at)
     elif isinstance(change, Ordered):
