@@ -974,27 +974,25 @@ def merge_person(source: Person, target: Person) -> None:
 
 def window_timers(person: Person, config: WindowConfig) -> list[Timer]:
     """The cart and browse deadlines this person's state calls for now (none for an anonymous one)."""
+    return [
+        Timer(person.brand_id, person.person, trigger, "", due_at)
+        for trigger, due_at in window_deadlines(person, config)
+    ]
+
+
+def window_deadlines(person: Person, config: WindowConfig) -> list[tuple[str, datetime]]:
+    """window_timers' (trigger, due_at)s: the cart deadline first, then the browse one."""
     if not is_identified(person.person):
         return []
-    timers: list[Timer] = []
+    deadlines: list[tuple[str, datetime]] = []
     cart = person.cart
     if cart.items and cart.last_changed_at is not None and not _ordered_after_change(cart):
-        timers.append(
-            Timer(
-                person.brand_id,
-                person.person,
-                CART_ABANDONED,
-                "",
-                cart.last_changed_at + config.cart_abandon_after,
-            )
-        )
+        deadlines.append((CART_ABANDONED, cart.last_changed_at + config.cart_abandon_after))
     browsed = browse_candidates(person, config)
     if browsed:
         last = max(view.last_viewed_at for view in browsed)
-        timers.append(
-            Timer(person.brand_id, person.person, BROWSE_ABANDONED, "", last + config.browse_abandon_after)
-        )
-    return timers
+        deadlines.append((BROWSE_ABANDONED, last + config.browse_abandon_after))
+    return deadlines
 
 
 def _ordered_after_change(cart: Cart) -> bool:
