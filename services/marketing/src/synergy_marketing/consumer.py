@@ -328,6 +328,7 @@ def build_processor(
             max_batch_wait=settings.seconds("marketing_consumer_batch_wait"),
             max_in_flight=settings.marketing_consumer_in_flight,
             max_run_per_key=200,
+            gc_young_threshold=settings.marketing_gc_young_objects,
         ),
         KafkaConsumer(
             settings.kafka_bootstrap_servers,
