@@ -21,12 +21,17 @@ from synergy_marketing.decisions import (
 )
 from synergy_marketing.state import (
     BatchState,
+    CartAdded,
+    CartChange,
     Event,
     InvalidEvent,
+    LineItem,
     Timer,
+    Viewed,
     Watch,
     WindowConfig,
     apply_event,
+    money,
     window_timers,
 )
 from synergy_schemas.events import validate_event_data
@@ -717,3 +722,39 @@ def test_optional_fields_read_inline_keep_the_strict_readers_rules() -> None:
         "invalid_event", "identifiers.id must be a string of 1 to 150 characters")
     assert prepare_event(envelope("product_viewed", {"product_id": "p"}, anonymous_id="")) == Reject(
         "invalid_event", "identifiers.anonymous_id must be a string of 1 to 150 characters")
+
+
+def test_common_view_and_cart_add_shapes_read_inline_give_what_the_strict_readers_give() -> None:
+    """A view or a cart add carrying none of the rarely sent fields is read inline; the values are those
+    the strict readers give, and any other shape (a rare field, a number where a string goes, an explicit
+    null) still takes the strict readers."""
+    (work,) = prepare_event(envelope("product_viewed", {  # type: ignore[misc]
+        "product_id": "p1", "product_name": "Trail shoe", "product_price": 9.99, "product_category": "Shoes"}))
+    assert work.payload[1] == Viewed("p1", 0, Decimal("9.99"), "Trail shoe", "Shoes",
+                                     None, None, None, None, None, None)
+    (work,) = prepare_event(envelope("product_viewed", {  # type: ignore[misc]
+        "product_id": 12, "view_duration": 30, "product_price": 0, "product_name": ""}))
+    assert work.payload[1] == Viewed("12", 30, Decimal("0"), None, None, None, None, None, None, None, None)
+    (work,) = prepare_event(envelope("cart_item_added", {  # type: ignore[misc]
+        "product_id": "p1", "price": 9.99, "quantity": 2}))
+    assert work.payload[1] == CartAdded(LineItem("p1", 2, None, None, None, Decimal("9.99"), None),
+                                        CartChange(None, None, None))
+    (work,) = prepare_event(envelope("cart_item_added", {  # type: ignore[misc]
+        "product_id": "p1", "price": 9.99, "currency": "EUR", "product_snapshot": {"name": "Snap"}}))
+    assert work.payload[1] == CartAdded(LineItem("p1", 1, "Snap", None, None, Decimal("9.99"), None),
+                                        CartChange(None, "EUR", None))
+    assert prepare_event(envelope("product_viewed", {"product_id": "p1", "view_duration": -1})) == Reject(
+        "invalid_event", "data.view_duration must be a non-negative integer")
+    assert prepare_event(envelope("cart_item_added", {"product_id": "p1", "quantity": True})) == Reject(
+        "invalid_event", "data.quantity must be a non-negative integer")
+
+
+def test_amounts_read_from_floats_are_exact_decimals_each_time_and_bad_ones_are_refused() -> None:
+    assert money(9.99, "price") == Decimal("9.99")
+    assert money(9.99, "price") == Decimal("9.99")  # the second time from the memo: the same value
+    assert str(money(0.0, "price")) == "0.0"
+    assert str(money(-0.0, "price")) == "-0.0"
+    assert money(5, "price") == Decimal("5")
+    for bad in (-1.5, float("inf"), float("nan")):
+        with pytest.raises(InvalidEvent):
+            money(bad, "price")

@@ -21,6 +21,7 @@ from synergy_schemas.topics import EVENTS, INSIGHTS
 from synergy_streaming import (
     DELIVERED,
     DeadLetterWriter,
+    Delivered,
     Failed,
     ItemOutcome,
     KafkaConsumer,
@@ -55,6 +56,7 @@ STATE = "state"
 ANALYZE_EVERY = 5000
 ENGAGEMENT = "engagement"
 ENGAGEMENT_METRICS = {"opened": "opened", "clicked": "clicked"}
+_WATCH_EVENTS = frozenset({"watchlist_item_added", "watchlist_item_removed"})
 
 
 # --- pure: what a record means ----------------------------------------------------------------
@@ -79,20 +81,27 @@ def parse_event(envelope: Mapping[str, Any]) -> Event:
         raise InvalidEvent("identifiers must be an object")
     user_id = identifiers.get("id")
     anonymous_id = identifiers.get("anonymous_id")
-    if user_id is not None and not _is_identifier(user_id):
+    # the common cases inline (a string of 1 to 150 characters, absent); _is_identifier decides the rest
+    if user_id is not None and not (type(user_id) is str and 0 < len(user_id) <= 150) and not _is_identifier(
+            user_id):
         raise InvalidEvent("identifiers.id must be a string of 1 to 150 characters")
-    if anonymous_id is not None and not _is_identifier(anonymous_id):
+    if anonymous_id is not None and not (type(anonymous_id) is str and 0 < len(anonymous_id) <= 150) and not (
+            _is_identifier(anonymous_id)):
         raise InvalidEvent("identifiers.anonymous_id must be a string of 1 to 150 characters")
     data = envelope.get("data", {})
     if type(data) is not dict and not isinstance(data, Mapping):
         raise InvalidEvent("data must be an object")
     name = envelope.get("name")
-    if name is not None and not isinstance(name, str):
+    if name is not None and type(name) is not str and not isinstance(name, str):
         raise InvalidEvent("name must be a string")
-    brand_id = str(envelope["brand_id"])
+    brand_id = envelope["brand_id"]
+    if type(brand_id) is not str:
+        brand_id = str(brand_id)
     if not brand_id.isdigit():
         raise InvalidEvent("brand_id must be a brand's numeric id")
-    event_id = str(envelope["event_id"])
+    event_id = envelope["event_id"]
+    if type(event_id) is not str:
+        event_id = str(event_id)
     kind = envelope.get("type", "track")
     kind = kind if type(kind) is str else str(kind)
     timestamp = _timestamp(envelope.get("timestamp"))
@@ -123,14 +132,22 @@ def work_key(event: Event) -> str:
 
 
 def prepare_event(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
+    prepared = _prepare_event(envelope)
+    return [prepared] if type(prepared) is Work else prepared
+
+
+_NOT_A_MARKETING_EVENT = Skip("not_a_marketing_event")
+
+
+def _prepare_event(envelope: Mapping[str, Any]) -> Work | Skip | Reject:
     try:
         event = parse_event(envelope)
         if not is_relevant(event):
-            return Skip("not_a_marketing_event")
+            return _NOT_A_MARKETING_EVENT
         change = parse_change(event)  # the data is checked here, before the batch depends on it
     except InvalidEvent as exc:
         return Reject("invalid_event", str(exc))
-    return [Work(key=work_key(event), target=STATE, payload=(event, change))]
+    return Work(work_key(event), STATE, (event, change))
 
 
 def prepare_insight(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
@@ -181,12 +198,21 @@ class MarketingConsumer:
             return prepare_insight(source.payload)
         return prepare_event(source.payload)
 
-    async def deliver(self, target: Any, items: Sequence[Work]) -> list[ItemOutcome]:
+    def prepare_many(self, sources: Sequence[Source]) -> Sequence[Work | list[Work] | Skip | Reject]:
+        """prepare over one poll chunk (one partition's records, so one topic), in order."""
+        if not sources:
+            return []
+        if sources[0].record.partition.topic == self.insights_topic:
+            return [prepare_insight(source.payload) for source in sources]
+        prepare = _prepare_event
+        return [prepare(source.payload) for source in sources]
+
+    async def deliver(self, target: Any, items: Sequence[Work]) -> Delivered | list[ItemOutcome]:
         if target == ENGAGEMENT:
             return await self._mark_engagements(items)
         return await self.apply_batch(items)
 
-    async def apply_batch(self, items: Sequence[Work]) -> list[ItemOutcome]:
+    async def apply_batch(self, items: Sequence[Work]) -> Delivered | list[ItemOutcome]:
         """One transaction of two statements (two more when an event is anonymous: the identities of the
         anonymous ids): the load (locks, the applied event ids, the state) and the save (every table,
         the conversions)."""
@@ -202,18 +228,20 @@ class MarketingConsumer:
             catalog: set[tuple[str, str]] = set()
             watch_keys: set[tuple[str, str, str]] = set()
             product_keys: set[tuple[str, str]] = set()
+            resolve = state.resolve
             for event in events:
-                if event.name in CATALOG_EVENTS:
+                name = event.name
+                if name in CATALOG_EVENTS:
                     product = str(event.data["product_id"])
                     catalog.add((event.brand_id, product))
                     product_keys.add((event.brand_id, product))
                     continue
-                person = state.resolve(event)
+                person = event.user_id or resolve(event)
                 persons.add((event.brand_id, person))
                 if event.type == "identify" and event.anonymous_id:
                     persons.add((event.brand_id, ANONYMOUS_PREFIX + event.anonymous_id))
                     persons.add((event.brand_id, str(event.user_id)))
-                if event.name in ("watchlist_item_added", "watchlist_item_removed"):
+                if name in _WATCH_EVENTS:
                     product = str(event.data["product_id"])
                     watch_keys.add((event.brand_id, person, product))
                     product_keys.add((event.brand_id, product))
@@ -225,21 +253,20 @@ class MarketingConsumer:
             state.window_timers = loaded.window_timers
             state.watches.update(loaded.watches)
             state.products.update(loaded.products)
-            outcomes: list[ItemOutcome] = []
+            failed: dict[int, Failed] = {}  # by the item's place; every other item is delivered
             applied: Counter[str] = Counter()
-            for item in items:
+            for index, item in enumerate(items):
                 event, change = item.payload
-                if (event.brand_id, event.event_id) not in fresh:
-                    outcomes.append(DELIVERED)  # a redelivery: applied before, changes nothing
-                    continue
-                fresh.discard((event.brand_id, event.event_id))  # the same event twice in one batch
+                if fresh is not None:
+                    if (event.brand_id, event.event_id) not in fresh:
+                        continue  # a redelivery: applied before, changes nothing
+                    fresh.discard((event.brand_id, event.event_id))  # the same event twice in one batch
                 try:
                     apply_event(state, event, change)
                 except InvalidEvent as exc:
-                    outcomes.append(Failed("invalid_event", str(exc)))
+                    failed[index] = Failed("invalid_event", str(exc))
                     continue
                 applied[event.name or event.type] += 1
-                outcomes.append(DELIVERED)
             converted = await store.save_batch(conn, state, self.windows, self.conversion_window)
         for name, applied_count in applied.items():
             metrics.EVENTS_APPLIED.labels(name).inc(applied_count)
@@ -248,7 +275,9 @@ class MarketingConsumer:
             metrics.QUEUE_ENGAGEMENT.labels(brand, trigger, "converted").inc()
             if revenue is not None:
                 metrics.RECOVERED_REVENUE.labels(brand, trigger).inc(float(revenue))
-        return outcomes
+        if not failed:
+            return DELIVERED
+        return [failed.get(index, DELIVERED) for index in range(len(items))]
 
     def _keep_statistics_current(self, applied: int) -> None:
         """Every ANALYZE_EVERY applied events, the tables that grew are analyzed in the background (a
@@ -299,6 +328,7 @@ def build_processor(
             max_batch_wait=settings.seconds("marketing_consumer_batch_wait"),
             max_in_flight=settings.marketing_consumer_in_flight,
             max_run_per_key=200,
+            gc_young_threshold=settings.marketing_gc_young_objects,
         ),
         KafkaConsumer(
             settings.kafka_bootstrap_servers,
@@ -307,6 +337,7 @@ def build_processor(
         ),
         consumer.prepare,
         consumer.deliver,
+        prepare_many=consumer.prepare_many,
         dead_letters=DeadLetterWriter(dead_letter_producer, pool),
         retry=RetryPolicy(max_attempts=20, max_window=24 * 3600, base=0.5, cap=60),
         destination_of=lambda target: str(target),

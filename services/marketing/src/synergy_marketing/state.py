@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 ANONYMOUS_PREFIX = "anon:"
 CART_ABANDONED = "cart_abandoned"
@@ -239,14 +239,29 @@ class BatchState:
 # --- reading event data ----------------------------------------------------------------------------
 
 
+# A catalog's prices repeat from event to event: each positive float's Decimal is made once (a Decimal is
+# immutable, so one can be shared). Bounded: emptied when full.
+_DECIMAL_OF_FLOAT: dict[float, Decimal] = {}
+_DECIMALS_KEPT = 4096
+
+
 def money(value: Any, name: str) -> Decimal | None:
     if value is None:
         return None
     kind = type(value)
+    if kind is float:
+        known = _DECIMAL_OF_FLOAT.get(value)
+        if known is not None:
+            return known
+        if 0 < value < math.inf:
+            if len(_DECIMAL_OF_FLOAT) >= _DECIMALS_KEPT:
+                _DECIMAL_OF_FLOAT.clear()
+            amount = _DECIMAL_OF_FLOAT[value] = Decimal(str(value))
+            return amount
+        if value == 0:
+            return Decimal(str(value))
     if kind is int and value >= 0:
         return Decimal(value)
-    if kind is float and 0 <= value < math.inf:
-        return Decimal(str(value))
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise InvalidEvent(f"{name} must be a number")
     try:
@@ -476,7 +491,42 @@ def _cart_change(data: Mapping[str, Any]) -> CartChange:
     return CartChange(cart_id, currency, items)
 
 
+# The fields an event's data usually leaves out. When a data object has none of them (checked in one C-level
+# pass), they are all None and the usual fields are read inline; otherwise the strict readers read everything.
+_VIEW_RARE = frozenset(
+    {"image_url", "view_id", "session_id", "referrer", "device_type", "browser", "product_snapshot"}
+)
+_CART_ADD_RARE = frozenset({"sku", "image_url", "product_snapshot", "cart_id", "currency", "cart_items"})
+
+
+def _plain_text(value: Any) -> TypeGuard[str]:
+    return type(value) is str and value != ""
+
+
+def _plain_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
 def _parse_view(data: Mapping[str, Any]) -> Viewed:
+    if type(data) is dict and _VIEW_RARE.isdisjoint(data):
+        product_id = data.get("product_id")
+        duration = data.get("view_duration", 0)
+        name = data.get("product_name")
+        category = data.get("product_category")
+        if (
+            _plain_text(product_id)
+            and _plain_count(duration)
+            and (name is None or _plain_text(name))
+            and (category is None or _plain_text(category))
+        ):
+            return Viewed(
+                product_id, duration, money(data.get("product_price"), "data.product_price"), name, category,
+                None, None, None, None, None, None,
+            )  # fmt: skip
+    return _parse_view_strictly(data)
+
+
+def _parse_view_strictly(data: Mapping[str, Any]) -> Viewed:
     product_id = _required_text(data, "product_id")
     duration = count(data, "view_duration", 0)
     price = data["product_price"] if "product_price" in data else _snapshot(data).get("price")
@@ -495,7 +545,28 @@ def _parse_view(data: Mapping[str, Any]) -> Viewed:
     )
 
 
+_NO_CART_CHANGE = CartChange(None, None, None)
+
+
 def _parse_cart_add(data: Mapping[str, Any]) -> CartAdded:
+    if type(data) is dict and _CART_ADD_RARE.isdisjoint(data):
+        product_id = data.get("product_id")
+        quantity = data.get("quantity", 1)
+        name = data.get("product_name")
+        category = data.get("product_category")
+        if (
+            _plain_text(product_id)
+            and _plain_count(quantity)
+            and (name is None or _plain_text(name))
+            and (category is None or _plain_text(category))
+        ):
+            price = money(data.get("price"), "data.price")
+            line = LineItem(product_id, quantity, name, None, category, price, None)
+            return CartAdded(line, _NO_CART_CHANGE)
+    return _parse_cart_add_strictly(data)
+
+
+def _parse_cart_add_strictly(data: Mapping[str, Any]) -> CartAdded:
     return CartAdded(_line_item(data, "data", with_product_fallbacks=True), _cart_change(data))
 
 
@@ -595,13 +666,18 @@ def apply_event(state: BatchState, event: Event, change: Change | None = _UNPARS
     if isinstance(change, (PriceChanged, StockChanged)):
         _apply_catalog(state, event, change)
         return
-    person = state.person(event.brand_id, state.resolve(event))
-    state.touched.add((event.brand_id, person.person))
+    brand_id = event.brand_id
+    person_key = (brand_id, event.user_id or state.resolve(event))
+    person = state.persons.get(person_key)
+    if person is None:
+        person = state.persons[person_key] = Person(brand_id, person_key[1])
+    state.touched.add(person_key)
     at = event.timestamp
-    if isinstance(change, Viewed):
-        _view(person, change, at)
-    elif isinstance(change, CartAdded):
-        _cart_add(person, change, at)
+    kind = type(change)
+    if kind is Viewed:
+        _view(person, change, at)  # type: ignore[arg-type]
+    elif kind is CartAdded:
+        _cart_add(person, change, at)  # type: ignore[arg-type]
     elif isinstance(change, CartRemoved):
         _cart_remove(person, change, at)
     elif isinstance(change, Ordered):
@@ -898,27 +974,25 @@ def merge_person(source: Person, target: Person) -> None:
 
 def window_timers(person: Person, config: WindowConfig) -> list[Timer]:
     """The cart and browse deadlines this person's state calls for now (none for an anonymous one)."""
+    return [
+        Timer(person.brand_id, person.person, trigger, "", due_at)
+        for trigger, due_at in window_deadlines(person, config)
+    ]
+
+
+def window_deadlines(person: Person, config: WindowConfig) -> list[tuple[str, datetime]]:
+    """window_timers' (trigger, due_at)s: the cart deadline first, then the browse one."""
     if not is_identified(person.person):
         return []
-    timers: list[Timer] = []
+    deadlines: list[tuple[str, datetime]] = []
     cart = person.cart
     if cart.items and cart.last_changed_at is not None and not _ordered_after_change(cart):
-        timers.append(
-            Timer(
-                person.brand_id,
-                person.person,
-                CART_ABANDONED,
-                "",
-                cart.last_changed_at + config.cart_abandon_after,
-            )
-        )
+        deadlines.append((CART_ABANDONED, cart.last_changed_at + config.cart_abandon_after))
     browsed = browse_candidates(person, config)
     if browsed:
         last = max(view.last_viewed_at for view in browsed)
-        timers.append(
-            Timer(person.brand_id, person.person, BROWSE_ABANDONED, "", last + config.browse_abandon_after)
-        )
-    return timers
+        deadlines.append((BROWSE_ABANDONED, last + config.browse_abandon_after))
+    return deadlines
 
 
 def _ordered_after_change(cart: Cart) -> bool:

@@ -23,6 +23,7 @@ from synergy_marketing.decisions import (
 from synergy_marketing.state import (
     ANONYMOUS_PREFIX,
     PRICE_DROPPED,
+    WINDOW_TRIGGERS,
     BatchState,
     Cart,
     CartItem,
@@ -32,7 +33,7 @@ from synergy_marketing.state import (
     Timer,
     Watch,
     WindowConfig,
-    window_timers,
+    window_deadlines,
 )
 
 VIEW_COLUMNS = (
@@ -291,7 +292,9 @@ TimerIdentity = tuple[str, str, str, str]
 class LoadedBatch:
     """What a batch reads, as marketing_load_batch answered it."""
 
-    fresh: set[tuple[str, str]]  # the (brand, event_id)s not applied before
+    # The (brand, event_id)s not applied before; None when every event of the batch is new and none of
+    # them came twice (the common case: nothing to look up per event).
+    fresh: set[tuple[str, str]] | None
     persons: dict[tuple[str, str], Person]
     window_timers: dict[TimerIdentity, tuple[int, datetime]]  # identity -> (timer_id, due_at)
     watches: dict[WatchKey, Watch | None]
@@ -377,8 +380,8 @@ async def load_batch(
         watched[(str(row[0]), row[1], row[2])] = Watch(row[1], *row[2:])
     return LoadedBatch(
         fresh=(
-            set(events)
-            if loaded["fresh"] is None  # every event is new
+            None
+            if loaded["fresh"] is None  # every event is new, and none came twice
             else {(str(brand), event_id.strip()) for brand, event_id in loaded["fresh"]}
         ),
         persons=found,
@@ -526,40 +529,41 @@ def _timer_changes(
     re-armed, ones no longer called for (the cart emptied, an order) deleted. A deadline that fired
     and did not move stays fired. Catalog triggers add one timer per watch; a removed watch drops its
     pending ones."""
-    desired: list[Timer] = []
-    for key in touched:
-        person = state.persons.get(key)
-        if person is not None:
-            desired.extend(window_timers(person, config))
-    wanted = {timer.identity for timer in desired}
     existing = state.window_timers
     # Only the persons this batch changed: a redelivered event's person keeps its deadlines as they are.
-    touched_set = set(touched)
-    unwanted = [
-        timer_id
-        for identity, (timer_id, _) in existing.items()
-        if identity not in wanted and (identity[0], identity[1]) in touched_set
-    ]
-    changed = [t for t in desired if t.identity not in existing or existing[t.identity][1] != t.due_at]
-    latest: dict[TimerIdentity, Timer] = {}
-    for timer in changed + state.catalog_timers:
-        latest[timer.identity] = timer
+    unwanted: list[int] = []
+    timers: list[dict[str, Any]] = []
+    for key in touched:
+        person = state.persons.get(key)
+        wanted = dict(window_deadlines(person, config)) if person is not None else {}
+        brand, name = key
+        for trigger in WINDOW_TRIGGERS:
+            stored = existing.get((brand, name, trigger, ""))
+            due_at = wanted.get(trigger)
+            if due_at is None:
+                if stored is not None:
+                    unwanted.append(stored[0])  # no longer called for
+            elif stored is None or stored[1] != due_at:  # new, or moved
+                timers.append({"brand_id": int(brand), "person": name, "trigger": trigger, "subject": "",
+                               "due_at": due_at, "details": {}})
+    latest: dict[TimerIdentity, Timer] = {timer.identity: timer for timer in state.catalog_timers}
+    timers.extend(
+        {
+            "brand_id": int(t.brand_id),
+            "person": t.person,
+            "trigger": t.trigger,
+            "subject": t.subject,
+            "due_at": t.due_at,
+            "details": jsonable(dict(t.details)) if t.details else {},
+        }
+        for t in latest.values()
+    )
     return {
         "unwanted_timers": unwanted,
         "dropped_watch_timers": [
             {"brand_id": int(b), "person": p, "subject": s} for b, p, s in sorted(state.dropped_watch_timers)
         ],
-        "timers": [
-            {
-                "brand_id": int(t.brand_id),
-                "person": t.person,
-                "trigger": t.trigger,
-                "subject": t.subject,
-                "due_at": t.due_at,
-                "details": jsonable(dict(t.details)) if t.details else {},
-            }
-            for t in latest.values()
-        ],
+        "timers": timers,
     }
 
 
