@@ -507,22 +507,34 @@ def _plain_count(value: Any) -> bool:
     return type(value) is int and value >= 0
 
 
+def _plain_product(data: Mapping[str, Any], rare: frozenset[str], amount_key: str,
+                   amount_default: int) -> tuple[str, int, str | None, str | None] | None:
+    """The common shape's product id, amount (a count), name and category, when no rare field is
+    present and each has its plain type; None leaves the event to the strict reader."""
+    if type(data) is not dict or not rare.isdisjoint(data):
+        return None
+    product_id = data.get("product_id")
+    amount = data.get(amount_key, amount_default)
+    name = data.get("product_name")
+    category = data.get("product_category")
+    if (
+        _plain_text(product_id)
+        and _plain_count(amount)
+        and (name is None or _plain_text(name))
+        and (category is None or _plain_text(category))
+    ):
+        return product_id, amount, name, category
+    return None
+
+
 def _parse_view(data: Mapping[str, Any]) -> Viewed:
-    if type(data) is dict and _VIEW_RARE.isdisjoint(data):
-        product_id = data.get("product_id")
-        duration = data.get("view_duration", 0)
-        name = data.get("product_name")
-        category = data.get("product_category")
-        if (
-            _plain_text(product_id)
-            and _plain_count(duration)
-            and (name is None or _plain_text(name))
-            and (category is None or _plain_text(category))
-        ):
-            return Viewed(
-                product_id, duration, money(data.get("product_price"), "data.product_price"), name, category,
-                None, None, None, None, None, None,
-            )  # fmt: skip
+    plain = _plain_product(data, _VIEW_RARE, "view_duration", 0)
+    if plain is not None:
+        product_id, duration, name, category = plain
+        return Viewed(
+            product_id, duration, money(data.get("product_price"), "data.product_price"), name, category,
+            None, None, None, None, None, None,
+        )  # fmt: skip
     return _parse_view_strictly(data)
 
 
@@ -549,20 +561,12 @@ _NO_CART_CHANGE = CartChange(None, None, None)
 
 
 def _parse_cart_add(data: Mapping[str, Any]) -> CartAdded:
-    if type(data) is dict and _CART_ADD_RARE.isdisjoint(data):
-        product_id = data.get("product_id")
-        quantity = data.get("quantity", 1)
-        name = data.get("product_name")
-        category = data.get("product_category")
-        if (
-            _plain_text(product_id)
-            and _plain_count(quantity)
-            and (name is None or _plain_text(name))
-            and (category is None or _plain_text(category))
-        ):
-            price = money(data.get("price"), "data.price")
-            line = LineItem(product_id, quantity, name, None, category, price, None)
-            return CartAdded(line, _NO_CART_CHANGE)
+    plain = _plain_product(data, _CART_ADD_RARE, "quantity", 1)
+    if plain is not None:
+        product_id, quantity, name, category = plain
+        price = money(data.get("price"), "data.price")
+        line = LineItem(product_id, quantity, name, None, category, price, None)
+        return CartAdded(line, _NO_CART_CHANGE)
     return _parse_cart_add_strictly(data)
 
 
