@@ -145,8 +145,8 @@ class Run(Work):
 
     def split(self) -> list[Run]:
         """Runs of one record each, in order, with this run's attempts so far."""
-        items, count = self.items, self.count
-        size = max(1, self.size // count) if count else 1
+        items = self.items
+        size = self.size_of(1)
         pieces = []
         for position, index in enumerate(self.indices):
             piece = Run(self.key, self.target, [index], None if items is None else [items[position]], size)
@@ -155,6 +155,10 @@ class Run(Work):
             piece.chunk, piece.generation = self.chunk, self.generation
             pieces.append(piece)
         return pieces
+
+    def size_of(self, records: int) -> int:
+        """The size of `records` of the run's records, in proportion (one unit a record by default)."""
+        return max(1, self.size * records // self.count) if self.count else 1
 
     def __repr__(self) -> str:
         return f"Run({self.key!r}, {self.target!r}, indices={self.indices}, attempts={self.attempts})"
@@ -190,14 +194,9 @@ class Span(Run):
     def cut(self, start: int, end: int) -> Span:
         """The span's records [start:end) (positions in the span) as a span of their own."""
         items = None if self.items is None else self.items[start:end]
-        piece = Span(self.target, self.indices[start:end], items,
-                     self.count_size(end - start) if self.size != self.count else None)
+        piece = Span(self.target, self.indices[start:end], items, self.size_of(end - start))
         piece.chunk, piece.generation, piece.held = self.chunk, self.generation, self.held
         return piece
-
-    def count_size(self, records: int) -> int:
-        """The size of `records` of the span's records, in proportion (one unit a record by default)."""
-        return max(1, self.size * records // self.count) if self.count else 1
 
     def by_key(self) -> list[Run]:
         """One Run a record key, each in offset order, with the span's items, attempts and place."""
@@ -210,7 +209,7 @@ class Span(Run):
         for key, places in positions.items():
             run = Run(key_text(key), self.target, [indices[p] for p in places],
                       None if items is None else [items[p] for p in places],
-                      None if self.size == self.count else self.count_size(len(places)))
+                      self.size_of(len(places)))
             run.chunk, run.generation, run.held = self.chunk, self.generation, self.held
             run.attempts, run.first_attempt_at = self.attempts, self.first_attempt_at
             run.first_attempt_wall = self.first_attempt_wall

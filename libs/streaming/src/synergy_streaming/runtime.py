@@ -468,7 +468,7 @@ class StreamProcessor:
                 for start in range(0, count, max_items):
                     part = Run(run.key, run.target, run.indices[start:start + max_items],
                                None if run.items is None else run.items[start:start + max_items],
-                               max(1, run.size * min(max_items, count - start) // count))
+                               run.size_of(min(max_items, count - start)))
                     part.chunk, part.generation, part.held = chunk, generation, run.held
                     keys.append(part.key)
                     runs.append(part)

@@ -217,11 +217,10 @@ def without_records(results: Sequence[Any], bad: set[int]) -> list[Any]:
         places = [place for place, index in enumerate(result.indices) if index not in bad]
         if not places:
             continue
-        count = result.count
+        result.size = result.size_of(len(places))
         result.indices = [result.indices[place] for place in places]
         if result.items is not None:
             result.items = [result.items[place] for place in places]
-        result.size = len(places) if result.size == count else max(1, result.size * len(places) // count)
         result.count = len(places)
         kept.append(result)
     return kept

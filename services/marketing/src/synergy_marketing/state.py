@@ -7,6 +7,7 @@ Everything runs on event time (the events' `timestamp`). A person is `identifier
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -239,10 +240,11 @@ class BatchState:
 # --- reading event data ----------------------------------------------------------------------------
 
 
-# A catalog's prices repeat from event to event: each positive float's Decimal is made once (a Decimal is
-# immutable, so one can be shared). Bounded: emptied when full.
-_DECIMAL_OF_FLOAT: dict[float, Decimal] = {}
-_DECIMALS_KEPT = 4096
+@functools.lru_cache(maxsize=4096)
+def _decimal_of_positive_float(value: float) -> Decimal:
+    """A catalog's prices repeat from event to event: each one's Decimal is made once (a Decimal is
+    immutable, so one can be shared)."""
+    return Decimal(str(value))
 
 
 def money(value: Any, name: str) -> Decimal | None:
@@ -250,14 +252,8 @@ def money(value: Any, name: str) -> Decimal | None:
         return None
     kind = type(value)
     if kind is float:
-        known = _DECIMAL_OF_FLOAT.get(value)
-        if known is not None:
-            return known
         if 0 < value < math.inf:
-            if len(_DECIMAL_OF_FLOAT) >= _DECIMALS_KEPT:
-                _DECIMAL_OF_FLOAT.clear()
-            amount = _DECIMAL_OF_FLOAT[value] = Decimal(str(value))
-            return amount
+            return _decimal_of_positive_float(value)
         if value == 0:
             return Decimal(str(value))
     if kind is int and value >= 0:
