@@ -7,7 +7,9 @@ import asyncio
 
 from synergy_streaming import DELIVERED, Partition, PolledChunk, Reject, Retry, Run, Skip, Work
 from synergy_streaming.local_broker import LocalBroker
+from synergy_streaming.message import PolledSource
 from synergy_streaming.offsets import OffsetTracker, RecordOffsets
+from synergy_streaming.steps import ChunkPayloads, decode_chunk, decode_envelope
 
 from tests.unit.streaming.conftest import TOPIC, Recorder, RecordingWriter, envelope, until
 
@@ -271,3 +273,37 @@ async def test_a_retrying_key_lifts_the_read_ahead_so_other_keys_flow_past_it(
         await until(lambda: all(f"b{n}" in recorder.delivered for n in range(20)), clock, limit=60)
         assert [i for i in recorder.delivered if i.startswith("a")] == ["a0"]
         assert broker.committed("g").get(P0) is None  # a0 holds the partition's prefix
+
+
+# --- the envelope checks, inlined on each hot path, answer as decode_envelope does ------------------
+
+EDGE_VALUES = [
+    b'{"event_id": "e0", "brand_id": "1"}',  # 0: an envelope
+    b"{not json",  # 1
+    b"[1, 2]",  # 2: JSON, not an object
+    b"null",  # 3
+    None,  # 4: a tombstone
+    b'{"event_id": "e5"}',  # 5: no brand_id
+    b'{"event_id": "", "brand_id": "1"}',  # 6: an empty id
+    b'{"event_id": "e7", "brand_id": ["1"]}',  # 7: a wrong type
+    b'{"event_id": 8, "brand_id": 1}',  # 8: integer ids are ids
+    b'{"event_id": 0, "brand_id": "1"}',  # 9: a zero id is no id
+    b'{"event_id": "e10", "brand_id": 1.5}',  # 10: a float is not an id
+]
+NOT_ENVELOPES = [1, 2, 3, 4, 5, 6, 7, 9, 10]
+
+
+def test_the_per_record_and_run_paths_refuse_exactly_what_decode_envelope_refuses() -> None:
+    sources = [PolledSource(P0, offset, None, value) for offset, value in enumerate(EDGE_VALUES)]
+    refused = decode_chunk(sources, decode_envelope)  # type: ignore[arg-type]
+    assert [source.offset for source, _ in refused] == NOT_ENVELOPES
+    assert {exc.reason for _, exc in refused} == {"malformed_message"}
+    assert [source.payload for source in sources if source.offset in (0, 8)] == [
+        {"event_id": "e0", "brand_id": "1"}, {"event_id": 8, "brand_id": 1}]
+
+    read_each = ChunkPayloads(P0, sources, None, decode_envelope)
+    assert [index for index in range(len(EDGE_VALUES)) if read_each[index] is None] == NOT_ENVELOPES
+    assert [index for index, _ in read_each.finish(None)] == NOT_ENVELOPES
+    read_none = ChunkPayloads(P0, sources, None, decode_envelope)  # the one-pass check after prepare
+    assert sorted(index for index, _ in read_none.finish(None)) == NOT_ENVELOPES
+    assert read_none.finish(None) == []  # each reported once
