@@ -176,6 +176,8 @@ async def test_a_put_for_a_new_user_creates_their_preferences_with_the_defaults(
         (b'{"newsletter": 0}', 422, "newsletter"),
         (b'{"sms_opt_in": true}', 422, "sms_opt_in"),
         (b'{"email": "not-an-email"}', 422, "email"),
+        (b'{"email": "a\\u0000b@c.d"}', 422, "email"),  # a NUL: Postgres cannot store it (was a 503)
+        (b'{"email": "ab@c.d\\u001b"}', 422, "email"),  # a control character
         (orjson.dumps({"email": "a@b.c" + "x" * 100_000}), 413, "body"),
     ],
 )

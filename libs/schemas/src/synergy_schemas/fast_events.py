@@ -35,8 +35,9 @@ Description = Annotated[str, Meta(max_length=2000)]
 UserAgent = Annotated[str, Meta(max_length=1000)]
 Url = Annotated[str, Meta(min_length=1, max_length=2048)]
 Phone = Annotated[str, Meta(min_length=1, max_length=20)]
+_NOT_IN_EMAIL = f"@{_WHITE_SPACE}\\x00-\\x1f\\x7f-\\x9f"  # as fields.Email: no control character either
 Email = Annotated[
-    str, Meta(min_length=3, max_length=255, pattern=f"^[^@{_WHITE_SPACE}]+@[^@{_WHITE_SPACE}]+\\Z")
+    str, Meta(min_length=3, max_length=255, pattern=f"^[^{_NOT_IN_EMAIL}]+@[^{_NOT_IN_EMAIL}]+\\Z")
 ]
 CurrencyCode = Annotated[str, Meta(pattern="^[A-Z]{3}\\Z")]
 Tag = Annotated[str, Meta(min_length=1, max_length=50)]

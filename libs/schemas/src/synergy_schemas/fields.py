@@ -123,8 +123,10 @@ Description = Annotated[str, StringConstraints(strict=True, max_length=2000)]
 UserAgent = Annotated[str, StringConstraints(strict=True, max_length=1000)]
 Url = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=2048)]
 Phone = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=20)]
+# No white space and no control character (C0, DEL, C1: a NUL is also what Postgres cannot store in text).
 Email = Annotated[
-    str, StringConstraints(strict=True, min_length=3, max_length=255, pattern=r"^[^@\s]+@[^@\s]+$")
+    str, StringConstraints(strict=True, min_length=3, max_length=255,
+                           pattern=r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+$")
 ]
 CurrencyCode = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Z]{3}$")]
 Tag = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=50)]
