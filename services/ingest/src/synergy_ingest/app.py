@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import os
 import signal
@@ -110,8 +109,7 @@ class EventBatch(BaseModel):
 class IngestState:
     settings: IngestSettings
     authenticator: WriteKeyAuthenticator
-    publisher: EventPublisher  # single-event requests: sent at once
-    batch_publisher: EventPublisher  # requests of several events: lingers (batch_producer_linger_ms)
+    publisher: EventPublisher
     pool: asyncpg.Pool
     quotas: QuotaBook
     default_quota: Quota | None
@@ -278,9 +276,8 @@ async def _admit(request: IncomingRequest, brand_id: str, events: int) -> None:
 async def _publish(request: IncomingRequest, accepted: list[AcceptedEvent]) -> PublishOutcome:
     """What Kafka did with each event. Raises a 503 when nothing could be handed to the producer."""
     state = _state(request)
-    publisher = state.batch_publisher if len(accepted) > 1 else state.publisher
     try:
-        outcome = await publisher.publish([event.record for event in accepted])
+        outcome = await state.publisher.publish([event.record for event in accepted])
     except KafkaUnavailable as exc:
         labelled(EVENTS_REJECTED, "kafka_unavailable").inc(len(accepted))
         problem = service_unavailable("Kafka", exc, state.settings.retry_after_seconds)
@@ -434,31 +431,23 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
         publisher = EventPublisher(
             common.kafka_bootstrap_servers, settings.publish_timeout_seconds, settings.producer_linger_ms
         )
-        batch_publisher = EventPublisher(
-            common.kafka_bootstrap_servers,
-            settings.publish_timeout_seconds,
-            settings.batch_producer_linger_ms,
-        )
         publisher.start()
-        batch_publisher.start()
         app.state.ingest = IngestState(
             settings,
             WriteKeyAuthenticator(pool, "ingest"),
             publisher,
-            batch_publisher,
             pool,
             QuotaBook(settings.workers),
             default_quota(settings),
             BrandSettingsCache(settings.brand_settings_ttl_seconds),
         )
-        started = await asyncio.gather(publisher.wait_started(10), batch_publisher.wait_started(10))
-        if not all(started):
+        if not await publisher.wait_started(timeout=10):
             log.warning("kafka_not_reachable_yet", bootstrap=common.kafka_bootstrap_servers)
         log.info("ingest_started", topic=publisher.topic, port=settings.port)
         try:
             yield
         finally:
-            await asyncio.gather(publisher.stop(), batch_publisher.stop())
+            await publisher.stop()
             await pool.close()
             log.info("ingest_stopped")
 
@@ -476,8 +465,7 @@ def create_app(settings: IngestSettings | None = None, common: CommonSettings | 
     install_problem_handlers(app, REQUESTS)
 
     async def kafka_ready() -> bool:
-        ingest = app.state.ingest
-        return bool(ingest.publisher.ready and ingest.batch_publisher.ready)
+        return bool(app.state.ingest.publisher.ready)
 
     async def postgres_ready() -> bool:
         return await app.state.ingest.pool.fetchval("SELECT 1") == 1

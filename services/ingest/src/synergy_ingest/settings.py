@@ -22,11 +22,6 @@ class IngestSettings(BaseSettings):
     # are served as they arrive. With 32 single-event requests in flight, ingest answered at p50 6 ms
     # and 4,000 events/s at 0 against 9.7 ms and 2,800 at 1, for the same CPU (services/ingest/README.md).
     producer_linger_ms: int = 0
-    # Requests of several events go through a second producer that lingers: the broker's CPU is per
-    # ProduceRequest (one partition each, in librdkafka), and at 0 a 100-event batch left as ~12
-    # requests of ~8 records. Per-key order holds: each producer keeps it, and a client's next request
-    # after a 202 finds the earlier records already written (services/ingest/README.md).
-    batch_producer_linger_ms: int = 2
     # Events per second per brand, 0 = off; a brand's settings may override it (see the README).
     rate_limit_per_brand: float = 0.0
     # Events a brand may send at once above its rate; 0 = one second's worth.
