@@ -9,7 +9,10 @@
   Target: at least 0.7. The same for POST /v1/track with Segment bodies.
 - Both servers (and the bare producer) stay up for the whole run; each path and its ceiling run in
   turn, in --rounds slices, so the noise of a shared machine hits both sides of a ratio alike; every
-  other round each pair runs the other way round, so neither side always runs first.
+  other round each pair runs the other way round, so neither side always runs first. The ratio is
+  the median of the slices' own ratios (printed in the order they ran, with the pooled one beside).
+- A warm-up at the measured concurrency first (a freshly started broker's JIT included), and every
+  line prints the local Kafka broker's CPU per event too: it shares the machine's cores.
 - With INGEST_BENCH_PEER_URL (and INGEST_BENCH_PEER_WRITE_KEY), the same Segment bodies go to that
   Segment-compatible gateway (e.g. rudder-server) and to ingest's Segment routes, one at a time;
   skipped when unset.
