@@ -9,12 +9,15 @@
   Target: at least 0.7. The same for POST /v1/track with Segment bodies.
 - Both servers (and the bare producer) stay up for the whole run; each path and its ceiling run in
   turn, in --rounds slices, so the noise of a shared machine hits both sides of a ratio alike; every
-  other round each pair runs the other way round, so neither side always runs first.
+  other round each pair runs the other way round, so neither side always runs first. The ratio is
+  the median of the slices' own ratios (printed in the order they ran, with the pooled one beside).
+- A warm-up at the measured concurrency first (a freshly started broker's JIT included), and every
+  line prints the local Kafka broker's CPU per event too: it shares the machine's cores.
 - With INGEST_BENCH_PEER_URL (and INGEST_BENCH_PEER_WRITE_KEY), the same Segment bodies go to that
   Segment-compatible gateway (e.g. rudder-server) and to ingest's Segment routes, one at a time;
   skipped when unset.
 
-    uv run python -m tests.bench.bench_ingest [--events 20000] [--singles 5000] [--workers 1]
+    uv run python -m tests.bench.bench_ingest [--events 60000] [--singles 12000] [--rounds 6] [--workers 1]
 
 The servers run as separate processes under uvicorn; this process is the load generator
 (tests/bench/http_load.py: raw keep-alive HTTP/1.1 on uvloop, bodies built up front). Each line
@@ -29,12 +32,13 @@ import asyncio
 import base64
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +65,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "tests" / "fixtures" / "seed_examples" / "000_1_product_scanned.json"
 BATCH = 100
 PUBLISH_TIMEOUT = 10.0
-ROUNDS = 2  # each path and its ceiling run in turn, in this many slices: the noise hits both
+# Each path and its ceiling run in turn, in this many slices: the noise of the shared machine hits
+# both sides alike. The ratio printed is the median of the slices' own ratios (each pair ran within
+# the same few seconds), so a burst of outside load on one slice does not move it much. With 2 slices
+# of 10,000 events / 2,500 posts, two back-to-back runs of the same code differed by up to 40%.
+ROUNDS = 6
+EVENTS = 60_000
+SINGLES = 12_000
+WARMUP_SINGLES = 1_500  # a route, to each server
+WARMUP_BATCHES = 40
 
 
 async def infrastructure() -> tuple[str, str]:
@@ -124,14 +136,20 @@ def report(label: str, events_sent: int, result: LoadResult, server_cpu: float |
 
 
 async def measured(
-    url: str, pid: int | None, requests: Sequence[bytes], concurrency: int, expect: int
-) -> tuple[LoadResult, float | None]:
-    cpu_before = process_tree_cpu_seconds(pid) if pid else None
+    url: str,
+    pid: int | None,
+    requests: Sequence[bytes],
+    concurrency: int,
+    expect: int,
+    broker_pid: int | None = None,
+) -> tuple[LoadResult, float | None, float | None]:
+    """The load, the server's CPU seconds and the Kafka broker's (None when unknown)."""
+    cpu_before, broker_before = cpu_seconds(pid), cpu_seconds(broker_pid)
     result = await drive(url, requests, concurrency)
-    cpu = process_tree_cpu_seconds(pid) - cpu_before if pid and cpu_before is not None else None
+    cpu, broker = used(cpu_before, pid), used(broker_before, broker_pid)
     wrong = {status: n for status, n in result.statuses.items() if status != expect}
     assert not wrong, f"unexpected answers from {url}: {wrong}"
-    return result, cpu
+    return result, cpu, broker
 
 
 Chunk = Callable[[int], Awaitable[None]]
@@ -161,18 +179,28 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     cpu: float | None = 0.0  # the server's (or, for the producer, this process') CPU seconds
     client_cpu: float = 0.0
+    broker_cpu: float | None = 0.0  # the Kafka broker's JVM, when it runs on this machine
+    slice_rates: list[float] = field(default_factory=list)
 
     def add(
-        self, events: int, seconds: float, latencies: list[float], cpu: float | None, client: float
+        self,
+        events: int,
+        seconds: float,
+        latencies: list[float],
+        cpu: float | None,
+        client: float,
+        broker: float | None = None,
     ) -> None:
         self.events += events
         self.seconds += seconds
         self.latencies += latencies
         self.cpu = None if cpu is None or self.cpu is None else self.cpu + cpu
         self.client_cpu += client
+        self.broker_cpu = None if broker is None or self.broker_cpu is None else self.broker_cpu + broker
+        self.slice_rates.append(events / seconds)
 
-    def add_load(self, events: int, result: LoadResult, cpu: float | None) -> None:
-        self.add(events, result.seconds, result.latencies, cpu, result.client_cpu_seconds)
+    def add_load(self, events: int, result: LoadResult, cpu: float | None, broker: float | None) -> None:
+        self.add(events, result.seconds, result.latencies, cpu, result.client_cpu_seconds, broker)
 
     @property
     def rate(self) -> float:
@@ -186,10 +214,58 @@ class Tally:
         ordered = sorted(self.latencies)
         cpu = f"{whose} {self.cpu_per_event:6.1f} us/event" if self.cpu is not None else " " * 23
         client = f"  load generator {self.client_cpu / self.seconds:4.2f} core" if load_generator else ""
+        broker = (
+            f"  Kafka {self.broker_cpu / self.events * 1e6:5.1f} us/event"
+            if self.broker_cpu is not None
+            else ""
+        )
         print(
             f"{label:<40} {self.rate:>9,.0f} events/s  p50 {ordered[len(ordered) // 2] * 1000:6.1f} ms"
-            f"  p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000:6.1f} ms  {cpu}{client}"
+            f"  p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000:6.1f} ms  {cpu}{client}{broker}"
         )
+
+
+def slice_ratios(ours: Tally, ceiling: Tally) -> list[float]:
+    return [a / b for a, b in zip(ours.slice_rates, ceiling.slice_rates, strict=True)]
+
+
+def ratio_line(ours: Tally, ceiling: Tally) -> str:
+    """The median of the slices' ratios, each slice's in the order they ran, and the pooled ratio (total
+    events over total time)."""
+    ratios = slice_ratios(ours, ceiling)
+    in_order = ", ".join(f"{r:.2f}" for r in ratios)
+    return (
+        f"{statistics.median(ratios):.2f} (median of {len(ratios)} slices: {in_order};"
+        f" pooled {ours.rate / ceiling.rate:.2f})"
+    )
+
+
+def kafka_broker_pid(bootstrap: str) -> int | None:
+    """The pid of the local Kafka broker listening on the bootstrap port (None when not on this machine)."""
+    port = bootstrap.split(",")[0].rsplit(":", 1)[-1]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" not in arguments:
+            continue
+        config = Path(arguments[arguments.index(b"kafka.Kafka") + 1].decode())
+        with suppress(OSError):
+            if f"PLAINTEXT://127.0.0.1:{port}" in config.read_text():
+                return int(entry.name)
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    return process_tree_cpu_seconds(pid) if pid else None
+
+
+def used(before: float | None, pid: int | None) -> float | None:
+    after = cpu_seconds(pid)
+    return after - before if after is not None and before is not None else None
 
 
 async def aiokafka_line(kafka: str, topic: str, records: list[OutgoingRecord], concurrency: int) -> None:
@@ -221,8 +297,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--singles", type=int, default=5_000)
+    parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument("--singles", type=int, default=SINGLES)
     parser.add_argument("--batch-concurrency", type=int, default=8)
     parser.add_argument("--single-concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("INGEST_WORKERS", "1")))
@@ -233,6 +309,7 @@ async def main() -> None:
     pool = await create_pool(database)
     brand = await create_brand(pool, "Bench Brand", CredentialCipher(CredentialCipher.generate_key()))
     await pool.close()
+    broker_pid = kafka_broker_pid(kafka)
     topic = f"bench.ingest.{uuid.uuid4().hex[:8]}"
     await create_topic(kafka, topic, 12)
     run = uuid.uuid4().hex[:6]
@@ -272,10 +349,25 @@ async def main() -> None:
         build_request(host, "/v1/track", orjson.dumps(segment_message(e, "track")), basic)
         for e in track_events
     ]
-    warmup = [build_request(host, "/v1/events", orjson.dumps(e), bearer) for e in events(50, f"w{run}")]
+    # Warm-up at the measured concurrency, long enough for a freshly started broker's JIT too: a
+    # broker started a minute before cost 200 to 270 us of CPU per single post against 50 warm, and
+    # the first slices of such a run came out at a third of the later ones.
+    warmup = [
+        build_request(host, "/v1/events", orjson.dumps(e), bearer) for e in events(WARMUP_SINGLES, f"w{run}")
+    ]
     warmup += [
         build_request(host, "/v1/track", orjson.dumps(segment_message(e, "track")), basic)
-        for e in events(50, f"x{run}")
+        for e in events(WARMUP_SINGLES, f"x{run}")
+    ]
+    warmup_events = events(WARMUP_BATCHES * BATCH, f"y{run}")
+    warmup_batches = [
+        build_request(
+            host,
+            "/v1/events/batch",
+            orjson.dumps({"batch": warmup_events[i * BATCH : (i + 1) * BATCH]}),
+            bearer,
+        )
+        for i in range(WARMUP_BATCHES)
     ]
 
     # the ceiling: ingest's own producer and settings, INGEST_PRODUCER_LINGER_MS included (the server
@@ -289,7 +381,7 @@ async def main() -> None:
         outcome = await publisher.publish(records[index * BATCH : (index + 1) * BATCH])
         assert outcome.all_written, outcome
 
-    await run_chunks(5, 1, producer_chunk)
+    await run_chunks(min(batches, WARMUP_BATCHES), options.batch_concurrency, producer_chunk)
 
     port, bare_port = free_port(), free_port()
     ingest_env = {
@@ -307,8 +399,9 @@ async def main() -> None:
         server(["-m", "synergy_ingest"], ingest_env, port) as (url, pid),
         server(bare_args, {}, bare_port) as (bare_url, bare_pid),
     ):
-        await drive(url, warmup, 4)
-        await drive(bare_url, warmup, 4)
+        await drive(url, warmup_batches, options.batch_concurrency)
+        await drive(url, warmup, options.single_concurrency)
+        await drive(bare_url, warmup, options.single_concurrency)
         for round_index, (batch_slice, single_slice, track_slice) in enumerate(
             zip(
                 slices(batch_requests, options.rounds),
@@ -320,17 +413,24 @@ async def main() -> None:
             first = round_index * chunks_per_round
 
             async def producer_slice(first: int = first) -> None:
-                cpu = time.process_time()
+                cpu, broker = time.process_time(), cpu_seconds(broker_pid)
                 seconds, latencies = await run_chunks(
                     chunks_per_round, options.batch_concurrency, lambda i: producer_chunk(first + i)
                 )
                 lines["producer"].add(
-                    chunks_per_round * BATCH, seconds, latencies, time.process_time() - cpu, 0.0
+                    chunks_per_round * BATCH,
+                    seconds,
+                    latencies,
+                    time.process_time() - cpu,
+                    0.0,
+                    used(broker, broker_pid),
                 )
 
             async def batch_slice_run(batch_slice: Sequence[bytes] = batch_slice) -> None:
-                result, cpu_used = await measured(url, pid, batch_slice, options.batch_concurrency, 202)
-                lines["batch"].add_load(len(batch_slice) * BATCH, result, cpu_used)
+                result, cpu_used, broker = await measured(
+                    url, pid, batch_slice, options.batch_concurrency, 202, broker_pid
+                )
+                lines["batch"].add_load(len(batch_slice) * BATCH, result, cpu_used, broker)
 
             # Each pair runs in turn, and every other round the other way round (ABBA): whichever
             # side runs second no longer always inherits the first one's aftermath (Kafka's and the
@@ -347,10 +447,10 @@ async def main() -> None:
             )
             for pair in pairs:
                 for name, target, target_pid, requests, status in reversed(pair) if flip else pair:
-                    result, cpu_used = await measured(
-                        target, target_pid, requests, options.single_concurrency, status
+                    result, cpu_used, broker = await measured(
+                        target, target_pid, requests, options.single_concurrency, status, broker_pid
                     )
-                    lines[name].add_load(len(requests), result, cpu_used)
+                    lines[name].add_load(len(requests), result, cpu_used, broker)
         await publisher.stop()
         lines["producer"].print("bare librdkafka producer (ceiling)", "producer", load_generator=False)
         lines["batch"].print("ingest POST /v1/events/batch")
@@ -365,14 +465,14 @@ async def main() -> None:
     batch, producer = lines["batch"], lines["producer"]
     print()
     print(
-        f"batch path:  {batch.rate:,.0f} / {producer.rate:,.0f} events/s = {batch.rate / producer.rate:.2f}"
-        " of the bare librdkafka producer (target >= 0.6)"
+        f"batch path:  {batch.rate:,.0f} / {producer.rate:,.0f} events/s;"
+        f" {ratio_line(batch, producer)} of the bare librdkafka producer (target >= 0.6)"
     )
     for name, ceiling, route in (("single", "bare", "/v1/events"), ("track", "bare_track", "/v1/track")):
         ours, bare = lines[name], lines[ceiling]
         print(
-            f"single path {route}: {ours.rate:,.0f} / {bare.rate:,.0f} events/s = {ours.rate / bare.rate:.2f}"
-            " of the bare FastAPI handler (target >= 0.7)"
+            f"single path {route}: {ours.rate:,.0f} / {bare.rate:,.0f} events/s;"
+            f" {ratio_line(ours, bare)} of the bare FastAPI handler (target >= 0.7)"
         )
     # On a shared machine events/s follow the CPU share the process gets; CPU per event does not.
     single, bare = lines["single"], lines["bare"]
@@ -440,9 +540,9 @@ async def side_by_side(
         ("ingest", url, pid, ours_batches, ours_singles),
         ("peer", peer, None, peer_batches, peer_singles),
     ):
-        result, cpu = await measured(target, target_pid, batches, options.batch_concurrency, 200)
+        result, cpu, _ = await measured(target, target_pid, batches, options.batch_concurrency, 200)
         report(f"{label} POST /v1/batch (Segment)", len(batches) * BATCH, result, cpu)
-        result, cpu = await measured(target, target_pid, singles, options.single_concurrency, 200)
+        result, cpu, _ = await measured(target, target_pid, singles, options.single_concurrency, 200)
         report(f"{label} POST /v1/track (Segment)", len(singles), result, cpu)
 
 
