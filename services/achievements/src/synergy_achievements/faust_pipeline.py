@@ -81,10 +81,11 @@ def faust_consumer_delivers_without_a_race_per_message() -> None:
         return
 
     async def wait_first(self: Consumer, *coros: Any, timeout: Any = None) -> WaitResults:
-        if timeout is not None or len(coros) != 2 or not all(
-                isinstance(coro, types.CoroutineType) for coro in coros):
+        if timeout is not None or len(coros) != 2:
             return await original(self, *coros, timeout=timeout)
         callback, flow_suspended = coros
+        if type(callback) is not types.CoroutineType or type(flow_suspended) is not types.CoroutineType:
+            return await original(self, *coros)
         try:
             yielded = callback.send(None)
         except StopIteration as done:
