@@ -9,7 +9,10 @@ import pytest
 from faust.transport.consumer import Consumer
 from faust.types import TP
 from mode import Service
-from synergy_achievements.faust_pipeline import LeanMonitor, faust_consumer_delivers_without_a_race_per_message
+from synergy_achievements.faust_pipeline import (
+    LeanMonitor,
+    faust_consumer_delivers_without_a_race_per_message,
+)
 
 faust_consumer_delivers_without_a_race_per_message()
 
