@@ -43,6 +43,10 @@ from synergy_streaming.dlq import REPLAY_FOR, DeadLetter, DeadLetterWriter, even
 
 from synergy_achievements import metrics
 from synergy_achievements.api import create_api
+from synergy_achievements.faust_pipeline import (
+    LeanMonitor,
+    faust_consumer_delivers_without_a_race_per_message,
+)
 from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected
 from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome, counted_name, envelope_problem
 from synergy_achievements.publisher import BatchPublisher, PartitionTransactions, Record, key_partition
@@ -378,6 +382,7 @@ class AchievementsWorker:
         faust_consumer_reads_committed_and_fetches_briskly(
             int(settings.seconds(settings.achievements_fetch_max_wait) * 1000))
         recovery_waits_for_the_last_committed_record()
+        faust_consumer_delivers_without_a_race_per_message()
         app = FencingApp(
             settings.achievements_app_id,
             broker=";".join(f"kafka://{host.strip()}" for host in hosts),
@@ -397,6 +402,7 @@ class AchievementsWorker:
             producer_max_batch_size=512 * 1024,
             broker_session_timeout=settings.seconds(settings.achievements_session_timeout),
             broker_heartbeat_interval=min(3.0, settings.seconds(settings.achievements_session_timeout) / 3),
+            monitor=LeanMonitor(),
         )
         self.app = app
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
