@@ -335,15 +335,15 @@ async def main() -> None:
         "Authorization": "Basic " + base64.b64encode(f"{brand.write_key}:".encode()).decode(),
         "Content-Type": "application/json",
     }
-    batch_requests = [
-        build_request(
-            host,
-            "/v1/events/batch",
-            orjson.dumps({"batch": batch_events[i * BATCH : (i + 1) * BATCH]}),
-            bearer,
-        )
-        for i in range(batches)
-    ]
+    def batch_requests_of(batched: list[dict[str, Any]], count: int) -> list[bytes]:
+        return [
+            build_request(
+                host, "/v1/events/batch", orjson.dumps({"batch": batched[i * BATCH : (i + 1) * BATCH]}), bearer
+            )
+            for i in range(count)
+        ]
+
+    batch_requests = batch_requests_of(batch_events, batches)
     single_requests = [build_request(host, "/v1/events", orjson.dumps(e), bearer) for e in single_events]
     track_requests = [
         build_request(host, "/v1/track", orjson.dumps(segment_message(e, "track")), basic)
@@ -360,15 +360,7 @@ async def main() -> None:
         for e in events(WARMUP_SINGLES, f"x{run}")
     ]
     warmup_events = events(WARMUP_BATCHES * BATCH, f"y{run}")
-    warmup_batches = [
-        build_request(
-            host,
-            "/v1/events/batch",
-            orjson.dumps({"batch": warmup_events[i * BATCH : (i + 1) * BATCH]}),
-            bearer,
-        )
-        for i in range(WARMUP_BATCHES)
-    ]
+    warmup_batches = batch_requests_of(warmup_events, WARMUP_BATCHES)
 
     # the ceiling: ingest's own producer and settings, INGEST_PRODUCER_LINGER_MS included (the server
     # reads the same env), on the records ingest builds for the same events
