@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from synergy_common.localinfra import create_topic
+from synergy_common.localinfra import create_topic, wait_for_kafka
 from synergy_common.testinfra import Infra, aacquire
 
 INFRA_FIXTURES = frozenset(
@@ -111,11 +111,17 @@ async def database_factory(infra: Infra) -> AsyncIterator[Callable[..., Awaitabl
 
 
 @pytest.fixture
-def kafka_control(infra: Infra) -> Infra:
-    """The infra, when this session can stop and start Kafka; the test is skipped otherwise."""
+async def kafka_control(infra: Infra) -> AsyncIterator[Infra]:
+    """The infra, when this session can stop and start Kafka; the test is skipped otherwise.
+
+    After the test, waits until the broker serves metadata again: a broker frozen longer than
+    broker.session.timeout.ms is fenced by its own controller when it resumes, and answers metadata
+    with no brokers until it is unfenced, which the next test would otherwise meet.
+    """
     if reason := infra.kafka_control_reason():
         pytest.skip(reason)
-    return infra
+    yield infra
+    await wait_for_kafka(infra.bootstrap_servers, timeout=120)
 
 
 @pytest.fixture
