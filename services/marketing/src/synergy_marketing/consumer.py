@@ -46,6 +46,7 @@ from synergy_marketing.state import (
     InvalidEvent,
     WindowConfig,
     apply_event,
+    new_tuple,
     parse_change,
     person_of,
 )
@@ -107,9 +108,7 @@ def parse_event(envelope: Mapping[str, Any]) -> Event:
     timestamp = _timestamp(envelope.get("timestamp"))
     if not user_id and not anonymous_id:
         person_of(user_id, anonymous_id)  # raises InvalidEvent: neither id nor anonymous_id
-    return Event(
-        event_id, brand_id, kind, name, user_id, anonymous_id, timestamp, data
-    )
+    return new_tuple(Event, (event_id, brand_id, kind, name, user_id, anonymous_id, timestamp, data))
 
 
 def _is_identifier(value: Any) -> bool:
