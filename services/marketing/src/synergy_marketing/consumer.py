@@ -252,6 +252,7 @@ class MarketingConsumer:
             state.window_timers = loaded.window_timers
             state.watches.update(loaded.watches)
             state.products.update(loaded.products)
+            state.stored_no_views, state.stored_no_cart = loaded.without_views, loaded.without_cart
             failed: dict[int, Failed] = {}  # by the item's place; every other item is delivered
             applied: Counter[str] = Counter()
             for index, item in enumerate(items):

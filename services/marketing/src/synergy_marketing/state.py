@@ -220,6 +220,10 @@ class BatchState:
     orders: list[Order] = field(default_factory=list)
     # The touched persons' cart and browse timers as stored: identity -> (timer_id, due_at).
     window_timers: dict[tuple[str, str, str, str], tuple[int, datetime]] = field(default_factory=dict)
+    # Persons the batch's load read and found without a view, without a cart: the save has none of their
+    # rows to delete (a person not among them may have some).
+    stored_no_views: set[tuple[str, str]] = field(default_factory=set)
+    stored_no_cart: set[tuple[str, str]] = field(default_factory=set)
 
     def person(self, brand_id: str, person: str) -> Person:
         key = (brand_id, person)
