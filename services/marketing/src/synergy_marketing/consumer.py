@@ -46,6 +46,7 @@ from synergy_marketing.state import (
     InvalidEvent,
     WindowConfig,
     apply_event,
+    new_tuple,
     parse_change,
     person_of,
 )
@@ -107,9 +108,7 @@ def parse_event(envelope: Mapping[str, Any]) -> Event:
     timestamp = _timestamp(envelope.get("timestamp"))
     if not user_id and not anonymous_id:
         person_of(user_id, anonymous_id)  # raises InvalidEvent: neither id nor anonymous_id
-    return Event(
-        event_id, brand_id, kind, name, user_id, anonymous_id, timestamp, data
-    )
+    return new_tuple(Event, (event_id, brand_id, kind, name, user_id, anonymous_id, timestamp, data))
 
 
 def _is_identifier(value: Any) -> bool:
@@ -253,8 +252,10 @@ class MarketingConsumer:
             state.window_timers = loaded.window_timers
             state.watches.update(loaded.watches)
             state.products.update(loaded.products)
+            state.stored_no_views, state.stored_no_cart = loaded.without_views, loaded.without_cart
             failed: dict[int, Failed] = {}  # by the item's place; every other item is delivered
-            applied: Counter[str] = Counter()
+            applied_names: list[str] = []  # counted at the end (Counter over a list: one C call)
+            applied_name = applied_names.append
             for index, item in enumerate(items):
                 event, change = item.payload
                 if fresh is not None:
@@ -266,8 +267,9 @@ class MarketingConsumer:
                 except InvalidEvent as exc:
                     failed[index] = Failed("invalid_event", str(exc))
                     continue
-                applied[event.name or event.type] += 1
+                applied_name(event.name or event.type)
             converted = await store.save_batch(conn, state, self.windows, self.conversion_window)
+        applied = Counter(applied_names)
         for name, applied_count in applied.items():
             metrics.EVENTS_APPLIED.labels(name).inc(applied_count)
         self._keep_statistics_current(sum(applied.values()))

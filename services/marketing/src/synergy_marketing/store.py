@@ -299,6 +299,9 @@ class LoadedBatch:
     window_timers: dict[TimerIdentity, tuple[int, datetime]]  # identity -> (timer_id, due_at)
     watches: dict[WatchKey, Watch | None]
     products: dict[tuple[str, str], Product]
+    # The persons read that have no view row, no cart row (BatchState.stored_no_views, stored_no_cart).
+    without_views: set[tuple[str, str]]
+    without_cart: set[tuple[str, str]]
 
 
 def _from_json_array(position: int, kind: str) -> str:
@@ -359,11 +362,16 @@ async def load_batch(
         [k[1] for k in products],
     )
     found = {key: Person(key[0], key[1]) for key in wanted}
+    without_views, without_cart = set(found), set(found)
     for row in loaded["views"] or ():
         _decode(row, _VIEW_TIMES, _VIEW_AMOUNTS)
-        found[(str(row[0]), row[1])].views[row[2]] = ProductView(*row[2:])
+        key = (str(row[0]), row[1])
+        found[key].views[row[2]] = ProductView(*row[2:])
+        without_views.discard(key)
     for brand, person, cart_id, currency, changed, ordered in loaded["carts"] or ():
-        found[(str(brand), person)].cart = Cart(
+        key = (str(brand), person)
+        without_cart.discard(key)
+        found[key].cart = Cart(
             cart_id=cart_id,
             currency=currency.strip() if currency else None,
             last_changed_at=_time(changed),
@@ -396,6 +404,8 @@ async def load_batch(
             )
             for brand, product_id, changed, name, price, in_stock in loaded["products"] or ()
         },
+        without_views=without_views,
+        without_cart=without_cart,
     )
 
 
@@ -463,13 +473,14 @@ async def save_batch(
     touched = sorted(state.touched | state.merged_away)
     persons = []
     cartless = []
+    no_cart_stored = state.stored_no_cart
     for key in touched:
         person = state.persons.get(key)
         cart = person.cart if person is not None else None
         has_cart = cart is not None and (
             cart.last_changed_at is not None or cart.last_order_at is not None or bool(cart.items)
         )
-        if not has_cart:
+        if not has_cart and key not in no_cart_stored:  # a stored cart to delete, or maybe one
             cartless.append({"brand_id": int(key[0]), "person": key[1]})
         if person is None or (not person.views and not has_cart):
             continue
@@ -484,7 +495,12 @@ async def save_batch(
         )
     changed_watches = sorted(state.changed_watches)
     payload = {
-        "touched": [{"brand_id": int(brand), "person": person} for brand, person in touched],
+        # the persons whose stored views are replaced (those read without any have none to delete)
+        "touched": [
+            {"brand_id": int(brand), "person": person}
+            for brand, person in touched
+            if (brand, person) not in state.stored_no_views
+        ],
         "persons": persons,
         "cartless": cartless,
         "watch_keys": [{"brand_id": int(b), "person": p, "subject": s} for b, p, s in changed_watches],
