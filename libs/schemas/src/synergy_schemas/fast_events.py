@@ -377,9 +377,8 @@ class UserSessionData(EventData):
     session_details: SessionDetails | None = None
 
 
-class ProductViewedData(ProductEventData, kw_only=True):
+class ProductViewedData(ProductEventData, _WithDecimals, kw_only=True):
     _decimals: ClassVar[tuple[str, ...]] = ("product_price",)
-    __post_init__ = _WithDecimals.__post_init__
     product_id: EntityId
     product_name: Name | None = None
     product_price: Money | None = None
@@ -394,9 +393,8 @@ class ProductViewedData(ProductEventData, kw_only=True):
     browser: ShortText | None = None
 
 
-class CartItemEventData(ProductEventData, kw_only=True):
+class CartItemEventData(ProductEventData, _WithDecimals, kw_only=True):
     _decimals: ClassVar[tuple[str, ...]] = ("price", "cart_total")
-    __post_init__ = _WithDecimals.__post_init__
     product_id: EntityId
     product_name: Name | None = None
     sku: Key | None = None
@@ -411,9 +409,8 @@ class CartItemEventData(ProductEventData, kw_only=True):
     cart_total: Money | None = None
 
 
-class OrderCompletedData(EventData, kw_only=True):
+class OrderCompletedData(EventData, _WithDecimals, kw_only=True):
     _decimals: ClassVar[tuple[str, ...]] = ("order_total",)
-    __post_init__ = _WithDecimals.__post_init__
     order_id: Key
     items: LineItems | None = None
     order_total: Money | None = None
@@ -423,9 +420,8 @@ class OrderCompletedData(EventData, kw_only=True):
     ref: Key | None = None
 
 
-class WatchlistItemEventData(ProductEventData, kw_only=True):
+class WatchlistItemEventData(ProductEventData, _WithDecimals, kw_only=True):
     _decimals: ClassVar[tuple[str, ...]] = ("current_price", "original_price", "target_price")
-    __post_init__ = _WithDecimals.__post_init__
     product_id: EntityId
     product_name: Name | None = None
     sku: Key | None = None
@@ -440,9 +436,8 @@ class WatchlistItemEventData(ProductEventData, kw_only=True):
     notify_on_restock: Flag | None = None
 
 
-class ProductPriceChangedData(ProductEventData, kw_only=True):
+class ProductPriceChangedData(ProductEventData, _WithDecimals, kw_only=True):
     _decimals: ClassVar[tuple[str, ...]] = ("old_price", "new_price", "original_price")
-    __post_init__ = _WithDecimals.__post_init__
     product_id: EntityId
     sku: Key | None = None
     product_name: Name | None = None

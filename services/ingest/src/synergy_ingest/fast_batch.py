@@ -33,7 +33,6 @@ from synergy_ingest.client_events import (
     record_headers,
     with_request_facts,
 )
-from synergy_ingest.publish_outcome import OutgoingRecord
 from synergy_ingest.request_context import RequestContext
 
 # No C0 or C1 control character (NUL included), no Unicode line or paragraph separator
@@ -328,8 +327,9 @@ def _accept_track(
         return None
     brand_id = request.brand_id
     key = f"{brand_id}:{user_id}" if user_id else f"{brand_id}:anon:{identifiers.anonymous_id}"
-    record = OutgoingRecord(key.encode(), value, record_headers(name, SCHEMA_VERSION, request.correlation_id))
-    return AcceptedEvent(event_id, "track", record)
+    return AcceptedEvent(
+        key.encode(), value, record_headers(name, SCHEMA_VERSION, request.correlation_id), event_id, "track"
+    )
 
 
 def _printable(value: str) -> bool:
