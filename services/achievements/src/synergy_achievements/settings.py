@@ -44,7 +44,7 @@ class AchievementsSettings(CommonSettings):
     achievements_batch_wait_seconds: float = 0.2
     achievements_max_poll_records: int = 500
     # How long the broker may hold a fetch that finds no new records (faust hard-codes 1500 ms): see
-    # worker.faust_consumer_reads_committed_and_fetches_briskly.
+    # faust_pipeline.faust_consumer_reads_committed_and_fetches_briskly.
     achievements_fetch_max_wait: str = "50ms"
     achievements_shutdown_timeout: str = "15s"  # SIGTERM: longest wait for a clean stop, then exit anyway
     achievements_persist: bool = True  # write users' points and user_achievements to Postgres
