@@ -146,8 +146,8 @@ def faust_consumer_reads_committed_and_fetches_briskly(fetch_max_wait_ms: int) -
 def faust_app_options(settings: AchievementsSettings) -> dict[str, Any]:
     """Applies the worker's patches of faust's consumer (read committed with the configured fetch wait;
     a message handed over without a race of four tasks) and returns the faust App options the worker and
-    the bench's faust floor share: poll size, producer batching, offset commit interval, the lean
-    monitor, no web server."""
+    the bench's faust floor share: poll size, stream buffer, producer batching, offset commit interval,
+    the lean monitor, no web server."""
     faust_consumer_reads_committed_and_fetches_briskly(
         int(settings.seconds(settings.achievements_fetch_max_wait) * 1000))
     faust_consumer_delivers_without_a_race_per_message()
@@ -160,5 +160,6 @@ def faust_app_options(settings: AchievementsSettings) -> dict[str, Any]:
         "broker_max_poll_records": settings.achievements_max_poll_records,
         "producer_linger": 0.005,
         "producer_max_batch_size": 512 * 1024,
+        "stream_buffer_maxsize": settings.achievements_stream_buffer_maxsize,
         "monitor": LeanMonitor(),
     }
