@@ -5,8 +5,9 @@
 Configured as the worker configures faust, from the same settings (ACHIEVEMENTS_BATCH_SIZE,
 _BATCH_WAIT_SECONDS, _MAX_POLL_RECORDS, _FETCH_MAX_WAIT and their defaults): poll size, batch size and
 wait, its consumer read_committed with the worker's fetch wait, memory store, GC tuning, lz4 level, and
-the worker's two cuts of faust's per-message pipeline (`synergy_achievements.faust_pipeline`: the lean
-monitor, and the hand-over of a message without a race of four tasks). It does
+the worker's two cuts of faust's per-message pipeline (the lean monitor, and the hand-over of a message
+without a race of four tasks): the patches and App options come from the worker's own
+`synergy_achievements.faust_pipeline.faust_app_options`. It does
 nothing with the events; per batch it writes one record holding the batch's size, so the bench measures it
 the way it measures the worker: on the broker timestamps of what it wrote.
 """
@@ -17,13 +18,9 @@ import os
 from typing import Any
 
 import faust
-from synergy_achievements.faust_pipeline import (
-    LeanMonitor,
-    faust_consumer_delivers_without_a_race_per_message,
-)
+from synergy_achievements.faust_pipeline import faust_app_options
 from synergy_achievements.publisher import PRODUCER_SETTINGS, compress_lz4_fast
 from synergy_achievements.settings import settings_from_env
-from synergy_achievements.worker import faust_consumer_reads_committed_and_fetches_briskly
 from synergy_common.gc_tuning import tune_garbage_collector
 from synergy_common.kafka import durable_producer
 
@@ -31,15 +28,10 @@ BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 SOURCE, SINK = os.environ["FLOOR_SOURCE"], os.environ["FLOOR_SINK"]
 SETTINGS = settings_from_env()  # the worker's own settings, defaults included
 
-faust_consumer_reads_committed_and_fetches_briskly(int(SETTINGS.seconds(SETTINGS.achievements_fetch_max_wait) * 1000))
-faust_consumer_delivers_without_a_race_per_message()
 app = faust.App(
-    os.environ["FLOOR_APP_ID"], broker=f"kafka://{BOOTSTRAP}", store="memory://", web_enabled=False,
+    os.environ["FLOOR_APP_ID"], broker=f"kafka://{BOOTSTRAP}", store="memory://",
     datadir=os.environ.get("FLOOR_DATA_DIR", ".local/bench-faust-floor"),
-    consumer_auto_offset_reset="earliest", broker_commit_interval=1.0,
-    broker_max_poll_records=SETTINGS.achievements_max_poll_records,
-    producer_linger=0.005, producer_max_batch_size=512 * 1024,
-    monitor=LeanMonitor(),
+    **faust_app_options(SETTINGS),  # the worker's own faust setup: patches and App options
 )
 source = app.topic(SOURCE, key_serializer="raw", value_serializer="raw")  # type: ignore[arg-type]
 

@@ -1,7 +1,10 @@
-"""Two costs of faust's per-message pipeline that the worker (and the bench's faust floor) take out.
+"""How the worker sets faust up, in one place, so the bench's faust floor (tests/bench/faust_floor.py) is
+configured exactly alike: `faust_app_options` applies the patches below and returns the App options both
+pass to faust.
 
-Both are per message and both are paid by any faust agent; the README's fifth round of issue 15 point 8
-holds the profile that ranked them and the figures before and after.
+Two of the patches take out costs of faust's per-message pipeline, paid by any faust agent (the README's
+fifth round of issue 15 point 8 holds the profile that ranked them and the figures before and after); the
+third reads read_committed with a short fetch wait.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from typing import Any
 
 from faust.sensors.monitor import Monitor
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from mode.services import WaitResults
+
+from synergy_achievements.settings import AchievementsSettings
 
 
 class LeanMonitor(Monitor):
@@ -100,3 +106,60 @@ def faust_consumer_delivers_without_a_race_per_message() -> None:
 
     wait_first.delivers_without_a_race = True  # type: ignore[attr-defined]
     Consumer.wait_first = wait_first  # type: ignore[method-assign,assignment]
+
+
+def faust_consumer_reads_committed_and_fetches_briskly(fetch_max_wait_ms: int) -> None:
+    """Two settings of faust's aiokafka consumer that faust does not expose.
+
+    Read committed: faust builds its consumer read_committed only with processing_guarantee="exactly_once"
+    (faust/transport/drivers/aiokafka.py `_create_worker_consumer` reads `consumer.in_transaction`), which
+    this worker does not use (see the README). Its consumer must read read_committed all the same: the
+    changelog it restores the table from, the referral awards it applies and the outputs the read model
+    is written from are all written in transactions, and an aborted record must not count. The flag is
+    raised only while the aiokafka consumer is built, so faust's commits and highwaters stay as they are.
+
+    Fetch wait: faust passes `fetch_max_wait_ms=1500`. aiokafka's fetcher leaves a partition out of the
+    next fetch while records it fetched for it are still unread, and sends at most one fetch per broker
+    at a time: when every events partition has unread records, the fetch holds only partitions with
+    nothing new (the referral awards), the broker keeps it up to the wait, and once the unread records
+    are drained the stream starves until it returns. That was the ~700 ms stall before about every
+    tenth batch (README, issue 15 point 8); a short wait bounds it."""
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(original, "patched_by_worker", False):
+        original = original.original  # type: ignore[attr-defined]
+
+    def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        in_transaction = self.consumer.in_transaction
+        self.consumer.in_transaction = True
+        try:
+            consumer = original(self, transport)
+        finally:
+            self.consumer.in_transaction = in_transaction
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when the consumer starts its fetcher
+        return consumer
+
+    create.patched_by_worker = True  # type: ignore[attr-defined]
+    create.original = original  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
+def faust_app_options(settings: AchievementsSettings) -> dict[str, Any]:
+    """Applies the worker's patches of faust's consumer (read committed with the configured fetch wait;
+    a message handed over without a race of four tasks) and returns the faust App options the worker and
+    the bench's faust floor share: poll size, stream buffer, producer batching, offset commit interval,
+    the lean monitor, no web server."""
+    faust_consumer_reads_committed_and_fetches_briskly(
+        int(settings.seconds(settings.achievements_fetch_max_wait) * 1000))
+    faust_consumer_delivers_without_a_race_per_message()
+    return {
+        "web_enabled": False,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": 1.0,
+        # Unbounded polls hand faust's stream huge record maps it drains ~6x slower (measured: 2.4k vs
+        # 14k msgs/s through take_events on the bench topic).
+        "broker_max_poll_records": settings.achievements_max_poll_records,
+        "producer_linger": 0.005,
+        "producer_max_batch_size": 512 * 1024,
+        "stream_buffer_maxsize": settings.achievements_stream_buffer_maxsize,
+        "monitor": LeanMonitor(),
+    }

@@ -44,8 +44,13 @@ class AchievementsSettings(CommonSettings):
     achievements_batch_wait_seconds: float = 0.2
     achievements_max_poll_records: int = 500
     # How long the broker may hold a fetch that finds no new records (faust hard-codes 1500 ms): see
-    # worker.faust_consumer_reads_committed_and_fetches_briskly.
+    # faust_pipeline.faust_consumer_reads_committed_and_fetches_briskly.
     achievements_fetch_max_wait: str = "50ms"
+    # Events faust buffers per stream before it stops fetching the partition (faust's
+    # stream_buffer_maxsize, default 4096). With 4096 the stream ran dry for 400-850 ms every 4-5 batches:
+    # faust took the partition out of the fetch when the buffer was nearly full and the fetch resumed
+    # only after it had drained to half (README, issue 15 point 8, sixth round).
+    achievements_stream_buffer_maxsize: int = 32768
     achievements_shutdown_timeout: str = "15s"  # SIGTERM: longest wait for a clean stop, then exit anyway
     achievements_persist: bool = True  # write users' points and user_achievements to Postgres
     # Per user, how many applied event ids the state keeps to recognise a replay; at least 10 batches.

@@ -31,7 +31,6 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.tables.recovery import Recovery
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from synergy_common.db import create_pool
 from synergy_common.db_errors import is_retryable_db_error
@@ -43,10 +42,7 @@ from synergy_streaming.dlq import REPLAY_FOR, DeadLetter, DeadLetterWriter, even
 
 from synergy_achievements import metrics
 from synergy_achievements.api import create_api
-from synergy_achievements.faust_pipeline import (
-    LeanMonitor,
-    faust_consumer_delivers_without_a_race_per_message,
-)
+from synergy_achievements.faust_pipeline import faust_app_options
 from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected
 from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome, counted_name, envelope_problem
 from synergy_achievements.publisher import BatchPublisher, PartitionTransactions, Record, key_partition
@@ -234,41 +230,6 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def faust_consumer_reads_committed_and_fetches_briskly(fetch_max_wait_ms: int) -> None:
-    """Two settings of faust's aiokafka consumer that faust does not expose.
-
-    Read committed: faust builds its consumer read_committed only with processing_guarantee="exactly_once"
-    (faust/transport/drivers/aiokafka.py `_create_worker_consumer` reads `consumer.in_transaction`), which
-    this worker does not use (see the README). Its consumer must read read_committed all the same: the
-    changelog it restores the table from, the referral awards it applies and the outputs the read model
-    is written from are all written in transactions, and an aborted record must not count. The flag is
-    raised only while the aiokafka consumer is built, so faust's commits and highwaters stay as they are.
-
-    Fetch wait: faust passes `fetch_max_wait_ms=1500`. aiokafka's fetcher leaves a partition out of the
-    next fetch while records it fetched for it are still unread, and sends at most one fetch per broker
-    at a time: when every events partition has unread records, the fetch holds only partitions with
-    nothing new (the referral awards), the broker keeps it up to the wait, and once the unread records
-    are drained the stream starves until it returns. That was the ~700 ms stall before about every
-    tenth batch (README, issue 15 point 8); a short wait bounds it."""
-    original = AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "patched_by_worker", False):
-        original = original.original  # type: ignore[attr-defined]
-
-    def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
-        in_transaction = self.consumer.in_transaction
-        self.consumer.in_transaction = True
-        try:
-            consumer = original(self, transport)
-        finally:
-            self.consumer.in_transaction = in_transaction
-        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when the consumer starts its fetcher
-        return consumer
-
-    create.patched_by_worker = True  # type: ignore[attr-defined]
-    create.original = original  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
-
-
 def recovery_waits_for_the_last_committed_record() -> None:
     """faust's recovery (faust/tables/recovery.py `_build_highwaters`) waits until it has read the record at
     the changelog's end offset minus one. Read committed, the end offset is the last stable offset, and
@@ -379,10 +340,7 @@ class AchievementsWorker:
         self.events_topic = EVENTS.name
         self.awards_topic = referral_awards_topic()
         hosts = settings.kafka_bootstrap_servers.split(",")
-        faust_consumer_reads_committed_and_fetches_briskly(
-            int(settings.seconds(settings.achievements_fetch_max_wait) * 1000))
         recovery_waits_for_the_last_committed_record()
-        faust_consumer_delivers_without_a_race_per_message()
         app = FencingApp(
             settings.achievements_app_id,
             broker=";".join(f"kafka://{host.strip()}" for host in hosts),
@@ -391,18 +349,10 @@ class AchievementsWorker:
             topic_partitions=partitions,
             topic_replication_factor=replication,
             table_standby_replicas=settings.achievements_standby_replicas,
-            web_enabled=False,
             producer_acks=-1,
-            consumer_auto_offset_reset="earliest",
-            broker_commit_interval=1.0,
-            # Unbounded polls hand faust's stream huge record maps it drains ~6x slower (measured: 2.4k vs
-            # 14k msgs/s through take_events on the bench topic).
-            broker_max_poll_records=settings.achievements_max_poll_records,
-            producer_linger=0.005,
-            producer_max_batch_size=512 * 1024,
             broker_session_timeout=settings.seconds(settings.achievements_session_timeout),
             broker_heartbeat_interval=min(3.0, settings.seconds(settings.achievements_session_timeout) / 3),
-            monitor=LeanMonitor(),
+            **faust_app_options(settings),
         )
         self.app = app
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
