@@ -42,6 +42,8 @@ EDGE_CASES: list[bytes | None] = [
     b'{"event_id": "e", "brand_id": "7", "source": "\\ud800"}',  # a lone surrogate in a skipped field
     b'{"event_id": "e", "brand_id": "7", "source": "\xff"}',  # not UTF-8, in a skipped field
     b'{"event_id": "e", "brand_id": "7", "data": {"price": 1e400}}',
+    *[b'{"event_id": "e", "brand_id": "7", "%s": %s%s}' % (field, b"[" * depth, b"]" * depth)
+      for field in (b"source", b"data") for depth in (1024, 5000)],  # deeper than orjson reads
     # what the runtime accepts and marketing then decides on
     with_fields(VIEW, data={"product_id": "p1", "product_price": 9.99}),
     with_fields(VIEW, event_id=42, brand_id=7, data={"product_id": "p1"}),
@@ -79,6 +81,9 @@ EDGE_CASES: list[bytes | None] = [
     orjson.dumps({key: value for key, value in ENGAGEMENT.items() if key != "data"}),
     with_fields(ENGAGEMENT, data={"metric": "clicked", "trigger_event_id": "short"}),
     with_fields(ENGAGEMENT, timestamp="later"), with_fields(ENGAGEMENT, brand_id="x7"),
+    # deep, but within orjson's limit (a data 1,000 deep is more than Python's == compares)
+    *[b'{"event_id": "e", "brand_id": "7", "%s": %s%s}' % (field, b"[" * depth, b"]" * depth)
+      for field, depth in ((b"source", 500), (b"source", 1023), (b"data", 500))],
 ]
 
 
@@ -114,7 +119,7 @@ def test_the_msgspec_decoder_refuses_reads_and_decides_as_the_default_one(value:
 def test_the_edge_cases_are_refused_and_accepted_as_written() -> None:
     """The cases above are what they are meant to be: the refused ones refused by the runtime's rules."""
     refused = [value for value in EDGE_CASES if type(decoded(decode_envelope, value)) is tuple]
-    assert len(refused) == 21
+    assert len(refused) == 25
     assert decoded(decode_marketing_envelope, b"[1, 2]") == ("malformed_message", "not a JSON object but list")
     assert decoded(decode_marketing_envelope, with_fields(VIEW, event_id="")) == ("malformed_message", "no event_id")
     assert decoded(decode_marketing_envelope, b'{"event_id": 100000000000000000000, "brand_id": "7"}') == (

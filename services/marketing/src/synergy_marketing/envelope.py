@@ -54,7 +54,7 @@ def decode_marketing_envelope(record: Record) -> MarketingEnvelope:
                     and envelope.brand_id and type(envelope.type) is str
                     and (type(data) is not dict or not _has_wide_int(data.values()))):
                 return envelope
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # msgspec's depth limit is not orjson's (1024)
         pass
     return envelope_of(decode_envelope(record))
 
