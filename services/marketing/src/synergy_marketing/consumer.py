@@ -138,7 +138,7 @@ def work_key(event: Event) -> str:
 def prepare_event(envelope: Mapping[str, Any] | MarketingEnvelope) -> list[Work] | Skip | Reject:
     """What an event envelope means to marketing (a dict is read as `decode_marketing_envelope` reads
     the record's value)."""
-    prepared = _prepare_event(envelope if type(envelope) is MarketingEnvelope else envelope_of(envelope))
+    prepared = _prepare_event(envelope if isinstance(envelope, MarketingEnvelope) else envelope_of(envelope))
     return [prepared] if type(prepared) is Work else prepared
 
 
@@ -158,7 +158,7 @@ def _prepare_event(envelope: MarketingEnvelope) -> Work | Skip | Reject:
 
 def prepare_insight(envelope: Mapping[str, Any] | MarketingEnvelope) -> list[Work] | Skip | Reject:
     """Customer.io's opens and clicks of the messages we sent, by the trigger event's id."""
-    if type(envelope) is not MarketingEnvelope:
+    if not isinstance(envelope, MarketingEnvelope):
         envelope = envelope_of(envelope)
     data = envelope.data
     if type(data) is not dict:
