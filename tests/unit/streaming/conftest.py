@@ -18,6 +18,7 @@ from synergy_streaming import (
     StreamConfig,
     StreamProcessor,
     Work,
+    decode_envelope,
 )
 from synergy_streaming.local_broker import LocalBroker
 
@@ -89,10 +90,11 @@ def processor_factory(broker: LocalBroker, clock: FakeClock) -> Any:
         brake = config.pop("brake", DlqBrake())
         prepare_many = config.pop("prepare_many", None)
         prepare_runs = config.pop("prepare_runs", None)
+        decode = config.pop("decode", decode_envelope)
         processor = StreamProcessor(
             StreamConfig(service="test", topics=[TOPIC], brake=brake, **config),
             broker.consumer(group), prepare, deliver, dead_letters=writer,  # type: ignore[arg-type]
-            clock=clock, prepare_many=prepare_many, prepare_runs=prepare_runs,
+            clock=clock, prepare_many=prepare_many, prepare_runs=prepare_runs, decode=decode,
         )
         task = asyncio.create_task(processor.run())
         running.append((processor, task))

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
-from synergy_streaming import DELIVERED, DlqBrake, Failed, Partition, Retry, SplitBatch, Work
+import pytest
+from synergy_streaming import (
+    DELIVERED,
+    DlqBrake,
+    Failed,
+    Partition,
+    Record,
+    Retry,
+    SplitBatch,
+    Undecodable,
+    Work,
+    decode_envelope,
+)
 from synergy_streaming.local_broker import LocalBroker
 
-from tests.unit.streaming.conftest import TOPIC, Recorder, RecordingWriter, envelope, until
+from tests.unit.streaming.conftest import TOPIC, Recorder, RecordingWriter, by_user, envelope, until
+from tests.unit.streaming.test_runs import RunRecorder, runs_by_user
 
 P0, P1 = Partition(TOPIC, 0), Partition(TOPIC, 1)
 
@@ -311,3 +325,37 @@ async def test_a_failure_exempt_from_the_brake_is_dead_lettered_and_reported(bro
     assert not brake.engaged
     assert len(writer.letters) == 12
     assert sorted(reported) == sorted((f"e{n}", "destination_disabled") for n in range(12))
+
+
+def ids_only(record: Record) -> dict[str, Any]:
+    """A service's own decoder: only the fields it reads, its own refusal besides the runtime's."""
+    envelope = decode_envelope(record)
+    if type(envelope.get("identifiers")) is not dict:
+        raise Undecodable("malformed_message", "no identifiers")
+    return {"event_id": envelope["event_id"], "identifiers": envelope["identifiers"]}
+
+
+@pytest.mark.parametrize("mode", ["prepare", "prepare_many", "prepare_runs"])
+async def test_a_services_decoder_refusals_are_dead_lettered_as_undecodable_json_is(
+        broker: LocalBroker, clock, processor_factory, mode: str) -> None:
+    broker.produce(TOPIC, 0, b"not json")
+    broker.produce(TOPIC, 0, b"[1, 2]")
+    broker.produce(TOPIC, 0, envelope("e2", "a", context={"ip": "1.2.3.4"}))
+    broker.produce(TOPIC, 0, orjson.dumps({"event_id": "e3", "brand_id": "1"}))
+    broker.produce(TOPIC, 0, envelope("e4", "b"))
+    writer = RecordingWriter()
+    if mode == "prepare_runs":
+        recorder: Any = RunRecorder()
+        factory = processor_factory(recorder, writer=writer, decode=ids_only, prepare_runs=runs_by_user)
+    else:
+        recorder = Recorder()
+        many = {"prepare_many": lambda sources: [by_user(source) for source in sources]}
+        factory = processor_factory(recorder, writer=writer, decode=ids_only, **(many if mode == "prepare_many" else {}))
+    async with factory:
+        await until(lambda: broker.committed("g").get(P0) == 5, clock)
+    assert recorder.delivered == ["e2", "e4"]
+    letters = [(letter.reason, letter.source_offset, letter.detail[:9]) for letter in writer.letters]
+    assert letters == [("malformed_message", 0, "not JSON:"), ("malformed_message", 1, "not a JSO"),
+                       ("malformed_message", 3, "no identi")]
+    assert writer.letters[1].detail == "not a JSON object but list"
+    assert writer.letters[2].value == b'{"event_id":"e3","brand_id":"1"}'

@@ -2,7 +2,8 @@
 carts, watches, identities, the windows' deadlines, conversions), synergy.insights.v1's opens and
 clicks into the queue.
 
-    Kafka -> decode -> prepare (parse_event, parse_change: read and checked once) -> order by person
+    Kafka -> decode (decode_marketing_envelope: only the fields marketing reads)
+          -> prepare (parse_event, parse_change: read and checked once) -> order by person
           -> batch -> apply_batch (one transaction: load, apply in memory, save; one statement per
              table, inside two Postgres functions) -> commit
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from msgspec import UNSET
 from synergy_schemas.topics import EVENTS, INSIGHTS
 from synergy_streaming import (
     DELIVERED,
@@ -36,6 +38,7 @@ from synergy_streaming import (
 
 from synergy_marketing import metrics, store
 from synergy_marketing.consumer_loop import run_restarting
+from synergy_marketing.envelope import MarketingEnvelope, decode_marketing_envelope, envelope_of
 from synergy_marketing.settings import MarketingSettings
 from synergy_marketing.state import (
     ANONYMOUS_PREFIX,
@@ -75,10 +78,10 @@ def _timestamp(value: Any) -> datetime:
     return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
-def parse_event(envelope: Mapping[str, Any]) -> Event:
+def parse_event(envelope: MarketingEnvelope) -> Event:
     """The envelope's marketing-relevant part; InvalidEvent when it cannot be read."""
-    identifiers = envelope.get("identifiers")
-    if type(identifiers) is not dict and not isinstance(identifiers, Mapping):
+    identifiers = envelope.identifiers
+    if type(identifiers) is not dict:
         raise InvalidEvent("identifiers must be an object")
     user_id = identifiers.get("id")
     anonymous_id = identifiers.get("anonymous_id")
@@ -89,23 +92,25 @@ def parse_event(envelope: Mapping[str, Any]) -> Event:
     if anonymous_id is not None and not (type(anonymous_id) is str and 0 < len(anonymous_id) <= 150) and not (
             _is_identifier(anonymous_id)):
         raise InvalidEvent("identifiers.anonymous_id must be a string of 1 to 150 characters")
-    data = envelope.get("data", {})
-    if type(data) is not dict and not isinstance(data, Mapping):
+    data = envelope.data
+    if data is UNSET:
+        data = {}
+    elif type(data) is not dict:
         raise InvalidEvent("data must be an object")
-    name = envelope.get("name")
+    name = envelope.name
     if name is not None and type(name) is not str and not isinstance(name, str):
         raise InvalidEvent("name must be a string")
-    brand_id = envelope["brand_id"]
+    brand_id = envelope.brand_id
     if type(brand_id) is not str:
         brand_id = str(brand_id)
     if not brand_id.isdigit():
         raise InvalidEvent("brand_id must be a brand's numeric id")
-    event_id = envelope["event_id"]
+    event_id = envelope.event_id
     if type(event_id) is not str:
         event_id = str(event_id)
-    kind = envelope.get("type", "track")
+    kind = envelope.type
     kind = kind if type(kind) is str else str(kind)
-    timestamp = _timestamp(envelope.get("timestamp"))
+    timestamp = _timestamp(envelope.timestamp)
     if not user_id and not anonymous_id:
         person_of(user_id, anonymous_id)  # raises InvalidEvent: neither id nor anonymous_id
     return new_tuple(Event, (event_id, brand_id, kind, name, user_id, anonymous_id, timestamp, data))
@@ -130,15 +135,17 @@ def work_key(event: Event) -> str:
     return f"{event.brand_id}:{ANONYMOUS_PREFIX}{event.anonymous_id}"
 
 
-def prepare_event(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
-    prepared = _prepare_event(envelope)
+def prepare_event(envelope: Mapping[str, Any] | MarketingEnvelope) -> list[Work] | Skip | Reject:
+    """What an event envelope means to marketing (a dict is read as `decode_marketing_envelope` reads
+    the record's value)."""
+    prepared = _prepare_event(envelope if isinstance(envelope, MarketingEnvelope) else envelope_of(envelope))
     return [prepared] if type(prepared) is Work else prepared
 
 
 _NOT_A_MARKETING_EVENT = Skip("not_a_marketing_event")
 
 
-def _prepare_event(envelope: Mapping[str, Any]) -> Work | Skip | Reject:
+def _prepare_event(envelope: MarketingEnvelope) -> Work | Skip | Reject:
     try:
         event = parse_event(envelope)
         if not is_relevant(event):
@@ -149,20 +156,22 @@ def _prepare_event(envelope: Mapping[str, Any]) -> Work | Skip | Reject:
     return Work(work_key(event), STATE, (event, change))
 
 
-def prepare_insight(envelope: Mapping[str, Any]) -> list[Work] | Skip | Reject:
+def prepare_insight(envelope: Mapping[str, Any] | MarketingEnvelope) -> list[Work] | Skip | Reject:
     """Customer.io's opens and clicks of the messages we sent, by the trigger event's id."""
-    data = envelope.get("data")
-    if not isinstance(data, Mapping):
+    if not isinstance(envelope, MarketingEnvelope):
+        envelope = envelope_of(envelope)
+    data = envelope.data
+    if type(data) is not dict:
         return Skip("no_data")
     kind = ENGAGEMENT_METRICS.get(str(data.get("metric", "")))
     trigger_event_id = data.get("trigger_event_id")
     if kind is None or not isinstance(trigger_event_id, str) or len(trigger_event_id) != 26:
         return Skip("not_an_engagement_with_a_trigger")
     try:
-        at = _timestamp(envelope.get("timestamp"))
+        at = _timestamp(envelope.timestamp)
     except InvalidEvent as exc:
         return Reject("invalid_event", str(exc))
-    brand_id = str(envelope["brand_id"])
+    brand_id = str(envelope.brand_id)
     if not brand_id.isdigit():
         return Reject("invalid_event", "brand_id must be a brand's numeric id")
     return [
@@ -203,7 +212,7 @@ class MarketingConsumer:
             return []
         if sources[0].record.partition.topic == self.insights_topic:
             return [prepare_insight(source.payload) for source in sources]
-        prepare = _prepare_event
+        prepare = _prepare_event  # payloads decoded by decode_marketing_envelope
         return [prepare(source.payload) for source in sources]
 
     async def deliver(self, target: Any, items: Sequence[Work]) -> Delivered | list[ItemOutcome]:
@@ -340,6 +349,7 @@ def build_processor(
         consumer.prepare,
         consumer.deliver,
         prepare_many=consumer.prepare_many,
+        decode=decode_marketing_envelope,
         dead_letters=DeadLetterWriter(dead_letter_producer, pool),
         retry=RetryPolicy(max_attempts=20, max_window=24 * 3600, base=0.5, cap=60),
         destination_of=lambda target: str(target),
