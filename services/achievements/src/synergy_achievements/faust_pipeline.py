@@ -155,9 +155,9 @@ async def seek_to_committed_or_earliest(consumer: AIOKafkaConsumer) -> dict[Topi
     a rebalance): a partition with no commit yet kept its advanced position, and the dropped records were
     never read again while the worker ran (the restart stall in the README, issue 15)."""
     committed: dict[TopicPartition, int | None] = await consumer.seek_to_committed()
-    never_committed = [tp for tp, offset in committed.items() if offset is None or offset <= 0]
-    if never_committed:
-        await consumer.seek_to_beginning(*never_committed)  # the App's consumer_auto_offset_reset
+    left_where_they_are = [tp for tp, offset in committed.items() if offset is None or offset <= 0]
+    if left_where_they_are:
+        await consumer.seek_to_beginning(*left_where_they_are)  # the App's consumer_auto_offset_reset
     return committed
 
 
@@ -175,7 +175,8 @@ def faust_consumer_seeks_every_partition_to_committed() -> None:
 
 def faust_app_options(settings: AchievementsSettings) -> dict[str, Any]:
     """Applies the worker's patches of faust's consumer (read committed with the configured fetch wait;
-    a message handed over without a race of four tasks) and returns the faust App options the worker and
+    a message handed over without a race of four tasks; every partition rewound by the seek to committed
+    offsets) and returns the faust App options the worker and
     the bench's faust floor share: poll size, stream buffer, producer batching, offset commit interval,
     the lean monitor, no web server."""
     faust_consumer_reads_committed_and_fetches_briskly(
