@@ -7,8 +7,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,38 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _threads_not_stopped(pid: int) -> list[str]:
+    """The threads of `pid` whose state (/proc/<pid>/task/<tid>/stat) is not stopped (T or t)."""
+    running = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # the thread ended
+        if state not in ("T", "t"):
+            running.append(stat.parent.name)
+    return running
+
+
+@contextmanager
+def frozen_process(pid: int, timeout: float = 5.0) -> Iterator[None]:
+    """SIGSTOP `pid` and return only once every one of its threads has stopped; SIGCONT on exit.
+
+    kill() returns before the signal has reached every thread: a JVM's threads went on running for
+    5 to 13 ms after it here, long enough for the broker to acknowledge a record sent "while frozen".
+    """
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + timeout
+        while running := _threads_not_stopped(pid):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"threads {running[:5]} of {pid} still run {timeout} s after SIGSTOP")
+            time.sleep(0.001)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 @asynccontextmanager

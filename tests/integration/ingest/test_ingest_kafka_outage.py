@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 from ulid import ULID
 
 from tests.conftest import consume
+from tests.support import frozen_process
 
 from .conftest import RunningIngest, read_topic
 
@@ -97,8 +96,7 @@ async def test_a_frozen_broker_gives_503_outcome_unknown_and_a_resend_is_accepte
     assert pid is not None
     single_id = str(ULID())
     batch_ids = [str(ULID()) for _ in range(3)]
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen_process(pid):
         single, batch = await asyncio.gather(
             ingest.client.post("/v1/events", json=seed_event("frozen-1", single_id), headers=headers),
             ingest.client.post(
@@ -107,8 +105,6 @@ async def test_a_frozen_broker_gives_503_outcome_unknown_and_a_resend_is_accepte
                 headers=headers,
             ),
         )
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
     assert single.status_code == 503, single.text
     assert single.json()["outcome"] == "unknown"

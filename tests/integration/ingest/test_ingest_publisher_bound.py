@@ -4,8 +4,6 @@ answer. Against real Kafka, frozen with SIGSTOP (connections stay open, nothing 
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +12,7 @@ import pytest
 from synergy_ingest.publish_outcome import OutgoingRecord
 
 from tests.conftest import consume
+from tests.support import frozen_process
 
 from .test_ingest_publisher_bursts import running_publisher
 
@@ -31,13 +30,10 @@ async def test_a_request_past_its_bound_is_answered_unknown_and_its_late_record_
         publisher._timeout = 1.0
         pid = kafka_control.local.kafka_pid()
         assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen_process(pid):
             started = time.monotonic()
             outcome = await publisher.publish([OutgoingRecord(b"7:u", b"late", [])])
             waited = time.monotonic() - started
-        finally:
-            os.kill(pid, signal.SIGCONT)
 
     assert outcome.written == [] and outcome.refused == []
     assert outcome.unknown == [0]
