@@ -39,8 +39,10 @@ def _threads_not_stopped(pid: int) -> list[str]:
 def frozen_process(pid: int, timeout: float = 5.0) -> Iterator[None]:
     """SIGSTOP `pid` and return only once every one of its threads has stopped; SIGCONT on exit.
 
-    kill() returns before the signal has reached every thread: a JVM's threads went on running for
-    5 to 13 ms after it here, long enough for the broker to acknowledge a record sent "while frozen".
+    kill() returns before the stop has reached every thread: Linux wakes one thread to take it, and
+    the others run on until that one is scheduled (1 to 4 ms for the broker's JVM here, more when the
+    machine is loaded). In that window the broker acknowledged a record produced "while frozen" in 2
+    of 250 tries; waiting for every thread, 0 of 250.
     """
     os.kill(pid, signal.SIGSTOP)
     try:
