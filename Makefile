@@ -41,6 +41,7 @@ run: install $(STATE)/encryption.key
 down:
 	-bash deploy/local/run-services.sh stop
 	$(UV) run synergy infra down --name run
+	$(UV) run synergy infra down --name bench
 
 # kustomize (go install) and promtool (Debian's prometheus package), for the offline ops checks.
 tools:
@@ -62,9 +63,17 @@ lint: install
 	$(UV) run mypy libs/schemas/src libs/common/src libs/streaming/src services/ingest/src services/achievements/src \
 		services/cio-sink/src services/insights/src services/marketing/src services/dispatcher/src services/analytics/src deploy/tools
 
+# Without KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL, the benchmarks get an instance of their own (.local/bench),
+# apart from `make run`'s: the marketing bench reads its Postgres's CPU from the whole server.
+BENCH_ENV := KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:49092} \
+	DATABASE_URL=$${DATABASE_URL:-postgresql://synergy:synergy@127.0.0.1:45432/synergy}
+
 bench: install
+	@if [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then \
+		$(UV) run synergy infra up --name bench --kafka-port 49092 --controller-port 49093 --pg-port 45432; \
+		$(BENCH_ENV) $(UV) run synergy db migrate; fi
 	@set -e; for bench in tests/bench/bench_*.py; do \
-		module=$$(basename $$bench .py); echo "== $$module"; $(UV) run python -m tests.bench.$$module; done
+		module=$$(basename $$bench .py); echo "== $$module"; $(BENCH_ENV) $(UV) run python -m tests.bench.$$module; done
 
 OUT ?= .local/k8s
 k8s-render: install
