@@ -63,15 +63,17 @@ lint: install
 	$(UV) run mypy libs/schemas/src libs/common/src libs/streaming/src services/ingest/src services/achievements/src \
 		services/cio-sink/src services/insights/src services/marketing/src services/dispatcher/src services/analytics/src deploy/tools
 
-# Without KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL, the benchmarks get an instance of their own (.local/bench),
+# What KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL do not name, the benchmarks get of their own (.local/bench),
 # apart from `make run`'s: the marketing bench reads its Postgres's CPU from the whole server.
 BENCH_ENV := KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:49092} \
 	DATABASE_URL=$${DATABASE_URL:-postgresql://synergy:synergy@127.0.0.1:45432/synergy}
 
 bench: install
-	@if [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then \
-		$(UV) run synergy infra up --name bench --kafka-port 49092 --controller-port 49093 --pg-port 45432; \
-		$(BENCH_ENV) $(UV) run synergy db migrate; fi
+	@only=""; [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ] || only="--only postgres"; \
+	[ -z "$${DATABASE_URL:-}" ] || only="--only kafka"; \
+	if [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "$${DATABASE_URL:-}" ]; then \
+		$(UV) run synergy infra up --name bench --kafka-port 49092 --controller-port 49093 --pg-port 45432 $$only; fi; \
+	if [ -z "$${DATABASE_URL:-}" ]; then $(BENCH_ENV) $(UV) run synergy db migrate; fi
 	@set -e; for bench in tests/bench/bench_*.py; do \
 		module=$$(basename $$bench .py); echo "== $$module"; $(BENCH_ENV) $(UV) run python -m tests.bench.$$module; done
 
