@@ -41,7 +41,7 @@ run: install $(STATE)/encryption.key
 down:
 	-bash deploy/local/run-services.sh stop
 	$(UV) run synergy infra down --name run
-	$(UV) run synergy infra down --name bench
+	@[ ! -d .local/bench ] || $(UV) run synergy infra down --name bench
 
 # kustomize (go install) and promtool (Debian's prometheus package), for the offline ops checks.
 tools:
@@ -65,14 +65,17 @@ lint: install
 
 # What KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL do not name, the benchmarks get of their own (.local/bench),
 # apart from `make run`'s: the marketing bench reads its Postgres's CPU from the whole server.
-BENCH_ENV := KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:49092} \
-	DATABASE_URL=$${DATABASE_URL:-postgresql://synergy:synergy@127.0.0.1:45432/synergy}
+BENCH_KAFKA_PORT := 49092
+BENCH_PG_PORT := 45432
+BENCH_ENV := KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$(BENCH_KAFKA_PORT)} \
+	DATABASE_URL=$${DATABASE_URL:-postgresql://synergy:synergy@127.0.0.1:$(BENCH_PG_PORT)/synergy}
 
 bench: install
-	@only=""; [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ] || only="--only postgres"; \
+	@set -e; only=""; [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ] || only="--only postgres"; \
 	[ -z "$${DATABASE_URL:-}" ] || only="--only kafka"; \
 	if [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "$${DATABASE_URL:-}" ]; then \
-		$(UV) run synergy infra up --name bench --kafka-port 49092 --controller-port 49093 --pg-port 45432 $$only; fi; \
+		$(UV) run synergy infra up --name bench --kafka-port $(BENCH_KAFKA_PORT) \
+			--controller-port $$(( $(BENCH_KAFKA_PORT) + 1 )) --pg-port $(BENCH_PG_PORT) $$only; fi; \
 	if [ -z "$${DATABASE_URL:-}" ]; then $(BENCH_ENV) $(UV) run synergy db migrate; fi
 	@set -e; for bench in tests/bench/bench_*.py; do \
 		module=$$(basename $$bench .py); echo "== $$module"; $(BENCH_ENV) $(UV) run python -m tests.bench.$$module; done
