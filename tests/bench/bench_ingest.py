@@ -14,8 +14,10 @@
 - A warm-up at the measured concurrency first (a freshly started broker's JIT included), and every
   line prints the local Kafka broker's CPU per event too: it shares the machine's cores.
 - With INGEST_BENCH_PEER_URL (and INGEST_BENCH_PEER_WRITE_KEY), the same Segment bodies go to that
-  Segment-compatible gateway (e.g. rudder-server) and to ingest's Segment routes, one at a time;
-  skipped when unset.
+  Segment-compatible gateway (e.g. rudder-server) and to ingest's Segment routes, one at a time,
+  --rounds times each way round; skipped when unset. INGEST_BENCH_PEER_PID and
+  INGEST_BENCH_PEER_STORE_PID (its database's postmaster) add their CPU per event to its lines.
+  services/ingest/README.md says how rudder-server was built and run here.
 
     uv run python -m tests.bench.bench_ingest [--events 60000] [--singles 12000] [--rounds 6] [--workers 1]
 
@@ -452,7 +454,7 @@ async def main() -> None:
         lines["bare_track"].print("bare FastAPI /v1/track (ceiling)")
         peer = os.environ.get("INGEST_BENCH_PEER_URL")
         if peer:
-            await side_by_side(url, pid, peer, brand.write_key, batch_events, single_events, options)
+            await side_by_side(url, pid, broker_pid, peer, brand.write_key, batch_events, single_events, options)
 
     batch, producer = lines["batch"], lines["producer"]
     print()
@@ -482,14 +484,21 @@ async def main() -> None:
 async def side_by_side(
     url: str,
     pid: int,
+    broker_pid: int | None,
     peer: str,
     write_key: str,
     batch_events: list[dict[str, Any]],
     single_events: list[dict[str, Any]],
     options: argparse.Namespace,
 ) -> None:
-    """The same Segment bodies to ingest's Segment routes and to the peer, one server loaded at a time."""
+    """The same Segment bodies to ingest's Segment routes and to the peer, one server loaded at a time,
+    `--rounds` times each way round. Each line prints the server's CPU per event and its durable
+    store's: Kafka's broker for ingest, the peer's (INGEST_BENCH_PEER_STORE_PID, e.g. the postmaster of
+    rudder-server's jobsdb, counted with its backends) for the peer."""
     peer_key = os.environ.get("INGEST_BENCH_PEER_WRITE_KEY", "")
+    peer_pid = int(os.environ["INGEST_BENCH_PEER_PID"]) if os.environ.get("INGEST_BENCH_PEER_PID") else None
+    store_pid = (int(os.environ["INGEST_BENCH_PEER_STORE_PID"])
+                 if os.environ.get("INGEST_BENCH_PEER_STORE_PID") else None)
     host = "127.0.0.1"
 
     def requests_for(key: str, salt: str) -> tuple[list[bytes], list[bytes]]:
@@ -524,18 +533,28 @@ async def side_by_side(
         ]
         return batches, singles
 
-    ours_batches, ours_singles = requests_for(write_key, "ours-")
-    peer_batches, peer_singles = requests_for(peer_key, "peer-")
-    for label, target, target_pid, batches, singles in (
-        ("ingest", url, pid, ours_batches, ours_singles),
-        ("peer", peer, None, peer_batches, peer_singles),
-        ("ingest", url, pid, ours_batches, ours_singles),
-        ("peer", peer, None, peer_batches, peer_singles),
-    ):
-        result, cpu, _ = await measured(target, target_pid, batches, options.batch_concurrency, 200)
-        report(f"{label} POST /v1/batch (Segment)", len(batches) * BATCH, result, cpu)
-        result, cpu, _ = await measured(target, target_pid, singles, options.single_concurrency, 200)
-        report(f"{label} POST /v1/track (Segment)", len(singles), result, cpu)
+    sides = {
+        "ingest": (url, pid, broker_pid, requests_for(write_key, "ours-")),
+        "peer": (peer, peer_pid, store_pid, requests_for(peer_key, "peer-")),
+    }
+    rates: dict[tuple[str, str], list[float]] = {}
+    print(f"side by side against {peer} ({options.rounds} rounds, each way round in turn):")
+    for round_number in range(options.rounds):
+        order = ("ingest", "peer") if round_number % 2 == 0 else ("peer", "ingest")
+        for path, concurrency in (("/v1/batch", options.batch_concurrency), ("/v1/track", options.single_concurrency)):
+            for label in order:
+                target, target_pid, store, (batches, singles) = sides[label]
+                requests = batches if path == "/v1/batch" else singles
+                events = len(requests) * (BATCH if path == "/v1/batch" else 1)
+                result, cpu, store_cpu = await measured(target, target_pid, requests, concurrency, 200, store)
+                rate, _ = report(f"{label} POST {path} (Segment)", events, result, cpu)
+                if store_cpu is not None:
+                    print(f"{'':<40} its durable store {store_cpu / events * 1e6:6.1f} us/event")
+                rates.setdefault((label, path), []).append(rate)
+    for path in ("/v1/batch", "/v1/track"):
+        ours, theirs = statistics.median(rates[("ingest", path)]), statistics.median(rates[("peer", path)])
+        print(f"side by side {path}: ingest {ours:,.0f} / peer {theirs:,.0f} events/s (medians of "
+              f"{options.rounds}): {ours / theirs:.2f} of the peer (goal > 1)")
 
 
 if __name__ == "__main__":
