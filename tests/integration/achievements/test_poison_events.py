@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 import orjson
+from synergy_achievements.state import UserState
 from ulid import ULID
 
 from tests.integration.achievements.harness import (
@@ -67,10 +68,13 @@ async def test_events_with_wrong_types_are_dead_lettered_and_the_events_after_th
         f"{start_worker.app_id}-user-state-changelog", timeout=30,
         where=lambda r: r.key in (f"{brand_id}:{user}".encode(), f"{brand_id}:{other}".encode()),
     )
-    applied = {record.key.decode(): orjson.loads(record.value)["applied"] for record in changelog}
+    states = {record.key.decode(): UserState.from_bytes(record.value) for record in changelog}
+    candidates = [first, *after, other_scan, numeric_brand, numeric_user, text_points]
+    applied = {key: ([e["event_id"] for e in candidates if state.has_applied(e["event_id"])], state.applied_count)
+               for key, state in states.items()}
     assert applied == {
-        f"{brand_id}:{user}": [first["event_id"], after[0]["event_id"], after[1]["event_id"]],
-        f"{brand_id}:{other}": [other_scan["event_id"]],
+        f"{brand_id}:{user}": ([first["event_id"], after[0]["event_id"], after[1]["event_id"]], 3),
+        f"{brand_id}:{other}": ([other_scan["event_id"]], 1),
     }
     assert [orjson.loads(r.value)["brand_id"] for r in changelog] == [brand_id] * len(changelog)
 

@@ -23,7 +23,7 @@ from synergy_achievements.snapshot import (
     iso,
     user_snapshot,
 )
-from synergy_achievements.state import APPLIED_IDS_KEPT, UserState
+from synergy_achievements.state import APPLIED_IDS_KEPT, UserState, applied_digest
 
 SOURCE = "achievements"
 REFERRAL_AWARD = "referral_award"  # the internal message that carries a referrer's points
@@ -486,18 +486,19 @@ class LoyaltyProcessor:
             state = UserState(brand_id=first["brand_id"], user_id=(first.get("identifiers") or {})["id"])
         outcome = Outcome(state)
         last: tuple[dict[str, Any], int] | None = None
-        # A set pays off for many events; for a few, scanning the list (up to the whole window) is cheaper.
-        seen = set(state.applied) if len(events) > 8 else None
+        # A set of the window's digests costs ~45 searches of it (~130 ns a digest against ~3.4 ns a digest
+        # searched), whatever its size: for fewer events, each is searched for instead.
+        seen = state.applied_digests() if len(events) > 40 else None
         for event in events:
             raw_name = event.get("name") or event.get("type") or ""
             name = counted_name(EVENT_ALIASES.get(raw_name, raw_name))
             event_id = event["event_id"]
-            if event_id in seen if seen is not None else state.has_applied(event_id):
+            if applied_digest(event_id) in seen if seen is not None else state.has_applied(event_id):
                 outcome.duplicates.append(name)
                 continue
             last = (event, self._apply_one(state, name, event, rules, outcome))
             if seen is not None:
-                seen.add(event_id)
+                seen.add(applied_digest(event_id))
             outcome.applied.append(name)
         if last is not None:
             event, at = last
