@@ -23,7 +23,7 @@ from synergy_achievements.snapshot import (
     iso,
     user_snapshot,
 )
-from synergy_achievements.state import APPLIED_IDS_KEPT, UserState, applied_digest
+from synergy_achievements.state import APPLIED_IDS_KEPT, UserState, applied_digest, holds_digest
 
 SOURCE = "achievements"
 REFERRAL_AWARD = "referral_award"  # the internal message that carries a referrer's points
@@ -492,13 +492,13 @@ class LoyaltyProcessor:
         for event in events:
             raw_name = event.get("name") or event.get("type") or ""
             name = counted_name(EVENT_ALIASES.get(raw_name, raw_name))
-            event_id = event["event_id"]
-            if applied_digest(event_id) in seen if seen is not None else state.has_applied(event_id):
+            digest = applied_digest(event["event_id"])
+            if digest in seen if seen is not None else holds_digest(state.applied, digest):
                 outcome.duplicates.append(name)
                 continue
             last = (event, self._apply_one(state, name, event, rules, outcome))
             if seen is not None:
-                seen.add(applied_digest(event_id))
+                seen.add(digest)
             outcome.applied.append(name)
         if last is not None:
             event, at = last
