@@ -496,9 +496,8 @@ async def side_by_side(
     store's: Kafka's broker for ingest, the peer's (INGEST_BENCH_PEER_STORE_PID, e.g. the postmaster of
     rudder-server's jobsdb, counted with its backends) for the peer."""
     peer_key = os.environ.get("INGEST_BENCH_PEER_WRITE_KEY", "")
-    peer_pid = int(os.environ["INGEST_BENCH_PEER_PID"]) if os.environ.get("INGEST_BENCH_PEER_PID") else None
-    store_pid = (int(os.environ["INGEST_BENCH_PEER_STORE_PID"])
-                 if os.environ.get("INGEST_BENCH_PEER_STORE_PID") else None)
+    peer_pid, store_pid = (int(os.environ.get(name) or 0) or None
+                           for name in ("INGEST_BENCH_PEER_PID", "INGEST_BENCH_PEER_STORE_PID"))
     host = "127.0.0.1"
 
     def requests_for(key: str, salt: str) -> tuple[list[bytes], list[bytes]]:
@@ -541,11 +540,12 @@ async def side_by_side(
     print(f"side by side against {peer} ({options.rounds} rounds, each way round in turn):")
     for round_number in range(options.rounds):
         order = ("ingest", "peer") if round_number % 2 == 0 else ("peer", "ingest")
-        for path, concurrency in (("/v1/batch", options.batch_concurrency), ("/v1/track", options.single_concurrency)):
+        for path, concurrency, kind, per_request in (("/v1/batch", options.batch_concurrency, 0, BATCH),
+                                                     ("/v1/track", options.single_concurrency, 1, 1)):
             for label in order:
-                target, target_pid, store, (batches, singles) = sides[label]
-                requests = batches if path == "/v1/batch" else singles
-                events = len(requests) * (BATCH if path == "/v1/batch" else 1)
+                target, target_pid, store, bodies = sides[label]
+                requests = bodies[kind]
+                events = len(requests) * per_request
                 result, cpu, store_cpu = await measured(target, target_pid, requests, concurrency, 200, store)
                 rate, _ = report(f"{label} POST {path} (Segment)", events, result, cpu)
                 if store_cpu is not None:
