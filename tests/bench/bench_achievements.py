@@ -131,9 +131,16 @@ async def output_rate(topic: str, expected: int, timeout: float, covered: Any = 
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its live children (the worker's batch body runs in
+    one), all their threads (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        children = {int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()}
+    except FileNotFoundError:  # a child that has just ended
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 class Rate:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from synergy_achievements import worker
-from synergy_achievements.worker import CommitPipeline, PartitionStep
+from synergy_achievements.worker import BatchHandOff, CommitPipeline, PartitionStep
 
 
 class Exited(Exception):
@@ -93,3 +93,61 @@ async def test_a_failed_commit_ends_the_process_before_the_next_batch_commits(
         await pipeline.submit(batch("next", b"2"), [])
     assert exits == [("commit", "RuntimeError('commit refused')")]
     assert transactions.log == ["begin fails"]  # batch "next" never began a transaction
+
+
+class Applier:
+    """Stands in for the batch body: each batch is applied when the test lets it finish."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.release: dict[str, asyncio.Event] = {}
+
+    async def apply(self, events: list[Any]) -> None:
+        [name] = events
+        self.log.append(f"begin {name}")
+        await self.release.setdefault(name, asyncio.Event()).wait()
+        if name == "fails":
+            raise RuntimeError("rules raised")
+        self.log.append(f"end {name}")
+
+
+async def test_handed_off_batches_are_applied_in_order_with_one_waiting_at_most() -> None:
+    applier = Applier()
+    hand_off = BatchHandOff(applier.apply)
+    await hand_off.put(["a"])  # taken by the applying task at once
+    await hand_off.put(["b"])  # waits in the queue: the agent goes on to take the next batch
+    await asyncio.sleep(0)
+    third = asyncio.ensure_future(hand_off.put(["c"]))
+    await asyncio.sleep(0.01)
+    assert not third.done()  # one batch waits at most: the agent is held back
+    assert applier.log == ["begin a"]
+
+    drained = asyncio.ensure_future(hand_off.drain())
+    for name in ("a", "b", "c"):
+        applier.release.setdefault(name, asyncio.Event()).set()
+        await asyncio.sleep(0.01)
+    await third
+    await drained
+    assert applier.log == ["begin a", "end a", "begin b", "end b", "begin c", "end c"]
+
+
+async def test_a_handed_off_batch_that_fails_ends_the_process_before_the_next_is_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exits: list[tuple[str, list[Any], str]] = []
+
+    def exit_unacked(step: str, events: list[Any], exc: BaseException) -> None:
+        exits.append((step, events, repr(exc)))
+        raise Exited(70)  # os._exit in the worker: nothing after it runs
+
+    monkeypatch.setattr(worker, "exit_unacked", exit_unacked)
+    applier = Applier()
+    hand_off = BatchHandOff(applier.apply)
+    await hand_off.put(["fails"])
+    await hand_off.put(["next"])
+    applier.release.setdefault("fails", asyncio.Event()).set()
+    await asyncio.sleep(0.01)
+    assert exits == [("apply-events", ["fails"], "RuntimeError('rules raised')")]
+    assert applier.log == ["begin fails"]  # batch "next" was never applied
+    with pytest.raises(Exited):
+        await hand_off._task  # type: ignore[misc]  # the applying task ended there

@@ -358,6 +358,11 @@ class RuleCatalog:
             )
         self._ladders = {brand: RankLadder(tuple(ranks)) for brand, ranks in ranks_by_brand.items()}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For the batch body's child processes: without the brands' rules built from the rows (their
+        criteria's compiled readers do not pickle); the child builds them again on first use."""
+        return {**self.__dict__, "_cache": {}}
+
     def for_brand(self, brand_id: str) -> BrandRules:
         cached = self._cache.get(brand_id)
         if cached is None:

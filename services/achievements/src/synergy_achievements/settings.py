@@ -52,6 +52,10 @@ class AchievementsSettings(CommonSettings):
     # only after it had drained to half (README, issue 15 point 8, sixth round).
     achievements_stream_buffer_maxsize: int = 32768
     achievements_shutdown_timeout: str = "15s"  # SIGTERM: longest wait for a clean stop, then exit anyway
+    # Child processes that apply the batches, each its share of the partitions, while faust fetches and
+    # the previous batch commits in the worker's own (services/achievements/README.md); 0: each batch is
+    # applied on the worker's event loop.
+    achievements_apply_processes: int = 2
     achievements_persist: bool = True  # write users' points and user_achievements to Postgres
     # Per user, how many applied event ids the state keeps to recognise a replay; at least 10 batches.
     achievements_applied_ids_kept: int | None = None

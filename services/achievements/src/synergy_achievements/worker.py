@@ -18,7 +18,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn
@@ -35,16 +35,21 @@ from faust.types import TP
 from synergy_common.db import create_pool
 from synergy_common.db_errors import is_retryable_db_error
 from synergy_common.localinfra import topic_durability
-from synergy_schemas.envelope import kafka_headers
-from synergy_schemas.keys import partition_key
 from synergy_schemas.topics import DLQ, EVENTS, LOYALTY, SNAPSHOTS
 from synergy_streaming.dlq import REPLAY_FOR, DeadLetter, DeadLetterWriter, event_fields
 
 from synergy_achievements import metrics
 from synergy_achievements.api import create_api
+from synergy_achievements.batch_body import (
+    ApplyInChildProcesses,
+    ApplyInProcess,
+    BatchBody,
+    BatchCounts,
+    InputEvent,
+)
 from synergy_achievements.faust_pipeline import faust_app_options
 from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected
-from synergy_achievements.processing import Emit, LoyaltyProcessor, Outcome, counted_name, envelope_problem
+from synergy_achievements.processing import LoyaltyProcessor
 from synergy_achievements.publisher import BatchPublisher, PartitionTransactions, Record, key_partition
 from synergy_achievements.settings import AchievementsSettings, referral_awards_topic
 from synergy_achievements.state import UserState
@@ -57,7 +62,6 @@ RECOMPUTE_CHUNK = 500
 # reads the batch again from the last committed offsets.
 EXIT_BATCH_UNFINISHED = 70
 TOPIC_ALREADY_EXISTS = 36
-OWNERS_KEPT = 1 << 16  # users whose partition key and partition are remembered
 SERVICE = "achievements"  # the dead letters' service, and what a replay for this worker is marked with
 
 
@@ -135,33 +139,18 @@ class PartitionStep:
         return bool(self.letters or self.outputs or self.states)
 
 
-class BatchCounts:
-    """A batch's outcome counts, added to the Prometheus counters once per batch (one `inc` per name)."""
-
-    __slots__ = ("applied", "duplicates", "rejected_redemptions", "unlocked")
-
-    def __init__(self) -> None:
-        self.applied: dict[str, int] = {}
-        self.duplicates: dict[str, int] = {}
-        self.unlocked: dict[str, int] = {}
-        self.rejected_redemptions = 0
-
-    def add(self, outcome: Outcome) -> None:
-        for counts, names in ((self.applied, outcome.applied), (self.duplicates, outcome.duplicates),
-                              (self.unlocked, outcome.unlocked)):
-            for name in names:
-                counts[name] = counts.get(name, 0) + 1
-        self.rejected_redemptions += outcome.rejected_redemptions
-
-    def publish(self) -> None:
-        for name, count in self.applied.items():
-            metrics.events_processed(name, "applied").inc(count)
-        for name, count in self.duplicates.items():
-            metrics.events_processed(name, "duplicate").inc(count)
-        for achievement, count in self.unlocked.items():
-            metrics.unlocks(achievement).inc(count)
-        if self.rejected_redemptions:
-            metrics.REDEMPTIONS_REJECTED.inc(self.rejected_redemptions)
+def publish_counts(counts: BatchCounts) -> None:
+    """A batch's outcome counts, added to the Prometheus counters (one `inc` per name)."""
+    for name, count in counts.applied.items():
+        metrics.events_processed(name, "applied").inc(count)
+    for name, count in counts.duplicates.items():
+        metrics.events_processed(name, "duplicate").inc(count)
+    for name, count in counts.anonymous_skipped.items():
+        metrics.events_processed(name, "anonymous_skipped").inc(count)
+    for achievement, count in counts.unlocked.items():
+        metrics.unlocks(achievement).inc(count)
+    if counts.rejected_redemptions:
+        metrics.REDEMPTIONS_REJECTED.inc(counts.rejected_redemptions)
 
 
 class CommitPipeline:
@@ -205,6 +194,36 @@ class CommitPipeline:
             await self._commit(steps)
         except BaseException as exc:  # fenced, Kafka gone, a bug, or cancelled: the batch is not committed
             exit_unacked("commit", events, exc)
+
+
+class BatchHandOff:
+    """Batches taken by faust's agent, applied in order by one task of their own: faust takes batch N+1
+    (its per-event pipeline is most of a take's time) while batch N is applied. One batch waits at most
+    (the backpressure: the agent's `put` blocks). faust acks a batch once it is handed off, and an ack
+    commits nothing here; a batch that fails ends the process unacked, as in the agent itself."""
+
+    def __init__(self, apply: Callable[[list[Any]], Awaitable[None]]) -> None:
+        self._apply = apply
+        self._queue: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=1)
+        self._task: asyncio.Future[None] | None = None
+
+    async def put(self, events: list[Any]) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        await self._queue.put(events)
+
+    async def drain(self) -> None:
+        """Until every batch handed off has been applied (and handed to the commit pipeline)."""
+        await self._queue.join()
+
+    async def _run(self) -> None:
+        while True:
+            events = await self._queue.get()
+            try:
+                await self._apply(events)
+            except BaseException as exc:  # a cancelled batch is unfinished too
+                exit_unacked("apply-events", events, exc)
+            self._queue.task_done()
 
 
 class RejectedByPostgres(Exception):
@@ -336,7 +355,6 @@ class AchievementsWorker:
         self.pool_ready = asyncio.Event()
         self._rules_watch: asyncio.Future[None] | None = None
         self.last_offsets: dict[tuple[str, int], int] = {}
-        self._owners: dict[tuple[str, str], tuple[bytes, int]] = {}
         self.events_topic = EVENTS.name
         self.awards_topic = referral_awards_topic()
         hosts = settings.kafka_bootstrap_servers.split(",")
@@ -371,12 +389,19 @@ class AchievementsWorker:
         app.last_committed_offsets = self._last_committed_offsets
         app.committed_by_transactions = frozenset({self.events_topic, self.awards_topic})
         self.pipeline = CommitPipeline(self._commit_steps)
+        self.batches = BatchHandOff(self.apply_and_submit)
         self.state_lock = asyncio.Lock()  # one writer of user states at a time: batches or the recompute
         app.on_before_shutdown.connect(self._stop_publisher)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._commit_before_revoking)  # type: ignore[arg-type]
         app.on_rebalance_complete.connect(self._hold_deliveries_until_streams_resume)  # type: ignore[arg-type]
         self.output_topics = {"loyalty": LOYALTY.name, "snapshot": SNAPSHOTS.name,
                               "referral_award": self.awards_topic}
+        self.rules_body = BatchBody(settings.thresholds, settings.applied_ids_kept, partitions,
+                                    self.output_topics)
+        self.body: ApplyInProcess | ApplyInChildProcesses = ApplyInProcess(self.rules_body)
+        if settings.achievements_apply_processes:
+            self.body = ApplyInChildProcesses(settings.achievements_apply_processes, settings.thresholds,
+                                              settings.applied_ids_kept, partitions, self.output_topics)
         app.agent(self.source, name="apply-events")(self.apply_events)
         if settings.achievements_persist:
             app.agent(self.own_outputs, name="persist-loyalty")(self.persist_loyalty)
@@ -395,29 +420,31 @@ class AchievementsWorker:
         # finished or raised, and its default supervisor restarts the agent. An ack commits nothing here
         # (the events' offsets are committed only by the batch's transactions, `FencingApp`), but a batch
         # the body did not finish must not be skipped by a restarted agent: it ends the process instead.
-        # The body applies the batch and hands its transactions to `self.pipeline`, which commits them
-        # while faust fills the next batch (at most one batch in flight; see `CommitPipeline`).
+        # The agent hands each batch to `self.batches`, which applies it while faust takes the next, and
+        # hands its transactions to `self.pipeline`, which commits them while the next is applied.
         async for events in stream.take_events(self.settings.achievements_batch_size,
                                                within=self.settings.achievements_batch_wait_seconds):
-            started = time.perf_counter()
             try:
-                async with self.state_lock:
-                    steps = self.apply_batch(events)
-                    await self.pipeline.submit(steps, events)
-            except BaseException as exc:  # a cancelled batch is unfinished too
+                await self.batches.put(events)
+            except BaseException as exc:
                 exit_unacked("apply-events", events, exc)
-            metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
 
-    def apply_batch(self, events: list[Any]) -> dict[int, PartitionStep]:
-        """One step per batch: each user's events applied together, on the newest state (the store's, or
-        one the previous batch wrote and has not committed yet); per input partition, what its
+    async def apply_and_submit(self, events: list[Any]) -> None:
+        started = time.perf_counter()
+        async with self.state_lock:
+            steps = await self.apply_batch(events)
+            await self.pipeline.submit(steps, events)
+        metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+
+    async def apply_batch(self, events: list[Any]) -> dict[int, PartitionStep]:
+        """One step per batch (`BatchBody`): each user's events applied together, on the newest state (the
+        store's, or one the previous batch wrote and has not committed yet); per input partition, what its
         transaction writes: the partition's dead letters, outputs, changed states (for the changelog)
         and input offsets. The new states are pending until their transaction has committed."""
-        by_user: dict[bytes, list[dict[str, Any]]] = {}
-        source_of: dict[int, Any] = {}  # id(envelope) -> its message, to dead-letter it
         steps: dict[int, PartitionStep] = {}
-        owner_of = self._owner_of
-        for event in events:
+        inputs: list[InputEvent] = []
+        keys: set[bytes] = set()  # input topics are keyed by user: the states the body will ask for
+        for index, event in enumerate(events):
             message = event.message
             partition = message.partition
             step = steps.get(partition)
@@ -426,61 +453,42 @@ class AchievementsWorker:
             step.input_offsets[(message.topic, partition)] = message.offset + 1
             if message.headers and not self._is_for_this_service(message):
                 continue
-            envelope, problem = self._parse_event(message.value)
-            if envelope is None:
-                step.letters.append(self._dead_letter(message, "invalid_envelope", problem))
-                continue
-            user_id = (envelope.get("identifiers") or {}).get("id")
-            if not user_id:
-                name = counted_name(envelope.get("name") or "")
-                metrics.EVENTS_PROCESSED.labels(name, "anonymous_skipped").inc()
-                continue
-            key, owner = owner_of(envelope["brand_id"], user_id)
-            if partition != owner:
-                # Another partition holds (or will hold) this user's state: applying it here would split it.
-                step.letters.append(self._dead_letter(
-                    message, "wrong_partition", f"key {key!r} belongs to partition {owner}"))
-                continue
-            source_of[id(envelope)] = message
-            envelopes = by_user.get(key)
-            if envelopes is None:
-                by_user[key] = [envelope]
-            else:
-                envelopes.append(envelope)
+            key = message.key if type(message.key) is bytes else None
+            inputs.append(InputEvent(index, partition, message.value, key))
+            if key is not None:
+                keys.add(key)
         for (topic, partition), offset in ((tp, offset - 1) for step in steps.values()
                                            for tp, offset in step.input_offsets.items()):
             self.last_offsets[(topic, partition)] = offset
-        counts = BatchCounts()
-        store_get = self.table.data.get  # the store itself: Table.get adds faust's per-key sensor hook
+        if not inputs:
+            return steps
+        stored = self._stored_states(keys)
+        result = await self.body.apply(inputs, stored, self.rules.catalog)
+        if result.missing:  # a user keyed otherwise than by the partitioner's key
+            stored.update(self._stored_states(result.missing))
+            result = await self.body.apply(inputs, stored, self.rules.catalog)
+        for index, reason, detail in result.letters:
+            message = events[index].message
+            steps[message.partition].letters.append(self._dead_letter(message, reason, detail))
+        for key, event_id, error in result.refusals:
+            log.error("event_unprocessable", key=key.decode(errors="replace"), event_id=event_id, error=error)
         pending = self.pipeline.pending
-        for_brand = self.rules.catalog.for_brand
-        apply_stored = self.processor.apply_stored
-        output = self._output
-        for key, envelopes in by_user.items():
-            stored = pending.get(key)
-            if stored is None:
-                stored = store_get(key)
-            rules = for_brand(envelopes[0]["brand_id"])
-            step = steps[self.partition_of(key)]
-            try:
-                outcome = apply_stored(stored, envelopes, rules)
-            except Exception:  # one of these events cannot be applied: find it, apply the others
-                outcome, refused = self.processor.apply_each_alone(stored, envelopes, rules)
-                for envelope, exc in refused:
-                    step.letters.append(self._dead_letter(source_of[id(envelope)], "unprocessable_event",
-                                                          f"applying it raised {exc!r}"))
-                    log.error("event_unprocessable", key=key.decode(errors="replace"),
-                              event_id=envelope.get("event_id"), error=repr(exc))
-                if outcome is None:
-                    continue
-            if outcome.applied:
-                value = outcome.state.to_bytes()
-                pending[key] = value
-                step.states.append((key, value))
-                step.outputs.extend([output(emit) for emit in outcome.emits])
-            counts.add(outcome)
-        counts.publish()
+        for partition, key, value in result.states:
+            pending[key] = value
+            steps[partition].states.append((key, value))
+        for partition, record in result.outputs:
+            steps[partition].outputs.append(record)
+        publish_counts(result.counts)
         return steps
+
+    def _stored_states(self, keys: Iterable[bytes]) -> dict[bytes, bytes | None]:
+        pending = self.pipeline.pending
+        store_get = self.table.data.get  # the store itself: Table.get adds faust's per-key sensor hook
+        stored: dict[bytes, bytes | None] = {}
+        for key in keys:
+            value = pending.get(key)
+            stored[key] = store_get(key) if value is None else value
+        return stored
 
     async def _commit_steps(self, steps: Mapping[int, PartitionStep]) -> None:
         """The partitions' transactions, concurrently (one producer each). Every partition of the batch
@@ -519,7 +527,8 @@ class AchievementsWorker:
         events partition, each fencing that partition's previous owner. A failure ends the worker (the
         supervisor restarts it): without its producers it could commit nothing."""
         partitions = {tp.partition for tp in assigned if tp.topic == self.events_topic}
-        await self.pipeline.drain()  # normally done on revocation already
+        await self.batches.drain()  # normally done on revocation already
+        await self.pipeline.drain()
         try:
             await self.transactions.take_over(partitions)
         except BaseException as exc:
@@ -535,13 +544,16 @@ class AchievementsWorker:
     async def _commit_before_revoking(self, app: Any, *_: Any, **__: Any) -> None:
         """faust sends on_partitions_revoked once every agent has finished (acked) its batch: the last
         batch's transactions commit before the partitions move, so a worker that gives up a partition in
-        an ordinary rebalance is not fenced with a transaction open."""
+        an ordinary rebalance is not fenced with a transaction open. Batches handed off are applied first."""
+        await self.batches.drain()
         await self.pipeline.drain()
 
     async def _stop_publisher(self, app: Any, *_: Any, **__: Any) -> None:
+        await self.batches.drain()
         await self.pipeline.drain()
         await self.transactions.release()
         await self.publisher.stop()
+        self.body.close()
 
     async def _hold_deliveries_until_streams_resume(self, app: Any, *_: Any, **__: Any) -> None:
         """Works around a faust-streaming 0.15.3 race that can leave a restarted worker idle for good.
@@ -568,27 +580,6 @@ class AchievementsWorker:
     def partition_of(self, key: bytes) -> int:
         return key_partition(key, self.partitions)
 
-    def _owner_of(self, brand_id: Any, user_id: Any) -> tuple[bytes, int]:
-        """A user's partition key and the partition the default partitioner gives it (murmur2 is pure
-        Python in aiokafka), remembered for the users seen lately."""
-        if type(brand_id) is not str or type(user_id) is not str:  # e.g. 1 == True: keys would mix up
-            key = partition_key(brand_id, user_id).encode()
-            return key, self.partition_of(key)
-        found = self._owners.get((brand_id, user_id))
-        if found is None:
-            if len(self._owners) >= OWNERS_KEPT:
-                self._owners.clear()
-            key = partition_key(brand_id, user_id).encode()
-            found = self._owners[(brand_id, user_id)] = (key, self.partition_of(key))
-        return found
-
-    def _output(self, emit: Emit) -> Record:
-        value = emit.value
-        return Record(
-            self.output_topics[emit.channel], emit.key.encode(), orjson.dumps(value),
-            kafka_headers(emit.name, value["schema_version"], value["correlation_id"]),
-        )
-
     @staticmethod
     def _parse(raw: bytes | None) -> dict[str, Any] | None:
         try:
@@ -599,18 +590,6 @@ class AchievementsWorker:
         if not isinstance(envelope, dict) or any(not envelope.get(field) for field in required):
             return None
         return envelope
-
-    @staticmethod
-    def _parse_event(raw: bytes | None) -> tuple[dict[str, Any] | None, str]:
-        """An events-topic value as the envelope to apply, or None and why it cannot be applied."""
-        try:
-            envelope = orjson.loads(raw or b"")
-        except orjson.JSONDecodeError:
-            return None, "not JSON"
-        problem = envelope_problem(envelope)
-        if problem is not None:
-            return None, problem
-        return envelope, ""
 
     @staticmethod
     def _headers(message: Any) -> list[tuple[str, bytes]]:
@@ -732,7 +711,7 @@ class AchievementsWorker:
                     outcome = self.processor.recompute(state, rules, now)
                     if outcome.emits:
                         step = steps.setdefault(self.partition_of(key), PartitionStep())
-                        step.outputs.extend(self._output(emit) for emit in outcome.emits)
+                        step.outputs.extend(self.rules_body.output(emit) for emit in outcome.emits)
                         step.states.append((key, outcome.state.to_bytes()))
                 await self._commit_steps(steps)
                 metrics.SNAPSHOTS_RECOMPUTED.inc(sum(len(step.states) for step in steps.values()))
