@@ -14,7 +14,8 @@ advanced by). The worker runs Kafka-only (ACHIEVEMENTS_PERSIST=false) with the m
 
 The machine is shared, so wall-clock rates of loops run one after another see different spells of
 load. Each loop's events per CPU-second is printed too (the bare loop: this process's CPU time over
-the loop; faust's: the subprocess's, all threads, between its first and its last committed offsets),
+the loop; faust's and the worker's: the subprocess's with its children (the worker's batch body runs in
+two), all threads, between its first and its last committed offsets),
 which another process's load changes much less; its ratios are printed next to the wall-clock ones.
 
 BENCH_PROFILE=<path> runs the worker under cProfile and writes its stats there (then its figures are
@@ -145,7 +146,7 @@ def cpu_seconds(pid: int) -> float:
 
 class Rate:
     """A loop's input events per second (wall clock, on the broker timestamps of its outputs) and per
-    CPU-second of the loop's own process."""
+    CPU-second of the loop's own process (with its child processes)."""
 
     def __init__(self, wall: float, cpu: float, batch: float | None = None) -> None:
         self.wall, self.cpu, self.batch = wall, cpu, batch  # batch: mean events per take_events batch
@@ -179,7 +180,8 @@ async def bare_loop(source: str, sink: str) -> Rate:
 
 async def wait_until_consumed(group: str, source: str, timeout: float, pid: int) -> float:
     """Until the group has committed the end of every partition of the source topic; returns the events
-    per CPU-second of process `pid` from its first committed offsets to its last (sampled each second)."""
+    per CPU-second of process `pid` and its children from its first committed offsets to its last (sampled
+    each second)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=None)
     await admin.start()

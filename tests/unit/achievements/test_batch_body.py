@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import orjson
@@ -17,6 +16,7 @@ from synergy_achievements.batch_body import (
     BatchBody,
     BatchCounts,
     BatchResult,
+    ChildProcessDied,
     InputEvent,
     Letter,
 )
@@ -173,8 +173,10 @@ async def test_a_missing_state_in_one_childs_share_asks_for_it_and_applies_nothi
 async def test_a_child_that_dies_fails_the_batch(scan: EventFactory, children: ApplyInChildProcesses) -> None:
     events = [record(0, 0, scan("01HZX0000000000000000000H1", user_id="user-a"), "user-a")]
     await children.apply(events, {b"7:user-a": None}, CATALOG)  # the child is up
-    [pid] = children._children[0]._pool._processes  # type: ignore[attr-defined]
-    os.kill(pid, signal.SIGKILL)
+    child = children._children[0]
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child._process.join(10)
 
-    with pytest.raises(BrokenProcessPool):
+    with pytest.raises(ChildProcessDied, match="the batch body's child process has gone"):
         await children.apply(events, {b"7:user-a": None}, CATALOG)

@@ -19,6 +19,17 @@ def test_the_dedupe_window_defaults_to_ten_thousand_or_ten_batches(monkeypatch: 
     assert AchievementsSettings().applied_ids_kept == 25_000
 
 
+def test_the_batches_are_applied_in_two_child_processes_unless_set_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACHIEVEMENTS_APPLY_PROCESSES", raising=False)
+    assert AchievementsSettings().achievements_apply_processes == 2
+    monkeypatch.setenv("ACHIEVEMENTS_APPLY_PROCESSES", "0")
+    assert AchievementsSettings().achievements_apply_processes == 0
+    monkeypatch.setenv("ACHIEVEMENTS_APPLY_PROCESSES", "-1")
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        AchievementsSettings()
+
+
 def test_a_dedupe_window_smaller_than_ten_batches_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACHIEVEMENTS_BATCH_SIZE", "1000")
     monkeypatch.setenv("ACHIEVEMENTS_APPLIED_IDS_KEPT", "9999")

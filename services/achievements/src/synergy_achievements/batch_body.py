@@ -8,11 +8,14 @@ previous batch's transactions keep committing on the worker's core while a batch
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import multiprocessing
+import pickle
 import signal
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 import orjson
@@ -213,51 +216,99 @@ class ApplyInProcess:
         pass
 
 
-_child_body: BatchBody | None = None
-_child_catalog: RuleCatalog | None = None
+PIPE_BYTES = 1 << 20  # a batch crosses in ~4 MB each way: 64 KiB pipes (Linux's default) cost a switch each
 
 
-def _start_child(thresholds: EngagementThresholds, applied_ids_kept: int, partitions: int,
-                 output_topics: Mapping[str, str]) -> None:
-    global _child_body
-    # The worker's signals are the worker's: its child ends when the worker's end of the pipe closes.
+class ChildProcessDied(Exception):
+    """A batch body's child process ended, or its body raised: the batch is not applied."""
+
+
+def _widen(connection: Connection) -> None:
+    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size for an unprivileged user
+        fcntl.fcntl(connection.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
+def _serve_batches(requests: Connection, answers: Connection, thresholds: EngagementThresholds,
+                   applied_ids_kept: int, partitions: int, output_topics: Mapping[str, str]) -> None:
+    """A child's life: a batch in, its result out, until the worker's end of the pipe closes."""
+    # The worker's signals are the worker's: the child ends when the worker's end of the pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _child_body = BatchBody(thresholds, applied_ids_kept, partitions, output_topics)
+    body = BatchBody(thresholds, applied_ids_kept, partitions, output_topics)
     tune_garbage_collector()  # as the worker's: a batch keeps ~100k parsed objects alive
-
-
-def _apply_in_child(events: Sequence[InputEvent], stored: Mapping[bytes, bytes | None],
-                    catalog: RuleCatalog | None) -> BatchResult:
-    global _child_catalog
-    if catalog is not None:
-        _child_catalog = catalog
-    assert _child_body is not None and _child_catalog is not None
-    return _child_body.apply(events, stored, _child_catalog)
+    catalog = RuleCatalog()
+    while True:
+        try:
+            events, stored, changed = pickle.loads(requests.recv_bytes())
+        except EOFError:
+            return
+        if changed is not None:
+            catalog = changed
+        try:
+            answer: tuple[BatchResult | None, str] = (body.apply(events, stored, catalog), "")
+        except Exception as exc:  # a bug: the worker ends the batch unacked, with the child's reason
+            answer = (None, repr(exc))
+        answers.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class ChildProcess:
-    """One child process that applies bodies (spawned, never forked: faust runs threads). The catalog
-    crosses only when the worker's changes. If the child dies, the awaited batch raises and the worker
-    ends unacked."""
+    """One child process that applies batches (spawned, never forked: faust runs threads), one at a time,
+    over two pipes: the worker's event loop writes a batch and waits for the answer's first bytes without
+    a thread. The catalog crosses only when the worker's changes. If the child dies, or its body raises,
+    the awaited batch raises `ChildProcessDied` and the worker ends unacked."""
 
     def __init__(self, thresholds: EngagementThresholds, applied_ids_kept: int, partitions: int,
                  output_topics: Mapping[str, str]) -> None:
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child,
-            initargs=(thresholds, applied_ids_kept, partitions, dict(output_topics)))
+        context = multiprocessing.get_context("spawn")
+        requests, self._requests = context.Pipe(duplex=False)
+        self._answers, answers = context.Pipe(duplex=False)
+        for connection in (requests, answers):
+            _widen(connection)
+        self._process = context.Process(
+            target=_serve_batches, name="batch-body", daemon=True,
+            args=(requests, answers, thresholds, applied_ids_kept, partitions, dict(output_topics)))
+        self._process.start()
+        requests.close()  # the child's ends: the worker sees EOF when the child has gone
+        answers.close()
         self._catalog_sent: RuleCatalog | None = None
 
     async def apply(self, events: Sequence[InputEvent], stored: Mapping[bytes, bytes | None],
                     catalog: RuleCatalog) -> BatchResult:
         changed = None if catalog is self._catalog_sent else catalog
-        result = await asyncio.get_running_loop().run_in_executor(
-            self._pool, _apply_in_child, events, stored, changed)
+        request = pickle.dumps((events, stored, changed), protocol=pickle.HIGHEST_PROTOCOL)
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        fd = self._answers.fileno()
+
+        def answered() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, answered)
+        try:
+            try:
+                self._requests.send_bytes(request)  # the child is waiting for it: it reads as it is written
+            except OSError as exc:
+                raise ChildProcessDied(f"the batch body's child process has gone: {exc!r}") from exc
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        try:
+            result, error = pickle.loads(self._answers.recv_bytes())  # written at once: read at once
+        except (EOFError, OSError) as exc:
+            raise ChildProcessDied(
+                f"the batch body's child process ended (exit code {self._process.exitcode})") from exc
+        if result is None:
+            raise ChildProcessDied(f"the batch body raised in its child process: {error}")
         self._catalog_sent = catalog
         return result
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._requests.close()  # the child reads EOF and ends
 
 
 class ApplyInChildProcesses:

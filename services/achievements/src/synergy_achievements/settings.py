@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 from synergy_common.durations import parse_duration
 from synergy_common.settings import CommonSettings
@@ -55,7 +55,7 @@ class AchievementsSettings(CommonSettings):
     # Child processes that apply the batches, each its share of the partitions, while faust fetches and
     # the previous batch commits in the worker's own (services/achievements/README.md); 0: each batch is
     # applied on the worker's event loop.
-    achievements_apply_processes: int = 2
+    achievements_apply_processes: int = Field(default=2, ge=0, le=64)
     achievements_persist: bool = True  # write users' points and user_achievements to Postgres
     # Per user, how many applied event ids the state keeps to recognise a replay; at least 10 batches.
     achievements_applied_ids_kept: int | None = None
