@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -180,3 +184,41 @@ async def test_a_child_that_dies_fails_the_batch(scan: EventFactory, children: A
 
     with pytest.raises(ChildProcessDied, match="the batch body's child process has gone"):
         await children.apply(events, {b"7:user-a": None}, CATALOG)
+
+
+def test_closing_ends_the_children(children: ApplyInChildProcesses) -> None:
+    processes = [child._process for child in children._children]
+    children.close()
+    for process in processes:
+        process.join(10)
+    assert [process.exitcode for process in processes] == [0, 0]
+
+
+PARENT = """
+import sys, time
+from synergy_achievements.batch_body import ApplyInChildProcesses
+from synergy_achievements.snapshot import EngagementThresholds
+children = ApplyInChildProcesses(2, EngagementThresholds(), 10_000, 4, {"loyalty": "l", "snapshot": "s"})
+print(*(child.pid for child in children._children), flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_children_of_a_killed_worker_end_with_it() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pids = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(pids) == 2
+    parent.kill()  # SIGKILL: the worker's end of each child's pipe closes with it
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in pids):
+        time.sleep(0.1)
+    assert [Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in pids] == [False, False]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
