@@ -236,7 +236,7 @@ def _serve_batches(requests: Connection, answers: Connection, thresholds: Engage
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     body = BatchBody(thresholds, applied_ids_kept, partitions, output_topics)
     tune_garbage_collector()  # as the worker's: a batch keeps ~100k parsed objects alive
-    catalog = RuleCatalog()
+    catalog: RuleCatalog | None = None  # the first batch brings it
     while True:
         try:
             events, stored, changed = pickle.loads(requests.recv_bytes())
@@ -244,6 +244,7 @@ def _serve_batches(requests: Connection, answers: Connection, thresholds: Engage
             return
         if changed is not None:
             catalog = changed
+        assert catalog is not None
         try:
             answer: tuple[BatchResult | None, str] = (body.apply(events, stored, catalog), "")
         except Exception as exc:  # a bug: the worker ends the batch unacked, with the child's reason
@@ -332,7 +333,10 @@ class ApplyInChildProcesses:
             key = event.key
             if key is not None and key in stored:
                 states[share][key] = stored[key]
-        others = {key: state for key, state in stored.items() if not any(key in share for share in states)}
+        others: dict[bytes, bytes | None] = {}  # states asked again, of users keyed otherwise: every child's
+        if len(stored) > sum(map(len, states)):
+            others = {key: state for key, state in stored.items()
+                      if not any(key in share for share in states)}
         calls = [child.apply(share, {**share_states, **others} if others else share_states, catalog)
                  for child, share, share_states in zip(self._children, shares, states, strict=True) if share]
         results = await asyncio.gather(*calls)

@@ -49,7 +49,6 @@ from synergy_achievements.batch_body import (
 )
 from synergy_achievements.faust_pipeline import faust_app_options
 from synergy_achievements.persistence import LoyaltyWriter, RuleStore, is_data_rejected
-from synergy_achievements.processing import LoyaltyProcessor
 from synergy_achievements.publisher import BatchPublisher, PartitionTransactions, Record, key_partition
 from synergy_achievements.settings import AchievementsSettings, referral_awards_topic
 from synergy_achievements.state import UserState
@@ -348,7 +347,6 @@ class AchievementsWorker:
     def __init__(self, settings: AchievementsSettings, partitions: int) -> None:
         self.settings = settings
         self.partitions = partitions
-        self.processor = LoyaltyProcessor(settings.thresholds, settings.applied_ids_kept)
         replication, topic_configs = durability()
         self.rules = RuleStore(settings.seconds(settings.achievements_rules_poll_interval))
         self.pool: asyncpg.Pool | None = None
@@ -396,9 +394,10 @@ class AchievementsWorker:
         app.on_rebalance_complete.connect(self._hold_deliveries_until_streams_resume)  # type: ignore[arg-type]
         self.output_topics = {"loyalty": LOYALTY.name, "snapshot": SNAPSHOTS.name,
                               "referral_award": self.awards_topic}
-        self.rules_body = BatchBody(settings.thresholds, settings.applied_ids_kept, partitions,
+        # In the worker's process: the recompute's, and the batches' when no child applies them.
+        self.batch_body = BatchBody(settings.thresholds, settings.applied_ids_kept, partitions,
                                     self.output_topics)
-        self.body: ApplyInProcess | ApplyInChildProcesses = ApplyInProcess(self.rules_body)
+        self.body: ApplyInProcess | ApplyInChildProcesses = ApplyInProcess(self.batch_body)
         if settings.achievements_apply_processes:
             self.body = ApplyInChildProcesses(settings.achievements_apply_processes, settings.thresholds,
                                               settings.applied_ids_kept, partitions, self.output_topics)
@@ -527,8 +526,7 @@ class AchievementsWorker:
         events partition, each fencing that partition's previous owner. A failure ends the worker (the
         supervisor restarts it): without its producers it could commit nothing."""
         partitions = {tp.partition for tp in assigned if tp.topic == self.events_topic}
-        await self.batches.drain()  # normally done on revocation already
-        await self.pipeline.drain()
+        await self._finish_batches()  # normally done on revocation already
         try:
             await self.transactions.take_over(partitions)
         except BaseException as exc:
@@ -544,13 +542,16 @@ class AchievementsWorker:
     async def _commit_before_revoking(self, app: Any, *_: Any, **__: Any) -> None:
         """faust sends on_partitions_revoked once every agent has finished (acked) its batch: the last
         batch's transactions commit before the partitions move, so a worker that gives up a partition in
-        an ordinary rebalance is not fenced with a transaction open. Batches handed off are applied first."""
+        an ordinary rebalance is not fenced with a transaction open."""
+        await self._finish_batches()
+
+    async def _finish_batches(self) -> None:
+        """Until every batch handed off has been applied and its transactions have committed."""
         await self.batches.drain()
         await self.pipeline.drain()
 
     async def _stop_publisher(self, app: Any, *_: Any, **__: Any) -> None:
-        await self.batches.drain()
-        await self.pipeline.drain()
+        await self._finish_batches()
         await self.transactions.release()
         await self.publisher.stop()
         self.body.close()
@@ -708,10 +709,10 @@ class AchievementsWorker:
                         continue
                     state = UserState.from_bytes(stored)
                     rules = self.rules.catalog.for_brand(state.brand_id)
-                    outcome = self.processor.recompute(state, rules, now)
+                    outcome = self.batch_body.processor.recompute(state, rules, now)
                     if outcome.emits:
                         step = steps.setdefault(self.partition_of(key), PartitionStep())
-                        step.outputs.extend(self.rules_body.output(emit) for emit in outcome.emits)
+                        step.outputs.extend(self.batch_body.output(emit) for emit in outcome.emits)
                         step.states.append((key, outcome.state.to_bytes()))
                 await self._commit_steps(steps)
                 metrics.SNAPSHOTS_RECOMPUTED.inc(sum(len(step.states) for step in steps.values()))
