@@ -32,8 +32,9 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -43,6 +44,13 @@ from synergy_achievements.publisher import PRODUCER_SETTINGS, compress_lz4_fast
 from synergy_achievements.rules import default_rules
 from synergy_common.kafka import durable_producer
 from ulid import ULID
+
+from tests.bench.machine_cpu import (
+    budget_line,
+    kafka_broker_pid,
+    process_cpu_seconds,
+    process_tree_cpu_seconds,
+)
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "40000"))
 USERS = 2000
@@ -131,25 +139,32 @@ async def output_rate(topic: str, expected: int, timeout: float, covered: Any = 
     return after_first / max((last - first) / 1000, 1e-3)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process and its live children (the worker's batch body runs in
-    one), all their threads (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        children = {int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                    for child in (task / "children").read_text().split()}
-    except FileNotFoundError:  # a child that has just ended
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(child) for child in children)
+@dataclass
+class CpuPerEvent:
+    """CPU microseconds an input event cost, over a loop's steady part: the loop's process with its
+    children, the process alone (the worker's main process: faust, the hand-off, the transactions), and the
+    local Kafka broker's JVM (None when the broker is not on this machine)."""
+
+    tree: float
+    own: float
+    broker: float | None
 
 
 class Rate:
     """A loop's input events per second (wall clock, on the broker timestamps of its outputs) and per
     CPU-second of the loop's own process (with its child processes)."""
 
-    def __init__(self, wall: float, cpu: float, batch: float | None = None) -> None:
+    def __init__(self, wall: float, cpu: float, batch: float | None = None,
+                 per_event: CpuPerEvent | None = None) -> None:
         self.wall, self.cpu, self.batch = wall, cpu, batch  # batch: mean events per take_events batch
+        self.per_event = per_event
+
+
+BROKER_PID = kafka_broker_pid(BOOTSTRAP)
+
+
+def broker_cpu_seconds() -> float | None:
+    return process_cpu_seconds(BROKER_PID) if BROKER_PID else None
 
 
 async def bare_loop(source: str, sink: str) -> Rate:
@@ -163,7 +178,7 @@ async def bare_loop(source: str, sink: str) -> Rate:
     await consumer.start()
     await producer.start()
     seen = 0
-    cpu_before = time.process_time()
+    cpu_before, broker_before = time.process_time(), broker_cpu_seconds()
     try:
         while seen < EVENTS:
             for batch in (await consumer.getmany(timeout_ms=500)).values():
@@ -171,17 +186,30 @@ async def bare_loop(source: str, sink: str) -> Rate:
                     await producer.send(sink, record.value, key=record.key)
                     seen += 1
         await producer.flush()
-        cpu = time.process_time() - cpu_before
+        cpu, broker_after = time.process_time() - cpu_before, broker_cpu_seconds()
     finally:
         await consumer.stop()
         await producer.stop()
-    return Rate(await output_rate(sink, EVENTS, 60), EVENTS / cpu)
+    broker = broker_after - broker_before if broker_after is not None and broker_before is not None else None
+    per_event = CpuPerEvent(cpu / EVENTS * 1e6, cpu / EVENTS * 1e6,
+                            None if broker is None else broker / EVENTS * 1e6)
+    return Rate(await output_rate(sink, EVENTS, 60), EVENTS / cpu, per_event=per_event)
 
 
-async def wait_until_consumed(group: str, source: str, timeout: float, pid: int) -> float:
+class Sample(NamedTuple):
+    done: int  # input events committed
+    tree: float  # CPU seconds: the process with its children, the process alone, the broker
+    own: float
+    broker: float | None
+
+
+async def wait_until_consumed(
+    group: str, source: str, timeout: float, pid: int,
+) -> tuple[float, CpuPerEvent | None]:
     """Until the group has committed the end of every partition of the source topic; returns the events
     per CPU-second of process `pid` and its children from its first committed offsets to its last (sampled
-    each second)."""
+    each second), and what an event cost in CPU over the same span (None when consumed within one sample:
+    too fast to tell)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=None)
     await admin.start()
@@ -190,17 +218,23 @@ async def wait_until_consumed(group: str, source: str, timeout: float, pid: int)
         partitions = [TopicPartition(source, p) for p in range(PARTITIONS)]
         ends = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + timeout
-        first: tuple[int, float] | None = None
+        first: Sample | None = None
         while time.monotonic() < deadline:
             committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
-            cpu = cpu_seconds(pid)
             done = sum(committed[tp].offset for tp in partitions if tp in committed and committed[tp].offset > 0)
+            now = Sample(done, process_tree_cpu_seconds(pid), process_cpu_seconds(pid) or 0.0,
+                         broker_cpu_seconds())
             if first is None and done > 0:
-                first = (done, cpu)
+                first = now
             if all(tp in committed and committed[tp].offset >= ends[tp] for tp in partitions):
-                if first is None or done <= first[0] or cpu <= first[1]:
-                    return 0.0  # consumed within one sample: too fast to tell
-                return (done - first[0]) / (cpu - first[1])
+                if first is None or done <= first.done or now.tree <= first.tree:
+                    return 0.0, None
+                events = done - first.done
+                broker = (None if now.broker is None or first.broker is None
+                          else (now.broker - first.broker) / events * 1e6)
+                per_event = CpuPerEvent((now.tree - first.tree) / events * 1e6,
+                                        (now.own - first.own) / events * 1e6, broker)
+                return events / (now.tree - first.tree), per_event
             await asyncio.sleep(1.0)
         raise RuntimeError(f"the worker did not consume {source} within {timeout}s")
     finally:
@@ -220,7 +254,7 @@ async def faust_floor_rate(source: str, prefix: str) -> Rate:
             cwd=Path(__file__).resolve().parents[2],
             stdout=asyncio.subprocess.DEVNULL, stderr=open(Path(data_dir) / "floor.log", "wb"))
         try:
-            per_cpu = await wait_until_consumed(app_id, source, 100, process.pid)
+            per_cpu, per_event = await wait_until_consumed(app_id, source, 100, process.pid)
         except RuntimeError:
             print((Path(data_dir) / "floor.log").read_text()[-3000:], file=sys.stderr)
             raise
@@ -235,7 +269,7 @@ async def faust_floor_rate(source: str, prefix: str) -> Rate:
         return sizes[-1]
 
     wall = await output_rate(sink, EVENTS, 60, batch_size)
-    return Rate(wall, per_cpu, sum(sizes) / max(len(sizes), 1))
+    return Rate(wall, per_cpu, sum(sizes) / max(len(sizes), 1), per_event)
 
 
 async def worker_rate(source: str, prefix: str) -> Rate:
@@ -258,12 +292,12 @@ async def worker_rate(source: str, prefix: str) -> Rate:
             sys.executable, *command, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
-            per_cpu = await wait_until_consumed(app_id, source, 100, process.pid)
+            per_cpu, per_event = await wait_until_consumed(app_id, source, 100, process.pid)
         finally:
             process.terminate()
             await asyncio.wait_for(process.wait(), 20)
         wall = await output_rate(topics["SYNERGY_TOPIC_SNAPSHOTS"], EVENTS, 60, EventsCoveredBySnapshots())
-        return Rate(wall, per_cpu)
+        return Rate(wall, per_cpu, per_event=per_event)
 
 
 def state_memory(users: int = 100_000) -> tuple[float, float]:
@@ -282,6 +316,32 @@ def state_memory(users: int = 100_000) -> tuple[float, float]:
 
 def median_rates(rates: list[Rate]) -> Rate:
     return Rate(statistics.median(rate.wall for rate in rates), statistics.median(rate.cpu for rate in rates))
+
+
+def cpu_line(*loops: CpuPerEvent | None) -> str:
+    """A run's CPU per event: each loop's own (the worker's main process and its children apart), and the
+    broker's while it ran."""
+    shown = []
+    for name, cost in zip(("bare aiokafka", "bare faust", "worker"), loops, strict=True):
+        if cost is None:
+            shown.append(f"{name} (too fast to tell)")
+            continue
+        split = f" (main process {cost.own:.0f}, children {cost.tree - cost.own:.0f})" if name == "worker" else ""
+        broker = f" + Kafka {cost.broker:.0f}" if cost.broker is not None else ""
+        shown.append(f"{name} {cost.tree:.0f}{split}{broker}")
+    return "; ".join(shown)
+
+
+def median_costs(worker: list[Rate]) -> dict[str, float]:
+    """The worker's median CPU per event, and the broker's while the worker ran (empty when unknown)."""
+    measured = [rate.per_event for rate in worker if rate.per_event is not None]
+    if not measured:
+        return {}
+    costs = {"worker": statistics.median(cost.tree for cost in measured)}
+    brokers = [cost.broker for cost in measured if cost.broker is not None]
+    if brokers:
+        costs["Kafka"] = statistics.median(brokers)
+    return costs
 
 
 async def main() -> None:
@@ -305,6 +365,8 @@ async def main() -> None:
               f"{worker[-1].wall / floor[-1].wall:.2f}); per CPU-second {bare[-1].cpu:,.0f}, "
               f"{floor[-1].cpu:,.0f}, {worker[-1].cpu:,.0f}; faust's mean batch {floor[-1].batch:,.0f} events",
               flush=True)
+        print(f"       CPU us an event: {cpu_line(bare[-1].per_event, floor[-1].per_event, worker[-1].per_event)}",
+              flush=True)
     ceiling, faust_ceiling, figure = median_rates(bare), median_rates(floor), median_rates(worker)
     print(f"load generator: the topic is filled before the loops run ({EVENTS:,} events in {fill_wall:.1f}s, "
           f"{fill_cpu / fill_wall:.0%} of a core); while a loop runs: none, 0% of the CPU")
@@ -319,6 +381,9 @@ async def main() -> None:
         print(f"per CPU-second (medians): bare aiokafka {ceiling.cpu:,.0f}, bare faust {faust_ceiling.cpu:,.0f}, "
               f"worker {figure.cpu:,.0f}: ratio {figure.cpu / ceiling.cpu:.2f} of ceiling 1, "
               f"{figure.cpu / faust_ceiling.cpu:.2f} of ceiling 2")
+    costs = median_costs(worker)
+    if costs:
+        print(budget_line("0.6 of the bare faust agent", 0.6 * faust_ceiling.wall, costs))
     values, heap = state_memory()
     print(f"state of 100k users (1 scan each): {values:.1f} MiB serialized, {heap:.1f} MiB Python heap")
 

@@ -40,7 +40,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +60,8 @@ from synergy_ingest.publisher import EventPublisher
 from synergy_ingest.request_context import RequestContext
 from synergy_ingest.settings import IngestSettings
 
-from tests.bench.http_load import LoadResult, build_request, drive, process_tree_cpu_seconds
+from tests.bench.http_load import LoadResult, build_request, drive
+from tests.bench.machine_cpu import budget_line, kafka_broker_pid, process_tree_cpu_seconds
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -227,6 +228,19 @@ class Tally:
         )
 
 
+def batch_budget(batch: Tally, producer: Tally) -> str:
+    """The cores the batch target's rate needs at this run's CPU per batch event (the server's, the
+    broker's, the load generator's), and what the ceiling itself kept busy."""
+    per_event = {"ingest": batch.cpu_per_event, "load generator": batch.client_cpu / batch.events * 1e6}
+    if batch.broker_cpu is not None:
+        per_event["Kafka"] = batch.broker_cpu / batch.events * 1e6
+    line = budget_line("0.6 of the bare librdkafka producer", 0.6 * producer.rate, per_event)
+    if producer.cpu is not None and producer.broker_cpu is not None:
+        ceiling = producer.rate * (producer.cpu + producer.broker_cpu) / producer.events
+        line += f" (the ceiling itself kept {ceiling:.2f} cores busy: producer and Kafka)"
+    return line
+
+
 def slice_ratios(ours: Tally, ceiling: Tally) -> list[float]:
     return [a / b for a, b in zip(ours.slice_rates, ceiling.slice_rates, strict=True)]
 
@@ -240,25 +254,6 @@ def ratio_line(ours: Tally, ceiling: Tally) -> str:
         f"{statistics.median(ratios):.2f} (median of {len(ratios)} slices: {in_order};"
         f" pooled {ours.rate / ceiling.rate:.2f})"
     )
-
-
-def kafka_broker_pid(bootstrap: str) -> int | None:
-    """The pid of the local Kafka broker listening on the bootstrap port (None when not on this machine)."""
-    port = bootstrap.split(",")[0].rsplit(":", 1)[-1]
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"kafka.Kafka" not in arguments:
-            continue
-        config = Path(arguments[arguments.index(b"kafka.Kafka") + 1].decode())
-        with suppress(OSError):
-            if f"PLAINTEXT://127.0.0.1:{port}" in config.read_text():
-                return int(entry.name)
-    return None
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -475,6 +470,7 @@ async def main() -> None:
         f" ({producer.cpu_per_event / batch.cpu_per_event:.2f}); single {single.cpu_per_event:.0f} us against"
         f" the bare handler's {bare.cpu_per_event:.0f} ({bare.cpu_per_event / single.cpu_per_event:.2f})"
     )
+    print(batch_budget(batch, producer))
     if not os.environ.get("INGEST_BENCH_PEER_URL"):
         print(
             "side by side: skipped (set INGEST_BENCH_PEER_URL to a Segment-compatible gateway, e.g. rudder-server)"

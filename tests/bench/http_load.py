@@ -8,11 +8,9 @@ It runs on uvloop. `cpu_share` is this process's CPU seconds over the wall time 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -112,20 +110,3 @@ async def drive(url: str, requests: Sequence[bytes], concurrency: int) -> LoadRe
         if connection.transport is not None:
             connection.transport.close()
     return LoadResult(len(latencies), seconds, latencies, statuses, cpu)
-
-
-def process_tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
