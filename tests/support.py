@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import sys
@@ -14,12 +15,28 @@ from pathlib import Path
 
 import pytest
 
+# Service ports are picked below the kernel's ephemeral range (32768-60999 here), as testinfra's Kafka and
+# Postgres ports are: a port from that range can become the source port of any outgoing connection (to
+# Kafka, Postgres, a fake) between the pick and the service's own bind, which then fails with EADDRINUSE
+# (seen in CI: an e2e service's port taken that way). Below 30000 are the suites' fixed ports.
+SERVICE_PORTS = range(30000, 32768)
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range, and never
+    the same one twice in this process (two picks before either is bound must not collide)."""
+    for port in random.sample(SERVICE_PORTS, len(SERVICE_PORTS)):
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {SERVICE_PORTS}")
 
 
 def _threads_not_stopped(pid: int) -> list[str]:
