@@ -153,15 +153,28 @@ class CpuPerEvent:
     own: float
     broker: float | None
 
+    @classmethod
+    def over(cls, events: int, tree: float, own: float, broker: float | None) -> CpuPerEvent:
+        """From the CPU seconds each spent on `events` events."""
+        return cls(tree / events * 1e6, own / events * 1e6, None if broker is None else broker / events * 1e6)
+
 
 class Rate:
-    """A loop's input events per second (wall clock, on the broker timestamps of its outputs) and per
-    CPU-second of the loop's own process (with its child processes)."""
+    """A loop's input events per second (wall clock, on the broker timestamps of its outputs) and what an
+    event cost in CPU (None when consumed too fast to tell)."""
 
-    def __init__(self, wall: float, cpu: float, batch: float | None = None,
-                 per_event: CpuPerEvent | None = None) -> None:
-        self.wall, self.cpu, self.batch = wall, cpu, batch  # batch: mean events per take_events batch
-        self.per_event = per_event
+    def __init__(self, wall: float, per_event: CpuPerEvent | None, batch: float | None = None) -> None:
+        self.wall, self.per_event, self.batch = wall, per_event, batch  # batch: mean events per take_events batch
+
+    @property
+    def cpu(self) -> float:
+        """Events per CPU-second of the loop's own process (with its child processes); 0 when unknown."""
+        return 1e6 / self.per_event.tree if self.per_event else 0.0
+
+
+class Medians(NamedTuple):
+    wall: float
+    cpu: float
 
 
 BROKER_PID = kafka_broker_pid(BOOTSTRAP)
@@ -169,6 +182,10 @@ BROKER_PID = kafka_broker_pid(BOOTSTRAP)
 
 def broker_cpu_seconds() -> float | None:
     return process_cpu_seconds(BROKER_PID) if BROKER_PID else None
+
+
+def spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 async def bare_loop(source: str, sink: str) -> Rate:
@@ -194,10 +211,8 @@ async def bare_loop(source: str, sink: str) -> Rate:
     finally:
         await consumer.stop()
         await producer.stop()
-    broker = broker_after - broker_before if broker_after is not None and broker_before is not None else None
-    per_event = CpuPerEvent(cpu / EVENTS * 1e6, cpu / EVENTS * 1e6,
-                            None if broker is None else broker / EVENTS * 1e6)
-    return Rate(await output_rate(sink, EVENTS, 60), EVENTS / cpu, per_event=per_event)
+    return Rate(await output_rate(sink, EVENTS, 60),
+                CpuPerEvent.over(EVENTS, cpu, cpu, spent(broker_before, broker_after)))
 
 
 class Sample(NamedTuple):
@@ -209,11 +224,10 @@ class Sample(NamedTuple):
 
 async def wait_until_consumed(
     group: str, source: str, timeout: float, pid: int,
-) -> tuple[float, CpuPerEvent | None]:
-    """Until the group has committed the end of every partition of the source topic; returns the events
-    per CPU-second of process `pid` and its children from its first committed offsets to its last (sampled
-    each second), and what an event cost in CPU over the same span (None when consumed within one sample:
-    too fast to tell)."""
+) -> CpuPerEvent | None:
+    """Until the group has committed the end of every partition of the source topic; returns what an event
+    cost in CPU (process `pid` with its children, alone, and the broker) from its first committed offsets to
+    its last, sampled each second (None when consumed within one sample: too fast to tell)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=None)
     await admin.start()
@@ -232,13 +246,9 @@ async def wait_until_consumed(
                 first = now
             if all(tp in committed and committed[tp].offset >= ends[tp] for tp in partitions):
                 if first is None or done <= first.done or now.tree <= first.tree:
-                    return 0.0, None
-                events = done - first.done
-                broker = (None if now.broker is None or first.broker is None
-                          else (now.broker - first.broker) / events * 1e6)
-                per_event = CpuPerEvent((now.tree - first.tree) / events * 1e6,
-                                        (now.own - first.own) / events * 1e6, broker)
-                return events / (now.tree - first.tree), per_event
+                    return None
+                return CpuPerEvent.over(done - first.done, now.tree - first.tree, now.own - first.own,
+                                        spent(first.broker, now.broker))
             await asyncio.sleep(1.0)
         raise RuntimeError(f"the worker did not consume {source} within {timeout}s")
     finally:
@@ -258,7 +268,7 @@ async def faust_floor_rate(source: str, prefix: str) -> Rate:
             cwd=Path(__file__).resolve().parents[2],
             stdout=asyncio.subprocess.DEVNULL, stderr=open(Path(data_dir) / "floor.log", "wb"))
         try:
-            per_cpu, per_event = await wait_until_consumed(app_id, source, 100, process.pid)
+            per_event = await wait_until_consumed(app_id, source, 100, process.pid)
         except RuntimeError:
             print((Path(data_dir) / "floor.log").read_text()[-3000:], file=sys.stderr)
             raise
@@ -273,7 +283,7 @@ async def faust_floor_rate(source: str, prefix: str) -> Rate:
         return sizes[-1]
 
     wall = await output_rate(sink, EVENTS, 60, batch_size)
-    return Rate(wall, per_cpu, sum(sizes) / max(len(sizes), 1), per_event)
+    return Rate(wall, per_event, sum(sizes) / max(len(sizes), 1))
 
 
 async def worker_rate(source: str, prefix: str) -> Rate:
@@ -296,12 +306,12 @@ async def worker_rate(source: str, prefix: str) -> Rate:
             sys.executable, *command, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
-            per_cpu, per_event = await wait_until_consumed(app_id, source, 100, process.pid)
+            per_event = await wait_until_consumed(app_id, source, 100, process.pid)
         finally:
             process.terminate()
             await asyncio.wait_for(process.wait(), 20)
         wall = await output_rate(topics["SYNERGY_TOPIC_SNAPSHOTS"], EVENTS, 60, EventsCoveredBySnapshots())
-        return Rate(wall, per_cpu, per_event=per_event)
+        return Rate(wall, per_event)
 
 
 def state_memory(users: int = 100_000) -> tuple[float, float]:
@@ -318,8 +328,8 @@ def state_memory(users: int = 100_000) -> tuple[float, float]:
     return sum(map(len, table.values())) / 2**20, heap / 2**20
 
 
-def median_rates(rates: list[Rate]) -> Rate:
-    return Rate(statistics.median(rate.wall for rate in rates), statistics.median(rate.cpu for rate in rates))
+def median_rates(rates: list[Rate]) -> Medians:
+    return Medians(statistics.median(rate.wall for rate in rates), statistics.median(rate.cpu for rate in rates))
 
 
 def cpu_line(*loops: CpuPerEvent | None) -> str:
