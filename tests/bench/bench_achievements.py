@@ -47,6 +47,7 @@ from ulid import ULID
 
 from tests.bench.machine_cpu import (
     budget_line,
+    cores_needed,
     kafka_broker_pid,
     process_cpu_seconds,
     process_tree_cpu_seconds,
@@ -346,6 +347,18 @@ def cpu_line(*loops: CpuPerEvent | None) -> str:
     return "; ".join(shown)
 
 
+def cores_in_use_line(*loops: Rate) -> str:
+    """The cores each loop kept busy, itself and the broker: its rate times what an event cost them."""
+    shown = []
+    for name, rate in zip(("bare aiokafka", "bare faust", "worker"), loops, strict=True):
+        cost = rate.per_event
+        if cost is None:
+            shown.append(f"{name} (too fast to tell)")
+            continue
+        shown.append(f"{name} {cores_needed(rate.wall, cost.tree, cost.broker or 0.0):.2f}")
+    return "; ".join(shown)
+
+
 def median_costs(worker: list[Rate]) -> dict[str, float]:
     """The worker's median CPU per event, and the broker's while the worker ran (empty when unknown)."""
     measured = [rate.per_event for rate in worker if rate.per_event is not None]
@@ -381,6 +394,7 @@ async def main() -> None:
               flush=True)
         print(f"       CPU us an event: {cpu_line(bare[-1].per_event, floor[-1].per_event, worker[-1].per_event)}",
               flush=True)
+        print(f"       cores in use (with Kafka): {cores_in_use_line(bare[-1], floor[-1], worker[-1])}", flush=True)
     ceiling, faust_ceiling, figure = median_rates(bare), median_rates(floor), median_rates(worker)
     print(f"load generator: the topic is filled before the loops run ({EVENTS:,} events in {fill_wall:.1f}s, "
           f"{fill_cpu / fill_wall:.0%} of a core); while a loop runs: none, 0% of the CPU")
@@ -397,7 +411,7 @@ async def main() -> None:
               f"{figure.cpu / faust_ceiling.cpu:.2f} of ceiling 2")
     costs = median_costs(worker)
     if costs:
-        print(budget_line("0.6 of the bare faust agent", 0.6 * faust_ceiling.wall, costs))
+        print(budget_line("0.6 of the bare faust agent", 0.6 * faust_ceiling.wall, costs, figure.wall))
     values, heap = state_memory()
     print(f"state of 100k users (1 scan each): {values:.1f} MiB serialized, {heap:.1f} MiB Python heap")
 

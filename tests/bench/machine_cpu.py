@@ -62,12 +62,18 @@ def cores_needed(events_per_second: float, *microseconds_per_event: float) -> fl
     return events_per_second * sum(microseconds_per_event) / 1e6
 
 
-def budget_line(target: str, events_per_second: float, costs: dict[str, float]) -> str:
+def budget_line(target: str, events_per_second: float, costs: dict[str, float],
+                measured: float | None = None) -> str:
     """One line: the target's rate, the CPU an event cost each process in this run, the cores that makes,
-    and the cores this machine has."""
+    and the cores this machine has; with `measured` (the rate the run reached), the cores that rate kept
+    busy at the same costs, which the target's must exceed by the ratio of the two rates."""
     parts = " + ".join(f"{name} {cost:.1f}" for name, cost in costs.items())
     cores = cores_needed(events_per_second, *costs.values())
-    return (
+    line = (
         f"CPU budget of the target: {target} = {events_per_second:,.0f} events/s at this run's {parts} us"
         f" an event = {cores:.2f} cores; this machine has {os.cpu_count()}"
     )
+    if measured is not None:
+        line += (f"; the measured {measured:,.0f} events/s kept "
+                 f"{cores_needed(measured, *costs.values()):.2f} busy")
+    return line

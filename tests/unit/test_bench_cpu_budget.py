@@ -27,6 +27,12 @@ def test_the_budget_line_names_each_process_its_sum_and_the_machines_cores() -> 
     )
 
 
+def test_the_budget_line_adds_the_cores_the_measured_rate_kept_busy() -> None:
+    line = budget_line("0.6 of the floor", 12_000, {"worker": 150.0, "Kafka": 40.0}, measured=9_000)
+
+    assert line.endswith(f"= 2.28 cores; this machine has {os.cpu_count()}; the measured 9,000 events/s kept 1.71 busy")
+
+
 def test_a_process_trees_cpu_counts_its_busy_child() -> None:
     spin = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
     parent = subprocess.Popen([sys.executable, "-c",
