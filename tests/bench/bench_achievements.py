@@ -32,6 +32,7 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -333,30 +334,27 @@ def median_rates(rates: list[Rate]) -> Medians:
     return Medians(statistics.median(rate.wall for rate in rates), statistics.median(rate.cpu for rate in rates))
 
 
-def cpu_line(*loops: CpuPerEvent | None) -> str:
-    """A run's CPU per event: each loop's own (the worker's main process and its children apart), and the
-    broker's while it ran."""
-    shown = []
-    for name, cost in zip(("bare aiokafka", "bare faust", "worker"), loops, strict=True):
-        if cost is None:
-            shown.append(f"{name} (too fast to tell)")
-            continue
-        split = f" (main process {cost.own:.0f}, children {cost.tree - cost.own:.0f})" if name == "worker" else ""
-        broker = f" + Kafka {cost.broker:.0f}" if cost.broker is not None else ""
-        shown.append(f"{name} {cost.tree:.0f}{split}{broker}")
-    return "; ".join(shown)
+LOOPS = ("bare aiokafka", "bare faust", "worker")
 
 
-def cores_in_use_line(*loops: Rate) -> str:
-    """The cores each loop kept busy, itself and the broker: its rate times what an event cost them."""
-    shown = []
-    for name, rate in zip(("bare aiokafka", "bare faust", "worker"), loops, strict=True):
-        cost = rate.per_event
-        if cost is None:
-            shown.append(f"{name} (too fast to tell)")
-            continue
-        shown.append(f"{name} {cores_needed(rate.wall, cost.tree, cost.broker or 0.0):.2f}")
-    return "; ".join(shown)
+def per_loop_line(loops: tuple[Rate, ...], shown: Callable[[str, Rate, CpuPerEvent], str]) -> str:
+    """One figure per loop of a run, `shown` from its rate and CPU per event; a loop consumed too fast to
+    measure says so."""
+    return "; ".join(f"{name} (too fast to tell)" if rate.per_event is None else shown(name, rate, rate.per_event)
+                     for name, rate in zip(LOOPS, loops, strict=True))
+
+
+def cpu_figure(name: str, rate: Rate, cost: CpuPerEvent) -> str:
+    """A loop's own CPU per event (the worker's main process and children apart) and the broker's while it
+    ran."""
+    split = f" (main process {cost.own:.0f}, children {cost.tree - cost.own:.0f})" if name == "worker" else ""
+    broker = f" + Kafka {cost.broker:.0f}" if cost.broker is not None else ""
+    return f"{name} {cost.tree:.0f}{split}{broker}"
+
+
+def cores_figure(name: str, rate: Rate, cost: CpuPerEvent) -> str:
+    """The cores a loop kept busy, itself and the broker: its rate times what an event cost them."""
+    return f"{name} {cores_needed(rate.wall, cost.tree, cost.broker or 0.0):.2f}"
 
 
 def median_costs(worker: list[Rate]) -> dict[str, float]:
@@ -392,9 +390,9 @@ async def main() -> None:
               f"{worker[-1].wall / floor[-1].wall:.2f}); per CPU-second {bare[-1].cpu:,.0f}, "
               f"{floor[-1].cpu:,.0f}, {worker[-1].cpu:,.0f}; faust's mean batch {floor[-1].batch:,.0f} events",
               flush=True)
-        print(f"       CPU us an event: {cpu_line(bare[-1].per_event, floor[-1].per_event, worker[-1].per_event)}",
-              flush=True)
-        print(f"       cores in use (with Kafka): {cores_in_use_line(bare[-1], floor[-1], worker[-1])}", flush=True)
+        loops = (bare[-1], floor[-1], worker[-1])
+        print(f"       CPU us an event: {per_loop_line(loops, cpu_figure)}", flush=True)
+        print(f"       cores in use (with Kafka): {per_loop_line(loops, cores_figure)}", flush=True)
     ceiling, faust_ceiling, figure = median_rates(bare), median_rates(floor), median_rates(worker)
     print(f"load generator: the topic is filled before the loops run ({EVENTS:,} events in {fill_wall:.1f}s, "
           f"{fill_cpu / fill_wall:.0%} of a core); while a loop runs: none, 0% of the CPU")
